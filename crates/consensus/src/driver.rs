@@ -1,0 +1,504 @@
+//! The Ready loop: the one task that owns the raft-rs `RawNode` and the redb write side.
+//!
+//! Each turn: take everything queued (group commit: many proposals, one Ready), then handle the
+//! Ready in the order raft-rs requires — send the leader's messages, install a snapshot, apply
+//! committed entries and persist new entries and hard state *in one redb transaction*, fsync,
+//! then send the messages that depended on that write, then advance. A client is answered after
+//! the transaction holding its entry's effects commits, with the command's own result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blixard_core::{Command, Envelope, Outcome};
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use redb::{Database, Durability, WriteTransaction};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::StorageError;
+use crate::redb_store::RedbStorage;
+use crate::sm::TxnStore;
+use crate::transport::Transport;
+
+/// Timing and batching knobs of one node.
+#[derive(Clone, Debug)]
+pub struct RaftConfig {
+    pub id: u64,
+    pub tick: Duration,
+    /// Election timeout, in ticks (randomized by raft-rs in [n, 2n)).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Most requests taken from the queue before one Ready is handled.
+    pub max_batch: usize,
+}
+
+impl RaftConfig {
+    pub fn new(id: u64) -> Self {
+        RaftConfig { id, tick: Duration::from_millis(50), election_ticks: 10, heartbeat_ticks: 2, max_batch: 4096 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    fn of(r: StateRole) -> Self {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// What a node knows about itself, published after every Ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub role: Role,
+    pub term: u64,
+    /// `None` when no leader is known.
+    pub leader_id: Option<u64>,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this node is not the leader")]
+    NotLeader { leader_id: Option<u64> },
+    /// Another entry took this proposal's place in the log: it was not applied and may be retried.
+    #[error("proposal dropped by a leader change; it was not applied")]
+    Dropped,
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// A command's result with the index of the entry that carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub index: u64,
+    pub outcome: Outcome,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
+
+enum Request {
+    Propose { command: Command, reply: Reply<Applied> },
+    ReadIndex { reply: Reply<u64> },
+    Step(Box<Message>),
+    Shutdown,
+}
+
+/// A cheap, cloneable handle to a running driver.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Request>,
+    status: watch::Receiver<NodeStatus>,
+    db: Arc<Database>,
+}
+
+impl Handle {
+    /// Proposes a command and waits until it is applied (or known not to be).
+    pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Propose { command, reply }).await.map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// A linearizable read barrier (ReadIndex): resolves once this node has applied everything
+    /// committed before the call. Read the state after it returns.
+    pub async fn read_index(&self) -> Result<u64, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::ReadIndex { reply }).await.map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Hands a message from a peer to Raft. Never waits: a full queue drops it (Raft retries).
+    pub fn step(&self, msg: Message) {
+        let _ = self.tx.try_send(Request::Step(Box::new(msg)));
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    pub fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// Asks the loop to stop after the current turn.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown).await;
+    }
+}
+
+struct Pending {
+    id: u64,
+    reply: Reply<Applied>,
+}
+
+pub struct Driver<T: Transport> {
+    cfg: RaftConfig,
+    raw: RawNode<RedbStorage>,
+    transport: Arc<T>,
+    rx: mpsc::Receiver<Request>,
+    status_tx: watch::Sender<NodeStatus>,
+    /// Proposals by the log index they were appended at.
+    proposals: BTreeMap<u64, Pending>,
+    /// Read requests waiting for their ReadIndex, by request context.
+    reads_inflight: HashMap<u64, Reply<u64>>,
+    /// Read requests that know their read index and wait for it to be applied.
+    reads_ready: Vec<(u64, Reply<u64>)>,
+    applied: u64,
+    next_id: u64,
+    db: Arc<Database>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl<T: Transport> Driver<T> {
+    /// Builds the driver over an opened store. Returns it with the handle clients use.
+    pub fn new(cfg: RaftConfig, storage: RedbStorage, transport: Arc<T>) -> Result<(Self, Handle), StorageError> {
+        let (applied, _) = storage.applied()?;
+        let db = storage.db().clone();
+        let rc = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        let raw = RawNode::new(&rc, storage, &crate::logger::raft_logger())
+            .map_err(|e| StorageError::Corrupt(format!("cannot start raft: {e}")))?;
+        let (tx, rx) = mpsc::channel(8192);
+        let mut d = Driver {
+            cfg,
+            raw,
+            transport,
+            rx,
+            status_tx: watch::channel(NodeStatus {
+                id: 0,
+                role: Role::Follower,
+                term: 0,
+                leader_id: None,
+                commit: 0,
+                applied,
+                last_index: 0,
+                voters: vec![],
+                learners: vec![],
+            })
+            .0,
+            proposals: BTreeMap::new(),
+            reads_inflight: HashMap::new(),
+            reads_ready: Vec::new(),
+            applied,
+            next_id: rand::random::<u64>() >> 1,
+            db: db.clone(),
+        };
+        d.publish();
+        let handle = Handle { tx, status: d.status_tx.subscribe(), db };
+        Ok((d, handle))
+    }
+
+    /// Runs until shut down or until the store fails (which is returned: the node must stop).
+    pub async fn run(mut self) -> Result<(), StorageError> {
+        // A lone voter need not wait out an election timeout after a restart.
+        let cs = self.raw.store().conf_state().clone();
+        if cs.voters == [self.cfg.id] && cs.learners.is_empty() {
+            let _ = self.raw.campaign();
+        }
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => { self.raw.tick(); }
+                req = self.rx.recv() => {
+                    let Some(req) = req else { break };
+                    if !self.handle(req) { break; }
+                    let mut n = 1;
+                    while n < self.cfg.max_batch {
+                        match self.rx.try_recv() {
+                            Ok(req) => { if !self.handle(req) { return self.finish(); } n += 1; }
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.on_ready()?;
+        }
+        self.finish()
+    }
+
+    fn finish(mut self) -> Result<(), StorageError> {
+        for (_, p) in std::mem::take(&mut self.proposals) {
+            let _ = p.reply.send(Err(ProposeError::Stopped));
+        }
+        Ok(())
+    }
+
+    fn leader_id(&self) -> Option<u64> {
+        Some(self.raw.raft.leader_id).filter(|&l| l != raft::INVALID_ID)
+    }
+
+    /// Returns false to stop.
+    fn handle(&mut self, req: Request) -> bool {
+        match req {
+            Request::Propose { command, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(ProposeError::NotLeader { leader_id: self.leader_id() }));
+                    return true;
+                }
+                self.next_id += 1;
+                let env = Envelope { id: self.next_id, now_ms: now_ms(), command };
+                let before = self.raw.raft.raft_log.last_index();
+                match self.raw.propose(vec![], env.encode()) {
+                    Ok(()) => {
+                        let index = self.raw.raft.raft_log.last_index();
+                        if index > before {
+                            self.proposals.insert(index, Pending { id: env.id, reply });
+                        } else {
+                            let _ = reply.send(Err(ProposeError::Dropped));
+                        }
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(ProposeError::NotLeader { leader_id: self.leader_id() }));
+                    }
+                }
+            }
+            Request::ReadIndex { reply } => {
+                if self.leader_id().is_none() {
+                    let _ = reply.send(Err(ProposeError::NotLeader { leader_id: None }));
+                    return true;
+                }
+                self.next_id += 1;
+                self.reads_inflight.insert(self.next_id, reply);
+                self.raw.read_index(self.next_id.to_be_bytes().to_vec());
+            }
+            Request::Step(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!("dropping raft message: {e}");
+                }
+            }
+            Request::Shutdown => return false,
+        }
+        true
+    }
+
+    fn on_ready(&mut self) -> Result<(), StorageError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        if rd.ss().is_some() {
+            // Leadership changed: pending ReadIndex requests will never be answered.
+            for (_, r) in self.reads_inflight.drain() {
+                let _ = r.send(Err(ProposeError::NotLeader { leader_id: None }));
+            }
+        }
+        if !rd.messages().is_empty() {
+            self.transport.send(rd.take_messages());
+        }
+        for rs in rd.take_read_states() {
+            let ctx = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
+            if let Some(r) = self.reads_inflight.remove(&ctx) {
+                self.reads_ready.push((rs.index, r));
+            }
+        }
+
+        let mut replies = Vec::new();
+        let txn = self.db.begin_write().map_err(StorageError::db)?;
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(&txn, rd.snapshot())?;
+        }
+        self.apply_entries(&txn, rd.take_committed_entries(), &mut replies)?;
+        let store = self.raw.mut_store();
+        store.stage_append(&txn, rd.entries())?;
+        if let Some(hs) = rd.hs() {
+            store.stage_hard_state(&txn, hs)?;
+        }
+        txn.commit().map_err(StorageError::db)?;
+        Self::deliver(replies);
+        self.transport.send(rd.take_persisted_messages());
+
+        let mut light = self.raw.advance(rd);
+        self.transport.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        if !committed.is_empty() || light.commit_index().is_some() {
+            let mut replies = Vec::new();
+            let mut txn = self.db.begin_write().map_err(StorageError::db)?;
+            // The log these entries come from is already durable; their effects may be replayed
+            // from it after a crash, so this commit need not wait for an fsync of its own.
+            txn.set_durability(Durability::None).map_err(StorageError::db)?;
+            if let Some(c) = light.commit_index() {
+                let mut hs = self.raw.store().hard_state().clone();
+                hs.commit = c;
+                self.raw.mut_store().stage_hard_state(&txn, &hs)?;
+            }
+            self.apply_entries(&txn, committed, &mut replies)?;
+            txn.commit().map_err(StorageError::db)?;
+            Self::deliver(replies);
+        }
+        self.raw.advance_apply();
+        self.answer_reads();
+        self.publish();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, txn: &WriteTransaction, snap: &Snapshot) -> Result<(), StorageError> {
+        let meta = snap.get_metadata();
+        tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
+        blixard_core::state::import(&mut TxnStore(txn), &snap.data)?;
+        self.raw.mut_store().stage_snapshot(txn, meta)?;
+        RedbStorage::stage_applied(txn, meta.index, meta.term)?;
+        self.applied = meta.index;
+        let later = self.proposals.split_off(&(meta.index + 1));
+        for (_, p) in std::mem::replace(&mut self.proposals, later) {
+            let _ = p.reply.send(Err(ProposeError::Dropped));
+        }
+        Ok(())
+    }
+
+    fn apply_entries(
+        &mut self,
+        txn: &WriteTransaction,
+        entries: Vec<Entry>,
+        replies: &mut Vec<(Reply<Applied>, Result<Applied, ProposeError>)>,
+    ) -> Result<(), StorageError> {
+        let Some(last) = entries.last() else { return Ok(()) };
+        let (last_index, last_term) = (last.index, last.term);
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    let pending = self.proposals.remove(&e.index);
+                    if e.data.is_empty() {
+                        // A new leader's empty entry.
+                        if let Some(p) = pending {
+                            replies.push((p.reply, Err(ProposeError::Dropped)));
+                        }
+                    } else {
+                        let (id, outcome) = match Envelope::decode(&e.data) {
+                            Ok(env) => (env.id, blixard_core::state::apply(&mut TxnStore(txn), e.index, &env)?),
+                            // Every node decodes the same bytes the same way, so this stays deterministic.
+                            Err(err) => (
+                                0,
+                                Err(blixard_core::CommandError::FailedPrecondition(format!(
+                                    "undecodable entry: {err}"
+                                ))),
+                            ),
+                        };
+                        if let Some(p) = pending {
+                            let r = if p.id == id {
+                                Ok(Applied { index: e.index, outcome })
+                            } else {
+                                Err(ProposeError::Dropped)
+                            };
+                            replies.push((p.reply, r));
+                        }
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cc = decode_conf_change(&e)?;
+                    let cs = self
+                        .raw
+                        .apply_conf_change(&cc)
+                        .map_err(|err| StorageError::Corrupt(format!("conf change: {err}")))?;
+                    self.raw.mut_store().stage_conf_state(txn, &cs)?;
+                }
+            }
+            self.applied = e.index;
+        }
+        // Keep "commit >= applied" true on disk even for commits learned from a light ready.
+        if self.raw.store().hard_state().commit < last_index {
+            let mut hs = self.raw.store().hard_state().clone();
+            hs.commit = last_index;
+            self.raw.mut_store().stage_hard_state(txn, &hs)?;
+        }
+        RedbStorage::stage_applied(txn, last_index, last_term)
+    }
+
+    fn deliver(replies: Vec<(Reply<Applied>, Result<Applied, ProposeError>)>) {
+        for (reply, r) in replies {
+            let _ = reply.send(r);
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied;
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.reads_ready).into_iter().partition(|(i, _)| *i <= applied);
+        self.reads_ready = waiting;
+        for (i, r) in done {
+            let _ = r.send(Ok(i));
+        }
+    }
+
+    fn publish(&mut self) {
+        let r = &self.raw.raft;
+        let cs = self.raw.store().conf_state();
+        let s = NodeStatus {
+            id: self.cfg.id,
+            role: Role::of(r.state),
+            term: r.term,
+            leader_id: self.leader_id(),
+            commit: r.raft_log.committed,
+            applied: self.applied,
+            last_index: r.raft_log.last_index(),
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+        };
+        self.status_tx.send_if_modified(|old| {
+            if *old != s {
+                *old = s;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn decode_conf_change(e: &Entry) -> Result<ConfChangeV2, StorageError> {
+    use protobuf::Message as _;
+    use raft::prelude::ConfChange;
+    use raft_proto::ConfChangeI;
+    if e.get_entry_type() == EntryType::EntryConfChange {
+        let cc = ConfChange::parse_from_bytes(&e.data)
+            .map_err(|err| StorageError::Corrupt(format!("conf change: {err}")))?;
+        Ok(cc.into_v2())
+    } else {
+        ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| StorageError::Corrupt(format!("conf change: {err}")))
+    }
+}

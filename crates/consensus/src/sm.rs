@@ -1,0 +1,99 @@
+//! The core state machine's storage, over redb tables (one per [`Table`]).
+
+use blixard_core::store::KvPairs;
+use blixard_core::{ReadStore, Store, StoreError, Table};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+fn def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(t.name())
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// Creates every state table, so readers never see "table does not exist".
+pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    for t in Table::ALL {
+        txn.open_table(def(t)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The state machine's view of one write transaction: `apply` writes into it and the caller
+/// commits it together with the Raft log writes of the same Ready.
+pub struct TxnStore<'a>(pub &'a WriteTransaction);
+
+fn scan_table(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<KvPairs, StoreError> {
+    let mut out = Vec::new();
+    for item in t.range::<&[u8]>(prefix..).map_err(err)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item.map_err(err)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+impl ReadStore for TxnStore<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.0.open_table(def(table)).map_err(err)?;
+        let v = t.get(key).map_err(err)?.map(|v| v.value().to_vec());
+        Ok(v)
+    }
+
+    fn scan(&self, table: Table, prefix: &[u8], limit: usize) -> Result<KvPairs, StoreError> {
+        let t = self.0.open_table(def(table)).map_err(err)?;
+        scan_table(&t, prefix, limit)
+    }
+}
+
+impl Store for TxnStore<'_> {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut t = self.0.open_table(def(table)).map_err(err)?;
+        t.insert(key, value).map_err(err)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
+        let mut t = self.0.open_table(def(table)).map_err(err)?;
+        let existed = t.remove(key).map_err(err)?.is_some();
+        Ok(existed)
+    }
+
+    fn clear(&mut self, table: Table) -> Result<(), StoreError> {
+        self.0.delete_table(def(table)).map_err(err)?;
+        self.0.open_table(def(table)).map_err(err)?;
+        Ok(())
+    }
+}
+
+/// A consistent read-only view of the state (one redb read transaction).
+pub struct ReadView(pub ReadTransaction);
+
+impl ReadView {
+    pub fn begin(db: &redb::Database) -> Result<Self, StoreError> {
+        Ok(ReadView(db.begin_read().map_err(err)?))
+    }
+}
+
+impl ReadStore for ReadView {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.0.open_table(def(table)).map_err(err)?;
+        let v = t.get(key).map_err(err)?.map(|v| v.value().to_vec());
+        Ok(v)
+    }
+
+    fn scan(&self, table: Table, prefix: &[u8], limit: usize) -> Result<KvPairs, StoreError> {
+        let t = self.0.open_table(def(table)).map_err(err)?;
+        scan_table(&t, prefix, limit)
+    }
+}

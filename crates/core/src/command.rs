@@ -1,0 +1,107 @@
+//! Commands (replicated writes), queries (reads) and their results.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{ValidationError, VmRecord, VmSpec};
+use crate::NodeId;
+
+/// A write, replicated through Raft and applied by [`crate::state::apply`] on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Does nothing; proposed by a new leader to commit an entry of its own term.
+    Noop,
+    KvPut {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    KvDelete {
+        key: Vec<u8>,
+    },
+    VmCreate {
+        spec: VmSpec,
+    },
+    VmDelete {
+        name: String,
+    },
+    /// Records a member's address (applied with the Raft membership change that adds it).
+    SetMember {
+        id: NodeId,
+        addr: String,
+    },
+    RemoveMember {
+        id: NodeId,
+    },
+}
+
+/// What goes into a Raft entry's data: the command plus what makes `apply` deterministic and
+/// lets the proposer find its answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Proposer-chosen id; the proposer matches it (with the entry index) to its waiting client.
+    pub id: u64,
+    /// The proposer's wall clock in ms since the Unix epoch: time enters `apply` only here.
+    pub now_ms: u64,
+    pub command: Command,
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain data into a Vec cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(data)
+    }
+}
+
+/// The successful result of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Done,
+    Deleted { existed: bool },
+    Vm(Box<VmRecord>),
+}
+
+/// A command that was applied but refused. It changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+/// The deterministic result of applying one command.
+pub type Outcome = Result<Response, CommandError>;
+
+/// A read, served after a ReadIndex round (or locally for stale reads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    KvGet {
+        key: Vec<u8>,
+    },
+    /// Keys with the prefix, in byte order, after `start_after` when given, at most `limit`.
+    KvList {
+        prefix: Vec<u8>,
+        limit: usize,
+    },
+    VmGet {
+        name: String,
+    },
+    VmList,
+    Members,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryResult {
+    Value(Option<Vec<u8>>),
+    Pairs { pairs: Vec<(Vec<u8>, Vec<u8>)>, more: bool },
+    Vm(Option<VmRecord>),
+    Vms(Vec<VmRecord>),
+    Members(Vec<crate::state::Member>),
+}

@@ -1,0 +1,23 @@
+//! The pure core of Blixard.
+//!
+//! Everything here is deterministic and free of IO: the types users and nodes exchange, the
+//! validation rules for them, and the replicated state machine ([`state::apply`]) that every node
+//! runs over the committed Raft log. Storage is reached only through the [`store::Store`] trait,
+//! so the same `apply` runs over redb in a node and over a `BTreeMap` in tests and simulation.
+
+pub mod command;
+pub mod spec;
+pub mod state;
+pub mod store;
+
+pub use command::{Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
+pub use spec::{PortForward, RestartPolicy, ValidationError, VmRecord, VmSpec};
+pub use store::{MemStore, ReadStore, Store, StoreError, Table};
+
+/// Identifier of a node in the cluster. Never 0 (raft-rs reserves 0 for "none").
+pub type NodeId = u64;
+
+/// Largest KV key, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+/// Largest KV value, in bytes (1 MiB).
+pub const MAX_VALUE_LEN: usize = 1024 * 1024;

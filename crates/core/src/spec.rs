@@ -1,0 +1,377 @@
+//! VM specifications and the pure validation rules for them.
+//!
+//! Each rule has its own unit test. Validation runs at the API edge (to answer fast) and again in
+//! [`crate::state::apply`] (so a bad command in the log can never corrupt state).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Bad input: which field, and the rule it broke.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("invalid {field}: {rule}")]
+pub struct ValidationError {
+    pub field: String,
+    pub rule: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self { field: field.into(), rule: rule.into() }
+    }
+}
+
+/// What the cluster does when a VM's process exits on its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    Never,
+    #[default]
+    OnFailure,
+    Always,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+
+    /// Parses the user-facing spelling; `field` names the field in the error.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        match s {
+            "never" => Ok(Self::Never),
+            "on-failure" | "" => Ok(Self::OnFailure),
+            "always" => Ok(Self::Always),
+            other => Err(ValidationError::new(
+                "restart_policy",
+                format!("must be one of never, on-failure, always (got {other:?})"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A host port forwarded to a guest port (TCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// The desired shape of a VM, as the user asked for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub disk_gib: Option<u32>,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub rootfs: Option<String>,
+    pub cmdline: Option<String>,
+    pub ports: Vec<PortForward>,
+    pub labels: BTreeMap<String, String>,
+    pub restart_policy: RestartPolicy,
+}
+
+/// A VM as recorded in the replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub spec: VmSpec,
+    /// Proposer's wall clock when the create was proposed, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Raft index of the entry that created it; a recreated VM of the same name gets a new one.
+    pub create_index: u64,
+}
+
+pub const VCPUS: (u32, u32) = (1, 32);
+pub const MEMORY_MIB: (u32, u32) = (64, 65536);
+pub const DISK_GIB: (u32, u32) = (1, 1024);
+pub const MAX_NAME_LEN: usize = 63;
+pub const MAX_PATH_LEN: usize = 4096;
+/// x86 Linux COMMAND_LINE_SIZE.
+pub const MAX_CMDLINE_LEN: usize = 2048;
+pub const MAX_PORTS: usize = 32;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+pub const MAX_LABEL_VALUE_LEN: usize = 255;
+
+/// Validates a VM name: a DNS label (`[a-z0-9-]`, 1–63 chars, starts with a letter, does not end
+/// with a hyphen). Names become directory names on hosts, so this rule is also what keeps a VM's
+/// files inside its own directory.
+pub fn validate_name(name: &str) -> Result<(), ValidationError> {
+    let err = |rule: &str| Err(ValidationError::new("name", format!("{rule} (got {name:?})")));
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return err("must be 1 to 63 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return err("may contain only lowercase letters, digits and '-'");
+    }
+    if !name.as_bytes()[0].is_ascii_lowercase() {
+        return err("must start with a lowercase letter");
+    }
+    if name.ends_with('-') {
+        return err("must not end with '-'");
+    }
+    Ok(())
+}
+
+fn range(field: &str, v: u32, (lo, hi): (u32, u32)) -> Result<(), ValidationError> {
+    if v < lo || v > hi {
+        return Err(ValidationError::new(field, format!("must be between {lo} and {hi} (got {v})")));
+    }
+    Ok(())
+}
+
+fn text(field: &str, v: &str, max: usize) -> Result<(), ValidationError> {
+    if v.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if v.len() > max {
+        return Err(ValidationError::new(field, format!("must be at most {max} bytes (got {})", v.len())));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(ValidationError::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn validate_ports(ports: &[PortForward]) -> Result<(), ValidationError> {
+    if ports.len() > MAX_PORTS {
+        return Err(ValidationError::new("ports", format!("at most {MAX_PORTS} port forwards (got {})", ports.len())));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in ports {
+        if p.host == 0 || p.guest == 0 {
+            return Err(ValidationError::new(
+                "ports",
+                format!("ports must be 1 to 65535 (got {}:{})", p.host, p.guest),
+            ));
+        }
+        if !seen.insert(p.host) {
+            return Err(ValidationError::new("ports", format!("host port {} is forwarded twice", p.host)));
+        }
+    }
+    Ok(())
+}
+
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    if labels.len() > MAX_LABELS {
+        return Err(ValidationError::new("labels", format!("at most {MAX_LABELS} labels (got {})", labels.len())));
+    }
+    for (k, v) in labels {
+        let ok_key = !k.is_empty()
+            && k.len() <= MAX_LABEL_KEY_LEN
+            && k.as_bytes()[0].is_ascii_alphanumeric()
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+        if !ok_key {
+            return Err(ValidationError::new(
+                "labels",
+                format!("key {k:?} must be 1 to 63 of [A-Za-z0-9._/-], starting with a letter or digit"),
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE_LEN || v.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "labels",
+                format!("value of {k:?} must be at most {MAX_LABEL_VALUE_LEN} bytes without control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl VmSpec {
+    /// Checks every rule; the first broken one is returned.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name(&self.name)?;
+        range("vcpus", self.vcpus, VCPUS)?;
+        range("memory_mib", self.memory_mib, MEMORY_MIB)?;
+        if let Some(d) = self.disk_gib {
+            range("disk_gib", d, DISK_GIB)?;
+        }
+        for (field, v) in [("kernel", &self.kernel), ("initrd", &self.initrd), ("rootfs", &self.rootfs)] {
+            if let Some(v) = v {
+                text(field, v, MAX_PATH_LEN)?;
+            }
+        }
+        if let Some(c) = &self.cmdline {
+            if c.len() > MAX_CMDLINE_LEN {
+                return Err(ValidationError::new(
+                    "cmdline",
+                    format!("must be at most {MAX_CMDLINE_LEN} bytes (got {})", c.len()),
+                ));
+            }
+            if c.chars().any(char::is_control) {
+                return Err(ValidationError::new("cmdline", "must not contain control characters"));
+            }
+        }
+        validate_ports(&self.ports)?;
+        validate_labels(&self.labels)?;
+        Ok(())
+    }
+}
+
+/// Validates a KV key: 1 to [`crate::MAX_KEY_LEN`] bytes.
+pub fn validate_key(key: &[u8]) -> Result<(), ValidationError> {
+    if key.is_empty() || key.len() > crate::MAX_KEY_LEN {
+        return Err(ValidationError::new(
+            "key",
+            format!("must be 1 to {} bytes (got {})", crate::MAX_KEY_LEN, key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a KV value: at most [`crate::MAX_VALUE_LEN`] bytes.
+pub fn validate_value(value: &[u8]) -> Result<(), ValidationError> {
+    if value.len() > crate::MAX_VALUE_LEN {
+        return Err(ValidationError::new(
+            "value",
+            format!("must be at most {} bytes (got {})", crate::MAX_VALUE_LEN, value.len()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> VmSpec {
+        VmSpec { name: "web-1".into(), vcpus: 1, memory_mib: 128, ..Default::default() }
+    }
+
+    fn field_of(spec: VmSpec) -> String {
+        spec.validate().expect_err("spec should be invalid").field
+    }
+
+    #[test]
+    fn a_minimal_spec_is_valid() {
+        assert_eq!(good().validate(), Ok(()));
+    }
+
+    #[test]
+    fn name_must_be_1_to_63_chars() {
+        assert_eq!(validate_name("").unwrap_err().field, "name");
+        assert!(validate_name(&"a".repeat(63)).is_ok());
+        let e = validate_name(&"a".repeat(64)).unwrap_err();
+        assert!(e.rule.contains("1 to 63"), "{e}");
+    }
+
+    #[test]
+    fn name_allows_only_lowercase_digits_and_hyphen() {
+        for bad in ["Web", "web_1", "web.1", "wéb", "web 1", "../x", "a/b"] {
+            let e = validate_name(bad).unwrap_err();
+            assert_eq!(e.field, "name");
+            assert!(e.rule.contains("only lowercase"), "{bad}: {e}");
+        }
+        assert!(validate_name("a-0-b").is_ok());
+    }
+
+    #[test]
+    fn name_must_start_with_a_letter() {
+        for bad in ["1web", "-web"] {
+            assert!(validate_name(bad).unwrap_err().rule.contains("start with"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn name_must_not_end_with_hyphen() {
+        assert!(validate_name("web-").unwrap_err().rule.contains("end with"));
+    }
+
+    #[test]
+    fn vcpus_between_1_and_32() {
+        for (v, ok) in [(0, false), (1, true), (32, true), (33, false)] {
+            let s = VmSpec { vcpus: v, ..good() };
+            assert_eq!(s.validate().is_ok(), ok, "vcpus={v}");
+            if !ok {
+                assert_eq!(field_of(s), "vcpus");
+            }
+        }
+    }
+
+    #[test]
+    fn memory_between_64_and_65536_mib() {
+        for (v, ok) in [(63, false), (64, true), (65536, true), (65537, false)] {
+            let s = VmSpec { memory_mib: v, ..good() };
+            assert_eq!(s.validate().is_ok(), ok, "memory={v}");
+            if !ok {
+                assert_eq!(field_of(s), "memory_mib");
+            }
+        }
+    }
+
+    #[test]
+    fn disk_between_1_and_1024_gib() {
+        assert_eq!(field_of(VmSpec { disk_gib: Some(0), ..good() }), "disk_gib");
+        assert_eq!(field_of(VmSpec { disk_gib: Some(1025), ..good() }), "disk_gib");
+        assert!(VmSpec { disk_gib: Some(10), ..good() }.validate().is_ok());
+    }
+
+    #[test]
+    fn image_references_must_be_non_empty_text() {
+        assert_eq!(field_of(VmSpec { kernel: Some(String::new()), ..good() }), "kernel");
+        assert_eq!(field_of(VmSpec { initrd: Some("a\nb".into()), ..good() }), "initrd");
+        assert_eq!(field_of(VmSpec { rootfs: Some("x".repeat(MAX_PATH_LEN + 1)), ..good() }), "rootfs");
+        assert!(VmSpec { kernel: Some("/boot/vmlinuz".into()), ..good() }.validate().is_ok());
+    }
+
+    #[test]
+    fn cmdline_at_most_2048_bytes_without_control_chars() {
+        assert_eq!(field_of(VmSpec { cmdline: Some("x".repeat(2049)), ..good() }), "cmdline");
+        assert_eq!(field_of(VmSpec { cmdline: Some("a\u{0}b".into()), ..good() }), "cmdline");
+        assert!(VmSpec { cmdline: Some("console=ttyS0 quiet".into()), ..good() }.validate().is_ok());
+    }
+
+    #[test]
+    fn ports_non_zero_and_host_ports_unique() {
+        let p = |host, guest| PortForward { host, guest };
+        assert_eq!(field_of(VmSpec { ports: vec![p(0, 80)], ..good() }), "ports");
+        assert_eq!(field_of(VmSpec { ports: vec![p(8080, 0)], ..good() }), "ports");
+        let dup = VmSpec { ports: vec![p(8080, 80), p(8080, 81)], ..good() };
+        assert!(dup.validate().unwrap_err().rule.contains("twice"));
+        let many = VmSpec { ports: (1..=33).map(|i| p(i, 80)).collect(), ..good() };
+        assert_eq!(field_of(many), "ports");
+        assert!(VmSpec { ports: vec![p(8080, 80), p(8443, 443)], ..good() }.validate().is_ok());
+    }
+
+    #[test]
+    fn labels_keys_and_values_are_bounded() {
+        let l = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(field_of(VmSpec { labels: l("", "x"), ..good() }), "labels");
+        assert_eq!(field_of(VmSpec { labels: l("-x", "x"), ..good() }), "labels");
+        assert_eq!(field_of(VmSpec { labels: l("k", &"v".repeat(256)), ..good() }), "labels");
+        assert_eq!(field_of(VmSpec { labels: l("k", "a\tb"), ..good() }), "labels");
+        let many: BTreeMap<_, _> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
+        assert_eq!(field_of(VmSpec { labels: many, ..good() }), "labels");
+        assert!(VmSpec { labels: l("app.io/tier", "web"), ..good() }.validate().is_ok());
+    }
+
+    #[test]
+    fn restart_policy_parses_the_three_spellings() {
+        assert_eq!(RestartPolicy::parse("never"), Ok(RestartPolicy::Never));
+        assert_eq!(RestartPolicy::parse("on-failure"), Ok(RestartPolicy::OnFailure));
+        assert_eq!(RestartPolicy::parse("always"), Ok(RestartPolicy::Always));
+        assert_eq!(RestartPolicy::parse("sometimes").unwrap_err().field, "restart_policy");
+    }
+
+    #[test]
+    fn keys_are_1_to_1024_bytes_and_values_at_most_1_mib() {
+        assert_eq!(validate_key(b"").unwrap_err().field, "key");
+        assert!(validate_key(&[b'k'; 1024]).is_ok());
+        assert_eq!(validate_key(&[b'k'; 1025]).unwrap_err().field, "key");
+        assert!(validate_value(b"").is_ok());
+        assert!(validate_value(&vec![0; 1 << 20]).is_ok());
+        assert_eq!(validate_value(&vec![0; (1 << 20) + 1]).unwrap_err().field, "value");
+    }
+}

@@ -1,0 +1,321 @@
+//! The replicated state machine: `apply` for writes, `query` for reads, and the snapshot format.
+//!
+//! `apply` is a pure function of (state, command, index): no clock, no randomness, no map-order
+//! iteration. Every node applying the same log reaches byte-identical tables.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
+use crate::spec::{validate_key, validate_name, validate_value, VmRecord};
+use crate::store::{ReadStore, Store, StoreError, Table};
+use crate::NodeId;
+
+/// A cluster member as recorded in the replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(table: Table, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| {
+        StoreError(format!("undecodable record in {} at {:?}: {e}", table.name(), String::from_utf8_lossy(key)))
+    })
+}
+
+/// Applies one committed command at log `index`. The outer `Result` is a storage failure (fatal
+/// for the node); the inner one is the command's own, deterministic result.
+pub fn apply(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outcome, StoreError> {
+    Ok(match &env.command {
+        Command::Noop => Ok(Response::Done),
+        Command::KvPut { key, value } => match validate_key(key).and_then(|()| validate_value(value)) {
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                store.put(Table::Kv, key, value)?;
+                Ok(Response::Done)
+            }
+        },
+        Command::KvDelete { key } => match validate_key(key) {
+            Err(e) => Err(e.into()),
+            Ok(()) => Ok(Response::Deleted { existed: store.delete(Table::Kv, key)? }),
+        },
+        Command::VmCreate { spec } => {
+            if let Err(e) = spec.validate() {
+                return Ok(Err(e.into()));
+            }
+            if store.get(Table::Vms, spec.name.as_bytes())?.is_some() {
+                return Ok(Err(CommandError::AlreadyExists(format!("vm {:?}", spec.name))));
+            }
+            let rec = VmRecord { spec: spec.clone(), created_at_ms: env.now_ms, create_index: index };
+            store.put(Table::Vms, spec.name.as_bytes(), &encode(&rec))?;
+            Ok(Response::Vm(Box::new(rec)))
+        }
+        Command::VmDelete { name } => {
+            if let Err(e) = validate_name(name) {
+                return Ok(Err(e.into()));
+            }
+            if store.delete(Table::Vms, name.as_bytes())? {
+                Ok(Response::Deleted { existed: true })
+            } else {
+                Err(CommandError::NotFound(format!("vm {name:?}")))
+            }
+        }
+        Command::SetMember { id, addr } => {
+            store.put(Table::Members, &id.to_be_bytes(), &encode(&Member { id: *id, addr: addr.clone() }))?;
+            Ok(Response::Done)
+        }
+        Command::RemoveMember { id } => {
+            Ok(Response::Deleted { existed: store.delete(Table::Members, &id.to_be_bytes())? })
+        }
+    })
+}
+
+/// Serves a read from the local state.
+pub fn query(store: &impl ReadStore, q: &Query) -> Result<QueryResult, StoreError> {
+    Ok(match q {
+        Query::KvGet { key } => QueryResult::Value(store.get(Table::Kv, key)?),
+        Query::KvList { prefix, limit } => {
+            let mut pairs = store.scan(Table::Kv, prefix, limit.saturating_add(1))?;
+            let more = pairs.len() > *limit;
+            pairs.truncate(*limit);
+            QueryResult::Pairs { pairs, more }
+        }
+        Query::VmGet { name } => match store.get(Table::Vms, name.as_bytes())? {
+            None => QueryResult::Vm(None),
+            Some(b) => QueryResult::Vm(Some(decode(Table::Vms, name.as_bytes(), &b)?)),
+        },
+        Query::VmList => QueryResult::Vms(
+            store
+                .scan(Table::Vms, b"", usize::MAX)?
+                .iter()
+                .map(|(k, v)| decode(Table::Vms, k, v))
+                .collect::<Result<_, _>>()?,
+        ),
+        Query::Members => QueryResult::Members(members(store)?),
+    })
+}
+
+/// All recorded members, by id.
+pub fn members(store: &impl ReadStore) -> Result<Vec<Member>, StoreError> {
+    store.scan(Table::Members, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Members, k, v)).collect()
+}
+
+/// The whole replicated state as one byte string (the Raft snapshot payload).
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    version: u32,
+    tables: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+}
+
+const SNAPSHOT_VERSION: u32 = 1;
+
+pub fn export(store: &impl ReadStore) -> Result<Vec<u8>, StoreError> {
+    let mut tables = Vec::new();
+    for t in Table::ALL {
+        tables.push((t.name().to_string(), store.scan(t, b"", usize::MAX)?));
+    }
+    Ok(encode(&SnapshotData { version: SNAPSHOT_VERSION, tables }))
+}
+
+/// Replaces the whole state with a snapshot made by [`export`].
+pub fn import(store: &mut impl Store, data: &[u8]) -> Result<(), StoreError> {
+    let snap: SnapshotData =
+        postcard::from_bytes(data).map_err(|e| StoreError(format!("undecodable snapshot: {e}")))?;
+    if snap.version != SNAPSHOT_VERSION {
+        return Err(StoreError(format!("snapshot version {} is not supported", snap.version)));
+    }
+    for t in Table::ALL {
+        store.clear(t)?;
+    }
+    for (name, pairs) in snap.tables {
+        let t = Table::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| StoreError(format!("snapshot has unknown table {name}")))?;
+        for (k, v) in pairs {
+            store.put(t, &k, &v)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{PortForward, RestartPolicy, ValidationError, VmSpec};
+    use crate::store::MemStore;
+
+    fn env(command: Command) -> Envelope {
+        Envelope { id: 7, now_ms: 1_000, command }
+    }
+
+    fn run(store: &mut MemStore, index: u64, c: Command) -> Outcome {
+        apply(store, index, &env(c)).expect("mem store never fails")
+    }
+
+    fn spec(name: &str) -> VmSpec {
+        VmSpec { name: name.into(), vcpus: 2, memory_mib: 256, ..Default::default() }
+    }
+
+    #[test]
+    fn put_then_get_returns_the_value() {
+        let mut s = MemStore::default();
+        assert_eq!(run(&mut s, 1, Command::KvPut { key: b"a".to_vec(), value: b"1".to_vec() }), Ok(Response::Done));
+        assert_eq!(query(&s, &Query::KvGet { key: b"a".to_vec() }), Ok(QueryResult::Value(Some(b"1".to_vec()))));
+        assert_eq!(query(&s, &Query::KvGet { key: b"b".to_vec() }), Ok(QueryResult::Value(None)));
+    }
+
+    #[test]
+    fn put_overwrites() {
+        let mut s = MemStore::default();
+        run(&mut s, 1, Command::KvPut { key: b"a".to_vec(), value: b"1".to_vec() }).unwrap();
+        run(&mut s, 2, Command::KvPut { key: b"a".to_vec(), value: b"2".to_vec() }).unwrap();
+        assert_eq!(query(&s, &Query::KvGet { key: b"a".to_vec() }), Ok(QueryResult::Value(Some(b"2".to_vec()))));
+    }
+
+    #[test]
+    fn put_with_bad_key_or_value_is_refused_and_changes_nothing() {
+        let mut s = MemStore::default();
+        let r = run(&mut s, 1, Command::KvPut { key: vec![], value: b"1".to_vec() });
+        assert_eq!(r, Err(CommandError::Invalid(ValidationError::new("key", "must be 1 to 1024 bytes (got 0)"))));
+        let r = run(&mut s, 2, Command::KvPut { key: b"k".to_vec(), value: vec![0; (1 << 20) + 1] });
+        assert!(matches!(r, Err(CommandError::Invalid(ValidationError { ref field, .. })) if field == "value"));
+        assert_eq!(s, MemStore::default());
+    }
+
+    #[test]
+    fn delete_reports_whether_the_key_existed() {
+        let mut s = MemStore::default();
+        run(&mut s, 1, Command::KvPut { key: b"a".to_vec(), value: b"1".to_vec() }).unwrap();
+        assert_eq!(run(&mut s, 2, Command::KvDelete { key: b"a".to_vec() }), Ok(Response::Deleted { existed: true }));
+        assert_eq!(run(&mut s, 3, Command::KvDelete { key: b"a".to_vec() }), Ok(Response::Deleted { existed: false }));
+        assert_eq!(query(&s, &Query::KvGet { key: b"a".to_vec() }), Ok(QueryResult::Value(None)));
+    }
+
+    #[test]
+    fn list_by_prefix_is_ordered_and_limited() {
+        let mut s = MemStore::default();
+        for k in ["b/2", "a/1", "b/1", "c", "b/3"] {
+            run(&mut s, 1, Command::KvPut { key: k.as_bytes().to_vec(), value: b"v".to_vec() }).unwrap();
+        }
+        let keys = |r: QueryResult| match r {
+            QueryResult::Pairs { pairs, more } => {
+                (pairs.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()).collect::<Vec<_>>(), more)
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let all = query(&s, &Query::KvList { prefix: b"b/".to_vec(), limit: 10 }).unwrap();
+        assert_eq!(keys(all), (vec!["b/1".to_string(), "b/2".into(), "b/3".into()], false));
+        let two = query(&s, &Query::KvList { prefix: b"b/".to_vec(), limit: 2 }).unwrap();
+        assert_eq!(keys(two), (vec!["b/1".to_string(), "b/2".into()], true));
+        let every = query(&s, &Query::KvList { prefix: vec![], limit: 100 }).unwrap();
+        assert_eq!(keys(every).0.len(), 5);
+    }
+
+    #[test]
+    fn vm_create_records_the_spec_time_and_index() {
+        let mut s = MemStore::default();
+        let mut sp = spec("web");
+        sp.ports = vec![PortForward { host: 8080, guest: 80 }];
+        sp.restart_policy = RestartPolicy::Always;
+        let rec = VmRecord { spec: sp.clone(), created_at_ms: 1_000, create_index: 5 };
+        assert_eq!(run(&mut s, 5, Command::VmCreate { spec: sp }), Ok(Response::Vm(Box::new(rec.clone()))));
+        assert_eq!(query(&s, &Query::VmGet { name: "web".into() }), Ok(QueryResult::Vm(Some(rec))));
+    }
+
+    #[test]
+    fn vm_create_of_an_existing_name_is_rejected_not_overwritten() {
+        let mut s = MemStore::default();
+        run(&mut s, 1, Command::VmCreate { spec: spec("web") }).unwrap();
+        let before = s.clone();
+        let mut other = spec("web");
+        other.vcpus = 8;
+        assert_eq!(
+            run(&mut s, 2, Command::VmCreate { spec: other }),
+            Err(CommandError::AlreadyExists("vm \"web\"".into()))
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn vm_create_with_invalid_spec_is_rejected_and_changes_nothing() {
+        let mut s = MemStore::default();
+        let mut bad = spec("web");
+        bad.vcpus = 0;
+        let r = run(&mut s, 1, Command::VmCreate { spec: bad });
+        assert_eq!(r, Err(CommandError::Invalid(ValidationError::new("vcpus", "must be between 1 and 32 (got 0)"))));
+        assert_eq!(s, MemStore::default());
+    }
+
+    #[test]
+    fn vm_list_is_ordered_by_name_and_delete_removes() {
+        let mut s = MemStore::default();
+        for n in ["b", "a", "c"] {
+            run(&mut s, 1, Command::VmCreate { spec: spec(n) }).unwrap();
+        }
+        let names = |s: &MemStore| match query(s, &Query::VmList).unwrap() {
+            QueryResult::Vms(v) => v.into_iter().map(|r| r.spec.name).collect::<Vec<_>>(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(names(&s), ["a", "b", "c"]);
+        assert_eq!(run(&mut s, 2, Command::VmDelete { name: "b".into() }), Ok(Response::Deleted { existed: true }));
+        assert_eq!(names(&s), ["a", "c"]);
+        assert_eq!(
+            run(&mut s, 3, Command::VmDelete { name: "b".into() }),
+            Err(CommandError::NotFound("vm \"b\"".into()))
+        );
+    }
+
+    #[test]
+    fn members_are_recorded_and_removed() {
+        let mut s = MemStore::default();
+        run(&mut s, 1, Command::SetMember { id: 2, addr: "127.0.0.1:7002".into() }).unwrap();
+        run(&mut s, 2, Command::SetMember { id: 1, addr: "127.0.0.1:7001".into() }).unwrap();
+        assert_eq!(
+            members(&s).unwrap(),
+            vec![Member { id: 1, addr: "127.0.0.1:7001".into() }, Member { id: 2, addr: "127.0.0.1:7002".into() }]
+        );
+        assert_eq!(run(&mut s, 3, Command::RemoveMember { id: 2 }), Ok(Response::Deleted { existed: true }));
+        assert_eq!(members(&s).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_same_log_gives_the_same_state_and_snapshots_round_trip() {
+        let log = [
+            Command::KvPut { key: b"x".to_vec(), value: b"1".to_vec() },
+            Command::VmCreate { spec: spec("db") },
+            Command::SetMember { id: 1, addr: "a:1".into() },
+            Command::KvDelete { key: b"x".to_vec() },
+            Command::KvPut { key: b"y".to_vec(), value: b"2".to_vec() },
+        ];
+        let (mut a, mut b) = (MemStore::default(), MemStore::default());
+        for (i, c) in log.iter().enumerate() {
+            run(&mut a, i as u64 + 1, c.clone()).unwrap();
+            run(&mut b, i as u64 + 1, c.clone()).unwrap();
+        }
+        assert_eq!(a, b);
+        let data = export(&a).unwrap();
+        let mut c = MemStore::default();
+        run(&mut c, 1, Command::KvPut { key: b"stale".to_vec(), value: vec![] }).unwrap();
+        import(&mut c, &data).unwrap();
+        assert_eq!(export(&c).unwrap(), data);
+        assert_eq!(query(&c, &Query::KvGet { key: b"stale".to_vec() }), Ok(QueryResult::Value(None)));
+    }
+
+    #[test]
+    fn a_corrupt_snapshot_is_an_error_not_a_panic() {
+        let mut s = MemStore::default();
+        assert!(import(&mut s, b"\xff\xff\xff garbage").is_err());
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_garbage_does_not_panic() {
+        let e = env(Command::KvPut { key: b"k".to_vec(), value: b"v".to_vec() });
+        assert_eq!(Envelope::decode(&e.encode()), Ok(e));
+        assert!(Envelope::decode(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff").is_err());
+    }
+}
