@@ -1,1 +1,5 @@
-fn main() {}
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    tonic_build::configure().compile_protos(&["proto/blixard/v1/api.proto"], &["proto"])?;
+    Ok(())
+}

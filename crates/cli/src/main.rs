@@ -1,1 +1,80 @@
-fn main() {}
+//! `blixard`: `blixard node ...` runs the daemon; every other subcommand is a gRPC client.
+//!
+//! Exit codes: 0 success; 1 an error, with one line on stderr; 2 a usage error (clap).
+
+mod client;
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "blixard", version, about = "Blixard: a microVM orchestrator in one binary")]
+pub struct Cli {
+    /// Address of any node of the cluster.
+    #[arg(long, global = true, env = "BLIXARD_ADDR", default_value = "127.0.0.1:7001")]
+    pub addr: String,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Top,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Top {
+    /// Run a node (the daemon).
+    Node(cmd::node::NodeArgs),
+    /// Cluster membership and health.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::ClusterCmd),
+    /// The replicated key/value store.
+    #[command(subcommand)]
+    Kv(cmd::kv::KvCmd),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(cmd::vm::VmCmd),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Top::Node(args) => cmd::node::run(args).await,
+            Top::Cluster(c) => cmd::cluster::run(&cli.addr, cli.output, c).await,
+            Top::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
+            Top::Vm(c) => cmd::vm::run(&cli.addr, cli.output, c).await,
+            Top::Completions { shell } => {
+                clap_complete::generate(shell, &mut Cli::command(), "blixard", &mut std::io::stdout());
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

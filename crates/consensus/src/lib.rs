@@ -6,6 +6,9 @@
 //! - [`sm`]: the core state machine's [`blixard_core::Store`] over redb tables.
 //! - [`driver`]: the Ready loop, proposals tracked by id, ReadIndex reads.
 
+// rust-protobuf messages are built by mutating a default (they carry hidden fields).
+#![allow(clippy::field_reassign_with_default)]
+
 pub mod driver;
 pub mod error;
 pub mod log_store;

@@ -3,6 +3,8 @@
 //! `suite!`; what only the redb store promises (durability across reopen, keeping the term of
 //! the entry before the first) has its own tests below.
 
+#![allow(clippy::field_reassign_with_default)]
+
 use std::sync::Arc;
 
 use blixard_consensus::{LogStore, RedbStorage};

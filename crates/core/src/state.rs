@@ -108,7 +108,7 @@ pub fn members(store: &impl ReadStore) -> Result<Vec<Member>, StoreError> {
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
     version: u32,
-    tables: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+    tables: Vec<(String, crate::store::KvPairs)>,
 }
 
 const SNAPSHOT_VERSION: u32 = 1;

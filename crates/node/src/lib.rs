@@ -1,1 +1,139 @@
-//! placeholder
+//! The Blixard daemon: opens the data dir, runs the Raft driver, serves the gRPC API.
+//!
+//! [`Node::start`] takes an already-bound listener and [`Node::shutdown`] stops it cleanly, so
+//! tests bind `127.0.0.1:0` and never race for ports.
+
+pub mod api;
+pub mod datadir;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blixard_consensus::driver::Driver;
+use blixard_consensus::transport::Loopback;
+use blixard_consensus::{Bootstrap, Handle, RaftConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How a node is started (`blixard node ...`).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// The address peers and clients reach this node at. Defaults to the bound address.
+    pub advertise: Option<String>,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+}
+
+impl NodeConfig {
+    pub fn new(id: u64, data_dir: impl Into<PathBuf>) -> Self {
+        let d = RaftConfig::new(id);
+        NodeConfig {
+            id,
+            data_dir: data_dir.into(),
+            advertise: None,
+            tick: d.tick,
+            election_ticks: d.election_ticks,
+            heartbeat_ticks: d.heartbeat_ticks,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid --id: must be a positive integer (got 0)")]
+    ZeroId,
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
+    #[error("cannot serve on {addr}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running node.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub raft: Handle,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    driver: JoinHandle<Result<(), blixard_consensus::StorageError>>,
+}
+
+impl Node {
+    /// Opens (or bootstraps) the data dir and starts serving on `listener`.
+    pub async fn start(cfg: NodeConfig, listener: TcpListener) -> Result<Node, NodeError> {
+        if cfg.id == 0 {
+            return Err(NodeError::ZeroId);
+        }
+        let addr =
+            listener.local_addr().map_err(|source| NodeError::Serve { addr: ([0, 0, 0, 0], 0).into(), source })?;
+        let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let mut storage = datadir::open(&cfg.data_dir, cfg.id)?;
+        if !storage.is_initialized() {
+            tracing::info!(id = cfg.id, %advertise, "bootstrapping a new one-node cluster");
+            storage
+                .bootstrap(&Bootstrap { id: cfg.id, addr: advertise.clone() })
+                .map_err(|e| datadir::DataDirError::Storage { dir: cfg.data_dir.clone(), source: e })?;
+        } else {
+            tracing::info!(id = cfg.id, "restarting from {}", cfg.data_dir.display());
+        }
+        let rc = RaftConfig {
+            tick: cfg.tick,
+            election_ticks: cfg.election_ticks,
+            heartbeat_ticks: cfg.heartbeat_ticks,
+            ..RaftConfig::new(cfg.id)
+        };
+        let (driver, raft) = Driver::new(rc, storage, Arc::new(Loopback))
+            .map_err(|e| datadir::DataDirError::Storage { dir: cfg.data_dir.clone(), source: e })?;
+        let driver = tokio::spawn(async move {
+            let r = driver.run().await;
+            if let Err(e) = &r {
+                tracing::error!("raft driver stopped: {}", status::chain(e));
+            }
+            r
+        });
+
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let svc = api::Api::new(raft.clone());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(blixard_proto::v1::cluster_service_server::ClusterServiceServer::new(svc.clone()))
+                .add_service(blixard_proto::v1::kv_service_server::KvServiceServer::new(svc.clone()))
+                .add_service(blixard_proto::v1::vm_service_server::VmServiceServer::new(svc))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        tracing::info!(id = cfg.id, %addr, "serving");
+        Ok(Node { addr, raft, stop_server: Some(stop_server), server, driver })
+    }
+
+    /// Resolves if the driver stops on its own (a storage failure): the node must exit.
+    pub async fn wait_driver(&mut self) -> Result<(), String> {
+        match (&mut self.driver).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(status::chain(&e)),
+            Err(e) => Err(format!("raft driver panicked: {e}")),
+        }
+    }
+
+    /// Stops serving, then stops the driver after its current turn (everything acknowledged is
+    /// already durable).
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop_server.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+        self.raft.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.driver).await;
+    }
+}

@@ -1,1 +1,105 @@
-//! placeholder
+//! The `blixard.v1` gRPC API: generated code plus conversions to and from core types.
+//!
+//! Conversions from the wire are where untrusted input becomes core types: a bad field becomes a
+//! [`ValidationError`] naming it, never a panic.
+
+pub mod v1 {
+    tonic::include_proto!("blixard.v1");
+}
+
+use std::collections::BTreeMap;
+
+use blixard_core::{PortForward, RestartPolicy, ValidationError, VmRecord, VmSpec};
+
+fn port(field: &str, v: u32) -> Result<u16, ValidationError> {
+    u16::try_from(v)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| ValidationError::new(field, format!("must be a port between 1 and 65535 (got {v})")))
+}
+
+fn opt(s: String) -> Option<String> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
+impl TryFrom<v1::VmSpec> for VmSpec {
+    type Error = ValidationError;
+
+    fn try_from(s: v1::VmSpec) -> Result<Self, ValidationError> {
+        let ports = s
+            .ports
+            .iter()
+            .map(|p| Ok(PortForward { host: port("ports", p.host)?, guest: port("ports", p.guest)? }))
+            .collect::<Result<Vec<_>, ValidationError>>()?;
+        Ok(VmSpec {
+            name: s.name,
+            vcpus: s.vcpus,
+            memory_mib: s.memory_mib,
+            disk_gib: s.disk_gib,
+            kernel: opt(s.kernel),
+            initrd: opt(s.initrd),
+            rootfs: opt(s.rootfs),
+            cmdline: opt(s.cmdline),
+            ports,
+            labels: s.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            restart_policy: RestartPolicy::parse(&s.restart_policy)?,
+        })
+    }
+}
+
+impl From<VmSpec> for v1::VmSpec {
+    fn from(s: VmSpec) -> Self {
+        v1::VmSpec {
+            name: s.name,
+            vcpus: s.vcpus,
+            memory_mib: s.memory_mib,
+            disk_gib: s.disk_gib,
+            kernel: s.kernel.unwrap_or_default(),
+            initrd: s.initrd.unwrap_or_default(),
+            rootfs: s.rootfs.unwrap_or_default(),
+            cmdline: s.cmdline.unwrap_or_default(),
+            ports: s.ports.iter().map(|p| v1::PortForward { host: p.host.into(), guest: p.guest.into() }).collect(),
+            labels: s.labels.into_iter().collect(),
+            restart_policy: s.restart_policy.as_str().to_string(),
+        }
+    }
+}
+
+impl From<VmRecord> for v1::Vm {
+    fn from(r: VmRecord) -> Self {
+        v1::Vm { spec: Some(r.spec.into()), created_at_ms: r.created_at_ms, create_index: r.create_index }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip_through_the_wire_type() {
+        let spec = VmSpec {
+            name: "web".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            disk_gib: Some(4),
+            kernel: Some("/k".into()),
+            cmdline: Some("quiet".into()),
+            ports: vec![PortForward { host: 8080, guest: 80 }],
+            labels: BTreeMap::from([("tier".into(), "web".into())]),
+            restart_policy: RestartPolicy::Always,
+            ..Default::default()
+        };
+        let wire: v1::VmSpec = spec.clone().into();
+        assert_eq!(VmSpec::try_from(wire), Ok(spec));
+    }
+
+    #[test]
+    fn out_of_range_ports_and_policies_name_their_field() {
+        let mut w = v1::VmSpec { name: "a".into(), ..Default::default() };
+        w.ports = vec![v1::PortForward { host: 70000, guest: 80 }];
+        assert_eq!(VmSpec::try_from(w.clone()).unwrap_err().field, "ports");
+        w.ports.clear();
+        w.restart_policy = "maybe".into();
+        assert_eq!(VmSpec::try_from(w).unwrap_err().field, "restart_policy");
+    }
+}

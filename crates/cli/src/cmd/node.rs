@@ -1,0 +1,73 @@
+//! `blixard node`: run the daemon until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use blixard_node::{Node, NodeConfig};
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// This node's id: a positive integer, unique in the cluster, fixed for its data dir.
+    #[arg(long)]
+    pub id: u64,
+    /// Address to serve the API and peer traffic on.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub bind: String,
+    /// Where the Raft log and state live. Created when missing; never wiped.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address other nodes and clients use to reach this one (default: the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Raft tick, in milliseconds.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub tick_ms: u64,
+    /// Election timeout in ticks (randomized in [n, 2n)).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=1000))]
+    pub election_ticks: u64,
+    /// Heartbeat interval in ticks; must be less than --election-ticks.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub heartbeat_ticks: u64,
+    /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    pub log: String,
+}
+
+pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&a.log))
+        .context("invalid --log filter")?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if a.heartbeat_ticks >= a.election_ticks {
+        anyhow::bail!(
+            "invalid --heartbeat-ticks: must be less than --election-ticks ({} >= {})",
+            a.heartbeat_ticks,
+            a.election_ticks
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(&a.bind).await.with_context(|| format!("cannot bind {}", a.bind))?;
+    let mut cfg = NodeConfig::new(a.id, a.data_dir);
+    cfg.advertise = a.advertise;
+    cfg.tick = Duration::from_millis(a.tick_ms);
+    cfg.election_ticks = a.election_ticks as usize;
+    cfg.heartbeat_ticks = a.heartbeat_ticks as usize;
+    let mut node = Node::start(cfg, listener).await.map_err(|e| anyhow::anyhow!(blixard_node::status::chain(&e)))?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install a SIGTERM handler")?;
+    let failed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        r = node.wait_driver() => Some(r),
+    };
+    match failed {
+        None => {
+            tracing::info!("shutting down");
+            node.shutdown().await;
+            Ok(())
+        }
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => anyhow::bail!("node stopped: {e}"),
+    }
+}

@@ -1,0 +1,208 @@
+use std::collections::BTreeMap;
+
+use blixard_proto::v1::vm_service_client::VmServiceClient;
+use blixard_proto::v1::{self, CreateVmRequest, DeleteVmRequest, GetVmRequest, ListVmsRequest, ReadOptions};
+use serde::Serialize;
+
+use crate::client::{call, connect};
+use crate::output::{emit, Table};
+use crate::Format;
+
+#[derive(clap::Subcommand)]
+pub enum VmCmd {
+    /// Record a new VM (desired state).
+    Create(CreateArgs),
+    /// Show one VM.
+    Get {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List VMs by name.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete a VM.
+    Delete { name: String },
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// DNS label: [a-z0-9-], 1–63 chars, starting with a letter.
+    pub name: String,
+    /// Virtual CPUs (1–32).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Memory in MiB (64–65536).
+    #[arg(long = "memory", default_value_t = 128)]
+    pub memory_mib: u32,
+    /// Size of a per-VM disk, in GiB (1–1024).
+    #[arg(long)]
+    pub disk_gib: Option<u32>,
+    /// Kernel image reference.
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Initrd image reference.
+    #[arg(long)]
+    pub initrd: Option<String>,
+    /// Root filesystem base image reference.
+    #[arg(long)]
+    pub rootfs: Option<String>,
+    /// Extra kernel command line.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Forward a host TCP port to a guest port: HOST:GUEST (repeatable).
+    #[arg(long = "port", value_parser = parse_port)]
+    pub ports: Vec<(u32, u32)>,
+    /// A label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// never | on-failure | always.
+    #[arg(long = "restart", default_value = "on-failure")]
+    pub restart_policy: String,
+}
+
+fn parse_port(s: &str) -> Result<(u32, u32), String> {
+    let (h, g) = s.split_once(':').ok_or_else(|| format!("expected HOST:GUEST, got {s:?}"))?;
+    let p = |x: &str| x.parse::<u32>().map_err(|_| format!("{x:?} is not a port number"));
+    Ok((p(h)?, p(g)?))
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+#[derive(Serialize)]
+struct PortOut {
+    host: u32,
+    guest: u32,
+}
+
+/// The JSON shape of a VM (documented in README).
+#[derive(Serialize)]
+struct VmOut {
+    name: String,
+    vcpus: u32,
+    memory_mib: u32,
+    disk_gib: Option<u32>,
+    kernel: Option<String>,
+    initrd: Option<String>,
+    rootfs: Option<String>,
+    cmdline: Option<String>,
+    ports: Vec<PortOut>,
+    labels: BTreeMap<String, String>,
+    restart_policy: String,
+    created_at_ms: u64,
+    create_index: u64,
+}
+
+fn opt(s: String) -> Option<String> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
+fn vm_out(v: v1::Vm) -> VmOut {
+    let s = v.spec.unwrap_or_default();
+    VmOut {
+        name: s.name,
+        vcpus: s.vcpus,
+        memory_mib: s.memory_mib,
+        disk_gib: s.disk_gib,
+        kernel: opt(s.kernel),
+        initrd: opt(s.initrd),
+        rootfs: opt(s.rootfs),
+        cmdline: opt(s.cmdline),
+        ports: s.ports.into_iter().map(|p| PortOut { host: p.host, guest: p.guest }).collect(),
+        labels: s.labels.into_iter().collect(),
+        restart_policy: s.restart_policy,
+        created_at_ms: v.created_at_ms,
+        create_index: v.create_index,
+    }
+}
+
+fn table(vms: &[VmOut]) -> Table {
+    let mut t = Table::new(vec!["NAME", "VCPUS", "MEMORY", "PORTS", "RESTART"]);
+    for v in vms {
+        let ports: Vec<String> = v.ports.iter().map(|p| format!("{}:{}", p.host, p.guest)).collect();
+        t = t.row(vec![
+            v.name.clone(),
+            v.vcpus.to_string(),
+            format!("{} MiB", v.memory_mib),
+            if ports.is_empty() { "-".into() } else { ports.join(",") },
+            v.restart_policy.clone(),
+        ]);
+    }
+    t
+}
+
+pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
+    let ch = connect(addr).await?;
+    let vm = || VmServiceClient::new(ch.clone());
+    match c {
+        VmCmd::Create(a) => {
+            let spec = v1::VmSpec {
+                name: a.name,
+                vcpus: a.vcpus,
+                memory_mib: a.memory_mib,
+                disk_gib: a.disk_gib,
+                kernel: a.kernel.unwrap_or_default(),
+                initrd: a.initrd.unwrap_or_default(),
+                rootfs: a.rootfs.unwrap_or_default(),
+                cmdline: a.cmdline.unwrap_or_default(),
+                ports: a.ports.into_iter().map(|(host, guest)| v1::PortForward { host, guest }).collect(),
+                labels: a.labels.into_iter().collect(),
+                restart_policy: a.restart_policy,
+            };
+            let req = CreateVmRequest { spec: Some(spec) };
+            let r = call(addr, || {
+                let (mut c, r) = (vm(), req.clone());
+                async move { c.create_vm(r).await }
+            })
+            .await?;
+            let out = vm_out(r.vm.unwrap_or_default());
+            emit(fmt, &out, || table(std::slice::from_ref(&out)));
+        }
+        VmCmd::Get { name, stale } => {
+            let req = GetVmRequest { name, read: Some(ReadOptions { stale }) };
+            let r = call(addr, || {
+                let (mut c, r) = (vm(), req.clone());
+                async move { c.get_vm(r).await }
+            })
+            .await?;
+            let out = vm_out(r.vm.unwrap_or_default());
+            emit(fmt, &out, || table(std::slice::from_ref(&out)));
+        }
+        VmCmd::List { stale } => {
+            let req = ListVmsRequest { read: Some(ReadOptions { stale }) };
+            let r = call(addr, || {
+                let (mut c, r) = (vm(), req);
+                async move { c.list_vms(r).await }
+            })
+            .await?;
+            #[derive(Serialize)]
+            struct Out {
+                vms: Vec<VmOut>,
+            }
+            let out = Out { vms: r.vms.into_iter().map(vm_out).collect() };
+            emit(fmt, &out, || table(&out.vms));
+        }
+        VmCmd::Delete { name } => {
+            let req = DeleteVmRequest { name: name.clone() };
+            let r = call(addr, || {
+                let (mut c, r) = (vm(), req.clone());
+                async move { c.delete_vm(r).await }
+            })
+            .await?;
+            #[derive(Serialize)]
+            struct Out {
+                name: String,
+                deleted: bool,
+                index: u64,
+            }
+            let out = Out { name, deleted: true, index: r.index };
+            emit(fmt, &out, || Table::new(vec!["NAME", "DELETED"]).row(vec![out.name.clone(), "true".into()]));
+        }
+    }
+    Ok(())
+}

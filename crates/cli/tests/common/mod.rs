@@ -1,0 +1,130 @@
+//! Test kit for end-to-end tests: real `blixard` processes, temp dirs, and waiting on
+//! conditions with deadlines (never fixed sleeps). Every process is killed and every directory
+//! removed when its guard drops, also when a test fails.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_blixard");
+
+/// Polls `cond` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(pause); // a poll interval, not a wait for an outcome
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A free port on 127.0.0.1 (bound then released; the OS does not hand it out again soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
+}
+
+/// Runs the CLI against `addr`.
+pub fn cli(addr: &str, args: &[&str]) -> Output {
+    Command::new(BIN).arg("--addr").arg(addr).args(args).output().expect("run blixard")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs the CLI and parses its JSON output; panics with stderr when it fails.
+pub fn cli_json(addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let o = cli(addr, &a);
+    assert!(o.status.success(), "blixard {args:?} failed: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("json output")
+}
+
+/// One `blixard node` process with its own data dir.
+pub struct TestNode {
+    pub id: u64,
+    pub addr: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// Starts node `id` in `dir` on a fresh port.
+    pub fn start(id: u64, dir: &Path) -> TestNode {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut n = TestNode { id, addr, dir: dir.to_path_buf(), child: None };
+        n.spawn(&[]);
+        n
+    }
+
+    pub fn spawn(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let child = Command::new(BIN)
+            .args(["node", "--id", &self.id.to_string(), "--bind", &self.addr, "--data-dir"])
+            .arg(&self.dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn node");
+        self.child = Some(child);
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until this node reports itself leader.
+    pub fn wait_leader(&self, timeout: Duration) -> serde_json::Value {
+        wait_until(&format!("node {} to become leader", self.id), timeout, || {
+            let o = cli(&self.addr, &["cluster", "status", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+            (v["role"] == "leader").then_some(v)
+        })
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        wait_until("node to exit after SIGTERM", Duration::from_secs(15), || c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the process to exit on its own (e.g. refusing to start).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("running");
+        let s = wait_until("node to exit", timeout, || c.try_wait().ok().flatten());
+        self.child = None;
+        s
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

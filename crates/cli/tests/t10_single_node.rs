@@ -1,0 +1,275 @@
+//! The walking skeleton end to end: one real `blixard node` process and the CLI.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LEADER_WITHIN: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_new_node_becomes_leader_of_its_one_node_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    let st = n.wait_leader(LEADER_WITHIN);
+    assert_eq!(st["node_id"], 1);
+    assert_eq!(st["leader_id"], 1);
+    assert_eq!(st["leader_addr"], n.addr.as_str());
+    assert_eq!(st["members"][0]["id"], 1);
+    assert_eq!(st["members"][0]["addr"], n.addr.as_str());
+    assert_eq!(st["members"][0]["membership"], "voter");
+}
+
+#[test]
+fn every_acknowledged_write_survives_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(LEADER_WITHIN);
+
+    // 1,000 writes from 16 concurrent clients; remember every acknowledged one.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acked: BTreeMap<String, String> = rt.block_on(async {
+        use blixard_proto::v1::kv_service_client::KvServiceClient;
+        let ch =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr)).unwrap().connect().await.unwrap();
+        let mut tasks = Vec::new();
+        for c in 0..16 {
+            let ch = ch.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut kv = KvServiceClient::new(ch);
+                let mut done = Vec::new();
+                for i in (c..1000).step_by(16) {
+                    let (k, v) = (format!("key/{i:04}"), format!("value-{i}"));
+                    let req = blixard_proto::v1::PutRequest { key: k.clone().into(), value: v.clone().into() };
+                    kv.put(req).await.expect("put acknowledged");
+                    done.push((k, v));
+                }
+                done
+            }));
+        }
+        let mut all = BTreeMap::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    assert_eq!(acked.len(), 1000);
+
+    n.kill9();
+    n.spawn(&[]);
+    n.wait_leader(LEADER_WITHIN);
+
+    let listed = cli_json(&n.addr, &["kv", "list", "key/", "--limit", "10000"]);
+    let got: BTreeMap<String, String> = listed["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["key"].as_str().unwrap().to_string(), p["value"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(got, acked);
+    assert_eq!(listed["more"], false);
+    // And one by one through `kv get`.
+    for k in ["key/0000", "key/0517", "key/0999"] {
+        let o = cli(&n.addr, &["kv", "get", k]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim_end(), acked[k]);
+    }
+}
+
+#[test]
+fn kv_commands_round_trip_with_exact_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(LEADER_WITHIN);
+    let put = cli_json(&n.addr, &["kv", "put", "greeting", "hello world"]);
+    assert_eq!(put["key"], "greeting");
+    assert!(put["index"].as_u64().unwrap() > 1);
+    assert_eq!(
+        cli_json(&n.addr, &["kv", "get", "greeting"]),
+        serde_json::json!({"key": "greeting", "value": "hello world"})
+    );
+    assert_eq!(cli_json(&n.addr, &["kv", "get", "greeting", "--stale"])["value"], "hello world");
+    let del = cli_json(&n.addr, &["kv", "delete", "greeting"]);
+    assert_eq!(del["deleted"], true);
+    assert_eq!(cli_json(&n.addr, &["kv", "delete", "greeting"])["deleted"], false);
+    let o = cli(&n.addr, &["kv", "get", "greeting"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "error: key \"greeting\" not found\n");
+}
+
+#[test]
+fn oversized_keys_and_values_are_refused_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(LEADER_WITHIN);
+    let long = "k".repeat(1025);
+    let o = cli(&n.addr, &["kv", "put", &long, "v"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "error: invalid key: must be 1 to 1024 bytes (got 1025)\n");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        let ch =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr)).unwrap().connect().await.unwrap();
+        let mut kv = blixard_proto::v1::kv_service_client::KvServiceClient::new(ch);
+        let req = blixard_proto::v1::PutRequest { key: b"big".to_vec(), value: vec![7; (1 << 20) + 1] };
+        kv.put(req).await.expect_err("must be refused")
+    });
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "invalid value: must be at most 1048576 bytes (got 1048577)");
+    assert_eq!(cli_json(&n.addr, &["kv", "list"])["pairs"], serde_json::json!([]));
+}
+
+#[test]
+fn vm_records_create_get_list_delete_and_duplicates_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(LEADER_WITHIN);
+    let created = cli_json(
+        &n.addr,
+        &[
+            "vm",
+            "create",
+            "web",
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+            "--port",
+            "8080:80",
+            "--label",
+            "tier=web",
+            "--restart",
+            "always",
+        ],
+    );
+    assert_eq!(created["name"], "web");
+    assert_eq!(created["vcpus"], 2);
+    assert_eq!(created["memory_mib"], 256);
+    assert_eq!(created["ports"], serde_json::json!([{"host": 8080, "guest": 80}]));
+    assert_eq!(created["labels"], serde_json::json!({"tier": "web"}));
+    assert_eq!(created["restart_policy"], "always");
+
+    let dup = cli(&n.addr, &["vm", "create", "web", "--vcpus", "8"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert_eq!(stderr(&dup), "error: vm \"web\" already exists\n");
+    // Not overwritten.
+    assert_eq!(cli_json(&n.addr, &["vm", "get", "web"]), created);
+
+    cli_json(&n.addr, &["vm", "create", "api"]);
+    let names: Vec<_> = cli_json(&n.addr, &["vm", "list"])["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["api", "web"]);
+
+    assert_eq!(cli_json(&n.addr, &["vm", "delete", "web"])["deleted"], true);
+    let gone = cli(&n.addr, &["vm", "get", "web"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert_eq!(stderr(&gone), "error: vm \"web\" not found\n");
+    let again = cli(&n.addr, &["vm", "delete", "web"]);
+    assert_eq!(again.status.code(), Some(1));
+}
+
+#[test]
+fn invalid_vm_specs_exit_1_name_the_field_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(LEADER_WITHIN);
+    let cases: &[(&[&str], &str)] = &[
+        (&["vm", "create", "Web"], "invalid name:"),
+        (&["vm", "create", "1web"], "invalid name:"),
+        (&["vm", "create", "web", "--vcpus", "0"], "invalid vcpus: must be between 1 and 32 (got 0)"),
+        (&["vm", "create", "web", "--vcpus", "33"], "invalid vcpus:"),
+        (&["vm", "create", "web", "--memory", "32"], "invalid memory_mib: must be between 64 and 65536 (got 32)"),
+        (&["vm", "create", "web", "--disk-gib", "0"], "invalid disk_gib:"),
+        (&["vm", "create", "web", "--port", "0:80"], "invalid ports:"),
+        (
+            &["vm", "create", "web", "--port", "8080:80", "--port", "8080:81"],
+            "invalid ports: host port 8080 is forwarded twice",
+        ),
+        (&["vm", "create", "web", "--port", "70000:80"], "invalid ports:"),
+        (&["vm", "create", "web", "--restart", "sometimes"], "invalid restart_policy:"),
+        (&["vm", "create", "web", "--label", "=x"], "invalid labels:"),
+    ];
+    for (args, msg) in cases {
+        let o = cli(&n.addr, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.starts_with(&format!("error: {msg}")), "{args:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+    }
+    assert_eq!(cli_json(&n.addr, &["vm", "list"])["vms"], serde_json::json!([]));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = cli("127.0.0.1:1", &["vm", "create", "web", "--vcpus", "many"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = cli("127.0.0.1:1", &["kv"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn a_client_against_a_dead_address_fails_fast_with_one_clear_line() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let o = cli(&addr, &["kv", "get", "x"]);
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), format!("error: no node reachable at {addr}\n"));
+    // Connection refused is immediate; this only guards against waiting out request timeouts.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn a_data_dir_of_another_node_is_refused_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n1");
+    let mut n1 = TestNode::start(1, &dir);
+    n1.wait_leader(LEADER_WITHIN);
+    cli_json(&n1.addr, &["kv", "put", "keep", "me"]);
+    assert!(n1.terminate().success());
+
+    let mut n2 = TestNode::start(2, &dir);
+    let st = n2.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(1));
+    assert!(n2.log().contains("belongs to node 1, not node 2"), "{}", n2.log());
+
+    // Nothing was wiped: node 1 restarts with its data.
+    n1.spawn(&[]);
+    n1.wait_leader(LEADER_WITHIN);
+    assert_eq!(cli_json(&n1.addr, &["kv", "get", "keep"])["value"], "me");
+}
+
+#[test]
+fn a_corrupt_data_dir_is_refused_and_left_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = vec![0x42u8; 4096];
+    std::fs::write(dir.join("blixard.redb"), &garbage).unwrap();
+    let mut n = TestNode::start(1, &dir);
+    assert_eq!(n.wait_exit(Duration::from_secs(20)).code(), Some(1));
+    assert!(n.log().contains("is corrupt or not a blixard data dir"), "{}", n.log());
+    assert_eq!(std::fs::read(dir.join("blixard.redb")).unwrap(), garbage);
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully_and_restart_keeps_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(LEADER_WITHIN);
+    cli_json(&n.addr, &["vm", "create", "db", "--memory", "512"]);
+    assert_eq!(n.terminate().code(), Some(0));
+    assert!(n.log().contains("shutting down"));
+    n.spawn(&[]);
+    let st = n.wait_leader(LEADER_WITHIN);
+    assert!(st["applied_index"].as_u64().unwrap() >= 3);
+    assert_eq!(cli_json(&n.addr, &["vm", "get", "db"])["memory_mib"], 512);
+}

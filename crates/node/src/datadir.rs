@@ -1,0 +1,86 @@
+//! The data dir: one redb file holding the Raft log and the state machine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blixard_consensus::{RedbStorage, StorageError};
+
+pub const DB_FILE: &str = "blixard.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("cannot create data dir {dir}")]
+    Create {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data dir {dir} is in use by another blixard process")]
+    InUse { dir: PathBuf },
+    #[error("data dir {dir} is corrupt or not a blixard data dir")]
+    Corrupt {
+        dir: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("data dir {dir} belongs to node {found}, not node {expected}; use --id {found} or another --data-dir")]
+    WrongNode { dir: PathBuf, found: u64, expected: u64 },
+    #[error("data dir {dir} cannot be used")]
+    Storage {
+        dir: PathBuf,
+        #[source]
+        source: StorageError,
+    },
+}
+
+/// Opens the data dir for node `id`, creating it when missing. Never wipes anything.
+pub fn open(dir: &Path, id: u64) -> Result<RedbStorage, DataDirError> {
+    std::fs::create_dir_all(dir).map_err(|source| DataDirError::Create { dir: dir.into(), source })?;
+    let db = redb::Database::create(dir.join(DB_FILE)).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => DataDirError::InUse { dir: dir.into() },
+        source => DataDirError::Corrupt { dir: dir.into(), source },
+    })?;
+    let storage =
+        RedbStorage::open(Arc::new(db)).map_err(|source| DataDirError::Storage { dir: dir.into(), source })?;
+    match storage.node_id() {
+        Ok(Some(found)) if found != id => Err(DataDirError::WrongNode { dir: dir.into(), found, expected: id }),
+        Ok(_) => Ok(storage),
+        Err(source) => Err(DataDirError::Storage { dir: dir.into(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_redb_is_reported_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let e = open(dir.path(), 1).err().expect("must fail");
+        assert!(matches!(e, DataDirError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_dir_of_another_node_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1).unwrap();
+        s.claim(1).unwrap();
+        drop(s);
+        let e = open(dir.path(), 2).err().expect("must fail");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "data dir {} belongs to node 1, not node 2; use --id 1 or another --data-dir",
+                dir.path().display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_dir_open_elsewhere_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _s = open(dir.path(), 1).unwrap();
+        assert!(matches!(open(dir.path(), 1), Err(DataDirError::InUse { .. })));
+    }
+}

@@ -1,0 +1,1 @@
+//! VM drivers (issue 4).
