@@ -31,11 +31,27 @@ pub struct RaftConfig {
     pub heartbeat_ticks: usize,
     /// Most requests taken from the queue before one Ready is handled.
     pub max_batch: usize,
+    /// Compact the log once it holds more than this many applied entries...
+    pub compact_entries: u64,
+    /// ...or once this many bytes were appended since the last compaction.
+    pub compact_bytes: u64,
+    /// Applied entries kept after a compaction, so a briefly lagging follower catches up from
+    /// the log instead of a snapshot.
+    pub keep_entries: u64,
 }
 
 impl RaftConfig {
     pub fn new(id: u64) -> Self {
-        RaftConfig { id, tick: Duration::from_millis(50), election_ticks: 10, heartbeat_ticks: 2, max_batch: 4096 }
+        RaftConfig {
+            id,
+            tick: Duration::from_millis(20),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_batch: 4096,
+            compact_entries: 10_000,
+            compact_bytes: 64 * 1024 * 1024,
+            keep_entries: 1_000,
+        }
     }
 }
 
@@ -91,6 +107,9 @@ pub enum ProposeError {
     Dropped,
     #[error("the node is shutting down")]
     Stopped,
+    /// Raft refused the proposal as it stands (e.g. another membership change is in progress).
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// A command's result with the index of the entry that carried it.
@@ -103,8 +122,25 @@ pub struct Applied {
 type Reply<T> = oneshot::Sender<Result<T, ProposeError>>;
 
 enum Request {
-    Propose { command: Command, reply: Reply<Applied> },
-    ReadIndex { reply: Reply<u64> },
+    Propose {
+        command: Command,
+        reply: Reply<Applied>,
+    },
+    /// A membership change; `command` is applied to the state with it (it records addresses).
+    ConfChange {
+        cc: ConfChangeV2,
+        command: Command,
+        reply: Reply<Applied>,
+    },
+    TransferLeader(u64),
+    Unreachable(u64),
+    SnapshotDone {
+        to: u64,
+        ok: bool,
+    },
+    ReadIndex {
+        reply: Reply<u64>,
+    },
     Step(Box<Message>),
     Shutdown,
 }
@@ -131,6 +167,28 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::ReadIndex { reply }).await.map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Proposes a membership change and waits until it is applied.
+    pub async fn conf_change(&self, cc: ConfChangeV2, command: Command) -> Result<Applied, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::ConfChange { cc, command, reply }).await.map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Asks the leader to hand leadership to `to` (best effort; watch the status).
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.try_send(Request::TransferLeader(to));
+    }
+
+    /// Tells Raft a peer could not be reached (it stops pipelining to it).
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.tx.try_send(Request::Unreachable(id));
+    }
+
+    /// Tells Raft whether a snapshot reached `to`.
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.tx.try_send(Request::SnapshotDone { to, ok });
     }
 
     /// Hands a message from a peer to Raft. Never waits: a full queue drops it (Raft retries).
@@ -176,6 +234,8 @@ pub struct Driver<T: Transport> {
     applied: u64,
     next_id: u64,
     db: Arc<Database>,
+    /// Bytes appended since the last compaction.
+    appended_bytes: u64,
 }
 
 fn now_ms() -> u64 {
@@ -224,6 +284,7 @@ impl<T: Transport> Driver<T> {
             applied,
             next_id: rand::random::<u64>() >> 1,
             db: db.clone(),
+            appended_bytes: 0,
         };
         d.publish();
         let handle = Handle { tx, status: d.status_tx.subscribe(), db };
@@ -241,7 +302,10 @@ impl<T: Transport> Driver<T> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => { self.raw.tick(); }
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.promote_learners();
+                }
                 req = self.rx.recv() => {
                     let Some(req) = req else { break };
                     if !self.handle(req) { break; }
@@ -304,7 +368,43 @@ impl<T: Transport> Driver<T> {
                 self.reads_inflight.insert(self.next_id, reply);
                 self.raw.read_index(self.next_id.to_be_bytes().to_vec());
             }
+            Request::ConfChange { cc, command, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(ProposeError::NotLeader { leader_id: self.leader_id() }));
+                    return true;
+                }
+                self.next_id += 1;
+                let env = Envelope { id: self.next_id, now_ms: now_ms(), command };
+                let before = self.raw.raft.raft_log.last_index();
+                match self.raw.propose_conf_change(env.encode(), cc) {
+                    Ok(()) if self.raw.raft.raft_log.last_index() > before => {
+                        let index = self.raw.raft.raft_log.last_index();
+                        self.proposals.insert(index, Pending { id: env.id, reply });
+                    }
+                    Ok(()) => {
+                        let _ = reply.send(Err(ProposeError::Dropped));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ProposeError::Busy(e.to_string())));
+                    }
+                }
+            }
+            Request::TransferLeader(to) => self.raw.transfer_leader(to),
+            Request::Unreachable(id) => self.raw.report_unreachable(id),
+            Request::SnapshotDone { to, ok } => {
+                let st = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+                self.raw.report_snapshot(to, st);
+            }
             Request::Step(m) => {
+                // Once we belong to a cluster, traffic from outside it (a removed node, or a
+                // stranger) is dropped, so it cannot disrupt elections.
+                let cs = self.raw.store().conf_state();
+                let member =
+                    |id| cs.voters.contains(&id) || cs.learners.contains(&id) || cs.voters_outgoing.contains(&id);
+                if !cs.voters.is_empty() && !member(m.from) {
+                    tracing::debug!(from = m.from, "dropping message from a non-member");
+                    return true;
+                }
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!("dropping raft message: {e}");
                 }
@@ -341,6 +441,7 @@ impl<T: Transport> Driver<T> {
             self.install_snapshot(&txn, rd.snapshot())?;
         }
         self.apply_entries(&txn, rd.take_committed_entries(), &mut replies)?;
+        self.appended_bytes += rd.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
         let store = self.raw.mut_store();
         store.stage_append(&txn, rd.entries())?;
         if let Some(hs) = rd.hs() {
@@ -430,12 +531,30 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let pending = self.proposals.remove(&e.index);
                     let cc = decode_conf_change(&e)?;
-                    let cs = self
-                        .raw
-                        .apply_conf_change(&cc)
-                        .map_err(|err| StorageError::Corrupt(format!("conf change: {err}")))?;
-                    self.raw.mut_store().stage_conf_state(txn, &cs)?;
+                    let env = Envelope::decode(&e.context).ok();
+                    // A change raft-rs refuses is refused the same way on every node.
+                    let outcome = match self.raw.apply_conf_change(&cc) {
+                        Ok(cs) => {
+                            self.raw.mut_store().stage_conf_state(txn, &cs)?;
+                            if !cs.voters.contains(&self.cfg.id) && !cs.learners.contains(&self.cfg.id) {
+                                tracing::warn!(id = self.cfg.id, "this node was removed from the cluster");
+                            }
+                            match &env {
+                                Some(env) => blixard_core::state::apply(&mut TxnStore(txn), e.index, env)?,
+                                None => Ok(blixard_core::Response::Done),
+                            }
+                        }
+                        Err(err) => Err(blixard_core::CommandError::FailedPrecondition(format!(
+                            "membership change refused: {err}"
+                        ))),
+                    };
+                    if let Some(p) = pending {
+                        let ok = env.as_ref().is_some_and(|env| env.id == p.id);
+                        let r = if ok { Ok(Applied { index: e.index, outcome }) } else { Err(ProposeError::Dropped) };
+                        replies.push((p.reply, r));
+                    }
                 }
             }
             self.applied = e.index;
@@ -446,7 +565,54 @@ impl<T: Transport> Driver<T> {
             hs.commit = last_index;
             self.raw.mut_store().stage_hard_state(txn, &hs)?;
         }
-        RedbStorage::stage_applied(txn, last_index, last_term)
+        RedbStorage::stage_applied(txn, last_index, last_term)?;
+        self.maybe_compact(txn)
+    }
+
+    /// Drops applied entries from the log past the configured thresholds. The state itself is
+    /// the snapshot: a follower that needs compacted entries gets the applied state instead.
+    fn maybe_compact(&mut self, txn: &WriteTransaction) -> Result<(), StorageError> {
+        let first = self.raw.store().first_index_cached();
+        let in_log = self.applied.saturating_sub(first) + 1;
+        if in_log <= self.cfg.compact_entries && self.appended_bytes <= self.cfg.compact_bytes {
+            return Ok(());
+        }
+        let to = self.applied.saturating_sub(self.cfg.keep_entries) + 1;
+        if to > first {
+            tracing::debug!(to, applied = self.applied, "compacting the log");
+            self.raw.mut_store().stage_compact(txn, to)?;
+        }
+        self.appended_bytes = 0;
+        Ok(())
+    }
+
+    /// On the leader: a learner whose log has caught up becomes a voter, one change at a time.
+    fn promote_learners(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.raw.raft.has_pending_conf() {
+            return;
+        }
+        // Caught up: it acknowledged entries past our first index (so it holds the snapshot or
+        // the whole log) and is within a few entries of our last one.
+        let last = self.raw.raft.raft_log.last_index();
+        let first = self.raw.store().first_index_cached();
+        let learners = self.raw.store().conf_state().learners.clone();
+        let Some(id) = learners
+            .into_iter()
+            .find(|id| self.raw.raft.prs().get(*id).is_some_and(|pr| pr.matched >= first && pr.matched + 16 >= last))
+        else {
+            return;
+        };
+        let mut cc = ConfChangeV2::default();
+        let mut single = raft::prelude::ConfChangeSingle::default();
+        single.set_change_type(raft::prelude::ConfChangeType::AddNode);
+        single.node_id = id;
+        cc.mut_changes().push(single);
+        self.next_id += 1;
+        let env = Envelope { id: self.next_id, now_ms: now_ms(), command: Command::Noop };
+        match self.raw.propose_conf_change(env.encode(), cc) {
+            Ok(()) => tracing::info!(id, "promoting caught-up learner to voter"),
+            Err(e) => tracing::debug!(id, "cannot promote learner yet: {e}"),
+        }
     }
 
     fn deliver(replies: Vec<(Reply<Applied>, Result<Applied, ProposeError>)>) {

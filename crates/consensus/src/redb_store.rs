@@ -171,6 +171,10 @@ impl RedbStorage {
         })
     }
 
+    pub fn first_index_cached(&self) -> u64 {
+        self.cache.truncated.0 + 1
+    }
+
     pub fn hard_state(&self) -> &HardState {
         &self.cache.hs
     }

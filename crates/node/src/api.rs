@@ -1,6 +1,7 @@
 //! gRPC handlers: parse the request into a core command or query, run it, map the result. No
 //! business logic lives here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_consensus::sm::ReadView;
@@ -9,9 +10,14 @@ use blixard_core::spec::{validate_key, validate_name, validate_value};
 use blixard_core::state::Member;
 use blixard_core::{Command, Query, QueryResult, Response, VmSpec};
 use blixard_proto::v1;
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use crate::pool::ChannelPool;
 use crate::status;
+
+/// Set on a request a follower forwarded to the leader, so it is never forwarded twice.
+const FORWARDED: &str = "x-blixard-forwarded";
 
 /// How long a write or linearizable read may wait for Raft.
 const RAFT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,6 +27,7 @@ const MAX_LIST_LIMIT: usize = 10_000;
 #[derive(Clone)]
 pub struct Api {
     raft: Handle,
+    pool: Arc<ChannelPool>,
 }
 
 type Result<T> = std::result::Result<tonic::Response<T>, Status>;
@@ -30,8 +37,25 @@ fn invalid(e: blixard_core::ValidationError) -> Status {
 }
 
 impl Api {
-    pub fn new(raft: Handle) -> Self {
-        Api { raft }
+    pub fn new(raft: Handle, pool: Arc<ChannelPool>) -> Self {
+        Api { raft, pool }
+    }
+
+    /// `None` when this node leads; else a channel to the leader for forwarding. A request that
+    /// was already forwarded once is not forwarded again (the client retries instead).
+    fn leader_channel<T>(&self, req: &Request<T>) -> std::result::Result<Option<Channel>, Status> {
+        let s = self.raft.status();
+        if s.role == blixard_consensus::Role::Leader {
+            return Ok(None);
+        }
+        let not_leader = blixard_consensus::ProposeError::NotLeader { leader_id: s.leader_id };
+        if req.metadata().contains_key(FORWARDED) {
+            return Err(self.propose_error(not_leader));
+        }
+        let Some(addr) = s.leader_id.and_then(|l| self.addr_of(l)) else {
+            return Err(self.propose_error(not_leader));
+        };
+        self.pool.get(&addr).map(Some)
     }
 
     fn members(&self) -> std::result::Result<Vec<Member>, Status> {
@@ -74,8 +98,83 @@ impl Api {
     }
 }
 
+/// The request re-wrapped for the leader, marked as forwarded.
+fn forwarded<T>(req: Request<T>) -> Request<T> {
+    let mut r = Request::new(req.into_inner());
+    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
+/// A leader that could not be reached while forwarding: not applied, the client may retry.
+fn forward_failed(s: Status) -> Status {
+    if s.code() == tonic::Code::Unavailable
+        && !s.message().starts_with("no leader")
+        && !s.message().starts_with("not the leader")
+    {
+        Status::unavailable(format!("not the leader; forwarding to the leader failed: {}", s.message()))
+    } else {
+        s
+    }
+}
+
+/// Forwards `$req` with `$method` of `$client` to the leader when this node is not it.
+macro_rules! forward {
+    ($self:ident, $req:ident, $client:ty, $method:ident) => {
+        if let Some(ch) = $self.leader_channel(&$req)? {
+            return <$client>::new(ch)
+                .max_decoding_message_size(8 << 20)
+                .max_encoding_message_size(8 << 20)
+                .$method(forwarded($req))
+                .await
+                .map_err(forward_failed);
+        }
+    };
+}
+
 fn unexpected(r: impl std::fmt::Debug) -> Status {
     Status::internal(format!("unexpected result {r:?}"))
+}
+
+fn local_status(s: &blixard_consensus::NodeStatus) -> v1::LocalStatus {
+    v1::LocalStatus {
+        node_id: s.id,
+        role: s.role.as_str().into(),
+        term: s.term,
+        leader_id: s.leader_id.unwrap_or(0),
+        commit_index: s.commit,
+        applied_index: s.applied,
+        last_index: s.last_index,
+    }
+}
+
+/// How long `cluster status` waits for each member's own answer.
+const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Api {
+    async fn member_status(&self, addr: &str) -> Option<v1::LocalStatus> {
+        let ch = self.pool.get(addr).ok()?;
+        let mut c = v1::cluster_service_client::ClusterServiceClient::new(ch);
+        let r = tokio::time::timeout(MEMBER_STATUS_TIMEOUT, c.local(v1::LocalStatusRequest {})).await.ok()?.ok()?;
+        Some(r.into_inner())
+    }
+}
+
+fn validate_addr(addr: &str) -> std::result::Result<(), Status> {
+    let ok = addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!("invalid addr: must be HOST:PORT (got {addr:?})")))
+    }
+}
+
+fn single_change(kind: raft::prelude::ConfChangeType, id: u64) -> raft::prelude::ConfChangeV2 {
+    let mut single = raft::prelude::ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = id;
+    let mut cc = raft::prelude::ConfChangeV2::default();
+    cc.mut_changes().push(single);
+    cc
 }
 
 #[tonic::async_trait]
@@ -84,12 +183,36 @@ impl v1::cluster_service_server::ClusterService for Api {
         let s = self.raft.status();
         let members = self.members()?;
         let addr = |id: u64| members.iter().find(|m| m.id == id).map(|m| m.addr.clone()).unwrap_or_default();
-        let mut out: Vec<v1::Member> = s
-            .voters
+        let ids: Vec<(u64, &str)> =
+            s.voters.iter().map(|&id| (id, "voter")).chain(s.learners.iter().map(|&id| (id, "learner"))).collect();
+        let answers = futures::future::join_all(ids.iter().map(|(id, _)| {
+            let a = addr(*id);
+            let me = *id == s.id;
+            async move {
+                if me {
+                    Some(local_status(&self.raft.status()))
+                } else {
+                    self.member_status(&a).await
+                }
+            }
+        }))
+        .await;
+        let mut out: Vec<v1::Member> = ids
             .iter()
-            .map(|&id| (id, "voter"))
-            .chain(s.learners.iter().map(|&id| (id, "learner")))
-            .map(|(id, m)| v1::Member { id, addr: addr(id), membership: m.into() })
+            .zip(answers)
+            .map(|((id, m), st)| {
+                let st = st.filter(|st| st.node_id == *id);
+                v1::Member {
+                    id: *id,
+                    addr: addr(*id),
+                    membership: (*m).into(),
+                    reachable: st.is_some(),
+                    role: st.as_ref().map(|s| s.role.clone()).unwrap_or_default(),
+                    term: st.as_ref().map_or(0, |s| s.term),
+                    commit_index: st.as_ref().map_or(0, |s| s.commit_index),
+                    applied_index: st.as_ref().map_or(0, |s| s.applied_index),
+                }
+            })
             .collect();
         out.sort_by_key(|m| m.id);
         Ok(tonic::Response::new(v1::ClusterStatusResponse {
@@ -104,11 +227,82 @@ impl v1::cluster_service_server::ClusterService for Api {
             members: out,
         }))
     }
+
+    async fn join(&self, req: Request<v1::JoinRequest>) -> Result<v1::JoinResponse> {
+        forward!(self, req, v1::cluster_service_client::ClusterServiceClient<Channel>, join);
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("invalid node_id: must be a positive integer (got 0)"));
+        }
+        validate_addr(&r.addr)?;
+        let members = self.members()?;
+        let to_wire = |ms: Vec<Member>| {
+            ms.into_iter().map(|m| v1::Member { id: m.id, addr: m.addr, ..Default::default() }).collect()
+        };
+        if let Some(m) = members.iter().find(|m| m.id == r.node_id) {
+            if m.addr == r.addr {
+                // The same node asking again (it restarted mid-join): already done.
+                return Ok(tonic::Response::new(v1::JoinResponse { index: 0, members: to_wire(members) }));
+            }
+            return Err(Status::already_exists(format!("node id {} is already a member at {}", m.id, m.addr)));
+        }
+        if let Some(m) = members.iter().find(|m| m.addr == r.addr) {
+            return Err(Status::already_exists(format!("address {} is already used by node {}", r.addr, m.id)));
+        }
+        let cc = single_change(raft::prelude::ConfChangeType::AddLearnerNode, r.node_id);
+        let applied = tokio::time::timeout(
+            RAFT_TIMEOUT,
+            self.raft.conf_change(cc, Command::SetMember { id: r.node_id, addr: r.addr.clone() }),
+        )
+        .await
+        .map_err(|_| status::timeout("the join"))?
+        .map_err(|e| self.propose_error(e))?;
+        applied.outcome.map_err(status::command)?;
+        Ok(tonic::Response::new(v1::JoinResponse { index: applied.index, members: to_wire(self.members()?) }))
+    }
+
+    async fn leave(&self, req: Request<v1::LeaveRequest>) -> Result<v1::LeaveResponse> {
+        forward!(self, req, v1::cluster_service_client::ClusterServiceClient<Channel>, leave);
+        let id = req.get_ref().node_id;
+        let s = self.raft.status();
+        if !s.voters.contains(&id) && !s.learners.contains(&id) {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        }
+        if s.voters == [id] {
+            return Err(Status::failed_precondition(format!("node {id} is the last voter; it cannot leave")));
+        }
+        if id == s.id {
+            // The leader leaves by handing leadership over first, then asking the new leader.
+            let Some(&next) = s.voters.iter().find(|&&v| v != id) else {
+                return Err(Status::failed_precondition("no other voter to hand leadership to"));
+            };
+            self.raft.transfer_leader(next);
+            let mut w = self.raft.watch_status();
+            let moved =
+                tokio::time::timeout(Duration::from_secs(5), w.wait_for(|st| st.leader_id.is_some_and(|l| l != id)));
+            if !matches!(moved.await, Ok(Ok(_))) {
+                return Err(Status::unavailable("not the leader; leadership transfer is in progress, retry"));
+            }
+            forward!(self, req, v1::cluster_service_client::ClusterServiceClient<Channel>, leave);
+        }
+        let cc = single_change(raft::prelude::ConfChangeType::RemoveNode, id);
+        let applied = tokio::time::timeout(RAFT_TIMEOUT, self.raft.conf_change(cc, Command::RemoveMember { id }))
+            .await
+            .map_err(|_| status::timeout("the leave"))?
+            .map_err(|e| self.propose_error(e))?;
+        applied.outcome.map_err(status::command)?;
+        Ok(tonic::Response::new(v1::LeaveResponse { index: applied.index }))
+    }
+
+    async fn local(&self, _req: Request<v1::LocalStatusRequest>) -> Result<v1::LocalStatus> {
+        Ok(tonic::Response::new(local_status(&self.raft.status())))
+    }
 }
 
 #[tonic::async_trait]
 impl v1::kv_service_server::KvService for Api {
     async fn put(&self, req: Request<v1::PutRequest>) -> Result<v1::PutResponse> {
+        forward!(self, req, v1::kv_service_client::KvServiceClient<Channel>, put);
         let r = req.into_inner();
         validate_key(&r.key).map_err(invalid)?;
         validate_value(&r.value).map_err(invalid)?;
@@ -128,6 +322,7 @@ impl v1::kv_service_server::KvService for Api {
     }
 
     async fn delete(&self, req: Request<v1::DeleteRequest>) -> Result<v1::DeleteResponse> {
+        forward!(self, req, v1::kv_service_client::KvServiceClient<Channel>, delete);
         let r = req.into_inner();
         validate_key(&r.key).map_err(invalid)?;
         match self.write(Command::KvDelete { key: r.key }).await? {
@@ -160,6 +355,7 @@ impl v1::kv_service_server::KvService for Api {
 #[tonic::async_trait]
 impl v1::vm_service_server::VmService for Api {
     async fn create_vm(&self, req: Request<v1::CreateVmRequest>) -> Result<v1::CreateVmResponse> {
+        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, create_vm);
         let wire = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("invalid spec: must be set"))?;
         let spec = VmSpec::try_from(wire).map_err(invalid)?;
         spec.validate().map_err(invalid)?;
@@ -191,6 +387,7 @@ impl v1::vm_service_server::VmService for Api {
     }
 
     async fn delete_vm(&self, req: Request<v1::DeleteVmRequest>) -> Result<v1::DeleteVmResponse> {
+        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, delete_vm);
         let r = req.into_inner();
         validate_name(&r.name).map_err(invalid)?;
         let (index, _) = self.write(Command::VmDelete { name: r.name }).await?;

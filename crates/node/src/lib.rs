@@ -5,7 +5,9 @@
 
 pub mod api;
 pub mod datadir;
+pub mod pool;
 pub mod status;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_consensus::driver::Driver;
-use blixard_consensus::transport::Loopback;
 use blixard_consensus::{Bootstrap, Handle, RaftConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -26,9 +27,14 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The address peers and clients reach this node at. Defaults to the bound address.
     pub advertise: Option<String>,
+    /// A member's address to join through, when the data dir is new.
+    pub join: Option<String>,
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    pub compact_entries: u64,
+    pub compact_bytes: u64,
+    pub keep_entries: u64,
 }
 
 impl NodeConfig {
@@ -38,9 +44,13 @@ impl NodeConfig {
             id,
             data_dir: data_dir.into(),
             advertise: None,
+            join: None,
             tick: d.tick,
             election_ticks: d.election_ticks,
             heartbeat_ticks: d.heartbeat_ticks,
+            compact_entries: d.compact_entries,
+            compact_bytes: d.compact_bytes,
+            keep_entries: d.keep_entries,
         }
     }
 }
@@ -51,12 +61,38 @@ pub enum NodeError {
     ZeroId,
     #[error(transparent)]
     DataDir(#[from] datadir::DataDirError),
+    #[error("cannot join the cluster through {seed}: {reason}")]
+    Join { seed: String, reason: String },
     #[error("cannot serve on {addr}")]
     Serve {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Asks the cluster (through any member) to add this node, retrying while it elects a leader.
+async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str) -> Result<(), NodeError> {
+    use blixard_proto::v1::{cluster_service_client::ClusterServiceClient, JoinRequest};
+    let fail = |reason: String| NodeError::Join { seed: seed.to_string(), reason };
+    let ch = pool.get(seed).map_err(|s| fail(s.message().to_string()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let req = JoinRequest { node_id: id, addr: addr.to_string() };
+        match ClusterServiceClient::new(ch.clone()).join(req).await {
+            Ok(r) => {
+                tracing::info!(index = r.into_inner().index, "joined as a learner; waiting to catch up");
+                return Ok(());
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tracing::debug!("join not accepted yet: {}", s.message());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(s) => return Err(fail(s.message().to_string())),
+        }
+    }
 }
 
 /// A running node.
@@ -78,22 +114,32 @@ impl Node {
             listener.local_addr().map_err(|source| NodeError::Serve { addr: ([0, 0, 0, 0], 0).into(), source })?;
         let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
         let mut storage = datadir::open(&cfg.data_dir, cfg.id)?;
-        if !storage.is_initialized() {
-            tracing::info!(id = cfg.id, %advertise, "bootstrapping a new one-node cluster");
-            storage
-                .bootstrap(&Bootstrap { id: cfg.id, addr: advertise.clone() })
-                .map_err(|e| datadir::DataDirError::Storage { dir: cfg.data_dir.clone(), source: e })?;
-        } else {
+        let storage_err = |e| datadir::DataDirError::Storage { dir: cfg.data_dir.clone(), source: e };
+        let mut joining = None;
+        if storage.is_initialized() {
             tracing::info!(id = cfg.id, "restarting from {}", cfg.data_dir.display());
+        } else if let Some(seed) = &cfg.join {
+            tracing::info!(id = cfg.id, %advertise, %seed, "joining an existing cluster");
+            storage.claim(cfg.id).map_err(storage_err)?;
+            joining = Some(seed.clone());
+        } else {
+            tracing::info!(id = cfg.id, %advertise, "bootstrapping a new one-node cluster");
+            storage.bootstrap(&Bootstrap { id: cfg.id, addr: advertise.clone() }).map_err(storage_err)?;
         }
         let rc = RaftConfig {
             tick: cfg.tick,
             election_ticks: cfg.election_ticks,
             heartbeat_ticks: cfg.heartbeat_ticks,
+            compact_entries: cfg.compact_entries,
+            compact_bytes: cfg.compact_bytes,
+            keep_entries: cfg.keep_entries,
             ..RaftConfig::new(cfg.id)
         };
-        let (driver, raft) = Driver::new(rc, storage, Arc::new(Loopback))
-            .map_err(|e| datadir::DataDirError::Storage { dir: cfg.data_dir.clone(), source: e })?;
+        let pool = Arc::new(pool::ChannelPool::default());
+        let transport = transport::GrpcTransport::new(cfg.id, advertise.clone(), storage.db().clone(), pool.clone());
+        let (driver, raft) =
+            Driver::new(rc, storage, Arc::new(transport::SharedTransport(transport.clone()))).map_err(storage_err)?;
+        transport.set_handle(raft.clone());
         let driver = tokio::spawn(async move {
             let r = driver.run().await;
             if let Err(e) = &r {
@@ -103,16 +149,27 @@ impl Node {
         });
 
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let svc = api::Api::new(raft.clone());
+        let svc = api::Api::new(raft.clone(), pool.clone());
+        use blixard_proto::v1::*;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(blixard_proto::v1::cluster_service_server::ClusterServiceServer::new(svc.clone()))
-                .add_service(blixard_proto::v1::kv_service_server::KvServiceServer::new(svc.clone()))
-                .add_service(blixard_proto::v1::vm_service_server::VmServiceServer::new(svc))
+                .add_service(cluster_service_server::ClusterServiceServer::new(svc.clone()))
+                .add_service(kv_service_server::KvServiceServer::new(svc.clone()).max_decoding_message_size(8 << 20))
+                .add_service(vm_service_server::VmServiceServer::new(svc))
+                .add_service(
+                    raft_transport_server::RaftTransportServer::new(transport::RaftService {
+                        handle: raft.clone(),
+                        transport: transport.clone(),
+                    })
+                    .max_decoding_message_size(transport::MAX_MESSAGE),
+                )
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
                 }),
         );
+        if let Some(seed) = joining {
+            join(&pool, &seed, cfg.id, &advertise).await?;
+        }
         tracing::info!(id = cfg.id, %addr, "serving");
         Ok(Node { addr, raft, stop_server: Some(stop_server), server, driver })
     }

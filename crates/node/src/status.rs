@@ -44,6 +44,7 @@ pub fn propose(e: ProposeError, leader_addr: Option<String>) -> Status {
         }
         ProposeError::Dropped => Status::unavailable(e.to_string()),
         ProposeError::Stopped => Status::unavailable(e.to_string()),
+        ProposeError::Busy(m) => Status::failed_precondition(m),
     }
 }
 

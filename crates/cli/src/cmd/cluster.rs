@@ -1,5 +1,5 @@
 use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
-use blixard_proto::v1::ClusterStatusRequest;
+use blixard_proto::v1::{ClusterStatusRequest, JoinRequest, LeaveRequest};
 use serde::Serialize;
 
 use crate::client::{call, connect};
@@ -8,8 +8,22 @@ use crate::Format;
 
 #[derive(clap::Subcommand)]
 pub enum ClusterCmd {
-    /// Show the answering node's view of the cluster.
+    /// Show the cluster: every member with its address, role, term, indexes, reachability.
     Status,
+    /// Add a node (as a learner; it becomes a voter once caught up). The node itself is then
+    /// started with `blixard node --id N --join ...`.
+    Join {
+        #[arg(long)]
+        node_id: u64,
+        /// The address the new node serves on.
+        #[arg(long)]
+        node_addr: String,
+    },
+    /// Remove a node from the cluster.
+    Leave {
+        #[arg(long)]
+        node_id: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -17,6 +31,11 @@ struct MemberOut {
     id: u64,
     addr: String,
     membership: String,
+    reachable: bool,
+    role: Option<String>,
+    term: Option<u64>,
+    commit_index: Option<u64>,
+    applied_index: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -53,7 +72,16 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
                 members: r
                     .members
                     .into_iter()
-                    .map(|m| MemberOut { id: m.id, addr: m.addr, membership: m.membership })
+                    .map(|m| MemberOut {
+                        id: m.id,
+                        addr: m.addr,
+                        membership: m.membership,
+                        reachable: m.reachable,
+                        role: m.reachable.then_some(m.role),
+                        term: m.reachable.then_some(m.term),
+                        commit_index: m.reachable.then_some(m.commit_index),
+                        applied_index: m.reachable.then_some(m.applied_index),
+                    })
                     .collect(),
             };
             emit(fmt, &out, || {
@@ -70,14 +98,54 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
                     out.commit_index,
                     out.applied_index
                 );
-                let mut t = Table::new(vec!["ID", "ADDR", "MEMBERSHIP", "LEADER"]);
+                let mut t =
+                    Table::new(vec!["ID", "ADDR", "MEMBERSHIP", "ROLE", "TERM", "COMMIT", "APPLIED", "REACHABLE"]);
+                let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                 for m in &out.members {
-                    let leader = if Some(m.id) == out.leader_id { "*" } else { "" };
-                    t = t.row(vec![m.id.to_string(), m.addr.clone(), m.membership.clone(), leader.into()]);
+                    t = t.row(vec![
+                        m.id.to_string(),
+                        m.addr.clone(),
+                        m.membership.clone(),
+                        m.role.clone().unwrap_or_else(|| "-".into()),
+                        opt(m.term),
+                        opt(m.commit_index),
+                        opt(m.applied_index),
+                        if m.reachable { "yes".into() } else { "no".into() },
+                    ]);
                 }
                 s.push_str(&t.render());
                 s
             });
+        }
+        ClusterCmd::Join { node_id, node_addr } => {
+            let req = JoinRequest { node_id, addr: node_addr };
+            let r = call(addr, || {
+                let (mut c, r) = (ClusterServiceClient::new(ch.clone()), req.clone());
+                async move { c.join(r).await }
+            })
+            .await?;
+            #[derive(Serialize)]
+            struct Out {
+                node_id: u64,
+                index: u64,
+            }
+            let out = Out { node_id, index: r.index };
+            emit(fmt, &out, || format!("node {node_id} added as a learner\n"));
+        }
+        ClusterCmd::Leave { node_id } => {
+            let req = LeaveRequest { node_id };
+            let r = call(addr, || {
+                let mut c = ClusterServiceClient::new(ch.clone());
+                async move { c.leave(req).await }
+            })
+            .await?;
+            #[derive(Serialize)]
+            struct Out {
+                node_id: u64,
+                index: u64,
+            }
+            let out = Out { node_id, index: r.index };
+            emit(fmt, &out, || format!("node {node_id} removed\n"));
         }
     }
     Ok(())

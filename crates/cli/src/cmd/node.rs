@@ -20,8 +20,21 @@ pub struct NodeArgs {
     /// Address other nodes and clients use to reach this one (default: the bound address).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Join the cluster that a node at this address belongs to (used only when the data dir
+    /// is new; a node restarting from its data dir rejoins by itself).
+    #[arg(long, value_name = "SEED_ADDR")]
+    pub join: Option<String>,
+    /// Compact the Raft log once it holds this many applied entries.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub snapshot_entries: u64,
+    /// ...or once this many MiB were appended since the last compaction.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_mib: u64,
+    /// Applied entries kept in the log after a compaction (for briefly lagging followers).
+    #[arg(long, default_value_t = 1_000)]
+    pub keep_entries: u64,
     /// Raft tick, in milliseconds.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub tick_ms: u64,
     /// Election timeout in ticks (randomized in [n, 2n)).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=1000))]
@@ -49,6 +62,10 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&a.bind).await.with_context(|| format!("cannot bind {}", a.bind))?;
     let mut cfg = NodeConfig::new(a.id, a.data_dir);
     cfg.advertise = a.advertise;
+    cfg.join = a.join;
+    cfg.compact_entries = a.snapshot_entries;
+    cfg.compact_bytes = a.snapshot_mib * 1024 * 1024;
+    cfg.keep_entries = a.keep_entries.min(a.snapshot_entries.saturating_sub(1));
     cfg.tick = Duration::from_millis(a.tick_ms);
     cfg.election_ticks = a.election_ticks as usize;
     cfg.heartbeat_ticks = a.heartbeat_ticks as usize;

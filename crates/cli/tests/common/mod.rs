@@ -62,10 +62,18 @@ pub struct TestNode {
 impl TestNode {
     /// Starts node `id` in `dir` on a fresh port.
     pub fn start(id: u64, dir: &Path) -> TestNode {
+        Self::start_with(id, dir, &[])
+    }
+
+    pub fn start_with(id: u64, dir: &Path, extra: &[&str]) -> TestNode {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut n = TestNode { id, addr, dir: dir.to_path_buf(), child: None };
-        n.spawn(&[]);
+        n.spawn(extra);
         n
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn spawn(&mut self, extra: &[&str]) {
@@ -126,5 +134,82 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Several nodes in one temp dir: node 1 bootstraps, the others join through it.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub fn start(n: usize, extra: &[&str]) -> TestCluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        let first = TestNode::start_with(1, &tmp.path().join("n1"), extra);
+        first.wait_leader(Duration::from_secs(20));
+        nodes.push(first);
+        let mut c = TestCluster { nodes, tmp };
+        for id in 2..=n as u64 {
+            c.add(id, extra);
+        }
+        c.wait_voters(n);
+        c
+    }
+
+    /// Starts node `id` joining through node 1.
+    pub fn add(&mut self, id: u64, extra: &[&str]) {
+        let seed = self.nodes[0].addr.clone();
+        let mut args = vec!["--join", seed.as_str()];
+        args.extend_from_slice(extra);
+        let n = TestNode::start_with(id, &self.tmp.path().join(format!("n{id}")), &args);
+        self.nodes.push(n);
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        self.nodes.iter().find(|n| n.id == id).expect("node")
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut TestNode {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node")
+    }
+
+    /// Any running node's status (tries each).
+    pub fn status_via(&self, id: u64) -> Option<serde_json::Value> {
+        let o = cli(&self.node(id).addr, &["cluster", "status", "-o", "json"]);
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    /// Waits until `n` voters are reachable and agree on one leader; returns the leader's id.
+    pub fn wait_voters(&self, n: usize) -> u64 {
+        wait_until(&format!("{n} reachable voters with a leader"), Duration::from_secs(30), || {
+            self.nodes.iter().filter(|x| x.running()).find_map(|x| {
+                let st = self.status_via(x.id)?;
+                let ms = st["members"].as_array()?;
+                let voters = ms.iter().filter(|m| m["membership"] == "voter" && m["reachable"] == true).count();
+                let leader = st["leader_id"].as_u64()?;
+                (voters == n && ms.iter().any(|m| m["id"] == leader && m["role"] == "leader")).then_some(leader)
+            })
+        })
+    }
+
+    /// Waits for a leader among the running nodes other than `not`; returns its id.
+    pub fn wait_new_leader(&self, not: u64) -> u64 {
+        wait_until("a new leader", Duration::from_secs(20), || {
+            self.nodes.iter().filter(|x| x.running() && x.id != not).find_map(|x| {
+                let st = self.status_via(x.id)?;
+                let l = st["leader_id"].as_u64()?;
+                (l != not && st["role"] == "leader").then_some(l)
+            })
+        })
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub fn wait_applied(&self, id: u64, index: u64) {
+        wait_until(&format!("node {id} to apply {index}"), Duration::from_secs(30), || {
+            let st = self.status_via(id)?;
+            (st["applied_index"].as_u64()? >= index).then_some(())
+        })
     }
 }
