@@ -11,3 +11,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# Deterministic simulation (MadSim): a few seeds; each run checks same-seed-same-history.
+for seed in 1 2 3 4 5; do
+  scripts/sim.sh "$seed"
+done

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use blixard_core::{Command, Envelope, Outcome};
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, StateRole};
+use rand::{Rng, SeedableRng};
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -236,6 +237,19 @@ pub struct Driver<T: Transport> {
     db: Arc<Database>,
     /// Bytes appended since the last compaction.
     appended_bytes: u64,
+    /// The driver's own randomness (election jitter, request ids), so a simulation run is a
+    /// function of its seed: raft-rs's `thread_rng` is seeded by a raw syscall MadSim cannot see.
+    rng: rand::rngs::StdRng,
+}
+
+/// Entropy for the driver's generator: the OS in production; under MadSim the simulated clock,
+/// which the seed determines.
+fn rng_seed(id: u64) -> u64 {
+    #[cfg(not(madsim))]
+    let base = rand::random::<u64>();
+    #[cfg(madsim)]
+    let base = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    base ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn now_ms() -> u64 {
@@ -261,6 +275,7 @@ impl<T: Transport> Driver<T> {
         let raw = RawNode::new(&rc, storage, &crate::logger::raft_logger())
             .map_err(|e| StorageError::Corrupt(format!("cannot start raft: {e}")))?;
         let (tx, rx) = mpsc::channel(8192);
+        let cfg_id = cfg.id;
         let mut d = Driver {
             cfg,
             raw,
@@ -282,10 +297,12 @@ impl<T: Transport> Driver<T> {
             reads_inflight: HashMap::new(),
             reads_ready: Vec::new(),
             applied,
-            next_id: rand::random::<u64>() >> 1,
+            next_id: 0,
             db: db.clone(),
             appended_bytes: 0,
+            rng: rand::rngs::StdRng::seed_from_u64(rng_seed(cfg_id)),
         };
+        d.next_id = d.rng.gen::<u64>() >> 1;
         d.publish();
         let handle = Handle { tx, status: d.status_tx.subscribe(), db };
         Ok((d, handle))
@@ -298,12 +315,14 @@ impl<T: Transport> Driver<T> {
         if cs.voters == [self.cfg.id] && cs.learners.is_empty() {
             let _ = self.raw.campaign();
         }
+        self.rejitter();
         let mut ticker = tokio::time::interval(self.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
                     self.raw.tick();
+                    self.rejitter();
                     self.promote_learners();
                 }
                 req = self.rx.recv() => {
@@ -328,6 +347,16 @@ impl<T: Transport> Driver<T> {
             let _ = p.reply.send(Err(ProposeError::Stopped));
         }
         Ok(())
+    }
+
+    /// At the start of every election period, draws its timeout from our own generator in
+    /// [election_ticks, 2 * election_ticks), replacing raft-rs's draw.
+    fn rejitter(&mut self) {
+        if self.raw.raft.election_elapsed == 0 {
+            let e = self.cfg.election_ticks;
+            let t = self.rng.gen_range(e..2 * e);
+            self.raw.raft.set_randomized_election_timeout(t);
+        }
     }
 
     fn leader_id(&self) -> Option<u64> {
@@ -408,6 +437,7 @@ impl<T: Transport> Driver<T> {
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!("dropping raft message: {e}");
                 }
+                self.rejitter();
             }
             Request::Shutdown => return false,
         }

@@ -151,22 +151,30 @@ impl Node {
         let (stop_server, stopped) = oneshot::channel::<()>();
         let svc = api::Api::new(raft.clone(), pool.clone());
         use blixard_proto::v1::*;
+        let router = tonic::transport::Server::builder()
+            .add_service(cluster_service_server::ClusterServiceServer::new(svc.clone()))
+            .add_service(kv_service_server::KvServiceServer::new(svc.clone()).max_decoding_message_size(8 << 20))
+            .add_service(vm_service_server::VmServiceServer::new(svc))
+            .add_service(
+                raft_transport_server::RaftTransportServer::new(transport::RaftService {
+                    handle: raft.clone(),
+                    transport: transport.clone(),
+                })
+                .max_decoding_message_size(transport::MAX_MESSAGE),
+            );
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        #[cfg(not(madsim))]
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(cluster_service_server::ClusterServiceServer::new(svc.clone()))
-                .add_service(kv_service_server::KvServiceServer::new(svc.clone()).max_decoding_message_size(8 << 20))
-                .add_service(vm_service_server::VmServiceServer::new(svc))
-                .add_service(
-                    raft_transport_server::RaftTransportServer::new(transport::RaftService {
-                        handle: raft.clone(),
-                        transport: transport.clone(),
-                    })
-                    .max_decoding_message_size(transport::MAX_MESSAGE),
-                )
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
+            router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown),
         );
+        // The simulator's tonic serves by address; the listener only reserved it.
+        #[cfg(madsim)]
+        let server = {
+            drop(listener);
+            tokio::spawn(router.serve_with_shutdown(addr, shutdown))
+        };
         if let Some(seed) = joining {
             join(&pool, &seed, cfg.id, &advertise).await?;
         }

@@ -51,11 +51,24 @@ pub fn cli_json(addr: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).expect("json output")
 }
 
+/// Like [`cli_json`], but `None` when the command fails.
+pub fn cli_json_opt(addr: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let o = cli(addr, &a);
+    if !o.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&o.stdout).ok()
+}
+
 /// One `blixard node` process with its own data dir.
 pub struct TestNode {
     pub id: u64,
     pub addr: String,
     pub dir: PathBuf,
+    /// A command the node runs under (empty: none).
+    prefix: Vec<String>,
     child: Option<Child>,
 }
 
@@ -67,9 +80,20 @@ impl TestNode {
 
     pub fn start_with(id: u64, dir: &Path, extra: &[&str]) -> TestNode {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut n = TestNode { id, addr, dir: dir.to_path_buf(), child: None };
+        let mut n = TestNode { id, addr, dir: dir.to_path_buf(), prefix: Vec::new(), child: None };
         n.spawn(extra);
         n
+    }
+
+    /// A node at a given address (for nodes in network namespaces).
+    pub fn with_addr(id: u64, dir: &Path, addr: &str) -> TestNode {
+        TestNode { id, addr: addr.to_string(), dir: dir.to_path_buf(), prefix: Vec::new(), child: None }
+    }
+
+    /// Spawns under a command prefix, e.g. `ip netns exec NS`.
+    pub fn spawn_prefixed(&mut self, prefix: &[&str], extra: &[&str]) {
+        self.prefix = prefix.iter().map(|s| s.to_string()).collect();
+        self.spawn(extra);
     }
 
     pub fn running(&self) -> bool {
@@ -79,7 +103,15 @@ impl TestNode {
     pub fn spawn(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "node {} already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
-        let child = Command::new(BIN)
+        let mut cmd = match self.prefix.split_first() {
+            None => Command::new(BIN),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+        };
+        let child = cmd
             .args(["node", "--id", &self.id.to_string(), "--bind", &self.addr, "--data-dir"])
             .arg(&self.dir)
             .args(extra)
