@@ -273,3 +273,36 @@ fn sigterm_shuts_down_gracefully_and_restart_keeps_state() {
     assert!(st["applied_index"].as_u64().unwrap() >= 3);
     assert_eq!(cli_json(&n.addr, &["vm", "get", "db"])["memory_mib"], 512);
 }
+
+#[test]
+fn vms_are_placed_by_capacity_and_impossible_requests_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start_with(1, &tmp.path().join("n1"), &["--memory-mib", "2048"]);
+    n.wait_leader(LEADER_WITHIN);
+    let big = cli(&n.addr, &["vm", "create", "big", "--memory", "4096"]);
+    assert_eq!(big.status.code(), Some(1));
+    assert_eq!(stderr(&big), "error: cannot place vm \"big\": node 1: needs 4096 MiB memory, 2048 MiB free\n");
+    let pinned = cli(&n.addr, &["vm", "create", "pinned", "--node", "9"]);
+    assert_eq!(pinned.status.code(), Some(1));
+    assert_eq!(stderr(&pinned), "error: cannot place vm \"pinned\": node 9 is not a registered node\n");
+
+    let a = cli_json(&n.addr, &["vm", "create", "a", "--memory", "1024"]);
+    assert_eq!((a["node"].as_u64(), a["desired"].as_str()), (Some(1), Some("stopped")));
+    assert!(a["observed"].is_null());
+    let b = cli_json(&n.addr, &["vm", "create", "b", "--memory", "1024", "--start", "--node", "1"]);
+    assert_eq!(b["desired"], "running");
+    let full = cli(&n.addr, &["vm", "create", "c", "--memory", "64"]);
+    assert_eq!(stderr(&full), "error: cannot place vm \"c\": node 1: needs 64 MiB memory, 0 MiB free\n");
+
+    assert_eq!(cli_json(&n.addr, &["vm", "start", "a"])["desired"], "running");
+    assert_eq!(cli_json(&n.addr, &["vm", "stop", "a"])["desired"], "stopped");
+    let r = cli(&n.addr, &["vm", "restart", "a"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert_eq!(stderr(&r), "error: vm \"a\" is stopped; start it instead of restarting it\n");
+    assert_eq!(cli_json(&n.addr, &["vm", "restart", "b"])["restart_generation"], 1);
+    let missing = cli(&n.addr, &["vm", "start", "nope"]);
+    assert_eq!(stderr(&missing), "error: vm \"nope\" not found\n");
+    // Deleting frees the capacity.
+    cli_json(&n.addr, &["vm", "delete", "b"]);
+    assert_eq!(cli_json(&n.addr, &["vm", "create", "c", "--memory", "64"])["node"], 1);
+}

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{ValidationError, VmRecord, VmSpec};
+use crate::scheduler::NodeResources;
+use crate::spec::{Observed, PowerState, ValidationError, VmRecord, VmSpec};
 use crate::NodeId;
 
 /// A write, replicated through Raft and applied by [`crate::state::apply`] on every node.
@@ -17,11 +18,34 @@ pub enum Command {
     KvDelete {
         key: Vec<u8>,
     },
+    /// Records a VM and places it (on `node` when given), running when `start`.
     VmCreate {
         spec: VmSpec,
+        node: Option<NodeId>,
+        start: bool,
     },
     VmDelete {
         name: String,
+    },
+    VmSetDesired {
+        name: String,
+        desired: PowerState,
+    },
+    /// Asks the hosting node to restart the VM once.
+    VmRestart {
+        name: String,
+    },
+    /// A node's report of what it observes; ignored unless the VM (this very incarnation, by
+    /// `create_index`) is placed on that node.
+    VmReport {
+        name: String,
+        create_index: u64,
+        node: NodeId,
+        observed: Observed,
+    },
+    /// A node's schedulable capacity.
+    NodeRegister {
+        resources: NodeResources,
     },
     /// Records a member's address (applied with the Raft membership change that adds it).
     SetMember {
@@ -95,13 +119,15 @@ pub enum Query {
     },
     VmList,
     Members,
+    Nodes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueryResult {
     Value(Option<Vec<u8>>),
     Pairs { pairs: Vec<(Vec<u8>, Vec<u8>)>, more: bool },
-    Vm(Option<VmRecord>),
+    Vm(Option<Box<VmRecord>>),
     Vms(Vec<VmRecord>),
     Members(Vec<crate::state::Member>),
+    Nodes(Vec<NodeResources>),
 }

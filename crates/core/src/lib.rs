@@ -6,12 +6,14 @@
 //! so the same `apply` runs over redb in a node and over a `BTreeMap` in tests and simulation.
 
 pub mod command;
+pub mod scheduler;
 pub mod spec;
 pub mod state;
 pub mod store;
 
 pub use command::{Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
-pub use spec::{PortForward, RestartPolicy, ValidationError, VmRecord, VmSpec};
+pub use scheduler::NodeResources;
+pub use spec::{Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError, VmRecord, VmSpec};
 pub use store::{MemStore, ReadStore, Store, StoreError, Table};
 
 /// Identifier of a node in the cluster. Never 0 (raft-rs reserves 0 for "none").

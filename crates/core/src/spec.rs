@@ -83,7 +83,68 @@ pub struct VmSpec {
     pub restart_policy: RestartPolicy,
 }
 
-/// A VM as recorded in the replicated state.
+/// Whether the user wants the VM running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PowerState {
+    Running,
+    #[default]
+    Stopped,
+}
+
+impl PowerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerState::Running => "running",
+            PowerState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What a node last reported about a VM it hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// Observed state, reported by the hosting node's reconciler through Raft.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub phase: Phase,
+    /// Why it is in this phase (always set for `Failed`; e.g. the exit reason, a failed check).
+    pub reason: Option<String>,
+    pub pid: Option<u32>,
+    /// From process start to the guest's boot marker.
+    pub boot_ms: Option<u64>,
+    pub started_at_ms: Option<u64>,
+    /// Restarts the reconciler made on its own (per restart policy).
+    pub restarts: u32,
+    /// The `restart_generation` of the record this report acted on.
+    pub restart_generation: u64,
+    /// Hypervisor acceleration in use (`kvm` or `tcg`).
+    pub accel: Option<String>,
+    pub reported_at_ms: u64,
+}
+
+/// A VM as recorded in the replicated state: the user's desired state plus the observed one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRecord {
     pub spec: VmSpec,
@@ -91,6 +152,12 @@ pub struct VmRecord {
     pub created_at_ms: u64,
     /// Raft index of the entry that created it; a recreated VM of the same name gets a new one.
     pub create_index: u64,
+    pub desired: PowerState,
+    /// The node it was placed on.
+    pub node: crate::NodeId,
+    /// Bumped by `vm restart`: the hosting node restarts the VM once per bump.
+    pub restart_generation: u64,
+    pub observed: Option<Observed>,
 }
 
 pub const VCPUS: (u32, u32) = (1, 32);

@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
-use crate::spec::{validate_key, validate_name, validate_value, VmRecord};
+use crate::scheduler::{self, NodeResources};
+use crate::spec::{validate_key, validate_name, validate_value, PowerState, VmRecord};
 use crate::store::{ReadStore, Store, StoreError, Table};
 use crate::NodeId;
 
@@ -43,14 +44,28 @@ pub fn apply(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outco
             Err(e) => Err(e.into()),
             Ok(()) => Ok(Response::Deleted { existed: store.delete(Table::Kv, key)? }),
         },
-        Command::VmCreate { spec } => {
+        Command::VmCreate { spec, node, start } => {
             if let Err(e) = spec.validate() {
                 return Ok(Err(e.into()));
             }
             if store.get(Table::Vms, spec.name.as_bytes())?.is_some() {
                 return Ok(Err(CommandError::AlreadyExists(format!("vm {:?}", spec.name))));
             }
-            let rec = VmRecord { spec: spec.clone(), created_at_ms: env.now_ms, create_index: index };
+            let placed = match scheduler::place(&nodes(store)?, &vms(store)?, spec, *node) {
+                Ok(n) => n,
+                Err(why) => {
+                    return Ok(Err(CommandError::FailedPrecondition(format!("cannot place vm {:?}: {why}", spec.name))))
+                }
+            };
+            let rec = VmRecord {
+                spec: spec.clone(),
+                created_at_ms: env.now_ms,
+                create_index: index,
+                desired: if *start { PowerState::Running } else { PowerState::Stopped },
+                node: placed,
+                restart_generation: 0,
+                observed: None,
+            };
             store.put(Table::Vms, spec.name.as_bytes(), &encode(&rec))?;
             Ok(Response::Vm(Box::new(rec)))
         }
@@ -63,6 +78,46 @@ pub fn apply(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outco
             } else {
                 Err(CommandError::NotFound(format!("vm {name:?}")))
             }
+        }
+        Command::VmSetDesired { name, desired } => {
+            let Some(mut rec) = vm(store, name)? else {
+                return Ok(Err(CommandError::NotFound(format!("vm {name:?}"))));
+            };
+            rec.desired = *desired;
+            store.put(Table::Vms, name.as_bytes(), &encode(&rec))?;
+            Ok(Response::Vm(Box::new(rec)))
+        }
+        Command::VmRestart { name } => {
+            let Some(mut rec) = vm(store, name)? else {
+                return Ok(Err(CommandError::NotFound(format!("vm {name:?}"))));
+            };
+            if rec.desired != PowerState::Running {
+                return Ok(Err(CommandError::FailedPrecondition(format!(
+                    "vm {name:?} is stopped; start it instead of restarting it"
+                ))));
+            }
+            rec.restart_generation += 1;
+            store.put(Table::Vms, name.as_bytes(), &encode(&rec))?;
+            Ok(Response::Vm(Box::new(rec)))
+        }
+        Command::VmReport { name, create_index, node, observed } => {
+            let Some(mut rec) = vm(store, name)? else {
+                return Ok(Err(CommandError::NotFound(format!("vm {name:?}"))));
+            };
+            if rec.create_index != *create_index || rec.node != *node {
+                return Ok(Err(CommandError::FailedPrecondition(format!(
+                    "stale report for vm {name:?} from node {node}"
+                ))));
+            }
+            let mut o = observed.clone();
+            o.reported_at_ms = env.now_ms;
+            rec.observed = Some(o);
+            store.put(Table::Vms, name.as_bytes(), &encode(&rec))?;
+            Ok(Response::Done)
+        }
+        Command::NodeRegister { resources } => {
+            store.put(Table::Nodes, &resources.id.to_be_bytes(), &encode(resources))?;
+            Ok(Response::Done)
         }
         Command::SetMember { id, addr } => {
             store.put(Table::Members, &id.to_be_bytes(), &encode(&Member { id: *id, addr: addr.clone() }))?;
@@ -86,17 +141,29 @@ pub fn query(store: &impl ReadStore, q: &Query) -> Result<QueryResult, StoreErro
         }
         Query::VmGet { name } => match store.get(Table::Vms, name.as_bytes())? {
             None => QueryResult::Vm(None),
-            Some(b) => QueryResult::Vm(Some(decode(Table::Vms, name.as_bytes(), &b)?)),
+            Some(b) => QueryResult::Vm(Some(Box::new(decode(Table::Vms, name.as_bytes(), &b)?))),
         },
-        Query::VmList => QueryResult::Vms(
-            store
-                .scan(Table::Vms, b"", usize::MAX)?
-                .iter()
-                .map(|(k, v)| decode(Table::Vms, k, v))
-                .collect::<Result<_, _>>()?,
-        ),
+        Query::VmList => QueryResult::Vms(vms(store)?),
         Query::Members => QueryResult::Members(members(store)?),
+        Query::Nodes => QueryResult::Nodes(nodes(store)?),
     })
+}
+
+fn vm(store: &impl ReadStore, name: &str) -> Result<Option<VmRecord>, StoreError> {
+    match store.get(Table::Vms, name.as_bytes())? {
+        None => Ok(None),
+        Some(b) => decode(Table::Vms, name.as_bytes(), &b).map(Some),
+    }
+}
+
+/// Every VM record, by name.
+pub fn vms(store: &impl ReadStore) -> Result<Vec<VmRecord>, StoreError> {
+    store.scan(Table::Vms, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Vms, k, v)).collect()
+}
+
+/// Every registered node's capacity, by id.
+pub fn nodes(store: &impl ReadStore) -> Result<Vec<NodeResources>, StoreError> {
+    store.scan(Table::Nodes, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Nodes, k, v)).collect()
 }
 
 /// All recorded members, by id.
@@ -146,7 +213,7 @@ pub fn import(store: &mut impl Store, data: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{PortForward, RestartPolicy, ValidationError, VmSpec};
+    use crate::spec::{Observed, Phase, PortForward, RestartPolicy, ValidationError, VmSpec};
     use crate::store::MemStore;
 
     fn env(command: Command) -> Envelope {
@@ -159,6 +226,18 @@ mod tests {
 
     fn spec(name: &str) -> VmSpec {
         VmSpec { name: name.into(), vcpus: 2, memory_mib: 256, ..Default::default() }
+    }
+
+    fn create(name: &str) -> Command {
+        Command::VmCreate { spec: spec(name), node: None, start: false }
+    }
+
+    /// A store with one registered node (id 1, 16 vcpus, 8 GiB).
+    fn with_node() -> MemStore {
+        let mut s = MemStore::default();
+        let r = NodeResources { id: 1, vcpus: 16, memory_mib: 8192, accel: "tcg".into(), backend: "qemu".into() };
+        run(&mut s, 1, Command::NodeRegister { resources: r }).unwrap();
+        s
     }
 
     #[test]
@@ -218,24 +297,35 @@ mod tests {
 
     #[test]
     fn vm_create_records_the_spec_time_and_index() {
-        let mut s = MemStore::default();
+        let mut s = with_node();
         let mut sp = spec("web");
         sp.ports = vec![PortForward { host: 8080, guest: 80 }];
         sp.restart_policy = RestartPolicy::Always;
-        let rec = VmRecord { spec: sp.clone(), created_at_ms: 1_000, create_index: 5 };
-        assert_eq!(run(&mut s, 5, Command::VmCreate { spec: sp }), Ok(Response::Vm(Box::new(rec.clone()))));
-        assert_eq!(query(&s, &Query::VmGet { name: "web".into() }), Ok(QueryResult::Vm(Some(rec))));
+        let rec = VmRecord {
+            spec: sp.clone(),
+            created_at_ms: 1_000,
+            create_index: 5,
+            desired: PowerState::Running,
+            node: 1,
+            restart_generation: 0,
+            observed: None,
+        };
+        assert_eq!(
+            run(&mut s, 5, Command::VmCreate { spec: sp, node: None, start: true }),
+            Ok(Response::Vm(Box::new(rec.clone())))
+        );
+        assert_eq!(query(&s, &Query::VmGet { name: "web".into() }), Ok(QueryResult::Vm(Some(Box::new(rec)))));
     }
 
     #[test]
     fn vm_create_of_an_existing_name_is_rejected_not_overwritten() {
-        let mut s = MemStore::default();
-        run(&mut s, 1, Command::VmCreate { spec: spec("web") }).unwrap();
+        let mut s = with_node();
+        run(&mut s, 1, create("web")).unwrap();
         let before = s.clone();
         let mut other = spec("web");
         other.vcpus = 8;
         assert_eq!(
-            run(&mut s, 2, Command::VmCreate { spec: other }),
+            run(&mut s, 2, Command::VmCreate { spec: other, node: None, start: true }),
             Err(CommandError::AlreadyExists("vm \"web\"".into()))
         );
         assert_eq!(s, before);
@@ -243,19 +333,20 @@ mod tests {
 
     #[test]
     fn vm_create_with_invalid_spec_is_rejected_and_changes_nothing() {
-        let mut s = MemStore::default();
+        let mut s = with_node();
+        let before = s.clone();
         let mut bad = spec("web");
         bad.vcpus = 0;
-        let r = run(&mut s, 1, Command::VmCreate { spec: bad });
+        let r = run(&mut s, 1, Command::VmCreate { spec: bad, node: None, start: false });
         assert_eq!(r, Err(CommandError::Invalid(ValidationError::new("vcpus", "must be between 1 and 32 (got 0)"))));
-        assert_eq!(s, MemStore::default());
+        assert_eq!(s, before);
     }
 
     #[test]
     fn vm_list_is_ordered_by_name_and_delete_removes() {
-        let mut s = MemStore::default();
+        let mut s = with_node();
         for n in ["b", "a", "c"] {
-            run(&mut s, 1, Command::VmCreate { spec: spec(n) }).unwrap();
+            run(&mut s, 1, create(n)).unwrap();
         }
         let names = |s: &MemStore| match query(s, &Query::VmList).unwrap() {
             QueryResult::Vms(v) => v.into_iter().map(|r| r.spec.name).collect::<Vec<_>>(),
@@ -287,7 +378,16 @@ mod tests {
     fn the_same_log_gives_the_same_state_and_snapshots_round_trip() {
         let log = [
             Command::KvPut { key: b"x".to_vec(), value: b"1".to_vec() },
-            Command::VmCreate { spec: spec("db") },
+            Command::NodeRegister {
+                resources: NodeResources {
+                    id: 1,
+                    vcpus: 4,
+                    memory_mib: 4096,
+                    accel: "tcg".into(),
+                    backend: "qemu".into(),
+                },
+            },
+            create("db"),
             Command::SetMember { id: 1, addr: "a:1".into() },
             Command::KvDelete { key: b"x".to_vec() },
             Command::KvPut { key: b"y".to_vec(), value: b"2".to_vec() },
@@ -304,6 +404,55 @@ mod tests {
         import(&mut c, &data).unwrap();
         assert_eq!(export(&c).unwrap(), data);
         assert_eq!(query(&c, &Query::KvGet { key: b"stale".to_vec() }), Ok(QueryResult::Value(None)));
+    }
+
+    #[test]
+    fn a_vm_that_fits_no_node_is_refused_with_the_reason() {
+        let mut s = with_node();
+        let before = s.clone();
+        let mut big = spec("big");
+        big.memory_mib = 9000;
+        let r = run(&mut s, 2, Command::VmCreate { spec: big, node: None, start: true });
+        assert_eq!(
+            r,
+            Err(CommandError::FailedPrecondition(
+                "cannot place vm \"big\": node 1: needs 9000 MiB memory, 8192 MiB free".into()
+            ))
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn start_stop_and_restart_change_the_desired_state() {
+        let mut s = with_node();
+        run(&mut s, 2, create("web")).unwrap();
+        let r = run(&mut s, 3, Command::VmRestart { name: "web".into() });
+        assert!(matches!(r, Err(CommandError::FailedPrecondition(m)) if m.contains("start it instead")));
+        let Ok(Response::Vm(v)) =
+            run(&mut s, 4, Command::VmSetDesired { name: "web".into(), desired: PowerState::Running })
+        else {
+            panic!()
+        };
+        assert_eq!(v.desired, PowerState::Running);
+        let Ok(Response::Vm(v)) = run(&mut s, 5, Command::VmRestart { name: "web".into() }) else { panic!() };
+        assert_eq!(v.restart_generation, 1);
+        let r = run(&mut s, 6, Command::VmSetDesired { name: "nope".into(), desired: PowerState::Running });
+        assert_eq!(r, Err(CommandError::NotFound("vm \"nope\"".into())));
+    }
+
+    #[test]
+    fn reports_are_recorded_only_from_the_hosting_node_for_this_incarnation() {
+        let mut s = with_node();
+        run(&mut s, 2, create("web")).unwrap();
+        let obs = Observed { phase: Phase::Running, pid: Some(42), ..Default::default() };
+        let report =
+            |index, node| Command::VmReport { name: "web".into(), create_index: index, node, observed: obs.clone() };
+        assert!(run(&mut s, 3, report(1, 1)).is_err(), "wrong incarnation");
+        assert!(run(&mut s, 4, report(2, 7)).is_err(), "wrong node");
+        assert_eq!(run(&mut s, 5, report(2, 1)), Ok(Response::Done));
+        let Ok(QueryResult::Vm(Some(v))) = query(&s, &Query::VmGet { name: "web".into() }) else { panic!() };
+        let o = v.observed.unwrap();
+        assert_eq!((o.phase, o.pid, o.reported_at_ms), (Phase::Running, Some(42), 1_000));
     }
 
     #[test]

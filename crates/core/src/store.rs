@@ -12,16 +12,18 @@ pub enum Table {
     Kv,
     Vms,
     Members,
+    Nodes,
 }
 
 impl Table {
-    pub const ALL: [Table; 3] = [Table::Kv, Table::Vms, Table::Members];
+    pub const ALL: [Table; 4] = [Table::Kv, Table::Vms, Table::Members, Table::Nodes];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Kv => "sm_kv",
             Table::Vms => "sm_vms",
             Table::Members => "sm_members",
+            Table::Nodes => "sm_nodes",
         }
     }
 }

@@ -85,6 +85,14 @@ impl Api {
         Ok((applied.index, resp))
     }
 
+    /// A write whose answer is the VM record.
+    async fn vm_write(&self, cmd: Command) -> Result<v1::GetVmResponse> {
+        match self.write(cmd).await? {
+            (_, Response::Vm(rec)) => Ok(tonic::Response::new(v1::GetVmResponse { vm: Some((*rec).into()) })),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Serves a query after a ReadIndex round, or from local state when `stale`.
     async fn read(&self, opts: Option<v1::ReadOptions>, q: Query) -> std::result::Result<QueryResult, Status> {
         if !opts.is_some_and(|o| o.stale) {
@@ -182,6 +190,10 @@ impl v1::cluster_service_server::ClusterService for Api {
     async fn status(&self, _req: Request<v1::ClusterStatusRequest>) -> Result<v1::ClusterStatusResponse> {
         let s = self.raft.status();
         let members = self.members()?;
+        let capacity = {
+            let view = ReadView::begin(self.raft.db()).map_err(status::store)?;
+            blixard_core::state::nodes(&view).map_err(status::store)?
+        };
         let addr = |id: u64| members.iter().find(|m| m.id == id).map(|m| m.addr.clone()).unwrap_or_default();
         let ids: Vec<(u64, &str)> =
             s.voters.iter().map(|&id| (id, "voter")).chain(s.learners.iter().map(|&id| (id, "learner"))).collect();
@@ -202,7 +214,11 @@ impl v1::cluster_service_server::ClusterService for Api {
             .zip(answers)
             .map(|((id, m), st)| {
                 let st = st.filter(|st| st.node_id == *id);
+                let cap = capacity.iter().find(|c| c.id == *id);
                 v1::Member {
+                    vcpus: cap.map(|c| c.vcpus),
+                    memory_mib: cap.map(|c| c.memory_mib),
+                    accel: cap.map(|c| c.accel.clone()).unwrap_or_default(),
                     id: *id,
                     addr: addr(*id),
                     membership: (*m).into(),
@@ -356,10 +372,11 @@ impl v1::kv_service_server::KvService for Api {
 impl v1::vm_service_server::VmService for Api {
     async fn create_vm(&self, req: Request<v1::CreateVmRequest>) -> Result<v1::CreateVmResponse> {
         forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, create_vm);
-        let wire = req.into_inner().spec.ok_or_else(|| Status::invalid_argument("invalid spec: must be set"))?;
+        let r = req.into_inner();
+        let wire = r.spec.ok_or_else(|| Status::invalid_argument("invalid spec: must be set"))?;
         let spec = VmSpec::try_from(wire).map_err(invalid)?;
         spec.validate().map_err(invalid)?;
-        match self.write(Command::VmCreate { spec }).await? {
+        match self.write(Command::VmCreate { spec, node: r.node, start: r.start }).await? {
             (index, Response::Vm(rec)) => {
                 Ok(tonic::Response::new(v1::CreateVmResponse { vm: Some((*rec).into()), index }))
             }
@@ -371,7 +388,7 @@ impl v1::vm_service_server::VmService for Api {
         let r = req.into_inner();
         validate_name(&r.name).map_err(invalid)?;
         match self.read(r.read, Query::VmGet { name: r.name.clone() }).await? {
-            QueryResult::Vm(Some(rec)) => Ok(tonic::Response::new(v1::GetVmResponse { vm: Some(rec.into()) })),
+            QueryResult::Vm(Some(rec)) => Ok(tonic::Response::new(v1::GetVmResponse { vm: Some((*rec).into()) })),
             QueryResult::Vm(None) => Err(Status::not_found(format!("vm {:?} not found", r.name))),
             other => Err(unexpected(other)),
         }
@@ -384,6 +401,27 @@ impl v1::vm_service_server::VmService for Api {
             }
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn start_vm(&self, req: Request<v1::VmNameRequest>) -> Result<v1::GetVmResponse> {
+        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, start_vm);
+        let name = req.into_inner().name;
+        validate_name(&name).map_err(invalid)?;
+        self.vm_write(Command::VmSetDesired { name, desired: blixard_core::PowerState::Running }).await
+    }
+
+    async fn stop_vm(&self, req: Request<v1::VmNameRequest>) -> Result<v1::GetVmResponse> {
+        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, stop_vm);
+        let name = req.into_inner().name;
+        validate_name(&name).map_err(invalid)?;
+        self.vm_write(Command::VmSetDesired { name, desired: blixard_core::PowerState::Stopped }).await
+    }
+
+    async fn restart_vm(&self, req: Request<v1::VmNameRequest>) -> Result<v1::GetVmResponse> {
+        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, restart_vm);
+        let name = req.into_inner().name;
+        validate_name(&name).map_err(invalid)?;
+        self.vm_write(Command::VmRestart { name }).await
     }
 
     async fn delete_vm(&self, req: Request<v1::DeleteVmRequest>) -> Result<v1::DeleteVmResponse> {

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod datadir;
+pub mod internal;
 pub mod pool;
 pub mod status;
 pub mod transport;
@@ -35,6 +36,12 @@ pub struct NodeConfig {
     pub compact_entries: u64,
     pub compact_bytes: u64,
     pub keep_entries: u64,
+    /// Schedulable vCPUs per host core.
+    pub vcpu_overcommit: u32,
+    /// Host memory kept back from VMs, in MiB.
+    pub reserve_memory_mib: u64,
+    /// Schedulable memory in MiB, instead of host memory less the reserve.
+    pub memory_mib: Option<u64>,
 }
 
 impl NodeConfig {
@@ -51,6 +58,9 @@ impl NodeConfig {
             compact_entries: d.compact_entries,
             compact_bytes: d.compact_bytes,
             keep_entries: d.keep_entries,
+            vcpu_overcommit: 4,
+            reserve_memory_mib: 1024,
+            memory_mib: None,
         }
     }
 }
@@ -92,6 +102,25 @@ async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str) -> Resu
             }
             Err(s) => return Err(fail(s.message().to_string())),
         }
+    }
+}
+
+/// Records this node's capacity in the replicated state (retrying until the cluster has a
+/// leader that accepts it), so the scheduler can place VMs here.
+async fn register(raft: Handle, pool: Arc<pool::ChannelPool>, r: blixard_core::NodeResources) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let cmd = blixard_core::Command::NodeRegister { resources: r.clone() };
+        match internal::propose(&raft, &pool, cmd).await {
+            Ok((_, Ok(_))) => {
+                tracing::info!(vcpus = r.vcpus, memory_mib = r.memory_mib, "registered capacity");
+                return;
+            }
+            Ok((_, Err(e))) => tracing::warn!("capacity registration refused: {e}"),
+            Err(s) => tracing::debug!("capacity registration not accepted yet: {}", s.message()),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -178,6 +207,15 @@ impl Node {
         if let Some(seed) = joining {
             join(&pool, &seed, cfg.id, &advertise).await?;
         }
+        let (vcpus, memory_mib) = internal::host_capacity(cfg.vcpu_overcommit, cfg.reserve_memory_mib, cfg.memory_mib);
+        let resources = blixard_core::NodeResources {
+            id: cfg.id,
+            vcpus,
+            memory_mib,
+            accel: "unprobed".into(),
+            backend: "qemu".into(),
+        };
+        tokio::spawn(register(raft.clone(), pool.clone(), resources));
         tracing::info!(id = cfg.id, %addr, "serving");
         Ok(Node { addr, raft, stop_server: Some(stop_server), server, driver })
     }

@@ -9,7 +9,7 @@ pub mod v1 {
 
 use std::collections::BTreeMap;
 
-use blixard_core::{PortForward, RestartPolicy, ValidationError, VmRecord, VmSpec};
+use blixard_core::{Observed, PortForward, RestartPolicy, ValidationError, VmRecord, VmSpec};
 
 fn port(field: &str, v: u32) -> Result<u16, ValidationError> {
     u16::try_from(v)
@@ -65,9 +65,32 @@ impl From<VmSpec> for v1::VmSpec {
     }
 }
 
+impl From<Observed> for v1::VmObserved {
+    fn from(o: Observed) -> Self {
+        v1::VmObserved {
+            phase: o.phase.as_str().into(),
+            reason: o.reason.unwrap_or_default(),
+            pid: o.pid,
+            boot_ms: o.boot_ms,
+            started_at_ms: o.started_at_ms,
+            restarts: o.restarts,
+            accel: o.accel.unwrap_or_default(),
+            reported_at_ms: o.reported_at_ms,
+        }
+    }
+}
+
 impl From<VmRecord> for v1::Vm {
     fn from(r: VmRecord) -> Self {
-        v1::Vm { spec: Some(r.spec.into()), created_at_ms: r.created_at_ms, create_index: r.create_index }
+        v1::Vm {
+            spec: Some(r.spec.into()),
+            created_at_ms: r.created_at_ms,
+            create_index: r.create_index,
+            desired: r.desired.as_str().into(),
+            node: r.node,
+            restart_generation: r.restart_generation,
+            observed: r.observed.map(Into::into),
+        }
     }
 }
 

@@ -36,6 +36,8 @@ struct MemberOut {
     term: Option<u64>,
     commit_index: Option<u64>,
     applied_index: Option<u64>,
+    vcpus: Option<u32>,
+    memory_mib: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -81,6 +83,8 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
                         term: m.reachable.then_some(m.term),
                         commit_index: m.reachable.then_some(m.commit_index),
                         applied_index: m.reachable.then_some(m.applied_index),
+                        vcpus: m.vcpus,
+                        memory_mib: m.memory_mib,
                     })
                     .collect(),
             };
@@ -98,8 +102,18 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
                     out.commit_index,
                     out.applied_index
                 );
-                let mut t =
-                    Table::new(vec!["ID", "ADDR", "MEMBERSHIP", "ROLE", "TERM", "COMMIT", "APPLIED", "REACHABLE"]);
+                let mut t = Table::new(vec![
+                    "ID",
+                    "ADDR",
+                    "MEMBERSHIP",
+                    "ROLE",
+                    "TERM",
+                    "COMMIT",
+                    "APPLIED",
+                    "REACHABLE",
+                    "VCPUS",
+                    "MEMORY",
+                ]);
                 let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                 for m in &out.members {
                     t = t.row(vec![
@@ -111,6 +125,8 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
                         opt(m.commit_index),
                         opt(m.applied_index),
                         if m.reachable { "yes".into() } else { "no".into() },
+                        m.vcpus.map_or("-".into(), |v| v.to_string()),
+                        m.memory_mib.map_or("-".into(), |v| format!("{v} MiB")),
                     ]);
                 }
                 s.push_str(&t.render());

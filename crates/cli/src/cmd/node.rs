@@ -42,6 +42,15 @@ pub struct NodeArgs {
     /// Heartbeat interval in ticks; must be less than --election-ticks.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub heartbeat_ticks: u64,
+    /// Schedulable vCPUs per host core.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub vcpu_overcommit: u32,
+    /// Host memory kept back from VMs, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub reserve_memory_mib: u64,
+    /// Schedulable memory in MiB (default: host memory less the reserve).
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -63,6 +72,9 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     let mut cfg = NodeConfig::new(a.id, a.data_dir);
     cfg.advertise = a.advertise;
     cfg.join = a.join;
+    cfg.vcpu_overcommit = a.vcpu_overcommit;
+    cfg.reserve_memory_mib = a.reserve_memory_mib;
+    cfg.memory_mib = a.memory_mib;
     cfg.compact_entries = a.snapshot_entries;
     cfg.compact_bytes = a.snapshot_mib * 1024 * 1024;
     cfg.keep_entries = a.keep_entries.min(a.snapshot_entries.saturating_sub(1));

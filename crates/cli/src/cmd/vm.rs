@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 
 use blixard_proto::v1::vm_service_client::VmServiceClient;
-use blixard_proto::v1::{self, CreateVmRequest, DeleteVmRequest, GetVmRequest, ListVmsRequest, ReadOptions};
+use blixard_proto::v1::{
+    self, CreateVmRequest, DeleteVmRequest, GetVmRequest, ListVmsRequest, ReadOptions, VmNameRequest,
+};
 use serde::Serialize;
 
 use crate::client::{call, connect};
@@ -11,7 +13,7 @@ use crate::Format;
 #[derive(clap::Subcommand)]
 pub enum VmCmd {
     /// Record a new VM (desired state).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Show one VM.
     Get {
         name: String,
@@ -23,8 +25,14 @@ pub enum VmCmd {
         #[arg(long)]
         stale: bool,
     },
-    /// Delete a VM.
+    /// Delete a VM (its node stops it and removes its files).
     Delete { name: String },
+    /// Set the VM's desired state to running.
+    Start { name: String },
+    /// Set the VM's desired state to stopped.
+    Stop { name: String },
+    /// Restart a running VM once.
+    Restart { name: String },
 }
 
 #[derive(clap::Args)]
@@ -61,6 +69,12 @@ pub struct CreateArgs {
     /// never | on-failure | always.
     #[arg(long = "restart", default_value = "on-failure")]
     pub restart_policy: String,
+    /// Place the VM on this node (default: the scheduler picks one).
+    #[arg(long)]
+    pub node: Option<u64>,
+    /// Start it right away (default: created stopped).
+    #[arg(long)]
+    pub start: bool,
 }
 
 fn parse_port(s: &str) -> Result<(u32, u32), String> {
@@ -96,6 +110,23 @@ struct VmOut {
     restart_policy: String,
     created_at_ms: u64,
     create_index: u64,
+    desired: String,
+    node: u64,
+    restart_generation: u64,
+    observed: Option<ObservedOut>,
+}
+
+/// The JSON shape of a VM's observed state (documented in README).
+#[derive(Serialize)]
+struct ObservedOut {
+    phase: String,
+    reason: Option<String>,
+    pid: Option<u32>,
+    boot_ms: Option<u64>,
+    started_at_ms: Option<u64>,
+    restarts: u32,
+    accel: Option<String>,
+    reported_at_ms: u64,
 }
 
 fn opt(s: String) -> Option<String> {
@@ -118,19 +149,41 @@ fn vm_out(v: v1::Vm) -> VmOut {
         restart_policy: s.restart_policy,
         created_at_ms: v.created_at_ms,
         create_index: v.create_index,
+        desired: v.desired,
+        node: v.node,
+        restart_generation: v.restart_generation,
+        observed: v.observed.map(|o| ObservedOut {
+            phase: o.phase,
+            reason: opt(o.reason),
+            pid: o.pid,
+            boot_ms: o.boot_ms,
+            started_at_ms: o.started_at_ms,
+            restarts: o.restarts,
+            accel: opt(o.accel),
+            reported_at_ms: o.reported_at_ms,
+        }),
     }
 }
 
 fn table(vms: &[VmOut]) -> Table {
-    let mut t = Table::new(vec!["NAME", "VCPUS", "MEMORY", "PORTS", "RESTART"]);
+    let mut t =
+        Table::new(vec!["NAME", "NODE", "DESIRED", "OBSERVED", "VCPUS", "MEMORY", "PORTS", "RESTART", "REASON"]);
     for v in vms {
         let ports: Vec<String> = v.ports.iter().map(|p| format!("{}:{}", p.host, p.guest)).collect();
+        let (phase, reason) = match &v.observed {
+            None => ("pending".to_string(), String::new()),
+            Some(o) => (o.phase.clone(), o.reason.clone().unwrap_or_default()),
+        };
         t = t.row(vec![
             v.name.clone(),
+            v.node.to_string(),
+            v.desired.clone(),
+            phase,
             v.vcpus.to_string(),
             format!("{} MiB", v.memory_mib),
             if ports.is_empty() { "-".into() } else { ports.join(",") },
             v.restart_policy.clone(),
+            reason,
         ]);
     }
     t
@@ -154,7 +207,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
                 labels: a.labels.into_iter().collect(),
                 restart_policy: a.restart_policy,
             };
-            let req = CreateVmRequest { spec: Some(spec) };
+            let req = CreateVmRequest { spec: Some(spec), node: a.node, start: a.start };
             let r = call(addr, || {
                 let (mut c, r) = (vm(), req.clone());
                 async move { c.create_vm(r).await }
@@ -186,6 +239,36 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             }
             let out = Out { vms: r.vms.into_iter().map(vm_out).collect() };
             emit(fmt, &out, || table(&out.vms));
+        }
+        VmCmd::Start { name } => {
+            let req = VmNameRequest { name };
+            let r = call(addr, || {
+                let (mut c, r) = (vm(), req.clone());
+                async move { c.start_vm(r).await }
+            })
+            .await?;
+            let out = vm_out(r.vm.unwrap_or_default());
+            emit(fmt, &out, || table(std::slice::from_ref(&out)));
+        }
+        VmCmd::Stop { name } => {
+            let req = VmNameRequest { name };
+            let r = call(addr, || {
+                let (mut c, r) = (vm(), req.clone());
+                async move { c.stop_vm(r).await }
+            })
+            .await?;
+            let out = vm_out(r.vm.unwrap_or_default());
+            emit(fmt, &out, || table(std::slice::from_ref(&out)));
+        }
+        VmCmd::Restart { name } => {
+            let req = VmNameRequest { name };
+            let r = call(addr, || {
+                let (mut c, r) = (vm(), req.clone());
+                async move { c.restart_vm(r).await }
+            })
+            .await?;
+            let out = vm_out(r.vm.unwrap_or_default());
+            emit(fmt, &out, || table(std::slice::from_ref(&out)));
         }
         VmCmd::Delete { name } => {
             let req = DeleteVmRequest { name: name.clone() };

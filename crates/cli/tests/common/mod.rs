@@ -130,12 +130,13 @@ impl TestNode {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Waits until this node reports itself leader.
+    /// Waits until this node reports itself leader and has registered its capacity.
     pub fn wait_leader(&self, timeout: Duration) -> serde_json::Value {
         wait_until(&format!("node {} to become leader", self.id), timeout, || {
             let o = cli(&self.addr, &["cluster", "status", "-o", "json"]);
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-            (v["role"] == "leader").then_some(v)
+            let me = v["members"].as_array()?.iter().find(|m| m["id"] == self.id)?.clone();
+            (v["role"] == "leader" && me["memory_mib"].is_u64()).then_some(v)
         })
     }
 
