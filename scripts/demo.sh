@@ -1,31 +1,59 @@
 #!/usr/bin/env bash
-# Sets up what is missing, builds blixard, starts a local node and shows it working.
-# Everything lives under .blixard/demo; the node is stopped when the script exits.
+# Sets up what is missing, builds blixard, starts a local 3-node cluster and boots a real
+# microVM through it: shows the cluster, the VM's console output and an HTTP answer from inside
+# the guest. Everything lives under .blixard/demo; the VM and the nodes are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked -q
+cargo build --release --locked -q -p blixard
 B="$PWD/target/release/blixard"
 DIR="$PWD/.blixard/demo"
-ADDR="${BLIXARD_DEMO_ADDR:-127.0.0.1:7001}"
-mkdir -p "$DIR"
+export BLIXARD_IMAGE_CACHE="$PWD/.blixard/images"
+BASE_PORT="${BLIXARD_DEMO_PORT:-7101}"
+HTTP_PORT="${BLIXARD_DEMO_HTTP_PORT:-18080}"
+rm -rf "$DIR" && mkdir -p "$DIR"
 
-"$B" node --id 1 --bind "$ADDR" --data-dir "$DIR/n1" 2> "$DIR/n1.log" &
-NODE=$!
-trap 'kill $NODE 2>/dev/null; wait $NODE 2>/dev/null || true' EXIT
+echo "demo: building the guest image (first run downloads the Debian cloud kernel)"
+"$B" image build --cache "$BLIXARD_IMAGE_CACHE"
 
-export BLIXARD_ADDR="$ADDR"
-for _ in $(seq 100); do
-  "$B" cluster status -o json 2>/dev/null | grep -q '"role": "leader"' && break
-  kill -0 $NODE 2>/dev/null || { echo "demo: node exited:"; cat "$DIR/n1.log"; exit 1; }
+PIDS=()
+cleanup() {
+  "$B" vm delete demo-web >/dev/null 2>&1 || true
+  for _ in $(seq 100); do [ -d "$DIR/n3/vmm/vms/demo-web" ] || [ -d "$DIR/n1/vmm/vms/demo-web" ] || [ -d "$DIR/n2/vmm/vms/demo-web" ] || break; sleep 0.1; done
+  kill "${PIDS[@]}" 2>/dev/null || true
+  wait "${PIDS[@]}" 2>/dev/null || true
+  pkill -9 -f "qemu-system.*$DIR" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+for id in 1 2 3; do
+  port=$((BASE_PORT + id - 1))
+  join=()
+  [ "$id" = 1 ] || join=(--join "127.0.0.1:$BASE_PORT")
+  "$B" node --id "$id" --bind "127.0.0.1:$port" --data-dir "$DIR/n$id" "${join[@]}" 2> "$DIR/n$id.log" &
+  PIDS+=($!)
+  if [ "$id" = 1 ]; then
+    for _ in $(seq 300); do
+      "$B" --addr "127.0.0.1:$BASE_PORT" cluster status -o json 2>/dev/null | grep -q '"role": "leader"' && break
+      sleep 0.1
+    done
+  fi
+done
+export BLIXARD_ADDR="127.0.0.1:$BASE_PORT"
+for _ in $(seq 600); do
+  n=$("$B" cluster status -o json 2>/dev/null | grep -c '"memory_mib": [0-9]' || true)
+  [ "$n" = 3 ] && break
   sleep 0.1
 done
 
-run() { echo "\$ blixard $*"; "$B" "$@"; echo; }
+run() { echo; echo "\$ blixard $*"; "$B" "$@"; }
 run cluster status
-run kv put hello world
-run kv get hello
-"$B" vm delete demo-web >/dev/null 2>&1 || true
-run vm create demo-web --vcpus 1 --memory 128 --port 8080:80 --label app=demo
+run --addr "127.0.0.1:$((BASE_PORT + 1))" vm create demo-web --memory 128 --port "$HTTP_PORT:80" \
+  --cmdline "blixard.http=80" --restart always --start
+run vm wait demo-web --state running --timeout 120s
+echo; echo "\$ blixard --addr 127.0.0.1:$((BASE_PORT + 2)) vm logs demo-web   # console, from any node"
+"$B" --addr "127.0.0.1:$((BASE_PORT + 2))" vm logs demo-web | tail -n 8
+echo; echo "\$ curl http://127.0.0.1:$HTTP_PORT/   # served from inside the guest"
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HTTP_PORT/" && break; sleep 0.2; done
 run vm list
-echo "demo: ok (node log: $DIR/n1.log)"
+echo; echo "demo: ok (logs under $DIR)"

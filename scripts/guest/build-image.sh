@@ -125,7 +125,10 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 while read -r ko; do insmod "$ko" 2>/dev/null || echo "blixard-init: insmod $ko failed"; done </etc/modules.order
-acpid -c /etc/acpi
+# acpid exits if no input device exists yet, and devtmpfs creates nodes asynchronously: wait.
+i=0
+while [ ! -e /dev/input/event0 ] && [ $i -lt 100 ]; do usleep 10000; i=$((i + 1)); done
+acpid -c /etc/acpi -l /run/acpid.log -p /run/acpid.pid
 
 name=blixard; http=; run64=
 for arg in $(cat /proc/cmdline); do

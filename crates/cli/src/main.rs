@@ -42,6 +42,9 @@ pub enum Top {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(cmd::vm::VmCmd),
+    /// The guest image.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCmd),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
             Top::Cluster(c) => cmd::cluster::run(&cli.addr, cli.output, c).await,
             Top::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
             Top::Vm(c) => cmd::vm::run(&cli.addr, cli.output, c).await,
+            Top::Image(c) => cmd::image::run(c).await,
             Top::Completions { shell } => {
                 clap_complete::generate(shell, &mut Cli::command(), "blixard", &mut std::io::stdout());
                 Ok(())

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const LEADER_WITHIN: Duration = Duration::from_secs(20);
+/// A deadline, not a wait: generous because a node registers its capacity only once its VM
+/// backend is ready, and the very first node on a machine builds the guest image.
+const LEADER_WITHIN: Duration = Duration::from_secs(180);
 
 #[test]
 fn a_new_node_becomes_leader_of_its_one_node_cluster() {
@@ -155,8 +157,12 @@ fn vm_records_create_get_list_delete_and_duplicates_are_rejected() {
     let dup = cli(&n.addr, &["vm", "create", "web", "--vcpus", "8"]);
     assert_eq!(dup.status.code(), Some(1));
     assert_eq!(stderr(&dup), "error: vm \"web\" already exists\n");
-    // Not overwritten.
-    assert_eq!(cli_json(&n.addr, &["vm", "get", "web"]), created);
+    // Not overwritten (the node may have reported an observed state meanwhile).
+    let mut now = cli_json(&n.addr, &["vm", "get", "web"]);
+    let mut was = created.clone();
+    now.as_object_mut().unwrap().remove("observed");
+    was.as_object_mut().unwrap().remove("observed");
+    assert_eq!(now, was);
 
     cli_json(&n.addr, &["vm", "create", "api"]);
     let names: Vec<_> = cli_json(&n.addr, &["vm", "list"])["vms"]
@@ -288,7 +294,6 @@ fn vms_are_placed_by_capacity_and_impossible_requests_are_refused() {
 
     let a = cli_json(&n.addr, &["vm", "create", "a", "--memory", "1024"]);
     assert_eq!((a["node"].as_u64(), a["desired"].as_str()), (Some(1), Some("stopped")));
-    assert!(a["observed"].is_null());
     let b = cli_json(&n.addr, &["vm", "create", "b", "--memory", "1024", "--start", "--node", "1"]);
     assert_eq!(b["desired"], "running");
     let full = cli(&n.addr, &["vm", "create", "c", "--memory", "64"]);

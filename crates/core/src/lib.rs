@@ -6,6 +6,7 @@
 //! so the same `apply` runs over redb in a node and over a `BTreeMap` in tests and simulation.
 
 pub mod command;
+pub mod reconcile;
 pub mod scheduler;
 pub mod spec;
 pub mod state;

@@ -141,6 +141,8 @@ pub struct Observed {
     pub restart_generation: u64,
     /// Hypervisor acceleration in use (`kvm` or `tcg`).
     pub accel: Option<String>,
+    /// Why it last ended without being asked to (what the last automatic restart answered).
+    pub last_exit: Option<String>,
     pub reported_at_ms: u64,
 }
 

@@ -28,7 +28,16 @@ const MAX_LIST_LIMIT: usize = 10_000;
 pub struct Api {
     raft: Handle,
     pool: Arc<ChannelPool>,
+    /// This node's VM driver, once its backend is open.
+    driver: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>,
 }
+
+type LogStream = std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<v1::VmLogChunk, Status>> + Send>>;
+
+/// Console bytes per streamed chunk.
+const LOG_CHUNK: usize = 64 * 1024;
+/// How often a followed console is polled for new output.
+const LOG_POLL: Duration = Duration::from_millis(100);
 
 type Result<T> = std::result::Result<tonic::Response<T>, Status>;
 
@@ -37,8 +46,45 @@ fn invalid(e: blixard_core::ValidationError) -> Status {
 }
 
 impl Api {
-    pub fn new(raft: Handle, pool: Arc<ChannelPool>) -> Self {
-        Api { raft, pool }
+    pub fn new(
+        raft: Handle,
+        pool: Arc<ChannelPool>,
+        driver: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>,
+    ) -> Self {
+        Api { raft, pool, driver }
+    }
+
+    /// Streams the console of a VM hosted here.
+    fn local_logs(&self, name: String, follow: bool, mut offset: u64) -> std::result::Result<LogStream, Status> {
+        let driver =
+            self.driver.get().cloned().ok_or_else(|| Status::unavailable("this node's VM backend is not ready"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let chunk = match driver.read_console(&name, offset, LOG_CHUNK).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::not_found(format!("console of vm {name:?}: {e}")))).await;
+                        return;
+                    }
+                };
+                offset = chunk.next_offset;
+                if chunk.data.is_empty() {
+                    if !follow {
+                        return;
+                    }
+                    tokio::time::sleep(LOG_POLL).await;
+                    if tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+                if tx.send(Ok(v1::VmLogChunk { data: chunk.data, next_offset: offset })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     /// `None` when this node leads; else a channel to the leader for forwarding. A request that
@@ -422,6 +468,31 @@ impl v1::vm_service_server::VmService for Api {
         let name = req.into_inner().name;
         validate_name(&name).map_err(invalid)?;
         self.vm_write(Command::VmRestart { name }).await
+    }
+
+    type VmLogsStream = LogStream;
+
+    async fn vm_logs(&self, req: Request<v1::VmLogsRequest>) -> Result<LogStream> {
+        let was_forwarded = req.metadata().contains_key(FORWARDED);
+        let r = req.into_inner();
+        validate_name(&r.name).map_err(invalid)?;
+        let rec = match self.read(Some(v1::ReadOptions { stale: true }), Query::VmGet { name: r.name.clone() }).await? {
+            QueryResult::Vm(Some(rec)) => rec,
+            QueryResult::Vm(None) => return Err(Status::not_found(format!("vm {:?} not found", r.name))),
+            other => return Err(unexpected(other)),
+        };
+        if rec.node == self.raft.status().id {
+            return Ok(tonic::Response::new(self.local_logs(r.name, r.follow, r.offset)?));
+        }
+        if was_forwarded {
+            return Err(Status::unavailable(format!("vm {:?} is not hosted here", r.name)));
+        }
+        // Hosted elsewhere: relay the hosting node's stream.
+        let addr =
+            self.addr_of(rec.node).ok_or_else(|| Status::unavailable(format!("no address for node {}", rec.node)))?;
+        let mut c = v1::vm_service_client::VmServiceClient::new(self.pool.get(&addr)?);
+        let stream = c.vm_logs(forwarded(Request::new(r))).await?.into_inner();
+        Ok(tonic::Response::new(Box::pin(stream)))
     }
 
     async fn delete_vm(&self, req: Request<v1::DeleteVmRequest>) -> Result<v1::DeleteVmResponse> {

@@ -4,9 +4,11 @@
 //! tests bind `127.0.0.1:0` and never race for ports.
 
 pub mod api;
+pub mod backend;
 pub mod datadir;
 pub mod internal;
 pub mod pool;
+pub mod reconciler;
 pub mod status;
 pub mod transport;
 
@@ -42,6 +44,9 @@ pub struct NodeConfig {
     pub reserve_memory_mib: u64,
     /// Schedulable memory in MiB, instead of host memory less the reserve.
     pub memory_mib: Option<u64>,
+    pub vm_backend: backend::Backend,
+    /// Where the guest image is built and cached (default: `<data-dir>/images`).
+    pub image_cache: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -61,6 +66,8 @@ impl NodeConfig {
             vcpu_overcommit: 4,
             reserve_memory_mib: 1024,
             memory_mib: None,
+            vm_backend: backend::Backend::Qemu,
+            image_cache: None,
         }
     }
 }
@@ -105,6 +112,36 @@ async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str) -> Resu
     }
 }
 
+/// Opens the VM backend, registers this node's capacity (only a node that can run VMs offers
+/// any), then reconciles its VMs for as long as the node runs.
+async fn run_vms(
+    cfg: NodeConfig,
+    raft: Handle,
+    pool: Arc<pool::ChannelPool>,
+    slot: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>,
+) {
+    let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
+    let cache = cfg.image_cache.clone().unwrap_or(default_cache);
+    let opened = match backend::open(cfg.vm_backend, vm_dir, cache).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!("VM backend {} unavailable; this node will not host VMs: {e}", cfg.vm_backend.as_str());
+            return;
+        }
+    };
+    let (vcpus, memory_mib) = internal::host_capacity(cfg.vcpu_overcommit, cfg.reserve_memory_mib, cfg.memory_mib);
+    let resources = blixard_core::NodeResources {
+        id: cfg.id,
+        vcpus,
+        memory_mib,
+        accel: opened.accel.clone(),
+        backend: cfg.vm_backend.as_str().into(),
+    };
+    let _ = slot.set(opened.driver.clone());
+    register(raft.clone(), pool.clone(), resources).await;
+    reconciler::Reconciler::new(cfg.id, raft, pool, opened.driver, opened.accel).run().await;
+}
+
 /// Records this node's capacity in the replicated state (retrying until the cluster has a
 /// leader that accepts it), so the scheduler can place VMs here.
 async fn register(raft: Handle, pool: Arc<pool::ChannelPool>, r: blixard_core::NodeResources) {
@@ -117,7 +154,7 @@ async fn register(raft: Handle, pool: Arc<pool::ChannelPool>, r: blixard_core::N
                 return;
             }
             Ok((_, Err(e))) => tracing::warn!("capacity registration refused: {e}"),
-            Err(s) => tracing::debug!("capacity registration not accepted yet: {}", s.message()),
+            Err(s) => tracing::debug!("capacity registration not accepted yet: {:?} {}", s.code(), s.message()),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -178,12 +215,17 @@ impl Node {
         });
 
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let svc = api::Api::new(raft.clone(), pool.clone());
+        let driver_slot = Arc::new(std::sync::OnceLock::new());
+        let svc = api::Api::new(raft.clone(), pool.clone(), driver_slot.clone());
         use blixard_proto::v1::*;
         let router = tonic::transport::Server::builder()
             .add_service(cluster_service_server::ClusterServiceServer::new(svc.clone()))
             .add_service(kv_service_server::KvServiceServer::new(svc.clone()).max_decoding_message_size(8 << 20))
             .add_service(vm_service_server::VmServiceServer::new(svc))
+            .add_service(internal_server::InternalServer::new(internal::InternalService {
+                raft: raft.clone(),
+                pool: pool.clone(),
+            }))
             .add_service(
                 raft_transport_server::RaftTransportServer::new(transport::RaftService {
                     handle: raft.clone(),
@@ -207,15 +249,7 @@ impl Node {
         if let Some(seed) = joining {
             join(&pool, &seed, cfg.id, &advertise).await?;
         }
-        let (vcpus, memory_mib) = internal::host_capacity(cfg.vcpu_overcommit, cfg.reserve_memory_mib, cfg.memory_mib);
-        let resources = blixard_core::NodeResources {
-            id: cfg.id,
-            vcpus,
-            memory_mib,
-            accel: "unprobed".into(),
-            backend: "qemu".into(),
-        };
-        tokio::spawn(register(raft.clone(), pool.clone(), resources));
+        tokio::spawn(run_vms(cfg.clone(), raft.clone(), pool.clone(), driver_slot));
         tracing::info!(id = cfg.id, %addr, "serving");
         Ok(Node { addr, raft, stop_server: Some(stop_server), server, driver })
     }

@@ -76,6 +76,7 @@ impl From<Observed> for v1::VmObserved {
             restarts: o.restarts,
             accel: o.accel.unwrap_or_default(),
             reported_at_ms: o.reported_at_ms,
+            last_exit: o.last_exit.unwrap_or_default(),
         }
     }
 }

@@ -1,4 +1,5 @@
 pub mod cluster;
+pub mod image;
 pub mod kv;
 pub mod node;
 pub mod vm;

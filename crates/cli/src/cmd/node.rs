@@ -6,6 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use blixard_node::{Node, NodeConfig};
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum VmBackend {
+    Qemu,
+    MicrovmNix,
+}
+
 #[derive(clap::Args)]
 pub struct NodeArgs {
     /// This node's id: a positive integer, unique in the cluster, fixed for its data dir.
@@ -51,6 +57,12 @@ pub struct NodeArgs {
     /// Schedulable memory in MiB (default: host memory less the reserve).
     #[arg(long)]
     pub memory_mib: Option<u64>,
+    /// How this node runs VMs.
+    #[arg(long, value_enum, default_value_t = VmBackend::Qemu)]
+    pub vm_backend: VmBackend,
+    /// Where the guest image is built and cached (shared by nodes on one host).
+    #[arg(long, env = "BLIXARD_IMAGE_CACHE")]
+    pub image_cache: Option<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -75,6 +87,11 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     cfg.vcpu_overcommit = a.vcpu_overcommit;
     cfg.reserve_memory_mib = a.reserve_memory_mib;
     cfg.memory_mib = a.memory_mib;
+    cfg.image_cache = a.image_cache;
+    cfg.vm_backend = match a.vm_backend {
+        VmBackend::Qemu => blixard_node::backend::Backend::Qemu,
+        VmBackend::MicrovmNix => blixard_node::backend::Backend::MicrovmNix,
+    };
     cfg.compact_entries = a.snapshot_entries;
     cfg.compact_bytes = a.snapshot_mib * 1024 * 1024;
     cfg.keep_entries = a.keep_entries.min(a.snapshot_entries.saturating_sub(1));

@@ -33,7 +33,38 @@ pub enum VmCmd {
     Stop { name: String },
     /// Restart a running VM once.
     Restart { name: String },
+    /// Print the VM's serial console output (from whichever node hosts it).
+    Logs {
+        name: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Wait until the VM's observed phase is STATE (exit 1 on timeout or if it fails).
+    Wait {
+        name: String,
+        /// pending | starting | running | stopping | stopped | failed
+        #[arg(long, default_value = "running")]
+        state: String,
+        /// How long to wait, e.g. 60s, 2m, 500ms.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
+
+/// Parses `500ms`, `60s`, `2m`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 60s, got {s:?}"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("unknown unit in {s:?} (use ms, s or m)")),
+    }
+}
+
+const PHASES: [&str; 6] = ["pending", "starting", "running", "stopping", "stopped", "failed"];
 
 #[derive(clap::Args)]
 pub struct CreateArgs {
@@ -126,6 +157,7 @@ struct ObservedOut {
     started_at_ms: Option<u64>,
     restarts: u32,
     accel: Option<String>,
+    last_exit: Option<String>,
     reported_at_ms: u64,
 }
 
@@ -160,6 +192,7 @@ fn vm_out(v: v1::Vm) -> VmOut {
             started_at_ms: o.started_at_ms,
             restarts: o.restarts,
             accel: opt(o.accel),
+            last_exit: opt(o.last_exit),
             reported_at_ms: o.reported_at_ms,
         }),
     }
@@ -268,6 +301,64 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             })
             .await?;
             let out = vm_out(r.vm.unwrap_or_default());
+            emit(fmt, &out, || table(std::slice::from_ref(&out)));
+        }
+        VmCmd::Logs { name, follow } => {
+            use std::io::Write;
+            let req = v1::VmLogsRequest { name, follow, offset: 0 };
+            let mut stream = call(addr, || {
+                let (mut c, r) = (vm(), req.clone());
+                async move { c.vm_logs(r).await }
+            })
+            .await?;
+            let mut out = std::io::stdout().lock();
+            loop {
+                match stream.message().await {
+                    Ok(Some(chunk)) => {
+                        out.write_all(&chunk.data)?;
+                        out.flush()?;
+                    }
+                    Ok(None) => break,
+                    Err(s) => anyhow::bail!("{}", s.message()),
+                }
+            }
+        }
+        VmCmd::Wait { name, state, timeout } => {
+            if !PHASES.contains(&state.as_str()) {
+                anyhow::bail!("invalid --state: must be one of {} (got {state:?})", PHASES.join(", "));
+            }
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let deadline = tokio::time::Instant::now() + timeout;
+            let spin = ['|', '/', '-', '\\'];
+            let mut i = 0usize;
+            let out = loop {
+                let req = GetVmRequest { name: name.clone(), read: Some(ReadOptions { stale: false }) };
+                let r = call(addr, || {
+                    let (mut c, r) = (vm(), req.clone());
+                    async move { c.get_vm(r).await }
+                })
+                .await?;
+                let v = vm_out(r.vm.unwrap_or_default());
+                let phase = v.observed.as_ref().map_or("pending".to_string(), |o| o.phase.clone());
+                if phase == state {
+                    break v;
+                }
+                if phase == "failed" {
+                    let why = v.observed.and_then(|o| o.reason).unwrap_or_default();
+                    anyhow::bail!("vm {name:?} failed: {why}");
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!("vm {name:?} is {phase}, not {state}, after {timeout:?}");
+                }
+                if tty {
+                    eprint!("\r{} waiting for vm {name:?} to be {state} (now {phase})   ", spin[i % 4]);
+                    i += 1;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
+            if tty {
+                eprintln!("\r✓ vm {name:?} is {state}{}", " ".repeat(30));
+            }
             emit(fmt, &out, || table(std::slice::from_ref(&out)));
         }
         VmCmd::Delete { name } => {

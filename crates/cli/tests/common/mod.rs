@@ -10,6 +10,31 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_blixard");
 
+/// The guest image cache shared by every test node (built once, on first use).
+pub fn image_cache() -> PathBuf {
+    std::env::var_os("BLIXARD_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("blixard-test-images"))
+}
+
+/// Kills every process whose command line mentions `dir` (the VMs a node started: QEMU runs in
+/// its own process group so that it outlives a daemon restart, so killing the node is not enough).
+pub fn kill_processes_under(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("qemu-system") && cmd.contains(&needle) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
 /// Polls `cond` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -115,6 +140,7 @@ impl TestNode {
             .args(["node", "--id", &self.id.to_string(), "--bind", &self.addr, "--data-dir"])
             .arg(&self.dir)
             .args(extra)
+            .env("BLIXARD_IMAGE_CACHE", image_cache())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -167,6 +193,7 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         self.kill9();
+        kill_processes_under(&self.dir);
     }
 }
 
@@ -181,7 +208,7 @@ impl TestCluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
         let first = TestNode::start_with(1, &tmp.path().join("n1"), extra);
-        first.wait_leader(Duration::from_secs(20));
+        first.wait_leader(Duration::from_secs(180));
         nodes.push(first);
         let mut c = TestCluster { nodes, tmp };
         for id in 2..=n as u64 {
@@ -216,11 +243,14 @@ impl TestCluster {
 
     /// Waits until `n` voters are reachable and agree on one leader; returns the leader's id.
     pub fn wait_voters(&self, n: usize) -> u64 {
-        wait_until(&format!("{n} reachable voters with a leader"), Duration::from_secs(30), || {
+        wait_until(&format!("{n} reachable, registered voters with a leader"), Duration::from_secs(120), || {
             self.nodes.iter().filter(|x| x.running()).find_map(|x| {
                 let st = self.status_via(x.id)?;
                 let ms = st["members"].as_array()?;
-                let voters = ms.iter().filter(|m| m["membership"] == "voter" && m["reachable"] == true).count();
+                let voters = ms
+                    .iter()
+                    .filter(|m| m["membership"] == "voter" && m["reachable"] == true && m["memory_mib"].is_u64())
+                    .count();
                 let leader = st["leader_id"].as_u64()?;
                 (voters == n && ms.iter().any(|m| m["id"] == leader && m["role"] == "leader")).then_some(leader)
             })

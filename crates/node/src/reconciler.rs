@@ -1,0 +1,248 @@
+//! The reconciler: on every node, make the VMs the cluster assigned here match their desired
+//! state, and report what is observed back through Raft.
+//!
+//! One task walks this node's VMs in name order, so operations on one VM never overlap. Each
+//! pass: read the assignments from the local replicated state (stale reads are fine: the next
+//! pass sees newer state), ask the driver what runs, decide with the pure
+//! [`blixard_core::reconcile::decide`], act, and propose a `VmReport` when the observation
+//! changed. VMs the driver has but the state no longer assigns here (deleted, recreated
+//! elsewhere) are stopped and their files removed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blixard_consensus::sm::ReadView;
+use blixard_consensus::Handle;
+use blixard_core::reconcile::{backoff_ms, decide, Action, Seen};
+use blixard_core::{Command, NodeId, Observed, Phase, PowerState, VmRecord};
+use blixard_vmm::{VmDriver, VmObserved, VmState};
+
+use crate::pool::ChannelPool;
+
+/// How often a pass runs when nothing wakes it earlier.
+const PASS_EVERY: Duration = Duration::from_millis(500);
+/// Graceful power-off time before a stop escalates.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A VM that ran this long since its last automatic restart resets its backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// What this node remembers about a VM between passes.
+#[derive(Default)]
+struct Local {
+    create_index: u64,
+    /// We stopped it (so a `Stopped` state is not the guest's own doing).
+    stopped_by_us: bool,
+    started_here: bool,
+    /// Automatic restarts in a row, for the backoff.
+    streak: u32,
+    restarts: u32,
+    not_before: Option<Instant>,
+    started_at: Option<Instant>,
+    generation_done: u64,
+    /// Why the last action failed, until the next one succeeds.
+    error: Option<String>,
+    /// Why it last ended on its own.
+    last_exit: Option<String>,
+    last_report: Option<Observed>,
+}
+
+pub struct Reconciler {
+    pub id: NodeId,
+    pub raft: Handle,
+    pub pool: Arc<ChannelPool>,
+    pub driver: Arc<dyn VmDriver>,
+    pub accel: String,
+    vms: BTreeMap<String, Local>,
+}
+
+fn available_memory_mib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+impl Reconciler {
+    pub fn new(id: NodeId, raft: Handle, pool: Arc<ChannelPool>, driver: Arc<dyn VmDriver>, accel: String) -> Self {
+        Reconciler { id, raft, pool, driver, accel, vms: BTreeMap::new() }
+    }
+
+    /// Runs passes until the process ends; wakes early when the replicated state changes.
+    pub async fn run(mut self) {
+        let mut status = self.raft.watch_status();
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::warn!("reconcile pass failed: {e}");
+            }
+            let _ = tokio::time::timeout(PASS_EVERY, status.changed()).await;
+        }
+    }
+
+    fn assigned(&self) -> Result<Vec<VmRecord>, String> {
+        let view = ReadView::begin(self.raft.db()).map_err(|e| e.to_string())?;
+        let all = blixard_core::state::vms(&view).map_err(|e| e.to_string())?;
+        Ok(all.into_iter().filter(|v| v.node == self.id).collect())
+    }
+
+    async fn pass(&mut self) -> Result<(), String> {
+        let assigned = self.assigned()?;
+        let local = self.driver.list().await.map_err(|e| e.to_string())?;
+        // Orphans: here on disk, not (or no longer) assigned here.
+        for o in &local {
+            if !assigned.iter().any(|v| v.spec.name == o.name) {
+                tracing::info!(vm = %o.name, "removing a VM no longer assigned to this node");
+                if let Err(e) = self.driver.delete(&o.name).await {
+                    tracing::warn!(vm = %o.name, "cannot remove: {e}");
+                }
+                self.vms.remove(&o.name);
+            }
+        }
+        for rec in assigned {
+            self.one(&rec).await;
+        }
+        Ok(())
+    }
+
+    async fn one(&mut self, rec: &VmRecord) {
+        let name = rec.spec.name.clone();
+        let mut local = self.vms.remove(&name).unwrap_or_default();
+        if local.create_index != rec.create_index {
+            // A new incarnation of this name: forget what we knew of the old one.
+            local = Local { create_index: rec.create_index, ..Default::default() };
+        }
+        let obs = match self.driver.status(&name).await {
+            Ok(o) => o,
+            Err(e) => {
+                local.error = Some(format!("cannot read status: {e}"));
+                VmObserved::not_found(&name)
+            }
+        };
+        let seen = match &obs.state {
+            VmState::NotFound => Seen::Absent,
+            VmState::Running => Seen::Running,
+            VmState::Stopped => Seen::Stopped { on_its_own: local.started_here && !local.stopped_by_us },
+            VmState::Failed(_) => Seen::Failed,
+        };
+        if seen == Seen::Running && local.started_at.is_some_and(|t| t.elapsed() > STABLE_AFTER) {
+            local.streak = 0;
+        }
+        let restart_requested = rec.restart_generation > local.generation_done;
+        let action = decide(rec.desired, rec.spec.restart_policy, seen, restart_requested);
+        let automatic = matches!(seen, Seen::Failed | Seen::Stopped { on_its_own: true }) && action == Action::Start;
+        if matches!(seen, Seen::Failed | Seen::Stopped { on_its_own: true }) {
+            let why = match &obs.state {
+                VmState::Failed(r) => Some(r.clone()),
+                _ => obs.exit_reason.clone(),
+            };
+            if why.is_some() {
+                local.last_exit = why;
+            }
+        }
+        let waiting = automatic && local.not_before.is_some_and(|t| Instant::now() < t);
+        if !waiting {
+            self.act(rec, &mut local, action, automatic).await;
+        }
+        let obs = self.driver.status(&name).await.unwrap_or(obs);
+        self.report(rec, &mut local, &obs).await;
+        self.vms.insert(name, local);
+    }
+
+    async fn act(&self, rec: &VmRecord, local: &mut Local, action: Action, automatic: bool) {
+        let name = &rec.spec.name;
+        let result = match action {
+            Action::Nothing => return,
+            Action::Stop => {
+                local.stopped_by_us = true;
+                self.driver.stop(name, STOP_TIMEOUT).await.map(|how| tracing::info!(vm = %name, ?how, "stopped"))
+            }
+            Action::Start | Action::Restart => {
+                if action == Action::Restart {
+                    local.stopped_by_us = true;
+                    if let Err(e) = self.driver.stop(name, STOP_TIMEOUT).await {
+                        local.error = Some(format!("restart: stop failed: {e}"));
+                        return;
+                    }
+                    local.generation_done = rec.restart_generation;
+                }
+                if let Some(avail) = available_memory_mib() {
+                    if avail < u64::from(rec.spec.memory_mib) {
+                        local.error = Some(format!(
+                            "not enough host memory to start: needs {} MiB, {avail} MiB available",
+                            rec.spec.memory_mib
+                        ));
+                        local.not_before = Some(Instant::now() + Duration::from_secs(5));
+                        return;
+                    }
+                }
+                if automatic {
+                    local.streak += 1;
+                    local.restarts += 1;
+                    local.not_before = Some(Instant::now() + Duration::from_millis(backoff_ms(local.streak + 1)));
+                    tracing::info!(vm = %name, restarts = local.restarts, "restarting per policy {}", rec.spec.restart_policy);
+                }
+                local.stopped_by_us = false;
+                local.generation_done = local.generation_done.max(rec.restart_generation);
+                let r = match self.driver.prepare(&rec.spec).await {
+                    Ok(()) => self.driver.start(name).await,
+                    Err(e) => Err(e),
+                };
+                if r.is_ok() {
+                    local.started_here = true;
+                    local.started_at = Some(Instant::now());
+                    tracing::info!(vm = %name, "started");
+                }
+                r
+            }
+        };
+        match result {
+            Ok(()) => local.error = None,
+            Err(e) => {
+                tracing::warn!(vm = %name, "{action:?} failed: {e}");
+                local.error = Some(format!("{action:?} failed: {e}").to_lowercase());
+                if local.not_before.is_none() {
+                    local.not_before = Some(Instant::now() + Duration::from_millis(backoff_ms(1)));
+                }
+            }
+        }
+    }
+
+    async fn report(&self, rec: &VmRecord, local: &mut Local, obs: &VmObserved) {
+        let (phase, mut reason) = match &obs.state {
+            VmState::Running if obs.boot_ms.is_some() => (Phase::Running, None),
+            VmState::Running => (Phase::Starting, None),
+            VmState::Stopped => (Phase::Stopped, obs.exit_reason.clone()),
+            VmState::Failed(r) => (Phase::Failed, Some(r.clone())),
+            VmState::NotFound if rec.desired == PowerState::Running => (Phase::Pending, None),
+            VmState::NotFound => (Phase::Stopped, None),
+        };
+        if let Some(e) = &local.error {
+            reason = Some(e.clone());
+        }
+        let o = Observed {
+            phase,
+            reason,
+            pid: obs.pid,
+            boot_ms: obs.boot_ms,
+            started_at_ms: obs.started_at_ms,
+            restarts: local.restarts,
+            restart_generation: local.generation_done,
+            accel: obs.accel.map(|a| a.to_string()).or_else(|| Some(self.accel.clone())),
+            last_exit: local.last_exit.clone(),
+            reported_at_ms: 0,
+        };
+        if local.last_report.as_ref() == Some(&o) {
+            return;
+        }
+        let cmd = Command::VmReport {
+            name: rec.spec.name.clone(),
+            create_index: rec.create_index,
+            node: self.id,
+            observed: o.clone(),
+        };
+        match crate::internal::propose(&self.raft, &self.pool, cmd).await {
+            Ok((_, Ok(_))) => local.last_report = Some(o),
+            Ok((_, Err(e))) => tracing::debug!(vm = %rec.spec.name, "report refused: {e}"),
+            Err(s) => tracing::debug!(vm = %rec.spec.name, "report not accepted yet: {}", s.message()),
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Host-side helpers of the QEMU backend: disks, the stored spec, killing a process group.
+
+use std::path::Path;
+
+use blixard_core::VmSpec;
+
+use super::args::VmPaths;
+use crate::{Result, VmmError};
+
+/// Creates `disk.qcow2` if the spec asks for a disk and none exists yet (existing data is kept):
+/// an empty qcow2 of `disk_gib`, or a copy-on-write overlay of the `rootfs` base image.
+pub async fn create_disk(qemu_img: &Path, spec: &VmSpec, paths: &VmPaths) -> Result<()> {
+    if paths.disk.exists() || (spec.disk_gib.is_none() && spec.rootfs.is_none()) {
+        return Ok(());
+    }
+    let mut cmd = tokio::process::Command::new(qemu_img);
+    cmd.args(["create", "-q", "-f", "qcow2"]);
+    if let Some(base) = &spec.rootfs {
+        let base = std::fs::canonicalize(base).map_err(VmmError::io("find the rootfs", base))?;
+        cmd.arg("-b").arg(base).args(["-F", "qcow2"]);
+    }
+    cmd.arg(&paths.disk);
+    if let Some(gib) = spec.disk_gib {
+        cmd.arg(format!("{gib}G"));
+    }
+    let program = qemu_img.display().to_string();
+    let out = cmd.output().await.map_err(|source| VmmError::Spawn { program: program.clone(), source })?;
+    if !out.status.success() {
+        let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(VmmError::Command { program, detail });
+    }
+    Ok(())
+}
+
+/// The spec stored by `prepare`.
+pub fn read_spec(paths: &VmPaths, name: &str) -> Result<VmSpec> {
+    let text = std::fs::read_to_string(&paths.spec).map_err(|_| VmmError::NotPrepared(name.to_string()))?;
+    serde_json::from_str(&text).map_err(|source| VmmError::BadFile { path: paths.spec.clone(), source })
+}
+
+/// SIGKILL to the whole process group (QEMU is its leader), then to the pid itself in case it
+/// is not.
+pub fn kill_group(pid: u32) -> Result<()> {
+    use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+    let pid = Pid::from_raw(pid as i32).ok_or_else(|| VmmError::Qmp("pid 0".into()))?;
+    let group = kill_process_group(pid, Signal::KILL);
+    let single = kill_process(pid, Signal::KILL);
+    group.or(single).map_err(|e| VmmError::io("kill", format!("pid {}", pid.as_raw_nonzero()))(e.into()))
+}

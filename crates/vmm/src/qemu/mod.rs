@@ -1,0 +1,430 @@
+//! The QEMU `microvm` backend.
+//!
+//! Each VM lives in `<base>/vms/<name>/`: `spec.json` (from `prepare`), `vm.json` (the last run:
+//! pid, start time, accelerator, QMP path, boot time, how it ended), `disk.qcow2`, `console.log`
+//! (+ `console.log.1`), `qemu.stderr`, and while running `qmp.sock`, `console.sock`, `qemu.pid`.
+//!
+//! QEMU runs as our child in its own process group (never `-daemonize`, which chdirs to /), so a
+//! kill reaches everything it spawned and a daemon restart leaves it running. A new driver adopts
+//! a running QEMU (by the pid in `vm.json`, checked against `/proc/PID/cmdline`, then a QMP
+//! reconnect) the first time it is asked about that VM, instead of booting it again.
+
+pub mod args;
+mod host;
+pub mod monitor;
+pub mod qmp;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use blixard_core::VmSpec;
+use tokio::sync::Mutex;
+
+use self::args::VmPaths;
+use self::monitor::{Handle, Live, Proc};
+use self::qmp::Qmp;
+use self::state::{ExitRecord, RunFile};
+use crate::image::GuestImage;
+use crate::{now_ms, vm_dir, Accel, ConsoleChunk, Result, StopOutcome, VmDriver, VmObserved, VmState, VmmError};
+
+/// Default cap of `console.log` before it rotates to `console.log.1` (so at most ~2× on disk).
+pub const CONSOLE_CAP_BYTES: u64 = 4 << 20;
+/// How long a start may take until QMP answers before it counts as failed.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest path a unix socket address holds (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// Escalation timeouts after the graceful one: for `quit`, then for the kill to be reaped.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(3);
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `stop` presses the power button again while waiting for the guest.
+const POWERDOWN_REPEAT: Duration = Duration::from_secs(1);
+/// Graceful stop timeout used by `delete`.
+const DELETE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a [`QemuDriver`] runs VMs.
+#[derive(Clone, Debug)]
+pub struct QemuConfig {
+    /// Root of the driver's files; VMs live in `<base_dir>/vms/<name>`.
+    pub base_dir: PathBuf,
+    /// Kernel and initrd for specs that name none.
+    pub image: GuestImage,
+    pub accel: Accel,
+    pub qemu_binary: PathBuf,
+    pub qemu_img: PathBuf,
+    pub console_cap_bytes: u64,
+}
+
+impl QemuConfig {
+    pub fn new(base_dir: impl Into<PathBuf>, image: GuestImage, accel: Accel) -> Self {
+        Self {
+            base_dir: base_dir.into(),
+            image,
+            accel,
+            qemu_binary: "qemu-system-x86_64".into(),
+            qemu_img: "qemu-img".into(),
+            console_cap_bytes: CONSOLE_CAP_BYTES,
+        }
+    }
+}
+
+/// Runs VMs as QEMU `microvm` processes on this host. See the module docs for the layout.
+pub struct QemuDriver {
+    cfg: QemuConfig,
+    tsc_khz: Option<u64>,
+    vms: StdMutex<BTreeMap<String, Arc<Handle>>>,
+    /// One lock per VM name: start/stop/delete/adopt of one VM never interleave.
+    locks: StdMutex<BTreeMap<String, Arc<Mutex<()>>>>,
+}
+
+impl QemuDriver {
+    /// A driver with an explicit configuration (image and accelerator already chosen).
+    pub fn new(mut cfg: QemuConfig) -> Result<Self> {
+        let vms = cfg.base_dir.join("vms");
+        std::fs::create_dir_all(&vms).map_err(VmmError::io("create", &vms))?;
+        cfg.base_dir = std::fs::canonicalize(&cfg.base_dir).map_err(VmmError::io("resolve", &cfg.base_dir))?;
+        Ok(Self { cfg, tsc_khz: args::host_tsc_khz(), vms: Default::default(), locks: Default::default() })
+    }
+
+    /// The daemon's constructor: builds (or reuses) the default image under
+    /// `<base>/images/default`, picks the accelerator with a boot probe cached under `<base>`
+    /// (see [`crate::accel`]), then adopts every VM still running from an earlier daemon.
+    pub async fn open(base_dir: impl Into<PathBuf>) -> Result<(Self, crate::accel::AccelVerdict)> {
+        let base: PathBuf = base_dir.into();
+        let cache = base.join("images").join("default");
+        let image = tokio::task::spawn_blocking(move || crate::image::ensure_image(&cache))
+            .await
+            .expect("the image build does not panic")?;
+        let verdict = crate::accel::select(&image, &base).await?;
+        let driver = Self::new(QemuConfig::new(base, image, verdict.accel))?;
+        driver.adopt_all().await?;
+        Ok((driver, verdict))
+    }
+
+    /// The accelerator new VMs start with.
+    pub fn accel(&self) -> Accel {
+        self.cfg.accel
+    }
+
+    pub fn base_dir(&self) -> &Path {
+        &self.cfg.base_dir
+    }
+
+    /// Adopts every VM whose QEMU is still running; returns their names.
+    pub async fn adopt_all(&self) -> Result<Vec<String>> {
+        let mut adopted = Vec::new();
+        for name in self.names()? {
+            if self.status(&name).await?.state == VmState::Running {
+                adopted.push(name);
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// The VM's paths. Fails if its sockets would not fit a unix socket address (107 bytes):
+    /// QEMU would otherwise fail late with a less clear message. Keep the base directory short.
+    fn paths(&self, name: &str) -> Result<VmPaths> {
+        let paths = VmPaths::new(vm_dir(&self.cfg.base_dir, name)?);
+        if paths.console_sock.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(VmmError::PathTooLong { path: paths.console_sock, max: MAX_SOCKET_PATH });
+        }
+        Ok(paths)
+    }
+
+    fn lock_for(&self, name: &str) -> Arc<Mutex<()>> {
+        self.locks.lock().expect("lock poisoned").entry(name.to_string()).or_default().clone()
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        let dir = self.cfg.base_dir.join("vms");
+        let entries = std::fs::read_dir(&dir).map_err(VmmError::io("list", &dir))?;
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| blixard_core::spec::validate_name(n).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The watched handle of a VM, adopting a QEMU left by an earlier driver. Caller holds the
+    /// VM's lock. `None` if nothing runs (or ran, in this driver) for it.
+    async fn handle(&self, name: &str, paths: &VmPaths) -> Result<Option<Arc<Handle>>> {
+        if let Some(h) = self.vms.lock().expect("lock poisoned").get(name) {
+            return Ok(Some(h.clone()));
+        }
+        let Some(mut run) = state::read_run(&paths.run)? else { return Ok(None) };
+        let (Some(pid), None) = (run.pid, &run.exit) else { return Ok(None) };
+        if !state::is_vm_process(pid, &paths.dir) {
+            run.exit = Some(ExitRecord {
+                failed: true,
+                reason: "exited while no driver was watching".into(),
+                at_ms: now_ms(),
+            });
+            state::write_json(&paths.run, &run)?;
+            return Ok(None);
+        }
+        let qmp = Qmp::connect(&paths.qmp, Duration::from_secs(5)).await?;
+        let console = monitor::connect_console(paths).await;
+        let live = Live {
+            pid,
+            started_at_ms: run.started_at_ms.unwrap_or(0),
+            accel: run.accel.unwrap_or(self.cfg.accel),
+            boot_ms: run.boot_ms,
+            console_base: run.console_base,
+            stop_requested: false,
+            exit: None,
+        };
+        tracing::info!(vm = name, pid, "adopted a running QEMU");
+        let proc = Proc::Adopted(pid);
+        let h = Arc::new(monitor::spawn(paths.clone(), proc, qmp, console, live, self.cfg.console_cap_bytes));
+        self.vms.lock().expect("lock poisoned").insert(name.to_string(), h.clone());
+        Ok(Some(h))
+    }
+
+    async fn running(&self, name: &str, paths: &VmPaths) -> Result<Option<Arc<Handle>>> {
+        Ok(self.handle(name, paths).await?.filter(|h| h.live.borrow().exit.is_none()))
+    }
+
+    fn boot_files(&self, spec: &VmSpec) -> Result<GuestImage> {
+        let pick = |given: &Option<String>, default: &Path| match given {
+            Some(p) => std::fs::canonicalize(p).map_err(VmmError::io("find", p)),
+            None => Ok(default.to_path_buf()),
+        };
+        Ok(GuestImage {
+            kernel: pick(&spec.kernel, &self.cfg.image.kernel)?,
+            initrd: pick(&spec.initrd, &self.cfg.image.initrd)?,
+        })
+    }
+
+    async fn start_locked(&self, name: &str, paths: &VmPaths) -> Result<()> {
+        if self.running(name, paths).await?.is_some() {
+            return Ok(());
+        }
+        self.vms.lock().expect("lock poisoned").remove(name);
+        let spec = host::read_spec(paths, name)?;
+        let image = self.boot_files(&spec)?;
+        let prev = state::read_run(&paths.run)?.unwrap_or_default();
+        let console_base = state::rotate_for_new_run(paths, prev.console_base)?;
+        for p in [&paths.qmp, &paths.console_sock, &paths.pidfile] {
+            let _ = std::fs::remove_file(p);
+        }
+        let argv = args::qemu_args(&spec, paths, &image, self.cfg.accel, self.tsc_khz, paths.disk.exists());
+        let stderr = std::fs::File::create(&paths.stderr).map_err(VmmError::io("create", &paths.stderr))?;
+        let program = self.cfg.qemu_binary.display().to_string();
+        let mut child = tokio::process::Command::new(&self.cfg.qemu_binary)
+            .args(&argv)
+            .current_dir(&paths.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| VmmError::Spawn { program, source })?;
+        let pid = child.id().expect("a just-spawned child has a pid");
+        let live = Live {
+            pid,
+            started_at_ms: now_ms(),
+            accel: self.cfg.accel,
+            boot_ms: None,
+            console_base,
+            stop_requested: false,
+            exit: None,
+        };
+        // Recorded before waiting for QMP, so a daemon dying right now still finds (adopts) it.
+        state::write_json(&paths.run, &live.run_file(paths))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let qmp = loop {
+            if let Some(st) = child.try_wait().map_err(VmmError::io("wait for", &self.cfg.qemu_binary))? {
+                let detail = format!("{st}: {}", monitor::stderr_tail(paths));
+                let run = RunFile {
+                    exit: Some(ExitRecord { failed: true, reason: detail.clone(), at_ms: now_ms() }),
+                    ..live.run_file(paths)
+                };
+                state::write_json(&paths.run, &run)?;
+                return Err(VmmError::StartFailed { name: name.to_string(), detail });
+            }
+            if paths.qmp.exists() {
+                if let Ok(q) = Qmp::connect(&paths.qmp, Duration::from_secs(2)).await {
+                    break q;
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = host::kill_group(pid);
+                let _ = child.wait().await;
+                return Err(VmmError::Timeout {
+                    what: "QEMU's QMP socket".into(),
+                    after_ms: START_TIMEOUT.as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        tracing::info!(vm = name, pid, accel = %self.cfg.accel, "started QEMU");
+        let console = monitor::connect_console(paths).await;
+        let h = monitor::spawn(paths.clone(), Proc::Child(child), qmp, console, live, self.cfg.console_cap_bytes);
+        self.vms.lock().expect("lock poisoned").insert(name.to_string(), Arc::new(h));
+        Ok(())
+    }
+
+    async fn stop_locked(&self, name: &str, paths: &VmPaths, timeout: Duration) -> Result<StopOutcome> {
+        let Some(h) = self.running(name, paths).await? else { return Ok(StopOutcome::AlreadyStopped) };
+        h.live.send_modify(|l| l.stop_requested = true);
+        // A button press before the guest's acpid runs is lost, so press again every second
+        // until the guest goes or the graceful window closes.
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if h.command("system_powerdown").await.is_err() {
+                // QMP closes as QEMU exits: most likely the previous press worked just now.
+                if h.wait_exit(QUIT_TIMEOUT).await {
+                    return Ok(StopOutcome::Graceful);
+                }
+                break;
+            }
+            if h.wait_exit(left.min(POWERDOWN_REPEAT)).await {
+                return Ok(StopOutcome::Graceful);
+            }
+        }
+        tracing::info!(vm = name, "guest ignored the power button; quitting QEMU");
+        if h.command("quit").await.is_ok() && h.wait_exit(QUIT_TIMEOUT).await {
+            return Ok(StopOutcome::Quit);
+        }
+        tracing::warn!(vm = name, "QEMU did not quit; killing its process group");
+        let _ = host::kill_group(h.snapshot().pid);
+        if h.wait_exit(KILL_TIMEOUT).await {
+            return Ok(StopOutcome::Killed);
+        }
+        Err(VmmError::Timeout { what: format!("VM {name:?} to exit"), after_ms: KILL_TIMEOUT.as_millis() as u64 })
+    }
+
+    fn observed(name: &str, live: &Live) -> VmObserved {
+        let state = match &live.exit {
+            None => VmState::Running,
+            Some(e) if e.failed => VmState::Failed(e.reason.clone()),
+            Some(_) => VmState::Stopped,
+        };
+        VmObserved {
+            name: name.to_string(),
+            state,
+            pid: live.exit.is_none().then_some(live.pid),
+            started_at_ms: Some(live.started_at_ms),
+            boot_ms: live.boot_ms,
+            exit_reason: live.exit.as_ref().map(|e| e.reason.clone()),
+            accel: Some(live.accel),
+        }
+    }
+}
+
+#[async_trait]
+impl VmDriver for QemuDriver {
+    fn backend(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn prepare(&self, spec: &VmSpec) -> Result<()> {
+        let paths = self.paths(&spec.name)?;
+        let lock = self.lock_for(&spec.name);
+        let _g = lock.lock().await;
+        std::fs::create_dir_all(&paths.dir).map_err(VmmError::io("create", &paths.dir))?;
+        host::create_disk(&self.cfg.qemu_img, spec, &paths).await?;
+        state::write_json(&paths.spec, spec)
+    }
+
+    async fn start(&self, name: &str) -> Result<()> {
+        let paths = self.paths(name)?;
+        let lock = self.lock_for(name);
+        let _g = lock.lock().await;
+        self.start_locked(name, &paths).await
+    }
+
+    async fn stop(&self, name: &str, timeout: Duration) -> Result<StopOutcome> {
+        let paths = self.paths(name)?;
+        let lock = self.lock_for(name);
+        let _g = lock.lock().await;
+        self.stop_locked(name, &paths, timeout).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let paths = self.paths(name)?;
+        let lock = self.lock_for(name);
+        let _g = lock.lock().await;
+        if !paths.dir.exists() {
+            return Ok(());
+        }
+        self.stop_locked(name, &paths, DELETE_STOP_TIMEOUT).await?;
+        self.vms.lock().expect("lock poisoned").remove(name);
+        std::fs::remove_dir_all(&paths.dir).map_err(VmmError::io("remove", &paths.dir))
+    }
+
+    async fn status(&self, name: &str) -> Result<VmObserved> {
+        let paths = self.paths(name)?;
+        if !paths.dir.exists() {
+            return Ok(VmObserved::not_found(name));
+        }
+        // Fast path without the VM's lock, so status never waits for a stop in progress.
+        let watched = self.vms.lock().expect("lock poisoned").get(name).cloned();
+        if let Some(h) = watched {
+            return Ok(Self::observed(name, &h.snapshot()));
+        }
+        let lock = self.lock_for(name);
+        let _g = lock.lock().await;
+        if let Some(h) = self.handle(name, &paths).await? {
+            return Ok(Self::observed(name, &h.snapshot()));
+        }
+        let Some(run) = state::read_run(&paths.run)? else { return Ok(VmObserved::stopped(name, VmState::Stopped)) };
+        let state = match &run.exit {
+            Some(e) if e.failed => VmState::Failed(e.reason.clone()),
+            _ => VmState::Stopped,
+        };
+        Ok(VmObserved {
+            started_at_ms: run.started_at_ms,
+            boot_ms: run.boot_ms,
+            exit_reason: run.exit.map(|e| e.reason),
+            accel: run.accel,
+            ..VmObserved::stopped(name, state)
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<VmObserved>> {
+        let mut out = Vec::new();
+        for name in self.names()? {
+            out.push(self.status(&name).await?);
+        }
+        Ok(out)
+    }
+
+    fn log_path(&self, name: &str) -> Option<PathBuf> {
+        self.paths(name).ok().map(|p| p.console_log)
+    }
+
+    async fn read_console(&self, name: &str, offset: u64, max: usize) -> Result<ConsoleChunk> {
+        let paths = self.paths(name)?;
+        if !paths.dir.exists() {
+            return Err(VmmError::NotFound(name.to_string()));
+        }
+        let handle = self.vms.lock().expect("lock poisoned").get(name).cloned();
+        match handle {
+            Some(h) => {
+                let _g = h.console.lock().await;
+                state::read_console(&paths, h.snapshot().console_base, offset, max)
+            }
+            None => {
+                let base = state::read_run(&paths.run)?.map_or(0, |r| r.console_base);
+                state::read_console(&paths, base, offset, max)
+            }
+        }
+    }
+
+    async fn console_input(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let paths = self.paths(name)?;
+        let h = {
+            let lock = self.lock_for(name);
+            let _g = lock.lock().await;
+            self.running(name, &paths).await?.ok_or_else(|| VmmError::NotRunning(name.to_string()))?
+        };
+        h.console_input(bytes).await
+    }
+}
