@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # Debian packages: protoc for raft-rs and our .proto; QEMU + guest-image tools for microVMs;
 # etcd for the side-by-side benchmark; nix-bin to parse generated microvm.nix flakes.
 pkgs=(protobuf-compiler pkg-config qemu-system-x86 qemu-utils busybox-static cpio lz4 kmod
-      etcd-server etcd-client iproute2 curl)
+      etcd-server etcd-client iproute2 curl jq)
 if [ -f scripts/guest/DEPS ]; then
   while read -r p; do [ -n "$p" ] && [ "${p#\#}" = "$p" ] && pkgs+=("$p"); done < scripts/guest/DEPS
 fi

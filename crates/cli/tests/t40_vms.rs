@@ -144,3 +144,51 @@ fn in_a_three_node_cluster_a_vm_created_through_a_follower_runs_on_its_node_and_
         assert_eq!(l.matches("BLIXARD-BOOT-OK").count(), 1);
     }
 }
+
+#[test]
+fn an_unhealthy_vm_is_restarted_and_why_is_visible_while_a_healthy_one_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(UP);
+    let (p1, p2) = (free_port().to_string(), free_port().to_string());
+    cli_json(
+        &n.addr,
+        &["vm", "create", "healthy", "--memory", "96", "--port", &format!("{p1}:80"), "--cmdline", "blixard.http=80"]
+            .into_iter()
+            .chain(["--health-http", "80/", "--health-interval", "300ms", "--start"])
+            .collect::<Vec<_>>(),
+    );
+    // Nothing listens on guest port 81.
+    cli_json(
+        &n.addr,
+        &["vm", "create", "sick", "--memory", "96", "--port", &format!("{p2}:81"), "--health-tcp", "81"]
+            .into_iter()
+            .chain(["--health-interval", "300ms", "--health-threshold", "2", "--restart", "always", "--start"])
+            .collect::<Vec<_>>(),
+    );
+    let v = wait_until("the unhealthy VM to be restarted", BOOT, || {
+        phase(&n.addr, "sick").filter(|v| v["observed"]["restarts"].as_u64() >= Some(1))
+    });
+    let why = v["observed"]["last_exit"].as_str().unwrap_or_default();
+    assert!(why.starts_with("unhealthy: 2 health checks failed in a row"), "{v}");
+    assert!(why.contains("nothing listens in the guest"), "{why}");
+    let h = wait_phase(&n.addr, "healthy", "running");
+    assert_eq!(h["observed"]["restarts"], 0, "a passing check restarts nothing: {h}");
+
+    // A requested restart happens once, and not again when the daemon restarts.
+    let pid = h["observed"]["pid"].as_u64().unwrap();
+    cli_json(&n.addr, &["vm", "restart", "healthy"]);
+    let h = wait_until("the requested restart", BOOT, || {
+        phase(&n.addr, "healthy").filter(|v| {
+            let o = &v["observed"];
+            o["phase"] == "running" && o["pid"].as_u64() != Some(pid)
+        })
+    });
+    let pid = h["observed"]["pid"].as_u64().unwrap();
+    n.kill9();
+    n.spawn(&[]);
+    n.wait_leader(UP);
+    cli_json(&n.addr, &["vm", "create", "later", "--memory", "96", "--start"]);
+    wait_phase(&n.addr, "later", "running");
+    assert_eq!(cli_json(&n.addr, &["vm", "get", "healthy"])["observed"]["pid"], pid);
+}

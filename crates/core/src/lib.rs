@@ -14,7 +14,9 @@ pub mod store;
 
 pub use command::{Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
 pub use scheduler::NodeResources;
-pub use spec::{Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError, VmRecord, VmSpec};
+pub use spec::{
+    HealthCheck, HealthKind, Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError, VmRecord, VmSpec,
+};
 pub use store::{MemStore, ReadStore, Store, StoreError, Table};
 
 /// Identifier of a node in the cluster. Never 0 (raft-rs reserves 0 for "none").

@@ -67,6 +67,28 @@ pub struct PortForward {
     pub guest: u16,
 }
 
+/// What a guest health check probes, through the host port forwarded to `guest_port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// `GET path` answers with a 2xx or 3xx status.
+    Http { path: String },
+}
+
+/// A guest health check: `threshold` failures in a row make the VM unhealthy, which restarts it
+/// per its restart policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    pub guest_port: u16,
+    pub interval_ms: u32,
+    pub threshold: u32,
+}
+
+pub const HEALTH_INTERVAL_MS: (u32, u32) = (100, 3_600_000);
+pub const HEALTH_THRESHOLD: (u32, u32) = (1, 100);
+
 /// The desired shape of a VM, as the user asked for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -81,6 +103,7 @@ pub struct VmSpec {
     pub ports: Vec<PortForward>,
     pub labels: BTreeMap<String, String>,
     pub restart_policy: RestartPolicy,
+    pub health: Option<HealthCheck>,
 }
 
 /// Whether the user wants the VM running.
@@ -285,6 +308,37 @@ impl VmSpec {
         }
         validate_ports(&self.ports)?;
         validate_labels(&self.labels)?;
+        if let Some(h) = &self.health {
+            self.validate_health(h)?;
+        }
+        Ok(())
+    }
+
+    /// The host port that reaches `guest_port`, if it is forwarded.
+    pub fn host_port_for(&self, guest_port: u16) -> Option<u16> {
+        self.ports.iter().find(|p| p.guest == guest_port).map(|p| p.host)
+    }
+
+    fn validate_health(&self, h: &HealthCheck) -> Result<(), ValidationError> {
+        if h.guest_port == 0 {
+            return Err(ValidationError::new("health", "port must be 1 to 65535 (got 0)"));
+        }
+        if self.host_port_for(h.guest_port).is_none() {
+            return Err(ValidationError::new(
+                "health",
+                format!("guest port {0} is not forwarded (add --port HOSTPORT:{0})", h.guest_port),
+            ));
+        }
+        range("health.interval_ms", h.interval_ms, HEALTH_INTERVAL_MS)?;
+        range("health.threshold", h.threshold, HEALTH_THRESHOLD)?;
+        if let HealthKind::Http { path } = &h.kind {
+            if !path.starts_with('/') || path.len() > 1024 || path.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(ValidationError::new(
+                    "health",
+                    format!("path must start with '/', be at most 1024 bytes, without spaces (got {path:?})"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -424,6 +478,25 @@ mod tests {
         let many: BTreeMap<_, _> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
         assert_eq!(field_of(VmSpec { labels: many, ..good() }), "labels");
         assert!(VmSpec { labels: l("app.io/tier", "web"), ..good() }.validate().is_ok());
+    }
+
+    #[test]
+    fn health_checks_need_a_forwarded_port_and_sane_timing() {
+        let fwd = vec![PortForward { host: 8080, guest: 80 }];
+        let h = |port, kind, interval_ms, threshold| HealthCheck { kind, guest_port: port, interval_ms, threshold };
+        let http = |p: &str| HealthKind::Http { path: p.into() };
+        let with = |hc| VmSpec { ports: fwd.clone(), health: Some(hc), ..good() };
+        assert!(with(h(80, http("/healthz"), 1000, 3)).validate().is_ok());
+        assert!(with(h(80, HealthKind::Tcp, 100, 1)).validate().is_ok());
+        let e = with(h(81, HealthKind::Tcp, 1000, 3)).validate().unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.rule.as_str()),
+            ("health", "guest port 81 is not forwarded (add --port HOSTPORT:81)")
+        );
+        assert_eq!(with(h(80, HealthKind::Tcp, 99, 3)).validate().unwrap_err().field, "health.interval_ms");
+        assert_eq!(with(h(80, HealthKind::Tcp, 1000, 0)).validate().unwrap_err().field, "health.threshold");
+        assert_eq!(with(h(80, http("healthz"), 1000, 3)).validate().unwrap_err().field, "health");
+        assert_eq!(with(h(80, http("/a b"), 1000, 3)).validate().unwrap_err().field, "health");
     }
 
     #[test]

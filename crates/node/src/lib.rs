@@ -6,6 +6,7 @@
 pub mod api;
 pub mod backend;
 pub mod datadir;
+pub mod health;
 pub mod internal;
 pub mod pool;
 pub mod reconciler;

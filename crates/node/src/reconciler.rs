@@ -44,6 +44,11 @@ struct Local {
     error: Option<String>,
     /// Why it last ended on its own.
     last_exit: Option<String>,
+    /// Failed health checks in a row, and when the next check is due.
+    health_failures: u32,
+    next_check: Option<Instant>,
+    /// Set when failed checks made us stop it; it counts as failed until it runs again.
+    unhealthy: Option<String>,
     last_report: Option<Observed>,
 }
 
@@ -107,8 +112,16 @@ impl Reconciler {
         let name = rec.spec.name.clone();
         let mut local = self.vms.remove(&name).unwrap_or_default();
         if local.create_index != rec.create_index {
-            // A new incarnation of this name: forget what we knew of the old one.
+            // First sight (e.g. after a daemon restart) or a new incarnation of this name: start
+            // from what this node last reported through Raft, so a restart already done is not
+            // done again and the counters carry on.
             local = Local { create_index: rec.create_index, ..Default::default() };
+            if let Some(o) = &rec.observed {
+                local.restarts = o.restarts;
+                local.generation_done = o.restart_generation;
+                local.last_exit = o.last_exit.clone();
+                local.started_here = o.pid.is_some();
+            }
         }
         let obs = match self.driver.status(&name).await {
             Ok(o) => o,
@@ -117,9 +130,18 @@ impl Reconciler {
                 VmObserved::not_found(&name)
             }
         };
+        if obs.state == VmState::Running && obs.boot_ms.is_some() {
+            self.check_health(rec, &mut local).await;
+        }
+        let obs = if local.unhealthy.is_some() && obs.state == VmState::Running {
+            self.driver.status(&name).await.unwrap_or(obs)
+        } else {
+            obs
+        };
         let seen = match &obs.state {
             VmState::NotFound => Seen::Absent,
             VmState::Running => Seen::Running,
+            _ if local.unhealthy.is_some() => Seen::Failed,
             VmState::Stopped => Seen::Stopped { on_its_own: local.started_here && !local.stopped_by_us },
             VmState::Failed(_) => Seen::Failed,
         };
@@ -130,9 +152,10 @@ impl Reconciler {
         let action = decide(rec.desired, rec.spec.restart_policy, seen, restart_requested);
         let automatic = matches!(seen, Seen::Failed | Seen::Stopped { on_its_own: true }) && action == Action::Start;
         if matches!(seen, Seen::Failed | Seen::Stopped { on_its_own: true }) {
-            let why = match &obs.state {
-                VmState::Failed(r) => Some(r.clone()),
-                _ => obs.exit_reason.clone(),
+            let why = match (&local.unhealthy, &obs.state) {
+                (Some(u), _) => Some(u.clone()),
+                (None, VmState::Failed(r)) => Some(r.clone()),
+                (None, _) => obs.exit_reason.clone(),
             };
             if why.is_some() {
                 local.last_exit = why;
@@ -145,6 +168,37 @@ impl Reconciler {
         let obs = self.driver.status(&name).await.unwrap_or(obs);
         self.report(rec, &mut local, &obs).await;
         self.vms.insert(name, local);
+    }
+
+    /// Runs the VM's health check when due; `threshold` failures in a row stop the VM and mark
+    /// it unhealthy, so the restart policy decides what happens next.
+    async fn check_health(&self, rec: &VmRecord, local: &mut Local) {
+        let Some(h) = &rec.spec.health else { return };
+        let now = Instant::now();
+        if local.next_check.is_some_and(|t| now < t) {
+            return;
+        }
+        let interval = Duration::from_millis(u64::from(h.interval_ms));
+        local.next_check = Some(now + interval);
+        let Some(port) = rec.spec.host_port_for(h.guest_port) else { return };
+        match crate::health::probe(&h.kind, port, interval.min(Duration::from_secs(2))).await {
+            Ok(()) => local.health_failures = 0,
+            Err(e) => {
+                local.health_failures += 1;
+                tracing::debug!(vm = %rec.spec.name, failures = local.health_failures, "health check failed: {e}");
+                if local.health_failures >= h.threshold {
+                    let why = format!("unhealthy: {} health checks failed in a row (last: {e})", local.health_failures);
+                    tracing::warn!(vm = %rec.spec.name, "{why}; stopping it");
+                    local.stopped_by_us = true;
+                    if let Err(e) = self.driver.stop(&rec.spec.name, STOP_TIMEOUT).await {
+                        tracing::warn!(vm = %rec.spec.name, "stopping the unhealthy VM failed: {e}");
+                    }
+                    local.last_exit = Some(why.clone());
+                    local.unhealthy = Some(why);
+                    local.health_failures = 0;
+                }
+            }
+        }
     }
 
     async fn act(&self, rec: &VmRecord, local: &mut Local, action: Action, automatic: bool) {
@@ -187,6 +241,9 @@ impl Reconciler {
                     Err(e) => Err(e),
                 };
                 if r.is_ok() {
+                    local.unhealthy = None;
+                    local.health_failures = 0;
+                    local.next_check = None;
                     local.started_here = true;
                     local.started_at = Some(Instant::now());
                     tracing::info!(vm = %name, "started");
@@ -214,6 +271,13 @@ impl Reconciler {
             VmState::Failed(r) => (Phase::Failed, Some(r.clone())),
             VmState::NotFound if rec.desired == PowerState::Running => (Phase::Pending, None),
             VmState::NotFound => (Phase::Stopped, None),
+        };
+        let phase = match (&local.unhealthy, phase) {
+            (Some(why), Phase::Stopped) => {
+                reason = Some(why.clone());
+                Phase::Failed
+            }
+            (_, p) => p,
         };
         if let Some(e) = &local.error {
             reason = Some(e.clone());

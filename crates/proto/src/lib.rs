@@ -9,7 +9,7 @@ pub mod v1 {
 
 use std::collections::BTreeMap;
 
-use blixard_core::{Observed, PortForward, RestartPolicy, ValidationError, VmRecord, VmSpec};
+use blixard_core::{HealthCheck, HealthKind, Observed, PortForward, RestartPolicy, ValidationError, VmRecord, VmSpec};
 
 fn port(field: &str, v: u32) -> Result<u16, ValidationError> {
     u16::try_from(v)
@@ -43,7 +43,31 @@ impl TryFrom<v1::VmSpec> for VmSpec {
             ports,
             labels: s.labels.into_iter().collect::<BTreeMap<_, _>>(),
             restart_policy: RestartPolicy::parse(&s.restart_policy)?,
+            health: s.health.map(health_from_wire).transpose()?,
         })
+    }
+}
+
+fn health_from_wire(h: v1::HealthCheck) -> Result<HealthCheck, ValidationError> {
+    let kind = match h.kind.as_str() {
+        "tcp" => HealthKind::Tcp,
+        "http" => HealthKind::Http { path: if h.path.is_empty() { "/".into() } else { h.path } },
+        other => return Err(ValidationError::new("health", format!("kind must be tcp or http (got {other:?})"))),
+    };
+    Ok(HealthCheck { kind, guest_port: port("health", h.port)?, interval_ms: h.interval_ms, threshold: h.threshold })
+}
+
+fn health_to_wire(h: HealthCheck) -> v1::HealthCheck {
+    let (kind, path) = match h.kind {
+        HealthKind::Tcp => ("tcp", String::new()),
+        HealthKind::Http { path } => ("http", path),
+    };
+    v1::HealthCheck {
+        kind: kind.into(),
+        port: h.guest_port.into(),
+        path,
+        interval_ms: h.interval_ms,
+        threshold: h.threshold,
     }
 }
 
@@ -61,6 +85,7 @@ impl From<VmSpec> for v1::VmSpec {
             ports: s.ports.iter().map(|p| v1::PortForward { host: p.host.into(), guest: p.guest.into() }).collect(),
             labels: s.labels.into_iter().collect(),
             restart_policy: s.restart_policy.as_str().to_string(),
+            health: s.health.map(health_to_wire),
         }
     }
 }
@@ -111,6 +136,12 @@ mod tests {
             ports: vec![PortForward { host: 8080, guest: 80 }],
             labels: BTreeMap::from([("tier".into(), "web".into())]),
             restart_policy: RestartPolicy::Always,
+            health: Some(HealthCheck {
+                kind: HealthKind::Http { path: "/healthz".into() },
+                guest_port: 80,
+                interval_ms: 500,
+                threshold: 2,
+            }),
             ..Default::default()
         };
         let wire: v1::VmSpec = spec.clone().into();

@@ -100,6 +100,18 @@ pub struct CreateArgs {
     /// never | on-failure | always.
     #[arg(long = "restart", default_value = "on-failure")]
     pub restart_policy: String,
+    /// HTTP health check: GUESTPORT/PATH (the guest port must be forwarded with --port).
+    #[arg(long, value_name = "PORT/PATH", conflicts_with = "health_tcp")]
+    pub health_http: Option<String>,
+    /// TCP health check on a forwarded guest port.
+    #[arg(long, value_name = "PORT")]
+    pub health_tcp: Option<u32>,
+    /// Time between health checks.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub health_interval: std::time::Duration,
+    /// Failed checks in a row that make the VM unhealthy (it is then restarted per --restart).
+    #[arg(long, default_value_t = 3)]
+    pub health_threshold: u32,
     /// Place the VM on this node (default: the scheduler picks one).
     #[arg(long)]
     pub node: Option<u64>,
@@ -112,6 +124,21 @@ fn parse_port(s: &str) -> Result<(u32, u32), String> {
     let (h, g) = s.split_once(':').ok_or_else(|| format!("expected HOST:GUEST, got {s:?}"))?;
     let p = |x: &str| x.parse::<u32>().map_err(|_| format!("{x:?} is not a port number"));
     Ok((p(h)?, p(g)?))
+}
+
+fn health_arg(a: &CreateArgs) -> anyhow::Result<Option<v1::HealthCheck>> {
+    let interval_ms = u32::try_from(a.health_interval.as_millis()).unwrap_or(u32::MAX);
+    let (kind, port, path) = match (&a.health_http, a.health_tcp) {
+        (Some(spec), _) => {
+            let (port, path) = spec.split_once('/').unwrap_or((spec.as_str(), ""));
+            let port: u32 =
+                port.parse().map_err(|_| anyhow::anyhow!("invalid --health-http: expected PORT/PATH, got {spec:?}"))?;
+            ("http", port, format!("/{path}"))
+        }
+        (None, Some(port)) => ("tcp", port, String::new()),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(v1::HealthCheck { kind: kind.into(), port, path, interval_ms, threshold: a.health_threshold }))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -227,6 +254,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
     let vm = || VmServiceClient::new(ch.clone());
     match c {
         VmCmd::Create(a) => {
+            let health = health_arg(&a)?;
             let spec = v1::VmSpec {
                 name: a.name,
                 vcpus: a.vcpus,
@@ -239,6 +267,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
                 ports: a.ports.into_iter().map(|(host, guest)| v1::PortForward { host, guest }).collect(),
                 labels: a.labels.into_iter().collect(),
                 restart_policy: a.restart_policy,
+                health,
             };
             let req = CreateVmRequest { spec: Some(spec), node: a.node, start: a.start };
             let r = call(addr, || {

@@ -1,0 +1,48 @@
+//! How much CPU the rest of the machine used during a measurement: all busy time (from
+//! /proc/stat) minus what this process and the servers under test used. On a shared machine a
+//! big number here means the figures next to it are not to be trusted.
+
+use std::time::Instant;
+
+/// A snapshot of busy jiffies, machine-wide and for the watched processes.
+pub struct CpuSample {
+    at: Instant,
+    machine: u64,
+    ours: u64,
+}
+
+fn machine_busy() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = s.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
+    Some(f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum())
+}
+
+fn process_busy(pid: &str) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // Fields after the ")" closing the command name: state is field 3, utime 14, stime 15.
+    let Some((_, rest)) = s.rsplit_once(')') else { return 0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+impl CpuSample {
+    pub fn take(pids: &[i32]) -> Option<CpuSample> {
+        let ours = process_busy("self") + pids.iter().map(|p| process_busy(&p.to_string())).sum::<u64>();
+        Some(CpuSample { at: Instant::now(), machine: machine_busy()?, ours })
+    }
+
+    /// (cores busy in all, cores busy outside the watched processes), averaged since `self`.
+    pub fn since(&self, pids: &[i32]) -> Option<(f64, f64)> {
+        let now = CpuSample::take(pids)?;
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let secs = now.at.duration_since(self.at).as_secs_f64();
+        if secs <= 0.0 || ticks <= 0.0 {
+            return None;
+        }
+        let all = now.machine.saturating_sub(self.machine) as f64 / ticks / secs;
+        let ours = now.ours.saturating_sub(self.ours) as f64 / ticks / secs;
+        Some((all, (all - ours).max(0.0)))
+    }
+}

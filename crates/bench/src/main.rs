@@ -1,0 +1,276 @@
+//! `blixard-bench`: closed-loop write load and leader-failover timing against a blixard or an etcd
+//! cluster, with the same client code path for both (tonic over one HTTP/2 connection per endpoint).
+//!
+//! `scripts/bench/raft-vs-etcd.sh` runs it end to end; `docs/BENCHMARKS.md` has the results.
+
+mod cpu;
+mod failover;
+mod load;
+mod report;
+mod target;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::target::{Target, Writer};
+
+#[derive(Parser)]
+#[command(name = "blixard-bench", about = "Write benchmark and failover timer for blixard and etcd")]
+struct Cli {
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Closed-loop puts: for each client count, warm up, then measure throughput and latency.
+    Write(WriteArgs),
+    /// SIGKILL the leader and time the first successful put through a surviving node.
+    Failover(FailoverArgs),
+    /// Print the side-by-side markdown table from saved `--json` outputs.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct Cluster {
+    /// The system under test.
+    #[arg(long, value_enum)]
+    target: Target,
+    /// Client endpoints (HOST:PORT), comma-separated; clients are spread over them round-robin.
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+}
+
+#[derive(Args)]
+struct WriteArgs {
+    #[command(flatten)]
+    cluster: Cluster,
+    /// Concurrent closed-loop clients; one case per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+    /// Measured time per case (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured load before each case's measured window.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Keys are drawn uniformly from this many (8-byte, zero-padded decimal).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    keys: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 64)]
+    value_size: usize,
+    /// Seed for keys and values.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Pids of the servers under test (comma-separated): their CPU is not reported as interference.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<i32>,
+    /// Print one JSON document (see `report`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct FailoverArgs {
+    #[command(flatten)]
+    cluster: Cluster,
+    /// Which process serves which endpoint: ENDPOINT=PID, comma-separated.
+    #[arg(long, required = true)]
+    pids: String,
+    /// Timeout of each put after the kill.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Start a new put through each survivor this often, whatever became of the earlier ones.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    probe_every: Duration,
+    /// Give up when no put succeeded this long after the kill.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    give_up: Duration,
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    #[arg(long, default_value_t = 64)]
+    value_size: usize,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// `write --json` output for blixard.
+    #[arg(long)]
+    blixard: Option<PathBuf>,
+    /// `write --json` output for etcd.
+    #[arg(long)]
+    etcd: Option<PathBuf>,
+    /// A failover row: LABEL=FILE, FILE holding `failover --json` lines. Repeatable.
+    #[arg(long = "failover", value_name = "LABEL=FILE")]
+    failovers: Vec<String>,
+    /// Column title for blixard, e.g. "blixard (1 node)".
+    #[arg(long, default_value = "blixard")]
+    blixard_label: String,
+}
+
+/// `10s`, `200ms`, `1.5s`, `2m`, `500us`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 10s, 200ms"))?;
+    let secs = match unit {
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use us, ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+async fn write(a: WriteArgs) -> anyhow::Result<()> {
+    let target = a.cluster.target;
+    if a.clients.contains(&0) {
+        bail!("invalid --clients: every count must be at least 1");
+    }
+    let mut writers = Vec::new();
+    for ep in &a.cluster.endpoints {
+        writers.push(Writer::connect(target, ep).await?);
+    }
+    let mut cases = Vec::new();
+    for &clients in &a.clients {
+        eprintln!("{}: {clients} clients, {:?} warm-up + {:?} ...", target.name(), a.warmup, a.duration);
+        let cfg = load::LoadConfig {
+            clients,
+            warmup: a.warmup,
+            duration: a.duration,
+            keys: a.keys,
+            value_size: a.value_size,
+            seed: a.seed,
+            server_pids: a.server_pids.clone(),
+        };
+        let r = load::run_case(target, &writers, &cfg).await;
+        eprintln!(
+            "{}: {clients} clients: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors{}; \
+             CPU busy {:.2} cores, {:.2} of them other processes",
+            target.name(),
+            r.ops_per_sec,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.errors,
+            r.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
+            r.cpu_busy_cores.unwrap_or(f64::NAN),
+            r.cpu_other_cores.unwrap_or(f64::NAN),
+        );
+        cases.push(r);
+    }
+    let rep = report::WriteReport {
+        target,
+        endpoints: a.cluster.endpoints.clone(),
+        keys: a.keys,
+        value_size: a.value_size,
+        warmup_s: a.warmup.as_secs_f64(),
+        cases,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        let (b, e) = match target {
+            Target::Blixard => (Some(&rep), None),
+            Target::Etcd => (None, Some(&rep)),
+        };
+        print!("{}", report::table(b, e, "blixard", &[]));
+    }
+    Ok(())
+}
+
+async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
+    let pids = failover::parse_pids(&a.pids)?;
+    let cfg = failover::FailoverConfig {
+        per_request: a.request_timeout,
+        give_up_after: a.give_up,
+        probe_every: a.probe_every.max(Duration::from_millis(1)),
+        value_size: a.value_size,
+        keys: a.keys.max(1),
+    };
+    let r = failover::run(a.cluster.target, &a.cluster.endpoints, &pids, &cfg).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{}: killed leader {} ({}, pid {}); first write through {} after {:.1} ms ({} puts started there)",
+            r.target.name(),
+            r.leader_id,
+            r.killed_endpoint,
+            r.killed_pid,
+            r.first_success_endpoint,
+            r.failover_ms,
+            r.attempts
+        );
+    }
+    Ok(())
+}
+
+fn report(a: ReportArgs) -> anyhow::Result<()> {
+    let b = a.blixard.as_deref().map(report::read_write).transpose()?;
+    let e = a.etcd.as_deref().map(report::read_write).transpose()?;
+    let mut rows = Vec::new();
+    for f in &a.failovers {
+        let (label, file) = f.rsplit_once('=').with_context(|| format!("--failover {f:?}: expected LABEL=FILE"))?;
+        rows.push((label.to_string(), report::read_failovers(std::path::Path::new(file))?));
+    }
+    print!("{}", report::table(b.as_ref(), e.as_ref(), &a.blixard_label, &rows));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.enable_all().build().context("cannot start the runtime") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Write(a) => write(a).await,
+            Cmd::Failover(a) => failover(a).await,
+            Cmd::Report(a) => report(a),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+}

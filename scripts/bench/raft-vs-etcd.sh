@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Blixard vs etcd, side by side on this machine: closed-loop puts (64-byte values, 8-byte keys
+# from 100k) with 1/16/64/256 clients, then leader-kill failover, first against a 3-node etcd
+# cluster, then against a 3-node blixard cluster, all on 127.0.0.1 with fsync on (the default
+# of both). Prints a markdown table; docs/BENCHMARKS.md records a run.
+#
+#   scripts/bench/raft-vs-etcd.sh
+#
+# Knobs (environment): DURATION (10s per case), WARMUP (2s), CLIENTS (1,16,64,256),
+# FAILOVER_RUNS (5), PORT_BASE (24000), BENCH_DIR (.blixard/bench: data dirs and results),
+# CARGO_TARGET_DIR (target), QUIET_WAIT (0: seconds to wait, after building, for the 1-minute
+# load average to drop below 1 on a shared machine). Every process it starts is killed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-2s}"
+CLIENTS="${CLIENTS:-1,16,64,256}"
+FAILOVER_RUNS="${FAILOVER_RUNS:-5}"
+PORT_BASE="${PORT_BASE:-24000}"
+BENCH_DIR="${BENCH_DIR:-$ROOT/.blixard/bench}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+QUIET_WAIT="${QUIET_WAIT:-0}"
+READY_TIMEOUT=30 # seconds a cluster gets to elect a leader and gather its voters
+
+log() { echo "bench: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+scripts/setup.sh
+command -v jq >/dev/null || die "jq is needed to read 'blixard cluster status -o json' (apt-get install jq)"
+command -v etcd >/dev/null || die "etcd not found (Debian package etcd-server)"
+command -v etcdctl >/dev/null || die "etcdctl not found (Debian package etcd-client)"
+
+log "building release binaries into $TARGET_DIR"
+cargo build --release -p blixard -p blixard-bench
+BLIXARD="$TARGET_DIR/release/blixard"
+BENCH="$TARGET_DIR/release/blixard-bench"
+
+mkdir -p "$BENCH_DIR"
+# fsync must really reach a disk: refuse tmpfs, where it is a no-op.
+if [ "$(stat -f -c %T "$BENCH_DIR")" = tmpfs ]; then
+  die "$BENCH_DIR is on tmpfs, where fsync does nothing; set BENCH_DIR to a directory on a disk"
+fi
+WORK="$(mktemp -d "$BENCH_DIR/run.XXXXXX")"
+RESULTS="$BENCH_DIR/results-$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$RESULTS"
+
+PIDS=()
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    # Give each process 5 s to exit on SIGTERM, then SIGKILL it and wait until it is gone
+    # (so the next cluster finds its ports free).
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
+  PIDS=()
+}
+cleanup() {
+  local rc=$?
+  stop_all
+  # Keep the data dirs and logs of a failed run for a look.
+  if [ $rc = 0 ]; then rm -rf "$WORK"; else log "logs and data kept in $WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Polls "$@" (a command) every 100 ms until it succeeds or $READY_TIMEOUT seconds pass.
+wait_for() {
+  local what="$1"; shift
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { log "timed out waiting for $what"; return 1; }
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || { log "pid $p exited while waiting for $what"; return 1; }; done
+    sleep 0.1
+  done
+}
+
+show_logs() {
+  local f
+  for f in "$1"/*.log; do [ -f "$f" ] && { log "--- $f"; tail -n 10 "$f" >&2; }; done
+}
+
+# ---- etcd ----
+
+ETCD_EPS=() ETCD_PIDMAP=""
+etcd_start() { # $1: run directory; any further arguments go to every etcd
+  local dir="$1" cluster="" token="bench-$RANDOM$RANDOM" i
+  shift
+  ETCD_EPS=() ETCD_PIDMAP=""
+  for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://127.0.0.1:$((PORT_BASE + 100 + i))"; done
+  for i in 1 2 3; do
+    local cport=$((PORT_BASE + i)) pport=$((PORT_BASE + 100 + i))
+    mkdir -p "$dir/e$i"
+    etcd --name "e$i" --data-dir "$dir/e$i" \
+      --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
+      --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "$token" \
+      --logger zap --log-outputs stderr "$@" 2>"$dir/e$i.log" &
+    PIDS+=($!)
+    disown $! # no "Killed" job notice when the failover kills it; the shell still reaps it
+    ETCD_EPS+=("127.0.0.1:$cport")
+    ETCD_PIDMAP+="${ETCD_PIDMAP:+,}127.0.0.1:$cport=$!"
+  done
+  local eps; eps="$(IFS=,; echo "${ETCD_EPS[*]}")"
+  # Healthy means every member answers a quorum read, which needs an elected leader.
+  wait_for "etcd to be healthy" etcdctl --endpoints="$eps" --command-timeout=1s endpoint health \
+    || { show_logs "$dir"; return 1; }
+}
+
+# ---- blixard ----
+
+# Whether `blixard cluster status` at $1 shows a leader and exactly $2 voters.
+blixard_ready() {
+  "$BLIXARD" cluster status -o json --addr "$1" \
+    | jq -e --argjson n "$2" '.leader_id != 0 and ([.members[] | select(.membership == "voter")] | length) == $n'
+}
+
+BLIXARD_EPS=() BLIXARD_PIDMAP=""
+blixard_start() { # $1: run directory, $2: number of nodes (1 or 3)
+  local dir="$1" n="$2" i
+  BLIXARD_EPS=() BLIXARD_PIDMAP=""
+  mkdir -p "$dir"
+  for i in $(seq "$n"); do
+    local addr="127.0.0.1:$((PORT_BASE + 200 + i))" join=()
+    [ "$i" -gt 1 ] && join=(--join "127.0.0.1:$((PORT_BASE + 201))")
+    "$BLIXARD" node --id "$i" --bind "$addr" --data-dir "$dir/n$i" "${join[@]}" 2>"$dir/n$i.log" &
+    PIDS+=($!)
+    disown $!
+    BLIXARD_EPS+=("$addr")
+    BLIXARD_PIDMAP+="${BLIXARD_PIDMAP:+,}$addr=$!"
+    # One node at a time: each joins a cluster that already has a leader and the earlier voters.
+    wait_for "blixard node $i to be a voter" blixard_ready "127.0.0.1:$((PORT_BASE + 201))" "$i" \
+      || { show_logs "$dir"; return 1; }
+  done
+}
+
+# ---- the runs ----
+
+join_eps() { (IFS=,; echo "$*"); }
+
+machine() {
+  local cpu mem
+  cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  mem="$(free -g | awk '/^Mem:/ {print $2}')"
+  echo "$(nproc) CPUs ($cpu), $mem GiB RAM, Linux $(uname -r), data dirs on $(df -T "$BENCH_DIR" | awk 'NR==2 {print $2}')"
+}
+
+# The default of `blixard node --$1`, read from its --help.
+blixard_default() {
+  "$BLIXARD" node --help | sed -n "/--$1 /,/default:/ s/.*\[default: \([0-9]*\)\].*/\1/p" | head -n1
+}
+
+bench_write() { # $1: target, $2: endpoints, $3: output file
+  "$BENCH" write --target "$1" --endpoints "$2" --clients "$CLIENTS" --duration "$DURATION" --warmup "$WARMUP" \
+    --keys 100000 --value-size 64 --server-pids "$(join_eps "${PIDS[@]}")" --json >"$3"
+}
+
+# FAILOVER_RUNS fresh clusters; for each, kill the leader and time the first write.
+# $1: target, $2: output file (JSON lines), then the etcd flags (etcd only).
+failover_series() {
+  local target="$1" out="$2" r eps pids
+  shift 2
+  : >"$out"
+  for r in $(seq "$FAILOVER_RUNS"); do
+    log "$target: failover run $r/$FAILOVER_RUNS $*"
+    if [ "$target" = etcd ]; then
+      etcd_start "$WORK/etcd-failover-$r-$RANDOM" "$@"
+      eps="$(join_eps "${ETCD_EPS[@]}")" pids="$ETCD_PIDMAP"
+    else
+      blixard_start "$WORK/blixard-failover-$r" 3
+      eps="$(join_eps "${BLIXARD_EPS[@]}")" pids="$BLIXARD_PIDMAP"
+    fi
+    "$BENCH" failover --target "$target" --endpoints "$eps" --pids "$pids" --json | tee -a "$out" >&2
+    stop_all
+  done
+}
+
+quiet_deadline=$((SECONDS + QUIET_WAIT))
+while awk '{exit !($1 >= 1)}' /proc/loadavg && [ $SECONDS -lt $quiet_deadline ]; do
+  log "waiting for a quiet machine: load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  sleep 10
+done
+log "machine: $(machine)"
+log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "etcd: $(etcd --version | head -n1)"
+
+# Blixard's Raft timers, so etcd can also be timed with the same ones (its defaults are
+# heartbeat 100 ms, election 1000 ms; blixard's are much shorter, which decides failover).
+TICK="$(blixard_default tick-ms)" ELECTION="$(blixard_default election-ticks)" HEARTBEAT="$(blixard_default heartbeat-ticks)"
+[ -n "$TICK" ] && [ -n "$ELECTION" ] && [ -n "$HEARTBEAT" ] || die "cannot read blixard's Raft timer defaults from 'blixard node --help'"
+BX_HB_MS=$((TICK * HEARTBEAT)) BX_EL_MS=$((TICK * ELECTION))
+log "blixard timers: tick $TICK ms, heartbeat $BX_HB_MS ms, election $BX_EL_MS ms (randomized up to 2x)"
+
+# etcd: write benchmark on one cluster, then a fresh cluster per failover run.
+log "etcd: 3 nodes, write benchmark"
+etcd_start "$WORK/etcd-write"
+bench_write etcd "$(join_eps "${ETCD_EPS[@]}")" "$RESULTS/etcd-write.json"
+stop_all
+failover_series etcd "$RESULTS/etcd-failover.jsonl"
+failover_series etcd "$RESULTS/etcd-failover-matched.jsonl" \
+  --heartbeat-interval "$BX_HB_MS" --election-timeout "$BX_EL_MS"
+
+# blixard: the same, when this build can form a 3-node cluster.
+BLIXARD_LABEL="blixard"
+if "$BLIXARD" node --help | grep -q -- --join; then
+  log "blixard: 3 nodes, write benchmark"
+  blixard_start "$WORK/blixard-write" 3
+  bench_write blixard "$(join_eps "${BLIXARD_EPS[@]}")" "$RESULTS/blixard-write.json"
+  stop_all
+  failover_series blixard "$RESULTS/blixard-failover.jsonl"
+else
+  log "blixard: this build has no 'blixard node --join', so no 3-node cluster: benchmarking 1 node instead"
+  log "blixard: (no failover: a 1-node cluster has no survivor to fail over to)"
+  BLIXARD_LABEL="blixard (1 node)"
+  blixard_start "$WORK/blixard-write" 1
+  bench_write blixard "$(join_eps "${BLIXARD_EPS[@]}")" "$RESULTS/blixard-write.json"
+  stop_all
+fi
+
+report_args=(--blixard "$RESULTS/blixard-write.json" --blixard-label "$BLIXARD_LABEL" --etcd "$RESULTS/etcd-write.json")
+if [ -f "$RESULTS/blixard-failover.jsonl" ]; then
+  report_args+=(--failover "blixard (defaults: heartbeat $BX_HB_MS ms, election $BX_EL_MS ms)=$RESULTS/blixard-failover.jsonl")
+fi
+report_args+=(--failover "etcd (defaults: heartbeat 100 ms, election 1000 ms)=$RESULTS/etcd-failover.jsonl"
+  --failover "etcd with blixard's timers (heartbeat $BX_HB_MS ms, election $BX_EL_MS ms)=$RESULTS/etcd-failover-matched.jsonl")
+{
+  echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(machine); $(etcd --version | head -n1)."
+  echo "Per case: $WARMUP warm-up, $DURATION measured; 64-byte values, 8-byte keys drawn from 100000."
+  echo
+  "$BENCH" report "${report_args[@]}"
+} | tee "$RESULTS/table.md"
+log "results in $RESULTS"
