@@ -143,6 +143,40 @@ fn in_a_three_node_cluster_a_vm_created_through_a_follower_runs_on_its_node_and_
         });
         assert_eq!(l.matches("BLIXARD-BOOT-OK").count(), 1);
     }
+    // The interactive console, through a node that does not host the VM: the guest's shell
+    // evaluates what we type (6*7 comes back as 42).
+    let other = (1..=3).find(|&n| n != target).unwrap();
+    let mut console = std::process::Command::new(BIN)
+        .args(["--addr", &c.node(other).addr, "vm", "console", "edge"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = console.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let mut stdin = console.stdin.take().unwrap();
+    wait_until("the console to echo the evaluated command", Duration::from_secs(60), || {
+        // Typed again until it shows: the first line may arrive while the shell is still busy.
+        let _ = stdin.write_all(b"echo console-$((6*7))\n");
+        let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        text.lines().any(|l| l.trim() == "console-42").then_some(())
+    });
+    drop(stdin);
+    let st =
+        wait_until("the console client to leave on EOF", Duration::from_secs(10), || console.try_wait().ok().flatten());
+    assert!(st.success());
+    reader.join().unwrap();
 }
 
 #[test]

@@ -465,43 +465,60 @@ impl<T: Transport> Driver<T> {
             }
         }
 
-        let mut replies = Vec::new();
-        let txn = self.db.begin_write().map_err(StorageError::db)?;
         if !rd.snapshot().is_empty() {
+            let txn = self.db.begin_write().map_err(StorageError::db)?;
             self.install_snapshot(&txn, rd.snapshot())?;
+            txn.commit().map_err(StorageError::db)?;
         }
-        self.apply_entries(&txn, rd.take_committed_entries(), &mut replies)?;
-        self.appended_bytes += rd.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
-        let store = self.raw.mut_store();
-        store.stage_append(&txn, rd.entries())?;
-        if let Some(hs) = rd.hs() {
-            store.stage_hard_state(&txn, hs)?;
+        // Entries committed here were made durable (on a majority, ours included) by earlier
+        // Readies, so they are applied and their clients answered now, in a commit that needs
+        // no fsync of its own (after a crash they are replayed from the log), instead of waiting
+        // for the fsync of the new entries below.
+        self.apply_committed(rd.take_committed_entries(), None)?;
+
+        if !rd.entries().is_empty() || rd.hs().is_some() {
+            let mut txn = self.db.begin_write().map_err(StorageError::db)?;
+            // raft-rs says when durability is required (new entries, term or vote); a commit
+            // index alone can be recomputed after a crash, so it rides along without an fsync.
+            if !rd.must_sync() {
+                txn.set_durability(Durability::None).map_err(StorageError::db)?;
+            }
+            self.appended_bytes += rd.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
+            let store = self.raw.mut_store();
+            store.stage_append(&txn, rd.entries())?;
+            if let Some(hs) = rd.hs() {
+                store.stage_hard_state(&txn, hs)?;
+            }
+            txn.commit().map_err(StorageError::db)?;
         }
-        txn.commit().map_err(StorageError::db)?;
-        Self::deliver(replies);
         self.transport.send(rd.take_persisted_messages());
 
         let mut light = self.raw.advance(rd);
         self.transport.send(light.take_messages());
-        let committed = light.take_committed_entries();
-        if !committed.is_empty() || light.commit_index().is_some() {
-            let mut replies = Vec::new();
-            let mut txn = self.db.begin_write().map_err(StorageError::db)?;
-            // The log these entries come from is already durable; their effects may be replayed
-            // from it after a crash, so this commit need not wait for an fsync of its own.
-            txn.set_durability(Durability::None).map_err(StorageError::db)?;
-            if let Some(c) = light.commit_index() {
-                let mut hs = self.raw.store().hard_state().clone();
-                hs.commit = c;
-                self.raw.mut_store().stage_hard_state(&txn, &hs)?;
-            }
-            self.apply_entries(&txn, committed, &mut replies)?;
-            txn.commit().map_err(StorageError::db)?;
-            Self::deliver(replies);
-        }
+        self.apply_committed(light.take_committed_entries(), light.commit_index())?;
         self.raw.advance_apply();
         self.answer_reads();
         self.publish();
+        Ok(())
+    }
+
+    /// Applies committed entries in one commit without an fsync of its own and answers their
+    /// clients; `commit` records a commit index learned from a light ready.
+    fn apply_committed(&mut self, entries: Vec<Entry>, commit: Option<u64>) -> Result<(), StorageError> {
+        if entries.is_empty() && commit.is_none() {
+            return Ok(());
+        }
+        let mut replies = Vec::new();
+        let mut txn = self.db.begin_write().map_err(StorageError::db)?;
+        txn.set_durability(Durability::None).map_err(StorageError::db)?;
+        if let Some(c) = commit {
+            let mut hs = self.raw.store().hard_state().clone();
+            hs.commit = c;
+            self.raw.mut_store().stage_hard_state(&txn, &hs)?;
+        }
+        self.apply_entries(&txn, entries, &mut replies)?;
+        txn.commit().map_err(StorageError::db)?;
+        Self::deliver(replies);
         Ok(())
     }
 

@@ -36,6 +36,8 @@ type LogStream = std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Resul
 
 /// Console bytes per streamed chunk.
 const LOG_CHUNK: usize = 64 * 1024;
+/// Console history shown when a console session opens.
+const CONSOLE_HISTORY: u64 = 4096;
 /// How often a followed console is polled for new output.
 const LOG_POLL: Duration = Duration::from_millis(100);
 
@@ -52,6 +54,15 @@ impl Api {
         driver: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>,
     ) -> Self {
         Api { raft, pool, driver }
+    }
+
+    /// The node a VM is placed on (from local state).
+    async fn vm_node(&self, name: &str) -> std::result::Result<u64, Status> {
+        match self.read(Some(v1::ReadOptions { stale: true }), Query::VmGet { name: name.to_string() }).await? {
+            QueryResult::Vm(Some(rec)) => Ok(rec.node),
+            QueryResult::Vm(None) => Err(Status::not_found(format!("vm {name:?} not found"))),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Streams the console of a VM hosted here.
@@ -471,25 +482,65 @@ impl v1::vm_service_server::VmService for Api {
     }
 
     type VmLogsStream = LogStream;
+    type VmConsoleStream = LogStream;
+
+    async fn vm_console(&self, req: Request<tonic::Streaming<v1::ConsoleInput>>) -> Result<LogStream> {
+        let was_forwarded = req.metadata().contains_key(FORWARDED);
+        let mut input = req.into_inner();
+        let first = input.message().await?.ok_or_else(|| Status::invalid_argument("empty console stream"))?;
+        let name = first.name.clone();
+        validate_name(&name).map_err(invalid)?;
+        let node = self.vm_node(&name).await?;
+        if node != self.raft.status().id {
+            if was_forwarded {
+                return Err(Status::unavailable(format!("vm {name:?} is not hosted here")));
+            }
+            let addr = self.addr_of(node).ok_or_else(|| Status::unavailable(format!("no address for node {node}")))?;
+            let rest = futures::StreamExt::filter_map(input, |m| std::future::ready(m.ok()));
+            let upstream = futures::StreamExt::chain(futures::stream::once(std::future::ready(first)), rest);
+            let mut c = v1::vm_service_client::VmServiceClient::new(self.pool.get(&addr)?);
+            let out = c.vm_console(forwarded(Request::new(upstream))).await?.into_inner();
+            return Ok(tonic::Response::new(Box::pin(out)));
+        }
+        let driver =
+            self.driver.get().cloned().ok_or_else(|| Status::unavailable("this node's VM backend is not ready"))?;
+        // Start with the last few KiB of history, then follow.
+        let mut end = 0;
+        loop {
+            let c = driver.read_console(&name, end, 1 << 20).await.map_err(|e| Status::not_found(e.to_string()))?;
+            if c.data.is_empty() {
+                break;
+            }
+            end = c.next_offset;
+        }
+        let out = self.local_logs(name.clone(), true, end.saturating_sub(CONSOLE_HISTORY))?;
+        tokio::spawn(async move {
+            if !first.data.is_empty() {
+                let _ = driver.console_input(&name, &first.data).await;
+            }
+            while let Ok(Some(m)) = input.message().await {
+                if let Err(e) = driver.console_input(&name, &m.data).await {
+                    tracing::debug!(vm = %name, "console input dropped: {e}");
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(out))
+    }
 
     async fn vm_logs(&self, req: Request<v1::VmLogsRequest>) -> Result<LogStream> {
         let was_forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
         validate_name(&r.name).map_err(invalid)?;
-        let rec = match self.read(Some(v1::ReadOptions { stale: true }), Query::VmGet { name: r.name.clone() }).await? {
-            QueryResult::Vm(Some(rec)) => rec,
-            QueryResult::Vm(None) => return Err(Status::not_found(format!("vm {:?} not found", r.name))),
-            other => return Err(unexpected(other)),
-        };
-        if rec.node == self.raft.status().id {
+        let node = self.vm_node(&r.name).await?;
+        if node == self.raft.status().id {
             return Ok(tonic::Response::new(self.local_logs(r.name, r.follow, r.offset)?));
         }
         if was_forwarded {
             return Err(Status::unavailable(format!("vm {:?} is not hosted here", r.name)));
         }
         // Hosted elsewhere: relay the hosting node's stream.
-        let addr =
-            self.addr_of(rec.node).ok_or_else(|| Status::unavailable(format!("no address for node {}", rec.node)))?;
+        let addr = self.addr_of(node).ok_or_else(|| Status::unavailable(format!("no address for node {}", node)))?;
         let mut c = v1::vm_service_client::VmServiceClient::new(self.pool.get(&addr)?);
         let stream = c.vm_logs(forwarded(Request::new(r))).await?.into_inner();
         Ok(tonic::Response::new(Box::pin(stream)))

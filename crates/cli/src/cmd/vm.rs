@@ -40,6 +40,8 @@ pub enum VmCmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Attach to the VM's serial console (line by line; Ctrl-D leaves).
+    Console { name: String },
     /// Wait until the VM's observed phase is STATE (exit 1 on timeout or if it fails).
     Wait {
         name: String,
@@ -349,6 +351,45 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
                     }
                     Ok(None) => break,
                     Err(s) => anyhow::bail!("{}", s.message()),
+                }
+            }
+        }
+        VmCmd::Console { name } => {
+            use std::io::Write;
+            let (tx, rx) = tokio::sync::mpsc::channel::<v1::ConsoleInput>(16);
+            tx.send(v1::ConsoleInput { name: name.clone(), data: Vec::new() }).await?;
+            let mut out = vm()
+                .vm_console(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("connected to the console of vm {name:?}; Ctrl-D leaves");
+            }
+            // stdin is read on a thread of its own (blocking reads); EOF ends the session.
+            let (eof_tx, mut eof) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                while matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0) {
+                    if tx
+                        .blocking_send(v1::ConsoleInput { name: String::new(), data: line.clone().into_bytes() })
+                        .is_err()
+                    {
+                        break;
+                    }
+                    line.clear();
+                }
+                let _ = eof_tx.send(());
+            });
+            let mut stdout = std::io::stdout();
+            loop {
+                tokio::select! {
+                    m = out.message() => match m {
+                        Ok(Some(chunk)) => { stdout.write_all(&chunk.data)?; stdout.flush()?; }
+                        Ok(None) => break,
+                        Err(s) => anyhow::bail!("{}", s.message()),
+                    },
+                    _ = &mut eof => break,
                 }
             }
         }
