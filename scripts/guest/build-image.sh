@@ -104,9 +104,13 @@ case "$1" in
   bound|renew)
     ip addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
-    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
-    : >/etc/resolv.conf
-    for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done ;;
+    # The first NIC (eth0, user-mode) keeps the default route; a bridge NIC only adds its subnet.
+    if ! ip route show default | grep -q .; then
+      for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+      : >/etc/resolv.conf
+      for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
+    fi
+    echo "BLIXARD-NET $interface $ip" >/dev/console ;;
 esac
 exit 0
 EOF
@@ -143,6 +147,11 @@ ip link set lo up
 if ip link show eth0 >/dev/null 2>&1; then
   udhcpc -i eth0 -s /etc/udhcpc.script -t 5 -T 1 -b >/dev/null 2>&1
 fi
+# Further NICs (a host bridge) ask for a lease in the background: boot does not wait for them.
+for dev in /sys/class/net/eth*; do
+  n=${dev##*/}
+  [ "$n" = eth0 ] || [ ! -e "$dev" ] || udhcpc -i "$n" -s /etc/udhcpc.script -t 10 -T 1 -b >/dev/null 2>&1 &
+done
 read -r up _ </proc/uptime
 echo "BLIXARD-BOOT-OK uptime=$up"
 

@@ -8,6 +8,7 @@ mod failover;
 mod load;
 mod report;
 mod target;
+mod vmstart;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,27 @@ enum Cmd {
     Failover(FailoverArgs),
     /// Print the side-by-side markdown table from saved `--json` outputs.
     Report(ReportArgs),
+    /// VM start overhead: `vm start` → boot marker vs the same QEMU command → boot marker.
+    Vmstart(VmstartArgs),
+}
+
+#[derive(Args)]
+struct VmstartArgs {
+    /// A blixard node (the VM is placed on it: use a one-node cluster).
+    #[arg(long)]
+    addr: String,
+    /// That node's --data-dir (its VM directories are read for the console and command line).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "bench-vm")]
+    name: String,
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u32,
+    /// Interleaved (blixard, raw) pairs.
+    #[arg(long, default_value_t = 10)]
+    pairs: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -192,6 +214,28 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn vmstart_cmd(a: VmstartArgs) -> anyhow::Result<()> {
+    let r = vmstart::run(vmstart::Config {
+        addr: a.addr,
+        data_dir: a.data_dir,
+        name: a.name,
+        memory_mib: a.memory_mib,
+        pairs: a.pairs,
+    })
+    .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("| pairs | blixard `vm start` → marker (median) | raw QEMU → marker (median) | added (median of pair differences) | ratio |");
+        println!("|---:|---:|---:|---:|---:|");
+        println!(
+            "| {} | {:.1} ms | {:.1} ms | {:+.1} ms | {:.3} |",
+            r.pairs, r.median_blixard_ms, r.median_raw_ms, r.median_added_ms, r.ratio_of_medians
+        );
+    }
+    Ok(())
+}
+
 async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
     let pids = failover::parse_pids(&a.pids)?;
     let cfg = failover::FailoverConfig {
@@ -249,6 +293,7 @@ fn main() -> ExitCode {
             Cmd::Write(a) => write(a).await,
             Cmd::Failover(a) => failover(a).await,
             Cmd::Report(a) => report(a),
+            Cmd::Vmstart(a) => vmstart_cmd(a).await,
         }
     });
     match result {

@@ -32,7 +32,12 @@ pub struct Opened {
 /// Under simulation every node runs the fake driver: there are no processes to boot there. It is
 /// never selectable in a real build.
 #[cfg(madsim)]
-pub async fn open(_backend: Backend, _vm_dir: PathBuf, _image_cache: PathBuf) -> Result<Opened, String> {
+pub async fn open(
+    _backend: Backend,
+    _vm_dir: PathBuf,
+    _image_cache: PathBuf,
+    _bridge: Option<String>,
+) -> Result<Opened, String> {
     Ok(Opened { driver: Arc::new(blixard_vmm::fake::FakeDriver::new()), accel: "fake".into() })
 }
 
@@ -40,7 +45,12 @@ pub async fn open(_backend: Backend, _vm_dir: PathBuf, _image_cache: PathBuf) ->
 /// accelerator with a boot probe (cached per host boot), and adopts VMs still running from a
 /// previous run of this node.
 #[cfg(not(madsim))]
-pub async fn open(backend: Backend, vm_dir: PathBuf, image_cache: PathBuf) -> Result<Opened, String> {
+pub async fn open(
+    backend: Backend,
+    vm_dir: PathBuf,
+    image_cache: PathBuf,
+    bridge: Option<String>,
+) -> Result<Opened, String> {
     match backend {
         Backend::Qemu => {
             use blixard_vmm::qemu::{QemuConfig, QemuDriver};
@@ -53,7 +63,9 @@ pub async fn open(backend: Backend, vm_dir: PathBuf, image_cache: PathBuf) -> Re
                 .await
                 .map_err(|e| format!("cannot choose an accelerator: {}", crate::status::chain(&e)))?;
             tracing::info!(accel = %verdict.accel, why = %verdict.detail, "VM backend qemu");
-            let driver = QemuDriver::new(QemuConfig::new(vm_dir, image, verdict.accel))
+            let mut cfg = QemuConfig::new(vm_dir, image, verdict.accel);
+            cfg.bridge = bridge;
+            let driver = QemuDriver::new(cfg)
                 .map_err(|e| format!("cannot open the VM directory: {}", crate::status::chain(&e)))?;
             let adopted = driver.adopt_all().await.map_err(|e| format!("cannot adopt running VMs: {e}"))?;
             if !adopted.is_empty() {

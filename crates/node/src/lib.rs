@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub vm_backend: backend::Backend,
     /// Where the guest image is built and cached (default: `<data-dir>/images`).
     pub image_cache: Option<PathBuf>,
+    /// A host bridge to give every VM a second NIC on (a tap device; needs root).
+    pub vm_bridge: Option<String>,
 }
 
 impl NodeConfig {
@@ -69,6 +71,7 @@ impl NodeConfig {
             memory_mib: None,
             vm_backend: backend::Backend::Qemu,
             image_cache: None,
+            vm_bridge: None,
         }
     }
 }
@@ -123,7 +126,7 @@ async fn run_vms(
 ) {
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
-    let opened = match backend::open(cfg.vm_backend, vm_dir, cache).await {
+    let opened = match backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone()).await {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("VM backend {} unavailable; this node will not host VMs: {e}", cfg.vm_backend.as_str());

@@ -63,6 +63,10 @@ pub struct NodeArgs {
     /// Where the guest image is built and cached (shared by nodes on one host).
     #[arg(long, env = "BLIXARD_IMAGE_CACHE")]
     pub image_cache: Option<PathBuf>,
+    /// Give every VM a second NIC on this host bridge (a tap device; needs root). The guest
+    /// asks for a DHCP lease on it and prints `BLIXARD-NET ethN ADDR` on its console.
+    #[arg(long, value_name = "BRIDGE")]
+    pub vm_bridge: Option<String>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -88,6 +92,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     cfg.reserve_memory_mib = a.reserve_memory_mib;
     cfg.memory_mib = a.memory_mib;
     cfg.image_cache = a.image_cache;
+    cfg.vm_bridge = a.vm_bridge;
     cfg.vm_backend = match a.vm_backend {
         VmBackend::Qemu => blixard_node::backend::Backend::Qemu,
         VmBackend::MicrovmNix => blixard_node::backend::Backend::MicrovmNix,

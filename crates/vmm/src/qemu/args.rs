@@ -76,7 +76,32 @@ fn esc(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
-/// The arguments after the QEMU binary. `disk` is whether `paths.disk` exists.
+/// A second NIC on a host bridge: the tap device and the NIC's MAC address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tap {
+    pub ifname: String,
+    pub mac: String,
+}
+
+impl Tap {
+    /// Names and addresses derived from the VM's directory, so they are stable across restarts
+    /// and distinct for every VM of every node on the host (interface names: at most 15 bytes).
+    pub fn for_dir(dir: &Path) -> Tap {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in dir.to_string_lossy().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        let b = h.to_be_bytes();
+        Tap {
+            ifname: format!("bx{:010x}", h >> 24),
+            mac: format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", b[4] & 0xfe, b[5], b[6], b[7]),
+        }
+    }
+}
+
+/// The arguments after the QEMU binary. `disk` is whether `paths.disk` exists; `tap` adds a
+/// second NIC on a host bridge.
 pub fn qemu_args(
     spec: &VmSpec,
     paths: &VmPaths,
@@ -84,6 +109,7 @@ pub fn qemu_args(
     accel: Accel,
     tsc_khz: Option<u64>,
     disk: bool,
+    tap: Option<&Tap>,
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
@@ -106,6 +132,10 @@ pub fn qemu_args(
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", p.host, p.guest));
     }
     push(&["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"]);
+    if let Some(t) = tap {
+        let nd = format!("tap,id=n1,ifname={},script=no,downscript=no", t.ifname);
+        push(&["-netdev", &nd, "-device", &format!("virtio-net-device,netdev=n1,mac={}", t.mac)]);
+    }
     if disk {
         let drive = format!("file={},if=none,id=d0,format=qcow2", esc(&paths.disk));
         push(&["-drive", &drive, "-device", "virtio-blk-device,drive=d0"]);
@@ -132,6 +162,16 @@ mod tests {
     }
 
     #[test]
+    fn a_tap_nic_gets_a_stable_short_name_and_a_local_unicast_mac() {
+        let a = Tap::for_dir(Path::new("/var/lib/blixard/vmm/vms/web"));
+        assert_eq!(a, Tap::for_dir(Path::new("/var/lib/blixard/vmm/vms/web")));
+        assert_ne!(a, Tap::for_dir(Path::new("/var/lib/blixard/vmm/vms/db")));
+        assert!(a.ifname.len() <= 15, "{}", a.ifname);
+        let first = u8::from_str_radix(&a.mac[6..8], 16).unwrap();
+        assert_eq!(first & 1, 0, "unicast: {}", a.mac);
+    }
+
+    #[test]
     fn cpu_mhz_becomes_khz() {
         assert_eq!(parse_cpu_khz("processor\t: 0\ncpu MHz\t\t: 2596.120\n"), Some(2_596_120));
         assert_eq!(parse_cpu_khz("nothing"), None);
@@ -149,7 +189,7 @@ mod tests {
     fn args_forward_ports_to_localhost_and_attach_the_disk() {
         let paths = VmPaths::new("/d/vms/web-1".into());
         let image = GuestImage { kernel: "/i/vmlinux".into(), initrd: "/i/initrd.img".into() };
-        let a = qemu_args(&spec(), &paths, &image, Accel::Tcg, None, true).join(" ");
+        let a = qemu_args(&spec(), &paths, &image, Accel::Tcg, None, true, None).join(" ");
         for want in [
             "-M microvm -accel tcg -cpu qemu64,+arat -m 128M -smp 2",
             "-netdev user,id=n0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:2222-:22",
@@ -159,7 +199,7 @@ mod tests {
         ] {
             assert!(a.contains(want), "{want} not in {a}");
         }
-        assert!(!qemu_args(&spec(), &paths, &image, Accel::Kvm, None, false).join(" ").contains("-drive"));
+        assert!(!qemu_args(&spec(), &paths, &image, Accel::Kvm, None, false, None).join(" ").contains("-drive"));
     }
 
     #[test]

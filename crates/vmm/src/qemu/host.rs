@@ -47,3 +47,29 @@ pub fn kill_group(pid: u32) -> Result<()> {
     let single = kill_process(pid, Signal::KILL);
     group.or(single).map_err(|e| VmmError::io("kill", format!("pid {}", pid.as_raw_nonzero()))(e.into()))
 }
+
+fn ip(args: &[&str]) -> std::result::Result<(), String> {
+    let o = std::process::Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()))
+    }
+}
+
+/// Creates (if missing) a persistent tap device and enslaves it to `bridge`, up. Needs
+/// CAP_NET_ADMIN; the error says what `ip` refused.
+pub fn ensure_tap(ifname: &str, bridge: &str) -> std::result::Result<(), String> {
+    if ip(&["link", "show", "dev", ifname]).is_err() {
+        ip(&["tuntap", "add", "dev", ifname, "mode", "tap"])?;
+    }
+    ip(&["link", "set", "dev", ifname, "master", bridge])?;
+    ip(&["link", "set", "dev", ifname, "up"])
+}
+
+/// Removes a tap device made by [`ensure_tap`]; a missing one is fine.
+pub fn remove_tap(ifname: &str) {
+    if let Err(e) = ip(&["link", "del", "dev", ifname]) {
+        tracing::debug!("{e}");
+    }
+}

@@ -57,6 +57,8 @@ pub struct QemuConfig {
     pub qemu_binary: PathBuf,
     pub qemu_img: PathBuf,
     pub console_cap_bytes: u64,
+    /// A host bridge: each VM gets a second NIC, a tap device enslaved to it (needs root).
+    pub bridge: Option<String>,
 }
 
 impl QemuConfig {
@@ -68,6 +70,7 @@ impl QemuConfig {
             qemu_binary: "qemu-system-x86_64".into(),
             qemu_img: "qemu-img".into(),
             console_cap_bytes: CONSOLE_CAP_BYTES,
+            bridge: None,
         }
     }
 }
@@ -212,7 +215,17 @@ impl QemuDriver {
         for p in [&paths.qmp, &paths.console_sock, &paths.pidfile] {
             let _ = std::fs::remove_file(p);
         }
-        let argv = args::qemu_args(&spec, paths, &image, self.cfg.accel, self.tsc_khz, paths.disk.exists());
+        let tap = match &self.cfg.bridge {
+            None => None,
+            Some(br) => {
+                let t = args::Tap::for_dir(&paths.dir);
+                host::ensure_tap(&t.ifname, br)
+                    .map_err(|detail| VmmError::StartFailed { name: name.to_string(), detail })?;
+                Some(t)
+            }
+        };
+        let argv =
+            args::qemu_args(&spec, paths, &image, self.cfg.accel, self.tsc_khz, paths.disk.exists(), tap.as_ref());
         let stderr = std::fs::File::create(&paths.stderr).map_err(VmmError::io("create", &paths.stderr))?;
         let program = self.cfg.qemu_binary.display().to_string();
         let mut child = tokio::process::Command::new(&self.cfg.qemu_binary)
@@ -356,6 +369,9 @@ impl VmDriver for QemuDriver {
         }
         self.stop_locked(name, &paths, DELETE_STOP_TIMEOUT).await?;
         self.vms.lock().expect("lock poisoned").remove(name);
+        if self.cfg.bridge.is_some() {
+            host::remove_tap(&args::Tap::for_dir(&paths.dir).ifname);
+        }
         std::fs::remove_dir_all(&paths.dir).map_err(VmmError::io("remove", &paths.dir))
     }
 
