@@ -34,6 +34,9 @@ command -v etcdctl >/dev/null || die "etcdctl not found (Debian package etcd-cli
 
 log "building release binaries into $TARGET_DIR"
 cargo build --release -p blixard -p blixard-bench
+# One guest image (and KVM verdict) for every node: built once here, not by each node at start.
+export BLIXARD_IMAGE_CACHE="${BLIXARD_IMAGE_CACHE:-$PWD/.blixard/images}"
+"$TARGET_DIR/release/blixard" image build --cache "$BLIXARD_IMAGE_CACHE" >/dev/null
 BLIXARD="$TARGET_DIR/release/blixard"
 BENCH="$TARGET_DIR/release/blixard-bench"
 
@@ -113,10 +116,11 @@ etcd_start() { # $1: run directory; any further arguments go to every etcd
 
 # ---- blixard ----
 
-# Whether `blixard cluster status` at $1 shows a leader and exactly $2 voters.
+# Whether `blixard cluster status` at $1 shows a leader and exactly $2 voters, each done starting
+# (its VM backend open and its capacity registered), so no start-up work overlaps a measurement.
 blixard_ready() {
   "$BLIXARD" cluster status -o json --addr "$1" \
-    | jq -e --argjson n "$2" '.leader_id != 0 and ([.members[] | select(.membership == "voter")] | length) == $n'
+    | jq -e --argjson n "$2" '.leader_id != 0 and ([.members[] | select(.membership == "voter" and .memory_mib != null)] | length) == $n'
 }
 
 BLIXARD_EPS=() BLIXARD_PIDMAP=""
@@ -209,7 +213,12 @@ BLIXARD_LABEL="blixard"
 if "$BLIXARD" node --help | grep -q -- --join; then
   log "blixard: 3 nodes, write benchmark"
   blixard_start "$WORK/blixard-write" 3
+  term_before=$("$BLIXARD" cluster status -o json --addr "${BLIXARD_EPS[0]}" | jq .term)
   bench_write blixard "$(join_eps "${BLIXARD_EPS[@]}")" "$RESULTS/blixard-write.json"
+  term_after=$("$BLIXARD" cluster status -o json --addr "${BLIXARD_EPS[0]}" | jq .term)
+  # Elections under full write load show as term changes.
+  ELECTIONS="blixard Raft term during the write benchmark: $term_before → $term_after ($((term_after - term_before)) elections)"
+  log "$ELECTIONS"
   stop_all
   failover_series blixard "$RESULTS/blixard-failover.jsonl"
 else
@@ -232,5 +241,6 @@ report_args+=(--failover "etcd (defaults: heartbeat 100 ms, election 1000 ms)=$R
   echo "Per case: $WARMUP warm-up, $DURATION measured; 64-byte values, 8-byte keys drawn from 100000."
   echo
   "$BENCH" report "${report_args[@]}"
+  [ -z "${ELECTIONS:-}" ] || { echo; echo "$ELECTIONS."; }
 } | tee "$RESULTS/table.md"
 log "results in $RESULTS"

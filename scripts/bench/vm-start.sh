@@ -24,5 +24,5 @@ for _ in $(seq 600); do
   "$T/blixard" --addr "127.0.0.1:$PORT" cluster status -o json 2>/dev/null | grep -q '"memory_mib": [0-9]' && break
   sleep 0.1
 done
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), accel: $(grep -o 'accel=[a-z]*' "$DIR/n1.log" | head -1)" >&2
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), accel: $(sed 's/\x1b\[[0-9;]*m//g' "$DIR/n1.log" | grep -o 'accel=[a-z]*' | head -1)" >&2
 "$T/blixard-bench" vmstart --addr "127.0.0.1:$PORT" --data-dir "$DIR/n1" --pairs "${PAIRS:-12}" "$@"

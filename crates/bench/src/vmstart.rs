@@ -34,6 +34,26 @@ pub struct Report {
     /// Median of the per-pair differences (blixard − raw).
     pub median_added_ms: f64,
     pub ratio_of_medians: f64,
+    /// The same runs observed early: until QEMU has written its pidfile (a step of QEMU's own
+    /// start-up, identical on both sides), so the difference is the control plane's latency
+    /// without the guest's boot jitter.
+    pub blixard_pidfile_ms: Vec<f64>,
+    pub raw_pidfile_ms: Vec<f64>,
+    pub median_added_to_pidfile_ms: f64,
+}
+
+/// Polls (busy-ish, 100 µs) until `path` exists; returns when it was seen.
+fn wait_file(path: &Path) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        if path.exists() {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not appear", path.display());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -50,13 +70,18 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Waits until `path` holds the marker past byte `from`; returns when it was seen.
-async fn wait_marker(path: &Path, from: u64) -> anyhow::Result<Instant> {
+fn inode(p: &Path) -> Option<u64> {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).ok()?).into()
+}
+
+/// Waits until `path` holds the marker past byte `from` of the file that had inode `old` (a
+/// new run renames the old log away, so a different inode means all of it is new).
+async fn wait_marker(path: &Path, old: Option<u64>, from: u64) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
         if let Ok(b) = std::fs::read(path) {
-            // A log that shrank was rotated at start: all of it is new.
-            let tail = b.get(from as usize..).unwrap_or(&b);
+            let skip = if inode(path) == old { from as usize } else { 0 };
+            let tail = b.get(skip..).unwrap_or(&[]);
             if tail.windows(MARKER.len()).any(|w| w == MARKER) {
                 return Ok(Instant::now());
             }
@@ -92,13 +117,15 @@ async fn wait_phase(vm: &mut VmServiceClient<Channel>, name: &str, want: &str) -
     }
 }
 
-/// One `vm start` → marker; leaves the VM running. Returns milliseconds.
-async fn blixard_once(vm: &mut VmServiceClient<Channel>, name: &str, log: &Path) -> anyhow::Result<f64> {
-    let from = file_len(log);
+/// One `vm start` → pidfile → marker; leaves the VM running. Returns (pidfile, marker) in ms.
+async fn blixard_once(vm: &mut VmServiceClient<Channel>, name: &str, log: &Path) -> anyhow::Result<(f64, f64)> {
+    let (old, from) = (inode(log), file_len(log));
+    let pidfile = log.with_file_name("qemu.pid");
     let t0 = Instant::now();
     vm.start_vm(VmNameRequest { name: name.into() }).await.context("vm start")?;
-    let t1 = wait_marker(log, from).await?;
-    Ok((t1 - t0).as_secs_f64() * 1e3)
+    let tp = wait_file(&pidfile)?;
+    let t1 = wait_marker(log, old, from).await?;
+    Ok(((tp - t0).as_secs_f64() * 1e3, (t1 - t0).as_secs_f64() * 1e3))
 }
 
 async fn blixard_stop(vm: &mut VmServiceClient<Channel>, name: &str) -> anyhow::Result<()> {
@@ -113,8 +140,8 @@ fn raw_command(args: &[String], vm_dir: &Path, raw_dir: &Path) -> Vec<String> {
     args.iter().map(|a| a.replace(&from, &to)).collect()
 }
 
-/// One raw QEMU start → marker; then kills it. Returns milliseconds.
-async fn raw_once(cmd: &[String], raw_dir: &Path) -> anyhow::Result<f64> {
+/// One raw QEMU start → pidfile → marker; then kills it. Returns (pidfile, marker) in ms.
+async fn raw_once(cmd: &[String], raw_dir: &Path) -> anyhow::Result<(f64, f64)> {
     use std::os::unix::process::CommandExt;
     let _ = std::fs::remove_dir_all(raw_dir);
     std::fs::create_dir_all(raw_dir)?;
@@ -128,10 +155,11 @@ async fn raw_once(cmd: &[String], raw_dir: &Path) -> anyhow::Result<f64> {
         .process_group(0)
         .spawn()
         .context("spawn raw qemu")?;
-    let r = wait_marker(&log, 0).await;
+    let tp = wait_file(&raw_dir.join("qemu.pid"));
+    let r = wait_marker(&log, None, 0).await;
     let _ = child.kill();
     let _ = child.wait();
-    Ok((r? - t0).as_secs_f64() * 1e3)
+    Ok(((tp? - t0).as_secs_f64() * 1e3, (r? - t0).as_secs_f64() * 1e3))
 }
 
 pub async fn run(c: Config) -> anyhow::Result<Report> {
@@ -162,21 +190,33 @@ pub async fn run(c: Config) -> anyhow::Result<Report> {
     let raw_cmd = raw_command(&args, &vm_dir, &raw_dir);
     raw_once(&raw_cmd, &raw_dir).await?;
 
-    let (mut b, mut r) = (Vec::new(), Vec::new());
+    let (mut b, mut r, mut bp, mut rp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..c.pairs {
         let blixard_first = i % 2 == 0;
         for side in [blixard_first, !blixard_first] {
             if side {
-                b.push(blixard_once(&mut vm, &c.name, &log).await?);
+                let (p, m) = blixard_once(&mut vm, &c.name, &log).await?;
+                bp.push(p);
+                b.push(m);
                 blixard_stop(&mut vm, &c.name).await?;
             } else {
-                r.push(raw_once(&raw_cmd, &raw_dir).await?);
+                let (p, m) = raw_once(&raw_cmd, &raw_dir).await?;
+                rp.push(p);
+                r.push(m);
             }
         }
-        eprintln!("pair {}: blixard {:.1} ms, raw {:.1} ms", i + 1, b[i], r[i]);
+        eprintln!(
+            "pair {}: blixard {:.1} ms (pidfile {:.1}), raw {:.1} ms (pidfile {:.1})",
+            i + 1,
+            b[i],
+            bp[i],
+            r[i],
+            rp[i]
+        );
     }
     let _ = std::fs::remove_dir_all(&raw_dir);
     let diffs: Vec<f64> = b.iter().zip(&r).map(|(x, y)| x - y).collect();
+    let pdiffs: Vec<f64> = bp.iter().zip(&rp).map(|(x, y)| x - y).collect();
     let (mb, mr) = (median(&b), median(&r));
     Ok(Report {
         pairs: c.pairs,
@@ -187,6 +227,9 @@ pub async fn run(c: Config) -> anyhow::Result<Report> {
         ratio_of_medians: mb / mr,
         blixard_ms: b,
         raw_ms: r,
+        median_added_to_pidfile_ms: median(&pdiffs),
+        blixard_pidfile_ms: bp,
+        raw_pidfile_ms: rp,
     })
 }
 
