@@ -30,33 +30,8 @@ fn every_acknowledged_write_survives_kill_9() {
     let mut n = TestNode::start(1, &tmp.path().join("n1"));
     n.wait_leader(LEADER_WITHIN);
 
-    // 1,000 writes from 16 concurrent clients; remember every acknowledged one.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let acked: BTreeMap<String, String> = rt.block_on(async {
-        use blixard_proto::v1::kv_service_client::KvServiceClient;
-        let ch =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr)).unwrap().connect().await.unwrap();
-        let mut tasks = Vec::new();
-        for c in 0..16 {
-            let ch = ch.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut kv = KvServiceClient::new(ch);
-                let mut done = Vec::new();
-                for i in (c..1000).step_by(16) {
-                    let (k, v) = (format!("key/{i:04}"), format!("value-{i}"));
-                    let req = blixard_proto::v1::PutRequest { key: k.clone().into(), value: v.clone().into() };
-                    kv.put(req).await.expect("put acknowledged");
-                    done.push((k, v));
-                }
-                done
-            }));
-        }
-        let mut all = BTreeMap::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        all
-    });
+    // 1,000 writes from concurrent clients; remember every acknowledged one.
+    let acked = write_keys(&n.addr, "key", 1000);
     assert_eq!(acked.len(), 1000);
 
     n.kill9();
@@ -73,7 +48,7 @@ fn every_acknowledged_write_survives_kill_9() {
     assert_eq!(got, acked);
     assert_eq!(listed["more"], false);
     // And one by one through `kv get`.
-    for k in ["key/0000", "key/0517", "key/0999"] {
+    for k in ["key/00000", "key/00517", "key/00999"] {
         let o = cli(&n.addr, &["kv", "get", k]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(stdout(&o).trim_end(), acked[k]);

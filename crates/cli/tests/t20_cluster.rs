@@ -7,36 +7,6 @@ use std::collections::BTreeMap;
 
 use common::*;
 
-/// Writes `n` keys `prefix/i` through `addr`, returning those acknowledged.
-fn write_keys(addr: &str, prefix: &str, n: usize) -> BTreeMap<String, String> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use blixard_proto::v1::kv_service_client::KvServiceClient;
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        let mut tasks = Vec::new();
-        for c in 0..8 {
-            let (ch, prefix) = (ch.clone(), prefix.to_string());
-            tasks.push(tokio::spawn(async move {
-                let mut kv = KvServiceClient::new(ch);
-                let mut done = Vec::new();
-                for i in (c..n).step_by(8) {
-                    let (k, v) = (format!("{prefix}/{i:05}"), format!("v{i}"));
-                    let req = blixard_proto::v1::PutRequest { key: k.clone().into(), value: v.clone().into() };
-                    if kv.put(req).await.is_ok() {
-                        done.push((k, v));
-                    }
-                }
-                done
-            }));
-        }
-        let mut all = BTreeMap::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        all
-    })
-}
-
 /// Every key under `prefix` as node `addr` sees it (stale: its local state).
 fn read_keys(addr: &str, prefix: &str, stale: bool) -> BTreeMap<String, String> {
     let mut args = vec!["kv", "list", prefix, "--limit", "10000"];

@@ -363,31 +363,43 @@ impl<T: Transport> Driver<T> {
         Some(self.raw.raft.leader_id).filter(|&l| l != raft::INVALID_ID)
     }
 
+    /// Proposes `command` (with a membership change when `cc` is given) and tracks it by its
+    /// log index and id until it is applied or known to be lost.
+    fn track(&mut self, command: Command, reply: Reply<Applied>, cc: Option<ConfChangeV2>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ProposeError::NotLeader { leader_id: self.leader_id() }));
+            return;
+        }
+        self.next_id += 1;
+        let env = Envelope { id: self.next_id, now_ms: now_ms(), command };
+        let before = self.raw.raft.raft_log.last_index();
+        let proposed = match cc {
+            None => self
+                .raw
+                .propose(vec![], env.encode())
+                .map_err(|_| ProposeError::NotLeader { leader_id: self.leader_id() }),
+            Some(cc) => self.raw.propose_conf_change(env.encode(), cc).map_err(|e| ProposeError::Busy(e.to_string())),
+        };
+        let index = self.raw.raft.raft_log.last_index();
+        match proposed {
+            // raft-rs may drop a proposal without an error (e.g. during a leadership transfer).
+            Ok(()) if index > before => {
+                self.proposals.insert(index, Pending { id: env.id, reply });
+            }
+            Ok(()) => {
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
     /// Returns false to stop.
     fn handle(&mut self, req: Request) -> bool {
         match req {
-            Request::Propose { command, reply } => {
-                if self.raw.raft.state != StateRole::Leader {
-                    let _ = reply.send(Err(ProposeError::NotLeader { leader_id: self.leader_id() }));
-                    return true;
-                }
-                self.next_id += 1;
-                let env = Envelope { id: self.next_id, now_ms: now_ms(), command };
-                let before = self.raw.raft.raft_log.last_index();
-                match self.raw.propose(vec![], env.encode()) {
-                    Ok(()) => {
-                        let index = self.raw.raft.raft_log.last_index();
-                        if index > before {
-                            self.proposals.insert(index, Pending { id: env.id, reply });
-                        } else {
-                            let _ = reply.send(Err(ProposeError::Dropped));
-                        }
-                    }
-                    Err(_) => {
-                        let _ = reply.send(Err(ProposeError::NotLeader { leader_id: self.leader_id() }));
-                    }
-                }
-            }
+            Request::Propose { command, reply } => self.track(command, reply, None),
+            Request::ConfChange { cc, command, reply } => self.track(command, reply, Some(cc)),
             Request::ReadIndex { reply } => {
                 if self.leader_id().is_none() {
                     let _ = reply.send(Err(ProposeError::NotLeader { leader_id: None }));
@@ -396,27 +408,6 @@ impl<T: Transport> Driver<T> {
                 self.next_id += 1;
                 self.reads_inflight.insert(self.next_id, reply);
                 self.raw.read_index(self.next_id.to_be_bytes().to_vec());
-            }
-            Request::ConfChange { cc, command, reply } => {
-                if self.raw.raft.state != StateRole::Leader {
-                    let _ = reply.send(Err(ProposeError::NotLeader { leader_id: self.leader_id() }));
-                    return true;
-                }
-                self.next_id += 1;
-                let env = Envelope { id: self.next_id, now_ms: now_ms(), command };
-                let before = self.raw.raft.raft_log.last_index();
-                match self.raw.propose_conf_change(env.encode(), cc) {
-                    Ok(()) if self.raw.raft.raft_log.last_index() > before => {
-                        let index = self.raw.raft.raft_log.last_index();
-                        self.proposals.insert(index, Pending { id: env.id, reply });
-                    }
-                    Ok(()) => {
-                        let _ = reply.send(Err(ProposeError::Dropped));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(ProposeError::Busy(e.to_string())));
-                    }
-                }
             }
             Request::TransferLeader(to) => self.raw.transfer_leader(to),
             Request::Unreachable(id) => self.raw.report_unreachable(id),

@@ -251,6 +251,38 @@ fn table(vms: &[VmOut]) -> Table {
     t
 }
 
+#[derive(Clone, Copy)]
+enum Power {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// `vm start|stop|restart`: one write, the record as the answer.
+async fn set_power(
+    addr: &str,
+    fmt: Format,
+    ch: &tonic::transport::Channel,
+    name: String,
+    p: Power,
+) -> anyhow::Result<()> {
+    let req = VmNameRequest { name };
+    let r = call(addr, || {
+        let (mut c, r) = (VmServiceClient::new(ch.clone()), req.clone());
+        async move {
+            match p {
+                Power::Start => c.start_vm(r).await,
+                Power::Stop => c.stop_vm(r).await,
+                Power::Restart => c.restart_vm(r).await,
+            }
+        }
+    })
+    .await?;
+    let out = vm_out(r.vm.unwrap_or_default());
+    emit(fmt, &out, || table(std::slice::from_ref(&out)));
+    Ok(())
+}
+
 pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
     let ch = connect(addr).await?;
     let vm = || VmServiceClient::new(ch.clone());
@@ -304,36 +336,9 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             let out = Out { vms: r.vms.into_iter().map(vm_out).collect() };
             emit(fmt, &out, || table(&out.vms));
         }
-        VmCmd::Start { name } => {
-            let req = VmNameRequest { name };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.start_vm(r).await }
-            })
-            .await?;
-            let out = vm_out(r.vm.unwrap_or_default());
-            emit(fmt, &out, || table(std::slice::from_ref(&out)));
-        }
-        VmCmd::Stop { name } => {
-            let req = VmNameRequest { name };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.stop_vm(r).await }
-            })
-            .await?;
-            let out = vm_out(r.vm.unwrap_or_default());
-            emit(fmt, &out, || table(std::slice::from_ref(&out)));
-        }
-        VmCmd::Restart { name } => {
-            let req = VmNameRequest { name };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.restart_vm(r).await }
-            })
-            .await?;
-            let out = vm_out(r.vm.unwrap_or_default());
-            emit(fmt, &out, || table(std::slice::from_ref(&out)));
-        }
+        VmCmd::Start { name } => set_power(addr, fmt, &ch, name, Power::Start).await?,
+        VmCmd::Stop { name } => set_power(addr, fmt, &ch, name, Power::Stop).await?,
+        VmCmd::Restart { name } => set_power(addr, fmt, &ch, name, Power::Restart).await?,
         VmCmd::Logs { name, follow } => {
             use std::io::Write;
             let req = v1::VmLogsRequest { name, follow, offset: 0 };

@@ -3,6 +3,7 @@
 //! removed when its guard drops, also when a test fails.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -85,6 +86,36 @@ pub fn cli_json_opt(addr: &str, args: &[&str]) -> Option<serde_json::Value> {
         return None;
     }
     serde_json::from_slice(&o.stdout).ok()
+}
+
+/// Writes `n` keys `prefix/i` through `addr`, returning those acknowledged.
+pub fn write_keys(addr: &str, prefix: &str, n: usize) -> BTreeMap<String, String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use blixard_proto::v1::kv_service_client::KvServiceClient;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut tasks = Vec::new();
+        for c in 0..8 {
+            let (ch, prefix) = (ch.clone(), prefix.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut kv = KvServiceClient::new(ch);
+                let mut done = Vec::new();
+                for i in (c..n).step_by(8) {
+                    let (k, v) = (format!("{prefix}/{i:05}"), format!("v{i}"));
+                    let req = blixard_proto::v1::PutRequest { key: k.clone().into(), value: v.clone().into() };
+                    if kv.put(req).await.is_ok() {
+                        done.push((k, v));
+                    }
+                }
+                done
+            }));
+        }
+        let mut all = BTreeMap::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    })
 }
 
 /// One `blixard node` process with its own data dir.
