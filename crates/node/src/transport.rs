@@ -124,52 +124,86 @@ impl Transport for SharedTransport {
     }
 }
 
+/// Builds the next batch: `first` plus whatever else is queued, up to [`MAX_BATCH_BYTES`].
+fn batch(t: &GrpcTransport, first: Message, rx: &mut mpsc::Receiver<Message>) -> RaftBatch {
+    let first = first.write_to_bytes().unwrap_or_default();
+    let mut size = first.len();
+    let mut messages = vec![first];
+    while size < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(m) => {
+                let b = m.write_to_bytes().unwrap_or_default();
+                size += b.len();
+                messages.push(b);
+            }
+            Err(_) => break,
+        }
+    }
+    RaftBatch { from: t.id, messages, from_addr: t.addr.clone() }
+}
+
+/// One peer's sender: a long-lived client stream of batches (no per-batch request set-up on
+/// the write path), reopened with backoff when it breaks. While it is down, what queued up is
+/// dropped: Raft resends what still matters.
 async fn run_peer(t: Arc<GrpcTransport>, id: u64, mut rx: mpsc::Receiver<Message>, reachable: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(20);
     while let Some(first) = rx.recv().await {
-        let mut bytes = first.write_to_bytes().unwrap_or_default();
-        let mut size = bytes.len();
-        let mut messages = vec![std::mem::take(&mut bytes)];
-        while size < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(m) => {
-                    let b = m.write_to_bytes().unwrap_or_default();
-                    size += b.len();
-                    messages.push(b);
-                }
-                Err(_) => break,
-            }
-        }
-        let sent = match t.addr_of(id) {
-            None => Err(format!("no address known for node {id}")),
-            Some(addr) => match t.pool.get(&addr) {
-                Err(e) => Err(e.message().to_string()),
-                Ok(ch) => RaftTransportClient::new(ch)
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE)
-                    .send(RaftBatch { from: t.id, messages, from_addr: t.addr.clone() })
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| format!("{addr}: {}", s.message())),
+        let err = match t.addr_of(id) {
+            None => format!("no address known for node {id}"),
+            Some(addr) => match stream_to(&t, &addr, first, &mut rx, &reachable).await {
+                Ok(()) => return, // the queue closed: the node is shutting down
+                Err(e) => format!("{addr}: {e}"),
             },
         };
-        match sent {
-            Ok(()) => {
-                if !reachable.swap(true, Ordering::Relaxed) {
-                    tracing::info!(peer = id, "peer reachable again");
-                }
-                backoff = Duration::from_millis(20);
-            }
-            Err(e) => {
-                if reachable.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(peer = id, "peer unreachable: {e}");
-                }
-                t.report_unreachable(id);
-                // Back off, then drop what queued up meanwhile: Raft resends what still matters.
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                while rx.try_recv().is_ok() {}
-            }
+        if reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(peer = id, "peer unreachable: {err}");
+        }
+        t.report_unreachable(id);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+        while rx.try_recv().is_ok() {}
+    }
+}
+
+/// Streams batches to `addr` until the stream breaks (`Err`) or the queue closes (`Ok`).
+async fn stream_to(
+    t: &GrpcTransport,
+    addr: &str,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+    reachable: &AtomicBool,
+) -> Result<(), String> {
+    // Its own channel: the pooled ones carry a per-request timeout, which would cut a stream.
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, srx) = mpsc::channel::<RaftBatch>(64);
+    let mut client =
+        RaftTransportClient::new(ch).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+    let mut call = Box::pin(async move { client.stream(tokio_stream::wrappers::ReceiverStream::new(srx)).await });
+    let mut next = Some(first);
+    loop {
+        let m = match next.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => return Ok(()) },
+                r = &mut call => return Err(match r { Ok(_) => "stream closed".into(), Err(s) => s.message().to_string() }),
+            },
+        };
+        let b = batch(t, m, rx);
+        tokio::select! {
+            sent = tx.send(b) => if sent.is_err() { return Err("stream closed".into()) },
+            r = &mut call => return Err(match r { Ok(_) => "stream closed".into(), Err(s) => s.message().to_string() }),
+        }
+        if !reachable.swap(true, Ordering::Relaxed) {
+            tracing::debug!(to = addr, "peer stream open");
         }
     }
 }
@@ -228,6 +262,17 @@ impl RaftTransport for RaftService {
         self.transport.learn(batch.from, &batch.from_addr);
         for b in batch.messages {
             self.handle.step(parse(&b)?);
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(batch) = stream.message().await? {
+            self.transport.learn(batch.from, &batch.from_addr);
+            for b in batch.messages {
+                self.handle.step(parse(&b)?);
+            }
         }
         Ok(Response::new(RaftAck {}))
     }
