@@ -26,6 +26,14 @@ pub enum ClusterCmd {
     },
 }
 
+/// The JSON shape of `cluster join` and `cluster leave`.
+#[derive(Serialize)]
+struct MembershipOut {
+    node_id: u64,
+    /// Raft index of the membership change.
+    index: u64,
+}
+
 #[derive(Serialize)]
 struct MemberOut {
     id: u64,
@@ -140,12 +148,7 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
                 async move { c.join(r).await }
             })
             .await?;
-            #[derive(Serialize)]
-            struct Out {
-                node_id: u64,
-                index: u64,
-            }
-            let out = Out { node_id, index: r.index };
+            let out = MembershipOut { node_id, index: r.index };
             emit(fmt, &out, || format!("node {node_id} added as a learner\n"));
         }
         ClusterCmd::Leave { node_id } => {
@@ -155,12 +158,7 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
                 async move { c.leave(req).await }
             })
             .await?;
-            #[derive(Serialize)]
-            struct Out {
-                node_id: u64,
-                index: u64,
-            }
-            let out = Out { node_id, index: r.index };
+            let out = MembershipOut { node_id, index: r.index };
             emit(fmt, &out, || format!("node {node_id} removed\n"));
         }
     }
