@@ -1,10 +1,15 @@
 //! The Ready loop: the one task that owns the raft-rs `RawNode` and the redb write side.
 //!
 //! Each turn: take everything queued (group commit: many proposals, one Ready), then handle the
-//! Ready in the order raft-rs requires — send the leader's messages, install a snapshot, apply
-//! committed entries and persist new entries and hard state *in one redb transaction*, fsync,
-//! then send the messages that depended on that write, then advance. A client is answered after
-//! the transaction holding its entry's effects commits, with the command's own result.
+//! Ready in the order raft-rs requires — send the leader's messages (replication runs in
+//! parallel with the leader's own write), install a snapshot, apply the entries already
+//! committed, append new entries and hard state to the write-ahead log with one write and one
+//! `fdatasync`, then send the messages that depended on that write, then advance. A client is
+//! answered after its entry is committed and applied, with the command's own result.
+//!
+//! Applying commits the state machine to redb without an fsync; every `compact_entries` entries
+//! (or `compact_bytes`) the apply is made durable instead (a checkpoint) and only then is the
+//! log compacted up to it, so the log always holds what a crash may have taken from redb.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::StorageError;
-use crate::redb_store::RedbStorage;
+use crate::storage::DiskStorage;
 use crate::sm::TxnStore;
 use crate::transport::Transport;
 
@@ -222,7 +227,7 @@ struct Pending {
 
 pub struct Driver<T: Transport> {
     cfg: RaftConfig,
-    raw: RawNode<RedbStorage>,
+    raw: RawNode<DiskStorage>,
     transport: Arc<T>,
     rx: mpsc::Receiver<Request>,
     status_tx: watch::Sender<NodeStatus>,
@@ -258,7 +263,7 @@ fn now_ms() -> u64 {
 
 impl<T: Transport> Driver<T> {
     /// Builds the driver over an opened store. Returns it with the handle clients use.
-    pub fn new(cfg: RaftConfig, storage: RedbStorage, transport: Arc<T>) -> Result<(Self, Handle), StorageError> {
+    pub fn new(cfg: RaftConfig, storage: DiskStorage, transport: Arc<T>) -> Result<(Self, Handle), StorageError> {
         let (applied, _) = storage.applied()?;
         let db = storage.db().clone();
         let rc = raft::Config {
@@ -346,7 +351,11 @@ impl<T: Transport> Driver<T> {
         for (_, p) in std::mem::take(&mut self.proposals) {
             let _ = p.reply.send(Err(ProposeError::Stopped));
         }
-        Ok(())
+        // A clean stop leaves nothing to replay: checkpoint the state machine and the log.
+        self.raw.mut_store().sync(true)?;
+        let mut txn = self.db.begin_write().map_err(StorageError::db)?;
+        txn.set_durability(Durability::Immediate).map_err(StorageError::db)?;
+        txn.commit().map_err(StorageError::db)
     }
 
     /// At the start of every election period, draws its timeout from our own generator in
@@ -457,9 +466,12 @@ impl<T: Transport> Driver<T> {
         }
 
         if !rd.snapshot().is_empty() {
+            // The state first, durably; then the log restarts at it (see `DiskStorage::open`
+            // for a crash in between).
             let txn = self.db.begin_write().map_err(StorageError::db)?;
             self.install_snapshot(&txn, rd.snapshot())?;
             txn.commit().map_err(StorageError::db)?;
+            self.raw.mut_store().reset_log(rd.snapshot().get_metadata())?;
         }
         // Entries committed here were made durable (on a majority, ours included) by earlier
         // Readies, so they are applied and their clients answered now, in a commit that needs
@@ -468,19 +480,15 @@ impl<T: Transport> Driver<T> {
         self.apply_committed(rd.take_committed_entries(), None)?;
 
         if !rd.entries().is_empty() || rd.hs().is_some() {
-            let mut txn = self.db.begin_write().map_err(StorageError::db)?;
-            // raft-rs says when durability is required (new entries, term or vote); a commit
-            // index alone can be recomputed after a crash, so it rides along without an fsync.
-            if !rd.must_sync() {
-                txn.set_durability(Durability::None).map_err(StorageError::db)?;
-            }
             self.appended_bytes += rd.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
             let store = self.raw.mut_store();
-            store.stage_append(&txn, rd.entries())?;
+            store.stage_append(rd.entries())?;
             if let Some(hs) = rd.hs() {
-                store.stage_hard_state(&txn, hs)?;
+                store.stage_hard_state(hs);
             }
-            txn.commit().map_err(StorageError::db)?;
+            // raft-rs says when durability is required (new entries, term or vote); a commit
+            // index alone can be relearned after a crash, so it is written without an fsync.
+            store.sync(rd.must_sync())?;
         }
         self.transport.send(rd.take_persisted_messages());
 
@@ -500,15 +508,25 @@ impl<T: Transport> Driver<T> {
             return Ok(());
         }
         let mut replies = Vec::new();
-        let mut txn = self.db.begin_write().map_err(StorageError::db)?;
-        txn.set_durability(Durability::None).map_err(StorageError::db)?;
         if let Some(c) = commit {
-            let mut hs = self.raw.store().hard_state().clone();
-            hs.commit = c;
-            self.raw.mut_store().stage_hard_state(&txn, &hs)?;
+            self.raw.mut_store().set_commit(c);
         }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(StorageError::db)?;
         self.apply_entries(&txn, entries, &mut replies)?;
+        let compact_to = self.compaction_due();
+        if compact_to.is_none() {
+            txn.set_durability(Durability::None).map_err(StorageError::db)?;
+        }
         txn.commit().map_err(StorageError::db)?;
+        if let Some(to) = compact_to {
+            // The commit above was durable (a checkpoint), so the log before `to` is redundant.
+            tracing::debug!(to, applied = self.applied, "checkpointed; compacting the log");
+            self.raw.mut_store().compact_log(to)?;
+            self.appended_bytes = 0;
+        }
         Self::deliver(replies);
         Ok(())
     }
@@ -517,8 +535,8 @@ impl<T: Transport> Driver<T> {
         let meta = snap.get_metadata();
         tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
         blixard_core::state::import(&mut TxnStore(txn), &snap.data)?;
-        self.raw.mut_store().stage_snapshot(txn, meta)?;
-        RedbStorage::stage_applied(txn, meta.index, meta.term)?;
+        self.raw.mut_store().stage_conf_state(txn, meta.get_conf_state())?;
+        DiskStorage::stage_applied(txn, meta.index, meta.term)?;
         self.applied = meta.index;
         let later = self.proposals.split_off(&(meta.index + 1));
         for (_, p) in std::mem::replace(&mut self.proposals, later) {
@@ -597,31 +615,27 @@ impl<T: Transport> Driver<T> {
             }
             self.applied = e.index;
         }
-        // Keep "commit >= applied" true on disk even for commits learned from a light ready.
-        if self.raw.store().hard_state().commit < last_index {
-            let mut hs = self.raw.store().hard_state().clone();
-            hs.commit = last_index;
-            self.raw.mut_store().stage_hard_state(txn, &hs)?;
-        }
-        RedbStorage::stage_applied(txn, last_index, last_term)?;
-        self.maybe_compact(txn)
+        // Keep "commit >= applied" true even for commits learned from a light ready.
+        self.raw.mut_store().set_commit(last_index);
+        DiskStorage::stage_applied(txn, last_index, last_term)?;
+        Ok(())
     }
 
-    /// Drops applied entries from the log past the configured thresholds. The state itself is
+    /// Where to compact the log to, once past the configured thresholds. The state itself is
     /// the snapshot: a follower that needs compacted entries gets the applied state instead.
-    fn maybe_compact(&mut self, txn: &WriteTransaction) -> Result<(), StorageError> {
+    fn compaction_due(&mut self) -> Option<u64> {
         let first = self.raw.store().first_index_cached();
         let in_log = self.applied.saturating_sub(first) + 1;
         if in_log <= self.cfg.compact_entries && self.appended_bytes <= self.cfg.compact_bytes {
-            return Ok(());
+            return None;
         }
         let to = self.applied.saturating_sub(self.cfg.keep_entries) + 1;
         if to > first {
-            tracing::debug!(to, applied = self.applied, "compacting the log");
-            self.raw.mut_store().stage_compact(txn, to)?;
+            Some(to)
+        } else {
+            self.appended_bytes = 0;
+            None
         }
-        self.appended_bytes = 0;
-        Ok(())
     }
 
     /// On the leader: a learner whose log has caught up becomes a voter, one change at a time.

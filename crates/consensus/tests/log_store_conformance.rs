@@ -1,13 +1,13 @@
-//! One suite, every `LogStore`: what raft-rs needs of a log store, checked against our redb
-//! store and raft-rs's own `MemStorage` (the reference). A behaviour both must share lives in
-//! `suite!`; what only the redb store promises (durability across reopen, keeping the term of
-//! the entry before the first) has its own tests below.
+//! One suite, every `LogStore`: what raft-rs needs of a log store, checked against our disk
+//! store (write-ahead log + redb) and raft-rs's own `MemStorage` (the reference). A behaviour
+//! both must share lives in `suite!`; what only the disk store promises (durability across
+//! reopen, keeping the term of the entry before the first) has its own tests below.
 
 #![allow(clippy::field_reassign_with_default)]
 
 use std::sync::Arc;
 
-use blixard_consensus::{LogStore, RedbStorage};
+use blixard_consensus::{DiskStorage, LogStore};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, Storage};
@@ -47,13 +47,17 @@ trait Fixture {
     fn fresh() -> (Self::S, Box<dyn std::any::Any>);
 }
 
-struct Redb;
-impl Fixture for Redb {
-    type S = RedbStorage;
-    fn fresh() -> (RedbStorage, Box<dyn std::any::Any>) {
+fn open(dir: &std::path::Path) -> DiskStorage {
+    let db = ::redb::Database::create(dir.join("db.redb")).unwrap();
+    DiskStorage::open(Arc::new(db), &dir.join("log")).unwrap()
+}
+
+struct Disk;
+impl Fixture for Disk {
+    type S = DiskStorage;
+    fn fresh() -> (DiskStorage, Box<dyn std::any::Any>) {
         let dir = tempfile::tempdir().unwrap();
-        let db = ::redb::Database::create(dir.path().join("db.redb")).unwrap();
-        (RedbStorage::open(Arc::new(db)).unwrap(), Box::new(dir))
+        (open(dir.path()), Box::new(dir))
     }
 }
 
@@ -202,15 +206,14 @@ macro_rules! suite {
     };
 }
 
-suite!(redb, super::Redb);
+suite!(disk, super::Disk);
 suite!(mem, super::Mem);
 
 #[test]
-fn redb_keeps_everything_across_reopen() {
+fn disk_keeps_everything_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.redb");
     {
-        let mut s = RedbStorage::open(Arc::new(::redb::Database::create(&path).unwrap())).unwrap();
+        let mut s = open(dir.path());
         s.append(&(1..=5).map(|i| entry(i, 2)).collect::<Vec<_>>()).unwrap();
         let mut hs = HardState::default();
         hs.term = 2;
@@ -222,7 +225,7 @@ fn redb_keeps_everything_across_reopen() {
         s.set_conf_state(&cs).unwrap();
         s.compact(3).unwrap();
     }
-    let s = RedbStorage::open(Arc::new(::redb::Database::create(&path).unwrap())).unwrap();
+    let s = open(dir.path());
     assert_eq!(s.first_index().unwrap(), 3);
     assert_eq!(s.last_index().unwrap(), 5);
     assert_eq!(s.initial_state().unwrap().hard_state.commit, 4);
@@ -231,10 +234,10 @@ fn redb_keeps_everything_across_reopen() {
 }
 
 #[test]
-fn redb_keeps_the_term_of_the_entry_before_the_first() {
+fn disk_keeps_the_term_of_the_entry_before_the_first() {
     // The raft::Storage contract: term(first_index - 1) stays answerable after compaction, so a
     // leader can still match a follower right at the compaction point without a snapshot.
-    let (mut s, _g) = Redb::fresh();
+    let (mut s, _g) = Disk::fresh();
     s.append(&[entry(1, 1), entry(2, 2), entry(3, 3)]).unwrap();
     s.compact(3).unwrap();
     assert_eq!(s.term(2).unwrap(), 2);
@@ -242,18 +245,56 @@ fn redb_keeps_the_term_of_the_entry_before_the_first() {
 }
 
 #[test]
-fn redb_refuses_an_append_that_leaves_a_gap() {
-    let (mut s, _g) = Redb::fresh();
+fn disk_refuses_an_append_that_leaves_a_gap() {
+    let (mut s, _g) = Disk::fresh();
     s.append(&[entry(1, 1)]).unwrap();
     assert!(s.append(&[entry(3, 1)]).is_err());
     assert_eq!(s.last_index().unwrap(), 1);
 }
 
 #[test]
-fn redb_data_dir_claimed_by_another_node_is_refused() {
-    let (mut s, _g) = Redb::fresh();
+fn disk_data_dir_claimed_by_another_node_is_refused() {
+    let (mut s, _g) = Disk::fresh();
     s.claim(1).unwrap();
     s.claim(1).unwrap();
     let e = s.claim(2).unwrap_err();
     assert_eq!(e.to_string(), "data dir belongs to node 1, not node 2");
+}
+
+#[test]
+fn disk_restarts_the_log_at_a_snapshot_that_reached_only_the_state_machine() {
+    // A crash between installing a snapshot's state (redb, durable) and resetting the log.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = open(dir.path());
+        s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).unwrap();
+        let db = s.db().clone();
+        let txn = db.begin_write().unwrap();
+        DiskStorage::stage_applied(&txn, 20, 4).unwrap();
+        txn.commit().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.first_index().unwrap(), 21);
+    assert_eq!(s.last_index().unwrap(), 20);
+    assert_eq!(s.term(20).unwrap(), 4);
+    assert_eq!(s.initial_state().unwrap().hard_state.commit, 20);
+}
+
+#[test]
+fn disk_refuses_a_state_machine_behind_the_start_of_the_log() {
+    // Entries the state machine never applied were compacted away: refuse to start rather than
+    // silently lose them.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = open(dir.path());
+        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        let db = s.db().clone();
+        let txn = db.begin_write().unwrap();
+        DiskStorage::stage_applied(&txn, 3, 1).unwrap();
+        txn.commit().unwrap();
+        s.compact(8).unwrap();
+    }
+    let db = ::redb::Database::create(dir.path().join("db.redb")).unwrap();
+    let e = DiskStorage::open(Arc::new(db), &dir.path().join("log")).err().expect("must fail");
+    assert!(e.to_string().contains("state machine is at entry 3 but the log starts after entry 7"), "{e}");
 }

@@ -1,11 +1,12 @@
-//! The data dir: one redb file holding the Raft log and the state machine.
+//! The data dir: a redb file holding the state machine, and the Raft log's segment files.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use blixard_consensus::{RedbStorage, StorageError};
+use blixard_consensus::{DiskStorage, StorageError};
 
 pub const DB_FILE: &str = "blixard.redb";
+pub const LOG_DIR: &str = "raft-log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -34,14 +35,14 @@ pub enum DataDirError {
 }
 
 /// Opens the data dir for node `id`, creating it when missing. Never wipes anything.
-pub fn open(dir: &Path, id: u64) -> Result<RedbStorage, DataDirError> {
+pub fn open(dir: &Path, id: u64) -> Result<DiskStorage, DataDirError> {
     std::fs::create_dir_all(dir).map_err(|source| DataDirError::Create { dir: dir.into(), source })?;
     let db = redb::Database::create(dir.join(DB_FILE)).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => DataDirError::InUse { dir: dir.into() },
         source => DataDirError::Corrupt { dir: dir.into(), source },
     })?;
-    let storage =
-        RedbStorage::open(Arc::new(db)).map_err(|source| DataDirError::Storage { dir: dir.into(), source })?;
+    let storage = DiskStorage::open(Arc::new(db), &dir.join(LOG_DIR))
+        .map_err(|source| DataDirError::Storage { dir: dir.into(), source })?;
     match storage.node_id() {
         Ok(Some(found)) if found != id => Err(DataDirError::WrongNode { dir: dir.into(), found, expected: id }),
         Ok(_) => Ok(storage),
