@@ -23,8 +23,8 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::StorageError;
-use crate::storage::DiskStorage;
 use crate::sm::TxnStore;
+use crate::storage::DiskStorage;
 use crate::transport::Transport;
 
 /// Timing and batching knobs of one node.
@@ -534,7 +534,7 @@ impl<T: Transport> Driver<T> {
     fn install_snapshot(&mut self, txn: &WriteTransaction, snap: &Snapshot) -> Result<(), StorageError> {
         let meta = snap.get_metadata();
         tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
-        blixard_core::state::import(&mut TxnStore(txn), &snap.data)?;
+        blixard_core::state::import(&mut TxnStore::new(txn), &snap.data)?;
         self.raw.mut_store().stage_conf_state(txn, meta.get_conf_state())?;
         DiskStorage::stage_applied(txn, meta.index, meta.term)?;
         self.applied = meta.index;
@@ -553,6 +553,7 @@ impl<T: Transport> Driver<T> {
     ) -> Result<(), StorageError> {
         let Some(last) = entries.last() else { return Ok(()) };
         let (last_index, last_term) = (last.index, last.term);
+        let mut state = TxnStore::new(txn);
         for e in entries {
             if e.index <= self.applied {
                 continue;
@@ -567,7 +568,7 @@ impl<T: Transport> Driver<T> {
                         }
                     } else {
                         let (id, outcome) = match Envelope::decode(&e.data) {
-                            Ok(env) => (env.id, blixard_core::state::apply(&mut TxnStore(txn), e.index, &env)?),
+                            Ok(env) => (env.id, blixard_core::state::apply(&mut state, e.index, &env)?),
                             // Every node decodes the same bytes the same way, so this stays deterministic.
                             Err(err) => (
                                 0,
@@ -598,7 +599,7 @@ impl<T: Transport> Driver<T> {
                                 tracing::warn!(id = self.cfg.id, "this node was removed from the cluster");
                             }
                             match &env {
-                                Some(env) => blixard_core::state::apply(&mut TxnStore(txn), e.index, env)?,
+                                Some(env) => blixard_core::state::apply(&mut state, e.index, env)?,
                                 None => Ok(blixard_core::Response::Done),
                             }
                         }

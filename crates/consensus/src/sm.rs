@@ -21,8 +21,30 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// The state machine's view of one write transaction: `apply` writes into it and the caller
-/// commits it together with the Raft log writes of the same Ready.
-pub struct TxnStore<'a>(pub &'a WriteTransaction);
+/// commits it. Tables stay open for the life of the view (opening one per operation would cost
+/// two B-tree operations on redb's table of tables each time).
+pub struct TxnStore<'a> {
+    txn: &'a WriteTransaction,
+    open: [Option<redb::Table<'a, &'static [u8], &'static [u8]>>; Table::ALL.len()],
+}
+
+impl<'a> TxnStore<'a> {
+    pub fn new(txn: &'a WriteTransaction) -> Self {
+        TxnStore { txn, open: Default::default() }
+    }
+
+    fn slot(table: Table) -> usize {
+        Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
+    }
+
+    fn table(&mut self, table: Table) -> Result<&mut redb::Table<'a, &'static [u8], &'static [u8]>, StoreError> {
+        let slot = &mut self.open[Self::slot(table)];
+        if slot.is_none() {
+            *slot = Some(self.txn.open_table(def(table)).map_err(err)?);
+        }
+        slot.as_mut().ok_or_else(|| StoreError("table not open".into()))
+    }
+}
 
 fn scan_table(
     t: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -45,33 +67,38 @@ fn scan_table(
 
 impl ReadStore for TxnStore<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.0.open_table(def(table)).map_err(err)?;
-        let v = t.get(key).map_err(err)?.map(|v| v.value().to_vec());
-        Ok(v)
+        let get = |t: &redb::Table<'_, &'static [u8], &'static [u8]>| {
+            Ok(t.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+        };
+        match &self.open[Self::slot(table)] {
+            Some(t) => get(t),
+            None => get(&self.txn.open_table(def(table)).map_err(err)?),
+        }
     }
 
     fn scan(&self, table: Table, prefix: &[u8], limit: usize) -> Result<KvPairs, StoreError> {
-        let t = self.0.open_table(def(table)).map_err(err)?;
-        scan_table(&t, prefix, limit)
+        match &self.open[Self::slot(table)] {
+            Some(t) => scan_table(t, prefix, limit),
+            None => scan_table(&self.txn.open_table(def(table)).map_err(err)?, prefix, limit),
+        }
     }
 }
 
 impl Store for TxnStore<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let mut t = self.0.open_table(def(table)).map_err(err)?;
-        t.insert(key, value).map_err(err)?;
+        self.table(table)?.insert(key, value).map_err(err)?;
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
-        let mut t = self.0.open_table(def(table)).map_err(err)?;
-        let existed = t.remove(key).map_err(err)?.is_some();
+        let existed = self.table(table)?.remove(key).map_err(err)?.is_some();
         Ok(existed)
     }
 
     fn clear(&mut self, table: Table) -> Result<(), StoreError> {
-        self.0.delete_table(def(table)).map_err(err)?;
-        self.0.open_table(def(table)).map_err(err)?;
+        self.open[Self::slot(table)] = None;
+        self.txn.delete_table(def(table)).map_err(err)?;
+        self.txn.open_table(def(table)).map_err(err)?;
         Ok(())
     }
 }

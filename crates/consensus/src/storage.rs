@@ -96,14 +96,8 @@ impl DiskStorage {
             None => (0, 0),
         };
         let (wal, rec) = Wal::open(wal_dir)?;
-        let mut s = DiskStorage {
-            db,
-            wal,
-            entries: rec.entries.into(),
-            hs: rec.hard_state,
-            cs,
-            truncated: rec.truncated,
-        };
+        let mut s =
+            DiskStorage { db, wal, entries: rec.entries.into(), hs: rec.hard_state, cs, truncated: rec.truncated };
         let (a, a_term) = applied;
         // (A store that never applied anything, a == 0, only exists in the storage tests.)
         if a > 0 && a < s.truncated.0 {
@@ -184,7 +178,7 @@ impl DiskStorage {
         let txn = self.db.begin_write().map_err(StorageError::db)?;
         self.stage_conf_state(&txn, meta.get_conf_state())?;
         let env = Envelope { id: 0, now_ms: 0, command: Command::SetMember { id: b.id, addr: b.addr.clone() } };
-        blixard_core::state::apply(&mut TxnStore(&txn), 1, &env)?
+        blixard_core::state::apply(&mut TxnStore::new(&txn), 1, &env)?
             .map_err(|e| StorageError::Corrupt(format!("bootstrap member: {e}")))?;
         Self::stage_applied(&txn, 1, 1)?;
         txn.commit().map_err(StorageError::db)?;
@@ -212,13 +206,19 @@ impl DiskStorage {
     }
 
     pub fn stage_applied(txn: &WriteTransaction, index: u64, term: u64) -> Result<(), StorageError> {
-        txn.open_table(META).map_err(StorageError::db)?.insert(K_APPLIED, pair((index, term)).as_slice()).map_err(StorageError::db)?;
+        txn.open_table(META)
+            .map_err(StorageError::db)?
+            .insert(K_APPLIED, pair((index, term)).as_slice())
+            .map_err(StorageError::db)?;
         Ok(())
     }
 
     /// Records the conf state in the state machine's transaction (it moves with the applied index).
     pub fn stage_conf_state(&mut self, txn: &WriteTransaction, cs: &ConfState) -> Result<(), StorageError> {
-        txn.open_table(META).map_err(StorageError::db)?.insert(K_CONF_STATE, bytes(cs).as_slice()).map_err(StorageError::db)?;
+        txn.open_table(META)
+            .map_err(StorageError::db)?
+            .insert(K_CONF_STATE, bytes(cs).as_slice())
+            .map_err(StorageError::db)?;
         self.cs = cs.clone();
         Ok(())
     }

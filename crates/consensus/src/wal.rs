@@ -240,9 +240,7 @@ impl Wal {
             let path = seg_path(dir, seq);
             let newest = i + 1 == n;
             let mut data = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut data))
-                .map_err(|e| io("cannot read", &path, e))?;
+            File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io("cannot read", &path, e))?;
             let (recs, valid, torn) = records(&data);
             let at = path.display().to_string();
             if torn && !newest {
