@@ -54,7 +54,7 @@ impl RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             max_batch: 4096,
-            compact_entries: 10_000,
+            compact_entries: 100_000,
             compact_bytes: 64 * 1024 * 1024,
             keep_entries: 1_000,
         }
@@ -116,7 +116,15 @@ pub enum ProposeError {
     /// Raft refused the proposal as it stands (e.g. another membership change is in progress).
     #[error("{0}")]
     Busy(String),
+    /// A proposal forwarded to the leader was not seen applied in time. It may still be.
+    #[error(
+        "the write was forwarded to the leader but not confirmed within {0:?}; it may or may not have been applied"
+    )]
+    Unconfirmed(Duration),
 }
+
+/// How long a follower waits to see a proposal it forwarded applied.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// A command's result with the index of the entry that carried it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +233,14 @@ struct Pending {
     reply: Reply<Applied>,
 }
 
+/// A proposal made on a follower: raft-rs forwards it to the leader (with other Raft traffic,
+/// over the peer stream), which picks its index, so it is recognised by its id and bytes.
+struct Forwarded {
+    data: Vec<u8>,
+    reply: Reply<Applied>,
+    deadline: tokio::time::Instant,
+}
+
 pub struct Driver<T: Transport> {
     cfg: RaftConfig,
     raw: RawNode<DiskStorage>,
@@ -233,6 +249,11 @@ pub struct Driver<T: Transport> {
     status_tx: watch::Sender<NodeStatus>,
     /// Proposals by the log index they were appended at.
     proposals: BTreeMap<u64, Pending>,
+    /// Proposals forwarded to the leader, by envelope id.
+    forwarded: HashMap<u64, Forwarded>,
+    /// Plain proposals taken from the queue this turn, proposed together as one Raft message
+    /// (so the leader appends them at once and replicates them in one message per follower).
+    batch: Vec<(Command, Reply<Applied>)>,
     /// Read requests waiting for their ReadIndex, by request context.
     reads_inflight: HashMap<u64, Reply<u64>>,
     /// Read requests that know their read index and wait for it to be applied.
@@ -299,6 +320,8 @@ impl<T: Transport> Driver<T> {
             })
             .0,
             proposals: BTreeMap::new(),
+            forwarded: HashMap::new(),
+            batch: Vec::new(),
             reads_inflight: HashMap::new(),
             reads_ready: Vec::new(),
             applied,
@@ -329,6 +352,7 @@ impl<T: Transport> Driver<T> {
                     self.raw.tick();
                     self.rejitter();
                     self.promote_learners();
+                    self.expire_forwarded();
                 }
                 req = self.rx.recv() => {
                     let Some(req) = req else { break };
@@ -340,6 +364,7 @@ impl<T: Transport> Driver<T> {
                             Err(_) => break,
                         }
                     }
+                    self.propose_batch();
                 }
             }
             self.on_ready()?;
@@ -350,6 +375,12 @@ impl<T: Transport> Driver<T> {
     fn finish(mut self) -> Result<(), StorageError> {
         for (_, p) in std::mem::take(&mut self.proposals) {
             let _ = p.reply.send(Err(ProposeError::Stopped));
+        }
+        for (_, f) in std::mem::take(&mut self.forwarded) {
+            let _ = f.reply.send(Err(ProposeError::Stopped));
+        }
+        for (_, reply) in std::mem::take(&mut self.batch) {
+            let _ = reply.send(Err(ProposeError::Stopped));
         }
         // A clean stop leaves nothing to replay: checkpoint the state machine and the log.
         self.raw.mut_store().sync(true)?;
@@ -372,9 +403,63 @@ impl<T: Transport> Driver<T> {
         Some(self.raw.raft.leader_id).filter(|&l| l != raft::INVALID_ID)
     }
 
-    /// Proposes `command` (with a membership change when `cc` is given) and tracks it by its
-    /// log index and id until it is applied or known to be lost.
-    fn track(&mut self, command: Command, reply: Reply<Applied>, cc: Option<ConfChangeV2>) {
+    /// Proposes this turn's plain commands as one Raft message. On the leader each is tracked by
+    /// its log index and id until it is applied or known to be lost; on a follower raft-rs
+    /// forwards the message to the leader and each is tracked by its id (and bytes) instead.
+    fn propose_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if !leader && (self.raw.raft.state != StateRole::Follower || self.leader_id().is_none()) {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(ProposeError::NotLeader { leader_id: self.leader_id() }));
+            }
+            return;
+        }
+        let mut msg = Message::default();
+        msg.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
+        msg.from = self.cfg.id;
+        let mut waiting = Vec::with_capacity(batch.len());
+        let now = now_ms();
+        for (command, reply) in batch {
+            self.next_id += 1;
+            let data = Envelope { id: self.next_id, now_ms: now, command }.encode();
+            let mut e = Entry::default();
+            e.data = data.clone().into();
+            msg.mut_entries().push(e);
+            waiting.push((self.next_id, data, reply));
+        }
+        let n = waiting.len() as u64;
+        let before = self.raw.raft.raft_log.last_index();
+        let stepped = self.raw.raft.step(msg);
+        let after = self.raw.raft.raft_log.last_index();
+        if leader && stepped.is_ok() && after == before + n {
+            for (i, (id, _, reply)) in (before + 1..).zip(waiting) {
+                self.proposals.insert(i, Pending { id, reply });
+            }
+        } else if !leader && stepped.is_ok() {
+            let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+            for (id, data, reply) in waiting {
+                self.forwarded.insert(id, Forwarded { data, reply, deadline });
+            }
+        } else {
+            // raft-rs refused them (e.g. a leadership transfer is under way): none was appended.
+            let err = if stepped.is_err() {
+                ProposeError::NotLeader { leader_id: self.leader_id() }
+            } else {
+                ProposeError::Dropped
+            };
+            for (_, _, reply) in waiting {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+
+    /// Proposes a membership change (carrying `command`) and tracks it by its log index and id
+    /// until it is applied or known to be lost.
+    fn track(&mut self, command: Command, reply: Reply<Applied>, cc: ConfChangeV2) {
         if self.raw.raft.state != StateRole::Leader {
             let _ = reply.send(Err(ProposeError::NotLeader { leader_id: self.leader_id() }));
             return;
@@ -382,13 +467,7 @@ impl<T: Transport> Driver<T> {
         self.next_id += 1;
         let env = Envelope { id: self.next_id, now_ms: now_ms(), command };
         let before = self.raw.raft.raft_log.last_index();
-        let proposed = match cc {
-            None => self
-                .raw
-                .propose(vec![], env.encode())
-                .map_err(|_| ProposeError::NotLeader { leader_id: self.leader_id() }),
-            Some(cc) => self.raw.propose_conf_change(env.encode(), cc).map_err(|e| ProposeError::Busy(e.to_string())),
-        };
+        let proposed = self.raw.propose_conf_change(env.encode(), cc).map_err(|e| ProposeError::Busy(e.to_string()));
         let index = self.raw.raft.raft_log.last_index();
         match proposed {
             // raft-rs may drop a proposal without an error (e.g. during a leadership transfer).
@@ -404,11 +483,25 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Forwarded proposals not seen applied in time get a truthful "unconfirmed".
+    fn expire_forwarded(&mut self) {
+        if self.forwarded.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let expired: Vec<u64> = self.forwarded.iter().filter(|(_, f)| f.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(f) = self.forwarded.remove(&id) {
+                let _ = f.reply.send(Err(ProposeError::Unconfirmed(FORWARD_TIMEOUT)));
+            }
+        }
+    }
+
     /// Returns false to stop.
     fn handle(&mut self, req: Request) -> bool {
         match req {
-            Request::Propose { command, reply } => self.track(command, reply, None),
-            Request::ConfChange { cc, command, reply } => self.track(command, reply, Some(cc)),
+            Request::Propose { command, reply } => self.batch.push((command, reply)),
+            Request::ConfChange { cc, command, reply } => self.track(command, reply, cc),
             Request::ReadIndex { reply } => {
                 if self.leader_id().is_none() {
                     let _ = reply.send(Err(ProposeError::NotLeader { leader_id: None }));
@@ -520,10 +613,12 @@ impl<T: Transport> Driver<T> {
         if compact_to.is_none() {
             txn.set_durability(Durability::None).map_err(StorageError::db)?;
         }
+        let started = std::time::Instant::now();
         txn.commit().map_err(StorageError::db)?;
         if let Some(to) = compact_to {
             // The commit above was durable (a checkpoint), so the log before `to` is redundant.
-            tracing::debug!(to, applied = self.applied, "checkpointed; compacting the log");
+            let took_ms = started.elapsed().as_secs_f64() * 1e3;
+            tracing::debug!(to, applied = self.applied, took_ms, "checkpointed; compacting the log");
             self.raw.mut_store().compact_log(to)?;
             self.appended_bytes = 0;
         }
@@ -584,6 +679,10 @@ impl<T: Transport> Driver<T> {
                                 Err(ProposeError::Dropped)
                             };
                             replies.push((p.reply, r));
+                        } else if self.forwarded.get(&id).is_some_and(|f| f.data[..] == e.data[..]) {
+                            if let Some(f) = self.forwarded.remove(&id) {
+                                replies.push((f.reply, Ok(Applied { index: e.index, outcome })));
+                            }
                         }
                     }
                 }

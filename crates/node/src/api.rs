@@ -375,7 +375,6 @@ impl v1::cluster_service_server::ClusterService for Api {
 #[tonic::async_trait]
 impl v1::kv_service_server::KvService for Api {
     async fn put(&self, req: Request<v1::PutRequest>) -> Result<v1::PutResponse> {
-        forward!(self, req, v1::kv_service_client::KvServiceClient<Channel>, put);
         let r = req.into_inner();
         validate_key(&r.key).map_err(invalid)?;
         validate_value(&r.value).map_err(invalid)?;
@@ -395,7 +394,6 @@ impl v1::kv_service_server::KvService for Api {
     }
 
     async fn delete(&self, req: Request<v1::DeleteRequest>) -> Result<v1::DeleteResponse> {
-        forward!(self, req, v1::kv_service_client::KvServiceClient<Channel>, delete);
         let r = req.into_inner();
         validate_key(&r.key).map_err(invalid)?;
         match self.write(Command::KvDelete { key: r.key }).await? {
@@ -428,7 +426,6 @@ impl v1::kv_service_server::KvService for Api {
 #[tonic::async_trait]
 impl v1::vm_service_server::VmService for Api {
     async fn create_vm(&self, req: Request<v1::CreateVmRequest>) -> Result<v1::CreateVmResponse> {
-        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, create_vm);
         let r = req.into_inner();
         let wire = r.spec.ok_or_else(|| Status::invalid_argument("invalid spec: must be set"))?;
         let spec = VmSpec::try_from(wire).map_err(invalid)?;
@@ -461,21 +458,18 @@ impl v1::vm_service_server::VmService for Api {
     }
 
     async fn start_vm(&self, req: Request<v1::VmNameRequest>) -> Result<v1::GetVmResponse> {
-        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, start_vm);
         let name = req.into_inner().name;
         validate_name(&name).map_err(invalid)?;
         self.vm_write(Command::VmSetDesired { name, desired: blixard_core::PowerState::Running }).await
     }
 
     async fn stop_vm(&self, req: Request<v1::VmNameRequest>) -> Result<v1::GetVmResponse> {
-        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, stop_vm);
         let name = req.into_inner().name;
         validate_name(&name).map_err(invalid)?;
         self.vm_write(Command::VmSetDesired { name, desired: blixard_core::PowerState::Stopped }).await
     }
 
     async fn restart_vm(&self, req: Request<v1::VmNameRequest>) -> Result<v1::GetVmResponse> {
-        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, restart_vm);
         let name = req.into_inner().name;
         validate_name(&name).map_err(invalid)?;
         self.vm_write(Command::VmRestart { name }).await
@@ -547,7 +541,6 @@ impl v1::vm_service_server::VmService for Api {
     }
 
     async fn delete_vm(&self, req: Request<v1::DeleteVmRequest>) -> Result<v1::DeleteVmResponse> {
-        forward!(self, req, v1::vm_service_client::VmServiceClient<Channel>, delete_vm);
         let r = req.into_inner();
         validate_name(&r.name).map_err(invalid)?;
         let (index, _) = self.write(Command::VmDelete { name: r.name }).await?;

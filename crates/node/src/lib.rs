@@ -118,12 +118,7 @@ async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str) -> Resu
 
 /// Opens the VM backend, registers this node's capacity (only a node that can run VMs offers
 /// any), then reconciles its VMs for as long as the node runs.
-async fn run_vms(
-    cfg: NodeConfig,
-    raft: Handle,
-    pool: Arc<pool::ChannelPool>,
-    slot: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>,
-) {
+async fn run_vms(cfg: NodeConfig, raft: Handle, slot: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>) {
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
     let opened = match backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone()).await {
@@ -142,17 +137,17 @@ async fn run_vms(
         backend: cfg.vm_backend.as_str().into(),
     };
     let _ = slot.set(opened.driver.clone());
-    register(raft.clone(), pool.clone(), resources).await;
-    reconciler::Reconciler::new(cfg.id, raft, pool, opened.driver, opened.accel).run().await;
+    register(raft.clone(), resources).await;
+    reconciler::Reconciler::new(cfg.id, raft, opened.driver, opened.accel).run().await;
 }
 
 /// Records this node's capacity in the replicated state (retrying until the cluster has a
 /// leader that accepts it), so the scheduler can place VMs here.
-async fn register(raft: Handle, pool: Arc<pool::ChannelPool>, r: blixard_core::NodeResources) {
+async fn register(raft: Handle, r: blixard_core::NodeResources) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let cmd = blixard_core::Command::NodeRegister { resources: r.clone() };
-        match internal::propose(&raft, &pool, cmd).await {
+        match internal::propose(&raft, cmd).await {
             Ok((_, Ok(_))) => {
                 tracing::info!(vcpus = r.vcpus, memory_mib = r.memory_mib, "registered capacity");
                 return;
@@ -226,10 +221,6 @@ impl Node {
             .add_service(cluster_service_server::ClusterServiceServer::new(svc.clone()))
             .add_service(kv_service_server::KvServiceServer::new(svc.clone()).max_decoding_message_size(8 << 20))
             .add_service(vm_service_server::VmServiceServer::new(svc))
-            .add_service(internal_server::InternalServer::new(internal::InternalService {
-                raft: raft.clone(),
-                pool: pool.clone(),
-            }))
             .add_service(
                 raft_transport_server::RaftTransportServer::new(transport::RaftService {
                     handle: raft.clone(),
@@ -260,7 +251,7 @@ impl Node {
         if let Some(seed) = joining {
             join(&pool, &seed, cfg.id, &advertise).await?;
         }
-        tokio::spawn(run_vms(cfg.clone(), raft.clone(), pool.clone(), driver_slot));
+        tokio::spawn(run_vms(cfg.clone(), raft.clone(), driver_slot));
         tracing::info!(id = cfg.id, %addr, "serving");
         Ok(Node { addr, raft, stop_server: Some(stop_server), server, driver })
     }

@@ -18,8 +18,6 @@ use blixard_core::reconcile::{backoff_ms, decide, Action, Seen};
 use blixard_core::{Command, NodeId, Observed, Phase, PowerState, VmRecord};
 use blixard_vmm::{VmDriver, VmObserved, VmState};
 
-use crate::pool::ChannelPool;
-
 /// How often a pass runs when nothing wakes it earlier.
 const PASS_EVERY: Duration = Duration::from_millis(500);
 /// Graceful power-off time before a stop escalates.
@@ -55,7 +53,6 @@ struct Local {
 pub struct Reconciler {
     pub id: NodeId,
     pub raft: Handle,
-    pub pool: Arc<ChannelPool>,
     pub driver: Arc<dyn VmDriver>,
     pub accel: String,
     vms: BTreeMap<String, Local>,
@@ -68,8 +65,8 @@ fn available_memory_mib() -> Option<u64> {
 }
 
 impl Reconciler {
-    pub fn new(id: NodeId, raft: Handle, pool: Arc<ChannelPool>, driver: Arc<dyn VmDriver>, accel: String) -> Self {
-        Reconciler { id, raft, pool, driver, accel, vms: BTreeMap::new() }
+    pub fn new(id: NodeId, raft: Handle, driver: Arc<dyn VmDriver>, accel: String) -> Self {
+        Reconciler { id, raft, driver, accel, vms: BTreeMap::new() }
     }
 
     /// Runs passes until the process ends; wakes early when the replicated state changes.
@@ -303,7 +300,7 @@ impl Reconciler {
             node: self.id,
             observed: o.clone(),
         };
-        match crate::internal::propose(&self.raft, &self.pool, cmd).await {
+        match crate::internal::propose(&self.raft, cmd).await {
             Ok((_, Ok(_))) => local.last_report = Some(o),
             Ok((_, Err(e))) => tracing::debug!(vm = %rec.spec.name, "report refused: {e}"),
             Err(s) => tracing::debug!(vm = %rec.spec.name, "report not accepted yet: {}", s.message()),

@@ -45,6 +45,8 @@ pub fn propose(e: ProposeError, leader_addr: Option<String>) -> Status {
         ProposeError::Dropped => Status::unavailable(e.to_string()),
         ProposeError::Stopped => Status::unavailable(e.to_string()),
         ProposeError::Busy(m) => Status::failed_precondition(m),
+        // Not Unavailable: a client must not blindly retry a write that may have been applied.
+        ProposeError::Unconfirmed(_) => Status::deadline_exceeded(e.to_string()),
     }
 }
 

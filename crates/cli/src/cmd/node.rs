@@ -30,8 +30,9 @@ pub struct NodeArgs {
     /// is new; a node restarting from its data dir rejoins by itself).
     #[arg(long, value_name = "SEED_ADDR")]
     pub join: Option<String>,
-    /// Compact the Raft log once it holds this many applied entries.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    /// Checkpoint the state machine (a durable redb commit) and compact the Raft log once the
+    /// log holds this many applied entries (etcd's --snapshot-count default is also 100,000).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub snapshot_entries: u64,
     /// ...or once this many MiB were appended since the last compaction.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
