@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: protoc for raft-rs and our .proto; QEMU + guest-image tools for microVMs;
+# Debian packages: protoc for raft-rs and our .proto (libprotobuf-dev: the well-known types
+# etcd-client's protos import); QEMU + guest-image tools for microVMs;
 # etcd for the side-by-side benchmark; nix-bin to parse generated microvm.nix flakes.
-pkgs=(protobuf-compiler pkg-config qemu-system-x86 qemu-utils busybox-static cpio lz4 kmod
+pkgs=(protobuf-compiler libprotobuf-dev pkg-config qemu-system-x86 qemu-utils busybox-static cpio lz4 kmod
       etcd-server etcd-client iproute2 curl jq)
 if [ -f scripts/guest/DEPS ]; then
   while read -r p; do [ -n "$p" ] && [ "${p#\#}" = "$p" ] && pkgs+=("$p"); done < scripts/guest/DEPS

@@ -19,17 +19,32 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::pool::ChannelPool;
 
-/// Messages queued per peer before new ones are dropped.
-const QUEUE: usize = 4096;
+/// Batches queued on a peer's stream before new ones are dropped.
+const QUEUE: usize = 1024;
 /// Most bytes sent in one batch.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Largest message the transport accepts (a batch, or a snapshot chunk).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// Batches queued for a peer while its stream is (re)opening, before new ones are dropped.
+const PENDING: usize = 64;
+
+/// One peer's outgoing side. The Ready loop hands each Ready's messages for the peer, as one
+/// batch, straight to the open stream's queue (no task in between); a connection task only
+/// opens and reopens the stream.
 struct Peer {
-    tx: mpsc::Sender<Message>,
-    reachable: Arc<AtomicBool>,
+    state: Mutex<PeerState>,
+    wake: tokio::sync::Notify,
+    reachable: AtomicBool,
+}
+
+#[derive(Default)]
+struct PeerState {
+    /// The open stream's queue.
+    stream: Option<mpsc::Sender<RaftBatch>>,
+    /// Batches waiting for a stream (the oldest dropped past [`PENDING`]: Raft resends).
+    pending: std::collections::VecDeque<RaftBatch>,
 }
 
 pub struct GrpcTransport {
@@ -40,7 +55,7 @@ pub struct GrpcTransport {
     learned: Mutex<HashMap<u64, String>>,
     db: Arc<Database>,
     pool: Arc<ChannelPool>,
-    peers: Mutex<HashMap<u64, Peer>>,
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
     handle: OnceLock<Handle>,
 }
 
@@ -79,22 +94,47 @@ impl GrpcTransport {
         from_table.or_else(|| self.learned.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned())
     }
 
-    fn peer_queue(self: &Arc<Self>, id: u64) -> mpsc::Sender<Message> {
+    fn peer(self: &Arc<Self>, id: u64) -> Arc<Peer> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = peers.get(&id) {
-            return p.tx.clone();
+            return p.clone();
         }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let reachable = Arc::new(AtomicBool::new(true));
-        tokio::spawn(run_peer(self.clone(), id, rx, reachable.clone()));
-        peers.insert(id, Peer { tx: tx.clone(), reachable });
-        tx
+        let p = Arc::new(Peer { state: Mutex::default(), wake: tokio::sync::Notify::new(), reachable: AtomicBool::new(true) });
+        tokio::spawn(run_peer(self.clone(), id, p.clone()));
+        peers.insert(id, p.clone());
+        p
     }
 
     fn report_unreachable(&self, id: u64) {
         if let Some(h) = self.handle.get() {
             h.report_unreachable(id);
         }
+    }
+
+    /// Queues one batch for `to`: onto its open stream, or to wait for one. Never waits.
+    fn enqueue(self: &Arc<Self>, to: u64, batch: RaftBatch) {
+        let peer = self.peer(to);
+        let mut st = peer.state.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = match &st.stream {
+            Some(tx) => match tx.try_send(batch) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::debug!(to, "peer stream full; dropping a batch");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(b)) => {
+                    st.stream = None;
+                    b
+                }
+            },
+            None => batch,
+        };
+        if st.pending.len() >= PENDING {
+            st.pending.pop_front();
+        }
+        st.pending.push_back(batch);
+        drop(st);
+        peer.wake.notify_one();
     }
 }
 
@@ -103,6 +143,8 @@ pub struct SharedTransport(pub Arc<GrpcTransport>);
 
 impl Transport for SharedTransport {
     fn send(&self, msgs: Vec<Message>) {
+        // One batch per peer per call (the driver calls once per Ready step), in message order.
+        let mut batches: Vec<(u64, usize, Vec<Vec<u8>>)> = Vec::new();
         for m in msgs {
             if m.to == self.0.id {
                 continue;
@@ -111,10 +153,18 @@ impl Transport for SharedTransport {
                 tokio::spawn(send_snapshot(self.0.clone(), m));
                 continue;
             }
-            let to = m.to;
-            if self.0.peer_queue(to).try_send(m).is_err() {
-                tracing::debug!(to, "peer queue full; dropping a message");
+            let b = m.write_to_bytes().unwrap_or_default();
+            // A batch stays well under the receiver's message limit.
+            match batches.iter_mut().rev().find(|(to, size, _)| *to == m.to && size + b.len() <= MAX_BATCH_BYTES) {
+                Some((_, size, v)) => {
+                    *size += b.len();
+                    v.push(b);
+                }
+                None => batches.push((m.to, b.len(), vec![b])),
             }
+        }
+        for (to, _, messages) in batches {
+            self.0.enqueue(to, RaftBatch { from: self.0.id, messages, from_addr: self.0.addr.clone() });
         }
     }
 
@@ -124,55 +174,39 @@ impl Transport for SharedTransport {
     }
 }
 
-/// Builds the next batch: `first` plus whatever else is queued, up to [`MAX_BATCH_BYTES`].
-fn batch(t: &GrpcTransport, first: Message, rx: &mut mpsc::Receiver<Message>) -> RaftBatch {
-    let first = first.write_to_bytes().unwrap_or_default();
-    let mut size = first.len();
-    let mut messages = vec![first];
-    while size < MAX_BATCH_BYTES {
-        match rx.try_recv() {
-            Ok(m) => {
-                let b = m.write_to_bytes().unwrap_or_default();
-                size += b.len();
-                messages.push(b);
-            }
-            Err(_) => break,
-        }
-    }
-    RaftBatch { from: t.id, messages, from_addr: t.addr.clone() }
-}
-
-/// One peer's sender: a long-lived client stream of batches (no per-batch request set-up on
-/// the write path), reopened with backoff when it breaks. While it is down, what queued up is
-/// dropped: Raft resends what still matters.
-async fn run_peer(t: Arc<GrpcTransport>, id: u64, mut rx: mpsc::Receiver<Message>, reachable: Arc<AtomicBool>) {
+/// One peer's connection task: when there is something to send, opens a long-lived client
+/// stream (no per-batch request set-up on the write path) and hands its queue to the senders;
+/// reopens it with backoff when it breaks. Batches queued while it is down wait (a bounded
+/// number); Raft resends whatever was dropped.
+async fn run_peer(t: Arc<GrpcTransport>, id: u64, peer: Arc<Peer>) {
     let mut backoff = Duration::from_millis(20);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let has_pending = !peer.state.lock().unwrap_or_else(|e| e.into_inner()).pending.is_empty();
+        if !has_pending {
+            peer.wake.notified().await;
+        }
         let err = match t.addr_of(id) {
             None => format!("no address known for node {id}"),
-            Some(addr) => match stream_to(&t, &addr, first, &mut rx, &reachable).await {
-                Ok(()) => return, // the queue closed: the node is shutting down
+            Some(addr) => match stream_to(&addr, &peer).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(20);
+                    format!("{addr}: stream closed")
+                }
                 Err(e) => format!("{addr}: {e}"),
             },
         };
-        if reachable.swap(false, Ordering::Relaxed) {
+        if peer.reachable.swap(false, Ordering::Relaxed) {
             tracing::warn!(peer = id, "peer unreachable: {err}");
         }
         t.report_unreachable(id);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
-        while rx.try_recv().is_ok() {}
     }
 }
 
-/// Streams batches to `addr` until the stream breaks (`Err`) or the queue closes (`Ok`).
-async fn stream_to(
-    t: &GrpcTransport,
-    addr: &str,
-    first: Message,
-    rx: &mut mpsc::Receiver<Message>,
-    reachable: &AtomicBool,
-) -> Result<(), String> {
+/// Opens a stream to `addr`, publishes its queue (after what was pending), and waits until the
+/// stream ends.
+async fn stream_to(addr: &str, peer: &Peer) -> Result<(), String> {
     // Its own channel: the pooled ones carry a per-request timeout, which would cut a stream.
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
@@ -184,27 +218,24 @@ async fn stream_to(
         .connect()
         .await
         .map_err(|e| e.to_string())?;
-    let (tx, srx) = mpsc::channel::<RaftBatch>(64);
+    let (tx, rx) = mpsc::channel::<RaftBatch>(QUEUE);
+    {
+        let mut st = peer.state.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(b) = st.pending.pop_front() {
+            let _ = tx.try_send(b);
+        }
+        st.stream = Some(tx);
+    }
+    if !peer.reachable.swap(true, Ordering::Relaxed) {
+        tracing::info!(to = addr, "peer reachable again");
+    }
     let mut client =
         RaftTransportClient::new(ch).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-    let mut call = Box::pin(async move { client.stream(tokio_stream::wrappers::ReceiverStream::new(srx)).await });
-    let mut next = Some(first);
-    loop {
-        let m = match next.take() {
-            Some(m) => m,
-            None => tokio::select! {
-                m = rx.recv() => match m { Some(m) => m, None => return Ok(()) },
-                r = &mut call => return Err(match r { Ok(_) => "stream closed".into(), Err(s) => s.message().to_string() }),
-            },
-        };
-        let b = batch(t, m, rx);
-        tokio::select! {
-            sent = tx.send(b) => if sent.is_err() { return Err("stream closed".into()) },
-            r = &mut call => return Err(match r { Ok(_) => "stream closed".into(), Err(s) => s.message().to_string() }),
-        }
-        if !reachable.swap(true, Ordering::Relaxed) {
-            tracing::debug!(to = addr, "peer stream open");
-        }
+    let r = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    peer.state.lock().unwrap_or_else(|e| e.into_inner()).stream = None;
+    match r {
+        Ok(_) => Ok(()),
+        Err(s) => Err(s.message().to_string()),
     }
 }
 
