@@ -99,7 +99,11 @@ impl GrpcTransport {
         if let Some(p) = peers.get(&id) {
             return p.clone();
         }
-        let p = Arc::new(Peer { state: Mutex::default(), wake: tokio::sync::Notify::new(), reachable: AtomicBool::new(true) });
+        let p = Arc::new(Peer {
+            state: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            reachable: AtomicBool::new(true),
+        });
         tokio::spawn(run_peer(self.clone(), id, p.clone()));
         peers.insert(id, p.clone());
         p
