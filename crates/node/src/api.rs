@@ -157,6 +157,9 @@ impl Api {
                 .await
                 .map_err(|_| status::timeout("the read"))?
                 .map_err(|e| self.propose_error(e))?;
+        } else {
+            // What this node applied, including writes it acknowledged a moment ago.
+            self.raft.local_read().await.map_err(|e| self.propose_error(e))?;
         }
         let view = ReadView::begin(self.raft.db()).map_err(status::store)?;
         blixard_core::state::query(&view, &q).map_err(status::store)

@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub compact_entries: u64,
     pub compact_bytes: u64,
     pub keep_entries: u64,
+    /// See [`RaftConfig::idle_spin`].
+    pub idle_spin: Duration,
     /// Schedulable vCPUs per host core.
     pub vcpu_overcommit: u32,
     /// Host memory kept back from VMs, in MiB.
@@ -66,6 +68,7 @@ impl NodeConfig {
             compact_entries: d.compact_entries,
             compact_bytes: d.compact_bytes,
             keep_entries: d.keep_entries,
+            idle_spin: d.idle_spin,
             vcpu_overcommit: 4,
             reserve_memory_mib: 1024,
             memory_mib: None,
@@ -160,13 +163,113 @@ async fn register(raft: Handle, r: blixard_core::NodeResources) {
     }
 }
 
+/// Accepts connections on the node's port until shut down: a peer connection (its first byte is
+/// the transport's magic) is served by the transport, anything else is handed to gRPC. The
+/// first byte is awaited in a task of its own, so a silent client holds up nobody.
+#[cfg(not(madsim))]
+async fn accept(
+    listener: TcpListener,
+    transport: Arc<transport::PeerTransport>,
+    grpc: tokio::sync::mpsc::Sender<std::io::Result<tokio::net::TcpStream>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let s = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let s = match s {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Small answers must not wait for the client's delayed ACK (Nagle): that stalled ~1 %
+        // of writes by 40 ms.
+        let _ = s.set_nodelay(true);
+        let (transport, grpc, mut stop) = (transport.clone(), grpc.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut first = [0u8; 1];
+            let peeked = tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(30), s.peek(&mut first)) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match peeked {
+                Ok(Ok(1)) if first[0] == transport::wire::MAGIC[0] => {
+                    tokio::select! {
+                        _ = transport.serve_peer(s) => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                }
+                Ok(Ok(1)) => {
+                    let _ = grpc.send(Ok(s)).await;
+                }
+                _ => {} // closed, failed or silent: drop it
+            }
+        });
+    }
+}
+
+/// Under simulation: every connection on the simulated TCP port is a peer's.
+#[cfg(madsim)]
+async fn accept_peers(
+    listener: tokio::net::TcpListener,
+    transport: Arc<transport::PeerTransport>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let s = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if let Ok((s, _)) = s {
+            tokio::spawn(transport.clone().serve_peer(s));
+        }
+    }
+}
+
+/// Runs the Ready loop on a thread of its own (with its own single-threaded runtime): its
+/// `fdatasync`s block that thread only, never a worker of the node's runtime, and the loop is
+/// never moved between threads. Under simulation it is an ordinary task. The result arrives on
+/// the returned channel.
+fn spawn_driver<T: blixard_consensus::Transport>(
+    driver: Driver<T>,
+) -> oneshot::Receiver<Result<(), blixard_consensus::StorageError>> {
+    let (tx, rx) = oneshot::channel();
+    let run = async move {
+        let r = driver.run().await;
+        if let Err(e) = &r {
+            tracing::error!("raft driver stopped: {}", status::chain(e));
+        }
+        let _ = tx.send(r);
+    };
+    #[cfg(not(madsim))]
+    {
+        let started = std::thread::Builder::new().name("raft".into()).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(run),
+                Err(e) => tracing::error!("cannot start the raft thread's runtime: {e}"),
+            }
+        });
+        if let Err(e) = started {
+            tracing::error!("cannot start the raft thread: {e}");
+        }
+    }
+    #[cfg(madsim)]
+    tokio::spawn(run);
+    rx
+}
+
 /// A running node.
 pub struct Node {
     pub addr: SocketAddr,
     pub raft: Handle,
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    driver: JoinHandle<Result<(), blixard_consensus::StorageError>>,
+    driver: oneshot::Receiver<Result<(), blixard_consensus::StorageError>>,
 }
 
 impl Node {
@@ -198,20 +301,15 @@ impl Node {
             compact_entries: cfg.compact_entries,
             compact_bytes: cfg.compact_bytes,
             keep_entries: cfg.keep_entries,
+            idle_spin: cfg.idle_spin,
             ..RaftConfig::new(cfg.id)
         };
         let pool = Arc::new(pool::ChannelPool::default());
-        let transport = transport::GrpcTransport::new(cfg.id, advertise.clone(), storage.db().clone(), pool.clone());
+        let transport = transport::PeerTransport::new(cfg.id, advertise.clone(), storage.db().clone(), pool.clone());
         let (driver, raft) =
             Driver::new(rc, storage, Arc::new(transport::SharedTransport(transport.clone()))).map_err(storage_err)?;
         transport.set_handle(raft.clone());
-        let driver = tokio::spawn(async move {
-            let r = driver.run().await;
-            if let Err(e) = &r {
-                tracing::error!("raft driver stopped: {}", status::chain(e));
-            }
-            r
-        });
+        let driver = spawn_driver(driver);
 
         let (stop_server, stopped) = oneshot::channel::<()>();
         let driver_slot = Arc::new(std::sync::OnceLock::new());
@@ -222,30 +320,33 @@ impl Node {
             .add_service(kv_service_server::KvServiceServer::new(svc.clone()).max_decoding_message_size(8 << 20))
             .add_service(vm_service_server::VmServiceServer::new(svc))
             .add_service(
-                raft_transport_server::RaftTransportServer::new(transport::RaftService {
+                raft_transport_server::RaftTransportServer::new(transport::SnapshotService {
                     handle: raft.clone(),
                     transport: transport.clone(),
                 })
                 .max_decoding_message_size(transport::MAX_MESSAGE),
             );
-        let shutdown = async {
+        let (stop_accept, accept_stopped) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
             let _ = stopped.await;
+            let _ = stop_accept.send(true);
         };
         #[cfg(not(madsim))]
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            // Small answers must not wait for the client's delayed ACK (Nagle): that stalled
-            // ~1 % of writes by 40 ms.
-            tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-                s.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            }),
-            shutdown,
-        ));
-        // The simulator's tonic serves by address; the listener only reserved it.
+        let server = {
+            // One port: peer connections go to the transport, the rest to gRPC.
+            let (grpc, incoming) = tokio::sync::mpsc::channel(64);
+            tokio::spawn(accept(listener, transport.clone(), grpc, accept_stopped));
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(incoming), shutdown),
+            )
+        };
+        // The simulator's tonic serves by address; peer connections use simulated TCP on it.
         #[cfg(madsim)]
         let server = {
             drop(listener);
+            let peers =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| NodeError::Serve { addr, source })?;
+            tokio::spawn(accept_peers(peers, transport.clone(), accept_stopped));
             tokio::spawn(router.serve_with_shutdown(addr, shutdown))
         };
         if let Some(seed) = joining {
@@ -261,7 +362,7 @@ impl Node {
         match (&mut self.driver).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(status::chain(&e)),
-            Err(e) => Err(format!("raft driver panicked: {e}")),
+            Err(_) => Err("the raft driver ended without a result (it panicked)".to_string()),
         }
     }
 

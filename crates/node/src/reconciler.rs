@@ -69,14 +69,15 @@ impl Reconciler {
         Reconciler { id, raft, driver, accel, vms: BTreeMap::new() }
     }
 
-    /// Runs passes until the process ends; wakes early when the replicated state changes.
+    /// Runs passes until the process ends; wakes early when the replicated state of VMs, nodes
+    /// or members changes (key/value writes do not wake it).
     pub async fn run(mut self) {
-        let mut status = self.raft.watch_status();
+        let mut version = self.raft.watch_state_version();
         loop {
             if let Err(e) = self.pass().await {
                 tracing::warn!("reconcile pass failed: {e}");
             }
-            let _ = tokio::time::timeout(PASS_EVERY, status.changed()).await;
+            let _ = tokio::time::timeout(PASS_EVERY, version.changed()).await;
         }
     }
 

@@ -49,6 +49,11 @@ pub struct NodeArgs {
     /// Heartbeat interval in ticks; must be less than --election-ticks.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub heartbeat_ticks: u64,
+    /// After a busy Raft turn, poll this many microseconds for the next message before the Raft
+    /// thread sleeps (0: never). Spends at most that CPU per busy turn; on virtual machines,
+    /// where waking a sleeping thread is slow, it cuts write latency by ~0.1 ms.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub idle_spin_us: u64,
     /// Schedulable vCPUs per host core.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub vcpu_overcommit: u32,
@@ -104,6 +109,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     cfg.tick = Duration::from_millis(a.tick_ms);
     cfg.election_ticks = a.election_ticks as usize;
     cfg.heartbeat_ticks = a.heartbeat_ticks as usize;
+    cfg.idle_spin = Duration::from_micros(a.idle_spin_us);
     let mut node = Node::start(cfg, listener).await.map_err(|e| anyhow::anyhow!(blixard_node::status::chain(&e)))?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
