@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Blixard vs etcd, side by side on this machine: closed-loop puts (64-byte values, 8-byte keys
-# from 100k) with 1/16/64/256 clients, then leader-kill failover, first against a 3-node etcd
-# cluster, then against a 3-node blixard cluster, all on 127.0.0.1 with fsync on (the default
-# of both). Prints a markdown table; docs/BENCHMARKS.md records a run.
+# from 100k) with 1/16/64/256 clients, then leader-kill failover, against 3-node etcd and 3-node
+# blixard clusters, all on 127.0.0.1 with fsync on (the default of both). Prints a markdown
+# table; docs/BENCHMARKS.md records a run.
+#
+# The write benchmark runs in ROUNDS rounds, so that a machine whose speed drifts over minutes
+# hits both systems alike: each round starts a fresh etcd cluster and runs every client count
+# against it, then a fresh blixard cluster and the same (the order alternates: etcd first in odd
+# rounds, blixard first in even ones). One client runs twice, through the leader's endpoint and
+# through a follower's; more clients are spread round-robin over the three endpoints. The table
+# gives the median over the rounds and the range of the per-round ratios. The failover series
+# follow the rounds.
 #
 #   scripts/bench/raft-vs-etcd.sh
 #
-# Knobs (environment): DURATION (10s per case), WARMUP (2s), CLIENTS (1,16,64,256),
+# Knobs (environment): ROUNDS (3), DURATION (10s per case), WARMUP (2s), CLIENTS (1,16,64,256),
 # FAILOVER_RUNS (5), PORT_BASE (24000), BENCH_DIR (.blixard/bench: data dirs and results),
 # CARGO_TARGET_DIR (target), QUIET_WAIT (0: seconds to wait, after building, for the 1-minute
 # load average to drop below 1 on a shared machine). Every process it starts is killed on exit.
@@ -14,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 
+ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 CLIENTS="${CLIENTS:-1,16,64,256}"
@@ -23,6 +32,7 @@ BENCH_DIR="${BENCH_DIR:-$ROOT/.blixard/bench}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 QUIET_WAIT="${QUIET_WAIT:-0}"
 READY_TIMEOUT=30 # seconds a cluster gets to elect a leader and gather its voters
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: error: ROUNDS must be a positive integer, not '$ROUNDS'" >&2; exit 1; }
 
 log() { echo "bench: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -158,9 +168,11 @@ blixard_default() {
   "$BLIXARD" node --help | sed -n "/--$1 /,/default:/ s/.*\[default: \([0-9]*\)\].*/\1/p" | head -n1
 }
 
-bench_write() { # $1: target, $2: endpoints, $3: output file
-  "$BENCH" write --target "$1" --endpoints "$2" --clients "$CLIENTS" --duration "$DURATION" --warmup "$WARMUP" \
-    --keys 100000 --value-size 64 --server-pids "$(join_eps "${PIDS[@]}")" --json >"$3"
+bench_write() { # $1: target, $2: endpoints, $3: output file, then more `blixard-bench write` flags
+  local target="$1" eps="$2" out="$3"
+  shift 3
+  "$BENCH" write --target "$target" --endpoints "$eps" --clients "$CLIENTS" --duration "$DURATION" --warmup "$WARMUP" \
+    --keys 100000 --value-size 64 --server-pids "$(join_eps "${PIDS[@]}")" "$@" --json >"$out"
 }
 
 # FAILOVER_RUNS fresh clusters; for each, kill the leader and time the first write.
@@ -199,38 +211,52 @@ TICK="$(blixard_default tick-ms)" ELECTION="$(blixard_default election-ticks)" H
 BX_HB_MS=$((TICK * HEARTBEAT)) BX_EL_MS=$((TICK * ELECTION))
 log "blixard timers: tick $TICK ms, heartbeat $BX_HB_MS ms, election $BX_EL_MS ms (randomized up to 2x)"
 
-# etcd: write benchmark on one cluster, then a fresh cluster per failover run.
-log "etcd: 3 nodes, write benchmark"
-etcd_start "$WORK/etcd-write"
-bench_write etcd "$(join_eps "${ETCD_EPS[@]}")" "$RESULTS/etcd-write.json"
-stop_all
+# One round of one system: a fresh cluster, every client count, then the cluster is stopped.
+etcd_round() { # $1: round
+  log "etcd: round $1/$ROUNDS: 3 nodes, write benchmark"
+  etcd_start "$WORK/etcd-write-$1"
+  bench_write etcd "$(join_eps "${ETCD_EPS[@]}")" "$RESULTS/etcd-write-$1.json"
+  stop_all
+}
+ELECTIONS_TOTAL=0 TERMS=""
+blixard_round() { # $1: round
+  log "blixard: round $1/$ROUNDS: 3 nodes, write benchmark"
+  blixard_start "$WORK/blixard-write-$1" 3
+  local before after
+  before=$("$BLIXARD" cluster status -o json --addr "${BLIXARD_EPS[0]}" | jq .term)
+  bench_write blixard "$(join_eps "${BLIXARD_EPS[@]}")" "$RESULTS/blixard-write-$1.json"
+  after=$("$BLIXARD" cluster status -o json --addr "${BLIXARD_EPS[0]}" | jq .term)
+  # Elections under full write load show as term changes.
+  log "blixard: round $1: Raft term $before → $after ($((after - before)) elections)"
+  ELECTIONS_TOTAL=$((ELECTIONS_TOTAL + after - before))
+  TERMS+="${TERMS:+, }round $1: $before → $after"
+  stop_all
+}
+
+# The write benchmark: ROUNDS rounds, each system on a fresh cluster per round, alternating
+# which goes first.
+for r in $(seq "$ROUNDS"); do
+  if [ $((r % 2)) = 1 ]; then
+    etcd_round "$r"
+    blixard_round "$r"
+  else
+    blixard_round "$r"
+    etcd_round "$r"
+  fi
+done
+ELECTIONS="blixard Raft term during the write benchmark: $TERMS ($ELECTIONS_TOTAL elections in $ROUNDS rounds)"
+log "$ELECTIONS"
+
+# Failover: a fresh cluster per run.
 failover_series etcd "$RESULTS/etcd-failover.jsonl"
 failover_series etcd "$RESULTS/etcd-failover-matched.jsonl" \
   --heartbeat-interval "$BX_HB_MS" --election-timeout "$BX_EL_MS"
+failover_series blixard "$RESULTS/blixard-failover.jsonl"
 
-# blixard: the same, when this build can form a 3-node cluster.
-BLIXARD_LABEL="blixard"
-if "$BLIXARD" node --help | grep -q -- --join; then
-  log "blixard: 3 nodes, write benchmark"
-  blixard_start "$WORK/blixard-write" 3
-  term_before=$("$BLIXARD" cluster status -o json --addr "${BLIXARD_EPS[0]}" | jq .term)
-  bench_write blixard "$(join_eps "${BLIXARD_EPS[@]}")" "$RESULTS/blixard-write.json"
-  term_after=$("$BLIXARD" cluster status -o json --addr "${BLIXARD_EPS[0]}" | jq .term)
-  # Elections under full write load show as term changes.
-  ELECTIONS="blixard Raft term during the write benchmark: $term_before → $term_after ($((term_after - term_before)) elections)"
-  log "$ELECTIONS"
-  stop_all
-  failover_series blixard "$RESULTS/blixard-failover.jsonl"
-else
-  log "blixard: this build has no 'blixard node --join', so no 3-node cluster: benchmarking 1 node instead"
-  log "blixard: (no failover: a 1-node cluster has no survivor to fail over to)"
-  BLIXARD_LABEL="blixard (1 node)"
-  blixard_start "$WORK/blixard-write" 1
-  bench_write blixard "$(join_eps "${BLIXARD_EPS[@]}")" "$RESULTS/blixard-write.json"
-  stop_all
-fi
-
-report_args=(--blixard "$RESULTS/blixard-write.json" --blixard-label "$BLIXARD_LABEL" --etcd "$RESULTS/etcd-write.json")
+report_args=()
+for r in $(seq "$ROUNDS"); do
+  report_args+=(--blixard "$RESULTS/blixard-write-$r.json" --etcd "$RESULTS/etcd-write-$r.json")
+done
 if [ -f "$RESULTS/blixard-failover.jsonl" ]; then
   report_args+=(--failover "blixard (defaults: heartbeat $BX_HB_MS ms, election $BX_EL_MS ms)=$RESULTS/blixard-failover.jsonl")
 fi
@@ -238,7 +264,8 @@ report_args+=(--failover "etcd (defaults: heartbeat 100 ms, election 1000 ms)=$R
   --failover "etcd with blixard's timers (heartbeat $BX_HB_MS ms, election $BX_EL_MS ms)=$RESULTS/etcd-failover-matched.jsonl")
 {
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(machine); $(etcd --version | head -n1)."
-  echo "Per case: $WARMUP warm-up, $DURATION measured; 64-byte values, 8-byte keys drawn from 100000."
+  echo "Per case: $WARMUP warm-up, $DURATION measured; 64-byte values, 8-byte keys drawn from 100000;"
+  echo "$ROUNDS rounds, each a fresh cluster per system, alternating which system goes first (etcd in round 1)."
   echo
   "$BENCH" report "${report_args[@]}"
   [ -z "${ELECTIONS:-}" ] || { echo; echo "$ELECTIONS."; }

@@ -25,6 +25,33 @@ pub struct LoadConfig {
     pub seed: u64,
     /// The servers under test, so their CPU is not counted as interference.
     pub server_pids: Vec<i32>,
+    /// Which endpoints the writers handed to [`run_case`] are: recorded in [`CaseResult::via`].
+    pub via: Via,
+}
+
+/// Which endpoint(s) a case's clients write through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// Only the current leader's endpoint.
+    Leader,
+    /// Only the first endpoint that is not the leader's (its writes are forwarded).
+    Follower,
+    /// Round-robin over all endpoints (with 1 client: the first endpoint).
+    All,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Leader => "leader",
+            Via::Follower => "follower",
+            Via::All => "all",
+        }
+    }
+}
+
+fn via_all() -> String {
+    Via::All.as_str().to_string()
 }
 
 /// One benchmark case: one target, one client count.
@@ -32,7 +59,14 @@ pub struct LoadConfig {
 pub struct CaseResult {
     pub target: Target,
     pub clients: usize,
+    /// "leader", "follower" or "all" (see [`Via`]); output from before the field existed was "all".
+    #[serde(default = "via_all")]
+    pub via: String,
+    /// How many endpoints the clients were spread over.
     pub endpoints: usize,
+    /// The endpoint a single client wrote through (1-client cases only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_endpoint: Option<String>,
     pub duration_s: f64,
     /// Successful puts that completed in the measured window.
     pub ops: u64,
@@ -118,8 +152,9 @@ async fn client(
     st
 }
 
-/// Runs one case: `cfg.clients` closed loops spread round-robin over `writers` (one per endpoint).
-pub async fn run_case(target: Target, writers: &[Writer], cfg: &LoadConfig) -> CaseResult {
+/// Runs one case: `cfg.clients` closed loops spread round-robin over `writers` (one per endpoint,
+/// in the order of `endpoints`, their addresses).
+pub async fn run_case(target: Target, writers: &[Writer], endpoints: &[String], cfg: &LoadConfig) -> CaseResult {
     let start = Instant::now();
     let measure_from = start + cfg.warmup;
     let end = measure_from + cfg.duration;
@@ -148,7 +183,9 @@ pub async fn run_case(target: Target, writers: &[Writer], cfg: &LoadConfig) -> C
     CaseResult {
         target,
         clients: cfg.clients,
+        via: cfg.via.as_str().to_string(),
         endpoints: writers.len(),
+        single_endpoint: if cfg.clients == 1 { endpoints.first().cloned() } else { None },
         duration_s: secs,
         ops: hist.len(),
         errors,

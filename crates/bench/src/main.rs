@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
+use crate::load::Via;
 use crate::target::{Target, Writer};
 
 #[derive(Parser)]
@@ -74,9 +75,15 @@ struct Cluster {
 struct WriteArgs {
     #[command(flatten)]
     cluster: Cluster,
-    /// Concurrent closed-loop clients; one case per value.
+    /// Concurrent closed-loop clients; one case per value (for 1: one per --single-via role).
+    /// More than one client are spread round-robin over all endpoints.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
+    /// Where a single client writes, one case each: `leader` (the current leader's endpoint),
+    /// `follower` (the first endpoint that is not the leader's), `all` (round-robin over all
+    /// endpoints, i.e. the first one). Comma-separated or repeated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "leader,follower")]
+    single_via: Vec<Via>,
     /// Measured time per case (e.g. 10s, 500ms, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -127,12 +134,12 @@ struct FailoverArgs {
 
 #[derive(Args)]
 struct ReportArgs {
-    /// `write --json` output for blixard.
+    /// `write --json` output for blixard; repeat it, one file per round (figures are medians).
     #[arg(long)]
-    blixard: Option<PathBuf>,
-    /// `write --json` output for etcd.
+    blixard: Vec<PathBuf>,
+    /// `write --json` output for etcd; repeat it, one file per round, in the same round order.
     #[arg(long)]
-    etcd: Option<PathBuf>,
+    etcd: Vec<PathBuf>,
     /// A failover row: LABEL=FILE, FILE holding `failover --json` lines. Repeatable.
     #[arg(long = "failover", value_name = "LABEL=FILE")]
     failovers: Vec<String>,
@@ -157,46 +164,105 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// The endpoints a case writes through (indexes into the endpoint list) for `via`: all of them,
+/// or the leader's, or the first that is not the leader's.
+fn pick_endpoints(via: Via, n: usize, leader: Option<usize>) -> anyhow::Result<Vec<usize>> {
+    Ok(match (via, leader) {
+        (Via::All, _) => (0..n).collect(),
+        (Via::Leader, Some(l)) => vec![l],
+        (Via::Follower, Some(l)) => match (0..n).find(|&i| i != l) {
+            Some(f) => vec![f],
+            None => bail!("--single-via follower: every endpoint is the leader's (give at least two)"),
+        },
+        (_, None) => bail!("--single-via {}: the leader is not known", via.as_str()),
+    })
+}
+
+/// Where the current leader is, as an index into `endpoints`.
+async fn leader_index(target: Target, endpoints: &[String]) -> anyhow::Result<usize> {
+    let (leader, _) = target::find_leader(target, endpoints).await.context("cannot find the leader")?;
+    endpoints.iter().position(|e| *e == leader).with_context(|| format!("the leader {leader} is not an endpoint"))
+}
+
 async fn write(a: WriteArgs) -> anyhow::Result<()> {
     let target = a.cluster.target;
+    let endpoints = &a.cluster.endpoints;
     if a.clients.contains(&0) {
         bail!("invalid --clients: every count must be at least 1");
     }
+    let mut vias: Vec<Via> = Vec::new();
+    for v in &a.single_via {
+        if !vias.contains(v) {
+            vias.push(*v);
+        }
+    }
+    if vias.contains(&Via::Follower) && endpoints.len() < 2 {
+        bail!("--single-via follower needs at least two endpoints");
+    }
     let mut writers = Vec::new();
-    for ep in &a.cluster.endpoints {
+    for ep in endpoints {
         writers.push(Writer::connect(target, ep).await?);
     }
     let mut cases = Vec::new();
     for &clients in &a.clients {
-        eprintln!("{}: {clients} clients, {:?} warm-up + {:?} ...", target.name(), a.warmup, a.duration);
-        let cfg = load::LoadConfig {
-            clients,
-            warmup: a.warmup,
-            duration: a.duration,
-            keys: a.keys,
-            value_size: a.value_size,
-            seed: a.seed,
-            server_pids: a.server_pids.clone(),
-        };
-        let r = load::run_case(target, &writers, &cfg).await;
-        eprintln!(
-            "{}: {clients} clients: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors{}; \
-             CPU busy {:.2} cores, {:.2} of them other processes",
-            target.name(),
-            r.ops_per_sec,
-            r.p50_us,
-            r.p99_us,
-            r.p999_us,
-            r.errors,
-            r.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
-            r.cpu_busy_cores.unwrap_or(f64::NAN),
-            r.cpu_other_cores.unwrap_or(f64::NAN),
-        );
-        cases.push(r);
+        let runs = if clients == 1 { vias.clone() } else { vec![Via::All] };
+        for via in runs {
+            // Looked up before every case that needs it, in case leadership moved.
+            let leader = match via {
+                Via::All => None,
+                Via::Leader | Via::Follower => Some(leader_index(target, endpoints).await?),
+            };
+            let picked = pick_endpoints(via, endpoints.len(), leader)?;
+            let ws: Vec<Writer> = picked.iter().map(|&i| writers[i].clone()).collect();
+            let eps: Vec<String> = picked.iter().map(|&i| endpoints[i].clone()).collect();
+            let what = if clients == 1 {
+                format!("1 client via {} ({})", via.as_str(), eps[0])
+            } else {
+                format!("{clients} clients")
+            };
+            eprintln!("{}: {what}, {:?} warm-up + {:?} ...", target.name(), a.warmup, a.duration);
+            let cfg = load::LoadConfig {
+                clients,
+                warmup: a.warmup,
+                duration: a.duration,
+                keys: a.keys,
+                value_size: a.value_size,
+                seed: a.seed,
+                server_pids: a.server_pids.clone(),
+                via,
+            };
+            let r = load::run_case(target, &ws, &eps, &cfg).await;
+            if let Some(before) = leader {
+                match leader_index(target, endpoints).await {
+                    Ok(after) if after == before => {}
+                    Ok(after) => eprintln!(
+                        "{}: warning: the leader moved from {} to {} during the case",
+                        target.name(),
+                        endpoints[before],
+                        endpoints[after]
+                    ),
+                    Err(e) => eprintln!("{}: warning: after the case: {e:#}", target.name()),
+                }
+            }
+            eprintln!(
+                "{}: {what}: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors{}; \
+                 CPU busy {:.2} cores, {:.2} of them other processes",
+                target.name(),
+                r.ops_per_sec,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.errors,
+                r.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
+                r.cpu_busy_cores.unwrap_or(f64::NAN),
+                r.cpu_other_cores.unwrap_or(f64::NAN),
+            );
+            cases.push(r);
+        }
     }
     let rep = report::WriteReport {
         target,
-        endpoints: a.cluster.endpoints.clone(),
+        endpoints: endpoints.clone(),
         keys: a.keys,
         value_size: a.value_size,
         warmup_s: a.warmup.as_secs_f64(),
@@ -205,9 +271,10 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
-        let (b, e) = match target {
-            Target::Blixard => (Some(&rep), None),
-            Target::Etcd => (None, Some(&rep)),
+        let one = std::slice::from_ref(&rep);
+        let (b, e): (&[report::WriteReport], &[report::WriteReport]) = match target {
+            Target::Blixard => (one, &[]),
+            Target::Etcd => (&[], one),
         };
         print!("{}", report::table(b, e, "blixard", &[]));
     }
@@ -271,14 +338,14 @@ async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
 }
 
 fn report(a: ReportArgs) -> anyhow::Result<()> {
-    let b = a.blixard.as_deref().map(report::read_write).transpose()?;
-    let e = a.etcd.as_deref().map(report::read_write).transpose()?;
+    let b = a.blixard.iter().map(|p| report::read_write(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let e = a.etcd.iter().map(|p| report::read_write(p)).collect::<anyhow::Result<Vec<_>>>()?;
     let mut rows = Vec::new();
     for f in &a.failovers {
         let (label, file) = f.rsplit_once('=').with_context(|| format!("--failover {f:?}: expected LABEL=FILE"))?;
         rows.push((label.to_string(), report::read_failovers(std::path::Path::new(file))?));
     }
-    print!("{}", report::table(b.as_ref(), e.as_ref(), &a.blixard_label, &rows));
+    print!("{}", report::table(&b, &e, &a.blixard_label, &rows));
     Ok(())
 }
 
@@ -324,5 +391,44 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn endpoints_by_role() {
+        assert_eq!(pick_endpoints(Via::All, 3, None).unwrap(), vec![0, 1, 2]);
+        assert_eq!(pick_endpoints(Via::Leader, 3, Some(2)).unwrap(), vec![2]);
+        assert_eq!(pick_endpoints(Via::Follower, 3, Some(0)).unwrap(), vec![1]);
+        assert_eq!(pick_endpoints(Via::Follower, 3, Some(1)).unwrap(), vec![0]);
+        assert!(pick_endpoints(Via::Follower, 1, Some(0)).is_err());
+        assert!(pick_endpoints(Via::Leader, 3, None).is_err());
+    }
+
+    #[test]
+    fn single_via_parses_lists_and_repeats() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["blixard-bench", "write", "--target", "etcd", "--endpoints", "a:1,b:2"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).expect("parses").cmd {
+                Cmd::Write(w) => w.single_via,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(parse(&[]), vec![Via::Leader, Via::Follower]);
+        assert_eq!(parse(&["--single-via", "all"]), vec![Via::All]);
+        assert_eq!(
+            parse(&["--single-via", "leader,all", "--single-via", "follower"]),
+            vec![Via::Leader, Via::All, Via::Follower]
+        );
+        assert!(Cli::try_parse_from([
+            "blixard-bench",
+            "write",
+            "--target",
+            "etcd",
+            "--endpoints",
+            "a:1",
+            "--single-via",
+            "x"
+        ])
+        .is_err());
     }
 }

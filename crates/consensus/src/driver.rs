@@ -61,7 +61,7 @@ impl RaftConfig {
             compact_entries: 100_000,
             compact_bytes: 64 * 1024 * 1024,
             keep_entries: 1_000,
-            idle_spin: Duration::from_micros(100),
+            idle_spin: Duration::from_micros(300),
         }
     }
 }
@@ -469,11 +469,12 @@ impl<T: Transport> Driver<T> {
         self.expire_forwarded();
     }
 
-    /// Polls the queue for up to `idle_spin`, yielding the CPU between polls; `None` if nothing
-    /// came. Waking a sleeping thread costs far more than that on virtual machines (~20 µs per
-    /// cross-CPU wake-up measured on the benchmark machine), and the next message of a busy
-    /// exchange usually arrives within it. Never under simulation (its clock stands still
-    /// while a task runs).
+    /// Polls the queue for up to `idle_spin`, letting other threads have the CPU between polls;
+    /// `None` if nothing came. Waking a sleeping thread costs far more than a poll on virtual
+    /// machines (~20 µs per cross-CPU wake-up measured on the benchmark machine), and the next
+    /// message of a busy exchange usually arrives within it. Never under simulation (its clock
+    /// stands still while a task runs). Only for a loop on a thread of its own: it blocks that
+    /// thread's other tasks while it polls.
     fn spin(&mut self) -> Option<Request> {
         #[cfg(madsim)]
         return None;

@@ -52,7 +52,7 @@ pub struct NodeArgs {
     /// After a busy Raft turn, poll this many microseconds for the next message before the Raft
     /// thread sleeps (0: never). Spends at most that CPU per busy turn; on virtual machines,
     /// where waking a sleeping thread is slow, it cuts write latency by ~0.1 ms.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub idle_spin_us: u64,
     /// Schedulable vCPUs per host core.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
