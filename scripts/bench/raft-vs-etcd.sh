@@ -17,7 +17,9 @@
 # Knobs (environment): ROUNDS (3), DURATION (10s per case), WARMUP (2s), CLIENTS (1,16,64,256),
 # FAILOVER_RUNS (5), PORT_BASE (24000), BENCH_DIR (.blixard/bench: data dirs and results),
 # CARGO_TARGET_DIR (target), QUIET_WAIT (0: seconds to wait, after building, for the 1-minute
-# load average to drop below 1 on a shared machine). Every process it starts is killed on exit.
+# load average to drop below 1 on a shared machine), BLIXARD_NODE_ARGS (extra `blixard node`
+# flags, e.g. "--idle-spin-us 0", for an ablation; the recorded runs use none). Every process it
+# starts is killed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -31,6 +33,7 @@ PORT_BASE="${PORT_BASE:-24000}"
 BENCH_DIR="${BENCH_DIR:-$ROOT/.blixard/bench}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 QUIET_WAIT="${QUIET_WAIT:-0}"
+read -r -a NODE_ARGS <<<"${BLIXARD_NODE_ARGS:-}"
 READY_TIMEOUT=30 # seconds a cluster gets to elect a leader and gather its voters
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: error: ROUNDS must be a positive integer, not '$ROUNDS'" >&2; exit 1; }
 
@@ -141,7 +144,7 @@ blixard_start() { # $1: run directory, $2: number of nodes (1 or 3)
   for i in $(seq "$n"); do
     local addr="127.0.0.1:$((PORT_BASE + 200 + i))" join=()
     [ "$i" -gt 1 ] && join=(--join "127.0.0.1:$((PORT_BASE + 201))")
-    "$BLIXARD" node --id "$i" --bind "$addr" --data-dir "$dir/n$i" "${join[@]}" 2>"$dir/n$i.log" &
+    "$BLIXARD" node --id "$i" --bind "$addr" --data-dir "$dir/n$i" "${join[@]}" "${NODE_ARGS[@]}" 2>"$dir/n$i.log" &
     PIDS+=($!)
     disown $!
     BLIXARD_EPS+=("$addr")
@@ -266,6 +269,7 @@ report_args+=(--failover "etcd (defaults: heartbeat 100 ms, election 1000 ms)=$R
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(machine); $(etcd --version | head -n1)."
   echo "Per case: $WARMUP warm-up, $DURATION measured; 64-byte values, 8-byte keys drawn from 100000;"
   echo "$ROUNDS rounds, each a fresh cluster per system, alternating which system goes first (etcd in round 1)."
+  [ ${#NODE_ARGS[@]} = 0 ] || echo "blixard nodes ran with: ${NODE_ARGS[*]}"
   echo
   "$BENCH" report "${report_args[@]}"
   [ -z "${ELECTIONS:-}" ] || { echo; echo "$ELECTIONS."; }

@@ -58,7 +58,7 @@ impl RaftConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             max_batch: 4096,
-            compact_entries: 100_000,
+            compact_entries: 1_000_000,
             compact_bytes: 64 * 1024 * 1024,
             keep_entries: 1_000,
             idle_spin: Duration::from_micros(300),

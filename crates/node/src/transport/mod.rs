@@ -149,9 +149,15 @@ impl PeerTransport {
                     return;
                 }
             };
-            body.resize(len, 0);
-            if r.read_exact(&mut body).await.is_err() {
-                return;
+            // Grown as the bytes arrive, not reserved up front: a frame's length alone, from
+            // anyone who can connect, must not claim memory.
+            if body.capacity() > 4 * 1024 * 1024 {
+                body = Vec::new(); // do not keep a rare large frame's buffer
+            }
+            body.clear();
+            match (&mut r).take(len as u64).read_to_end(&mut body).await {
+                Ok(n) if n == len => {}
+                _ => return, // closed mid-frame
             }
             match wire::decode_frame(&body) {
                 Ok(msgs) => {
