@@ -32,7 +32,7 @@ pub enum Format {
 #[derive(Subcommand)]
 pub enum Top {
     /// Run a node (the daemon).
-    Node(cmd::node::NodeArgs),
+    Node(Box<cmd::node::NodeArgs>),
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCmd),
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Top::Node(args) => cmd::node::run(args).await,
+            Top::Node(args) => cmd::node::run(*args).await,
             Top::Cluster(c) => cmd::cluster::run(&cli.addr, cli.output, c).await,
             Top::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
             Top::Vm(c) => cmd::vm::run(&cli.addr, cli.output, c).await,

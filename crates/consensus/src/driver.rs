@@ -12,6 +12,7 @@
 //! log compacted up to it, so the log always holds what a crash may have taken from redb.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +49,10 @@ pub struct RaftConfig {
     /// the next one before it sleeps (0: never). Costs at most this much CPU per busy turn;
     /// saves a thread wake-up whenever the next one comes within it.
     pub idle_spin: Duration,
+    /// How long a caller waiting alone for its answer (one request in flight on this node)
+    /// polls for it before its task sleeps (0: never). The same trade as `idle_spin`, on the
+    /// API side: it saves the wake-up of a sleeping runtime worker when the answer comes.
+    pub reply_spin: Duration,
 }
 
 impl RaftConfig {
@@ -62,6 +67,7 @@ impl RaftConfig {
             compact_bytes: 64 * 1024 * 1024,
             keep_entries: 1_000,
             idle_spin: Duration::from_micros(300),
+            reply_spin: Duration::from_micros(500),
         }
     }
 }
@@ -177,14 +183,57 @@ pub struct Handle {
     /// nodes, members), published once that change is visible to readers.
     state_version: watch::Receiver<u64>,
     db: Arc<Database>,
+    reply_spin: Duration,
+    /// Callers waiting for an answer on this node right now.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a waiting caller for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// Enters and tells whether the caller is the only one waiting.
+    fn enter(n: &'a AtomicUsize) -> (Self, bool) {
+        let before = n.fetch_add(1, Ordering::Relaxed);
+        (Waiting(n), before == 0)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Handle {
+    /// Waits for the driver's answer. A caller that is alone polls for it up to `reply_spin`
+    /// first (yielding to the runtime and to other threads between polls), then sleeps.
+    async fn answer<T>(&self, mut rx: oneshot::Receiver<T>) -> Result<T, ProposeError> {
+        let (_waiting, alone) = Waiting::enter(&self.waiting);
+        // Under simulation time does not pass while a task polls: never spin there.
+        if alone && !self.reply_spin.is_zero() && !cfg!(madsim) {
+            let until = std::time::Instant::now() + self.reply_spin;
+            loop {
+                match rx.try_recv() {
+                    Ok(v) => return Ok(v),
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(ProposeError::Stopped),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                if std::time::Instant::now() >= until || self.waiting.load(Ordering::Relaxed) > 1 {
+                    break;
+                }
+                std::thread::yield_now();
+                tokio::task::yield_now().await;
+            }
+        }
+        rx.await.map_err(|_| ProposeError::Stopped)
+    }
+
     /// Proposes a command and waits until it is applied (or known not to be).
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Propose { command, reply }).await.map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)?
+        self.answer(rx).await?
     }
 
     /// A linearizable read barrier (ReadIndex): resolves once this node has applied everything
@@ -192,7 +241,7 @@ impl Handle {
     pub async fn read_index(&self) -> Result<u64, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::ReadIndex { reply }).await.map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)?
+        self.answer(rx).await?
     }
 
     /// A barrier for reads of this node's own state (stale reads): resolves once everything this
@@ -201,14 +250,14 @@ impl Handle {
     pub async fn local_read(&self) -> Result<u64, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::LocalRead { reply }).await.map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)
+        self.answer(rx).await
     }
 
     /// Proposes a membership change and waits until it is applied.
     pub async fn conf_change(&self, cc: ConfChangeV2, command: Command) -> Result<Applied, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::ConfChange { cc, command, reply }).await.map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)?
+        self.answer(rx).await?
     }
 
     /// Asks the leader to hand leadership to `to` (best effort; watch the status).
@@ -356,6 +405,7 @@ impl<T: Transport> Driver<T> {
             .map_err(|e| StorageError::Corrupt(format!("cannot start raft: {e}")))?;
         let (tx, rx) = mpsc::channel(8192);
         let cfg_id = cfg.id;
+        let cfg_reply_spin = cfg.reply_spin;
         let (state_version_tx, state_version) = watch::channel(applied);
         let mut d = Driver {
             cfg,
@@ -390,7 +440,14 @@ impl<T: Transport> Driver<T> {
         };
         d.next_id = d.rng.gen::<u64>() >> 1;
         d.publish();
-        let handle = Handle { tx, status: d.status_tx.subscribe(), state_version, db };
+        let handle = Handle {
+            tx,
+            status: d.status_tx.subscribe(),
+            state_version,
+            db,
+            reply_spin: cfg_reply_spin,
+            waiting: Arc::default(),
+        };
         Ok((d, handle))
     }
 
@@ -1006,5 +1063,28 @@ fn decode_conf_change(e: &Entry) -> Result<ConfChangeV2, StorageError> {
         Ok(cc.into_v2())
     } else {
         ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| StorageError::Corrupt(format!("conf change: {err}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_waiting_caller_is_alone_and_leaving_counts_down() {
+        let n = AtomicUsize::new(0);
+        let (a, alone_a) = Waiting::enter(&n);
+        let (b, alone_b) = Waiting::enter(&n);
+        assert!(alone_a);
+        assert!(!alone_b);
+        assert_eq!(n.load(Ordering::Relaxed), 2);
+        drop(a);
+        let (c, alone_c) = Waiting::enter(&n);
+        assert!(!alone_c, "b is still waiting");
+        drop(b);
+        drop(c);
+        assert_eq!(n.load(Ordering::Relaxed), 0);
+        let (_d, alone_d) = Waiting::enter(&n);
+        assert!(alone_d);
     }
 }

@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub keep_entries: u64,
     /// See [`RaftConfig::idle_spin`].
     pub idle_spin: Duration,
+    /// See [`RaftConfig::reply_spin`].
+    pub reply_spin: Duration,
     /// Schedulable vCPUs per host core.
     pub vcpu_overcommit: u32,
     /// Host memory kept back from VMs, in MiB.
@@ -69,6 +71,7 @@ impl NodeConfig {
             compact_bytes: d.compact_bytes,
             keep_entries: d.keep_entries,
             idle_spin: d.idle_spin,
+            reply_spin: d.reply_spin,
             vcpu_overcommit: 4,
             reserve_memory_mib: 1024,
             memory_mib: None,
@@ -302,6 +305,7 @@ impl Node {
             compact_bytes: cfg.compact_bytes,
             keep_entries: cfg.keep_entries,
             idle_spin: cfg.idle_spin,
+            reply_spin: cfg.reply_spin,
             ..RaftConfig::new(cfg.id)
         };
         let pool = Arc::new(pool::ChannelPool::default());

@@ -57,6 +57,11 @@ pub struct NodeArgs {
     /// where waking a sleeping thread is slow, it cuts write latency by ~0.1 ms.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub idle_spin_us: u64,
+    /// A request that is the only one in flight on this node polls this many microseconds for
+    /// its answer before its task sleeps (0: never); the same trade as --idle-spin-us, on the
+    /// API side.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub reply_spin_us: u64,
     /// Schedulable vCPUs per host core.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub vcpu_overcommit: u32,
@@ -113,6 +118,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     cfg.election_ticks = a.election_ticks as usize;
     cfg.heartbeat_ticks = a.heartbeat_ticks as usize;
     cfg.idle_spin = Duration::from_micros(a.idle_spin_us);
+    cfg.reply_spin = Duration::from_micros(a.reply_spin_us);
     let mut node = Node::start(cfg, listener).await.map_err(|e| anyhow::anyhow!(blixard_node::status::chain(&e)))?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
