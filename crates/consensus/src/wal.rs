@@ -5,9 +5,17 @@
 //! append and one `fdatasync`. Each [`Wal::sync`] writes every record buffered since the last one
 //! with a single `write` and makes it durable with a single `fdatasync`.
 //!
-//! **Files.** `DIR/{seq:016x}.wal`, preallocated to [`SEGMENT_BYTES`] (so an `fdatasync` never has
-//! to persist a new file size), each starting with a [`Record::Start`] header that names the
+//! **Files.** `DIR/{seq:016x}.wal`, each starting with a [`Record::Start`] header that names the
 //! entry just before the segment's first one, followed by the hard state at that moment.
+//! A segment is [`SEGMENT_BYTES`] of zeros written (and synced) before any record goes in, so an
+//! `fdatasync` of an append flushes only the data blocks: appending past the end of a file makes
+//! every sync also persist the new size, and `fallocate`d space is "unwritten" extents, whose
+//! first write makes the sync also persist the extent tree — either way one more synchronous
+//! write per sync (measured here: 1.5 block requests per small append + `fdatasync` into a
+//! `fallocate`d file, 1.0 into a zero-filled one, ~15 % less time per sync). The zeros for the
+//! next segment are written by a background thread into `DIR/spare.tmp` while the active one
+//! fills, and renamed into place when it is full, so a rollover never waits for them; if the spare
+//! is not ready the new segment is `fallocate`d instead (correct, only slower to sync).
 //!
 //! **Records.** `len: u32 LE | crc32(kind ++ payload): u32 LE | kind: u8 | payload`. A record of
 //! length 0 (the preallocated zeros) ends a segment. In the newest segment, a record cut short or
@@ -73,6 +81,9 @@ pub struct Wal {
     /// The last entry and hard state as replay would see them (for a rollover's header).
     last: (u64, u64),
     hard_state: HardState,
+    spare: Spare,
+    /// Rollovers that took the prepared spare (the rest `fallocate`d a segment).
+    spares_used: u64,
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> StorageError {
@@ -188,17 +199,100 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("cannot sync directory", dir, e))
 }
 
-/// Creates a segment file with room for [`SEGMENT_BYTES`] reserved on disk.
-fn create_segment(dir: &Path, seq: u64) -> Result<File, StorageError> {
+/// Where the next segment's zeros are written ahead of time; not a segment until renamed.
+const SPARE: &str = "spare.tmp";
+
+/// Creates segment `seq`: the spare, when its zeros are already written and synced; else a file
+/// with room reserved by `fallocate`, or (`zeroed`) zeros written now.
+fn create_segment(dir: &Path, seq: u64, spare: &mut Spare, zeroed: bool) -> Result<File, StorageError> {
     let path = seg_path(dir, seq);
+    if let Some(f) = spare.take() {
+        std::fs::rename(dir.join(SPARE), &path).map_err(|e| io("cannot rename the spare segment to", &path, e))?;
+        return Ok(f);
+    }
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(&path)
         .map_err(|e| io("cannot create", &path, e))?;
-    preallocate(&f, SEGMENT_BYTES).map_err(|e| io("cannot preallocate", &path, e))?;
+    if zeroed {
+        write_zeros(&f, SEGMENT_BYTES).map_err(|e| io("cannot fill", &path, e))?;
+    } else {
+        preallocate(&f, SEGMENT_BYTES).map_err(|e| io("cannot preallocate", &path, e))?;
+    }
     Ok(f)
+}
+
+/// Writes `len` zero bytes from offset 0 and makes them durable, one MiB per `fdatasync`: the
+/// disk then never holds a long queue of zeros ahead of the log's own syncs.
+fn write_zeros(f: &File, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = zeros.len().min((len - at) as usize);
+        f.write_all_at(&zeros[..n], at)?;
+        f.sync_data()?;
+        at += n as u64;
+    }
+    f.sync_all()
+}
+
+/// The next segment's file, being filled with zeros by a thread of its own.
+#[derive(Default)]
+struct Spare {
+    filling: Option<std::thread::JoinHandle<std::io::Result<File>>>,
+}
+
+impl Spare {
+    /// Starts filling `DIR/spare.tmp` unless that is already under way. Under simulation the
+    /// spare is never made (a thread would race the simulated clock); segments are `fallocate`d.
+    fn start(&mut self, dir: &Path) {
+        if self.filling.is_some() || cfg!(madsim) {
+            return;
+        }
+        let path = dir.join(SPARE);
+        let spawned = std::thread::Builder::new().name("wal-spare".into()).spawn(move || {
+            let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+            write_zeros(&f, SEGMENT_BYTES)?;
+            Ok(f)
+        });
+        match spawned {
+            Ok(h) => self.filling = Some(h),
+            Err(e) => tracing::warn!("cannot start the thread that prepares log segments: {e}"),
+        }
+    }
+
+    /// Whether the thread filling the spare is done (its result is taken by [`Spare::take`]).
+    fn ready(&self) -> bool {
+        self.filling.as_ref().is_some_and(|h| h.is_finished())
+    }
+
+    /// The spare, if it is ready; never waits for it.
+    fn take(&mut self) -> Option<File> {
+        if !self.ready() {
+            return None;
+        }
+        match self.filling.take()?.join() {
+            Ok(Ok(f)) => Some(f),
+            Ok(Err(e)) => {
+                tracing::warn!("cannot prepare the next log segment: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+impl Drop for Spare {
+    /// Waits for the filling thread (a few ms at most), so nothing writes into the directory
+    /// after the log is closed.
+    fn drop(&mut self) {
+        if let Some(h) = self.filling.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -272,8 +366,17 @@ impl Wal {
             }
         }
 
+        // A spare left by an earlier run may be only partly filled: start it over.
+        match std::fs::remove_file(dir.join(SPARE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot remove", &dir.join(SPARE), e)),
+        }
         let seq = segments.last().map_or(0, |s| s.seq + 1);
-        let active = create_segment(dir, seq)?;
+        let mut spare = Spare::default();
+        // The first segment is filled now (~10 ms for 16 MiB here), not fallocated: a node's
+        // first minutes of writes go to it. Not under simulation, where it would only cost time.
+        let active = create_segment(dir, seq, &mut spare, !cfg!(madsim))?;
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             segments,
@@ -283,11 +386,14 @@ impl Wal {
             unsynced: false,
             last: replay.last(),
             hard_state: replay.r.hard_state.clone(),
+            spare,
+            spares_used: 0,
         };
         wal.segments.push(Segment { seq, start: wal.last.0 });
         wal.header();
         wal.sync()?;
         sync_dir(dir)?;
+        wal.spare.start(dir);
         Ok((wal, replay.r))
     }
 
@@ -343,12 +449,16 @@ impl Wal {
     fn roll(&mut self) -> Result<(), StorageError> {
         self.flush_without_roll()?;
         let seq = self.segments.last().map_or(0, |s| s.seq + 1);
-        self.active = create_segment(&self.dir, seq)?;
+        let spare_ready = self.spare.ready();
+        self.active = create_segment(&self.dir, seq, &mut self.spare, false)?;
+        self.spares_used += u64::from(spare_ready);
         self.written = 0;
         self.segments.push(Segment { seq, start: self.last.0 });
         self.header();
         self.flush_without_roll()?;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        self.spare.start(&self.dir);
+        Ok(())
     }
 
     fn flush_without_roll(&mut self) -> Result<(), StorageError> {
@@ -390,7 +500,7 @@ impl Wal {
         self.last = (index, term);
         self.hard_state = hs.clone();
         let seq = self.segments.last().map_or(0, |s| s.seq + 1);
-        let active = create_segment(&self.dir, seq)?;
+        let active = create_segment(&self.dir, seq, &mut self.spare, false)?;
         self.active = active;
         self.written = 0;
         let old: Vec<Segment> = std::mem::take(&mut self.segments);
@@ -402,12 +512,25 @@ impl Wal {
             let path = seg_path(&self.dir, s.seq);
             std::fs::remove_file(&path).map_err(|e| io("cannot remove", &path, e))?;
         }
+        self.spare.start(&self.dir);
         Ok(())
     }
 
     /// Segment files on disk (for tests and status).
     pub fn segment_count(&self) -> usize {
         self.segments.len()
+    }
+
+    /// Whether the next segment's zeros are written (for tests).
+    #[doc(hidden)]
+    pub fn spare_ready(&self) -> bool {
+        self.spare.ready()
+    }
+
+    /// Rollovers into a prepared spare so far (for tests).
+    #[doc(hidden)]
+    pub fn spares_used(&self) -> u64 {
+        self.spares_used
     }
 
     /// Appends raw bytes to the active segment, as a crash in the middle of a write would leave
@@ -580,5 +703,50 @@ mod tests {
         let (_w, r) = Wal::open(dir.path()).unwrap();
         assert_eq!(r.entries.len() as u64, n);
         assert_eq!(r.entries.last().unwrap().index, n);
+    }
+
+    /// Polls `cond` every millisecond for up to 10 s.
+    fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_full_segment_rolls_into_the_prepared_spare_and_a_stale_spare_is_not_a_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = |i: u64| {
+            let mut e = entry(i, 1);
+            e.data = vec![i as u8; 1024 * 1024].into();
+            e
+        };
+        let n = SEGMENT_BYTES / (1024 * 1024) + 2;
+        {
+            let (mut w, _) = Wal::open(dir.path()).unwrap();
+            eventually("the spare", || w.spare_ready());
+            assert_eq!(std::fs::metadata(dir.path().join(SPARE)).unwrap().len(), SEGMENT_BYTES);
+            for i in 1..=n {
+                w.append(&[big(i)]);
+                w.sync().unwrap();
+            }
+            assert_eq!((w.segment_count(), w.spares_used()), (2, 1));
+            // The spare became segment 1 (full size, zeros past its records) and the next one is
+            // being prepared.
+            assert!(std::fs::metadata(seg_path(dir.path(), 1)).unwrap().len() >= SEGMENT_BYTES);
+            eventually("the next spare", || w.spare_ready());
+        }
+        // A crash while a spare was half written leaves junk in it: it is discarded, not replayed.
+        std::fs::write(dir.path().join(SPARE), b"not a segment").unwrap();
+        let (w, r) = Wal::open(dir.path()).unwrap();
+        assert_eq!(r.entries.len() as u64, n);
+        assert!(r.entries.iter().all(|e| e.data.len() == 1024 * 1024 && e.data[0] == e.index as u8));
+        assert_eq!(w.segment_count(), 3);
+        drop(w);
+        // Dropping the log waits for its spare: nothing is written into the directory afterwards.
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|d| d.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(names.iter().all(|n| n.ends_with(".wal") || n == SPARE), "{names:?}");
     }
 }
