@@ -320,9 +320,14 @@ struct Forwarded {
 
 /// Applied entries accumulate in one redb write transaction across Readies, committed (without
 /// an fsync) when a read (linearizable or local), a snapshot or a checkpoint needs the state,
-/// or after [`MAX_OPEN_ENTRIES`] or [`MAX_OPEN_TIME`]: a busy node commits the state machine a
-/// few times a second instead of once per Ready (each commit rewrites the B-tree paths it
-/// touched). Clients of key/value writes are answered before that commit: their entries are
+/// or after [`MAX_OPEN_ENTRIES`] or [`MAX_OPEN_TIME`]: a busy node commits the state machine
+/// about once a second instead of once per Ready. A transaction copies each B-tree page it
+/// touches once, however often it touches it: with random keys over a table of a few thousand
+/// leaves, a transaction of 1,000 puts copied (and checksummed at commit) a leaf for nearly
+/// every put, one of ~20,000 puts (a second's worth) a leaf per several; that was ~15 % more
+/// throughput at 64 clients. Dirty pages are held in memory either way until the next
+/// checkpoint (redb writes non-durable commits out only then), so a longer transaction costs no
+/// more memory. Clients of key/value writes are answered before that commit: their entries are
 /// durable in the log on a majority, and every read through the API waits for the commit.
 /// Any other change (VMs, nodes, members) is committed before its client is answered, so the
 /// reconciler and the transport, which read the tables directly, never see it late.
@@ -335,9 +340,9 @@ struct OpenTxn {
 }
 
 /// Most entries applied in one open transaction before it is committed.
-const MAX_OPEN_ENTRIES: usize = 1_000;
+const MAX_OPEN_ENTRIES: usize = 100_000;
 /// Longest a transaction stays open.
-const MAX_OPEN_TIME: Duration = Duration::from_millis(100);
+const MAX_OPEN_TIME: Duration = Duration::from_secs(1);
 
 pub struct Driver<T: Transport> {
     cfg: RaftConfig,
