@@ -480,16 +480,20 @@ impl<T: Transport> Driver<T> {
                     }
                     Some(req)
                 }
-                None => tokio::select! {
-                    _ = ticker.tick() => {
-                        self.tick();
-                        None
+                None => {
+                    // Going idle: the log claims its last sync (cheap, no fsync; see the WAL).
+                    self.raw.mut_store().seal()?;
+                    tokio::select! {
+                        _ = ticker.tick() => {
+                            self.tick();
+                            None
+                        }
+                        req = self.rx.recv() => match req {
+                            Some(req) => Some(req),
+                            None => break,
+                        },
                     }
-                    req = self.rx.recv() => match req {
-                        Some(req) => Some(req),
-                        None => break,
-                    },
-                },
+                }
             };
             worked = req.is_some();
             if let Some(req) = req {
