@@ -82,8 +82,7 @@ fn meta_get(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
 }
 
 /// Whether the state store (with identity `state`, used or not) and the log (`log`) belong to
-/// one data dir; returns the identity to keep. A store written before identities existed is
-/// adopted when both halves are there.
+/// one data dir; returns the identity to keep (a new one for a new data dir).
 fn check_ident(
     state: Option<u128>,
     log: Option<u128>,
@@ -98,6 +97,9 @@ fn check_ident(
         (Some(_), Some(_)) => {
             mismatch(format!("the state store and the raft log in {log_dir} belong to different data dirs"))
         }
+        (None, None) if state_used && log_used => Err(StorageError::Corrupt(
+            "this data dir was written by an older version of Blixard, whose formats this version does not read".into(),
+        )),
         (Some(_), None) if log_used => {
             mismatch(format!("the raft log in {log_dir} was not written with this state store"))
         }
@@ -243,8 +245,9 @@ impl DiskStorage {
         meta.mut_conf_state().voters = vec![b.id];
         let txn = self.db.begin_write().map_err(StorageError::db)?;
         self.stage_conf_state(&txn, meta.get_conf_state())?;
-        let env = Envelope { id: 0, now_ms: 0, command: Command::SetMember { id: b.id, addr: b.addr.clone() } };
-        blixard_core::state::apply(&mut TxnStore::new(&txn), 1, &env)?
+        // Applied directly, never through the log (a replicated bootstrap is refused).
+        let env = Envelope { session: None, now_ms: 0, command: Command::Bootstrap { id: b.id, addr: b.addr.clone() } };
+        blixard_core::state::run(&mut TxnStore::new(&txn), 1, &env)?
             .map_err(|e| StorageError::Corrupt(format!("bootstrap member: {e}")))?;
         Self::stage_applied(&txn, 1, 1)?;
         txn.commit().map_err(StorageError::db)?;

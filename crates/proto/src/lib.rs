@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("blixard.v1");
 }
 
+pub mod rpc;
+
 use std::collections::BTreeMap;
 
 use blixard_core::{HealthCheck, HealthKind, Observed, PortForward, RestartPolicy, ValidationError, VmRecord, VmSpec};

@@ -2,7 +2,7 @@ use blixard_proto::v1::kv_service_client::KvServiceClient;
 use blixard_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, ReadOptions};
 use serde::Serialize;
 
-use crate::client::{call, connect};
+use crate::client::{connect, MAX_ANSWER};
 use crate::output::{emit, text_or_hex, Table};
 use crate::Format;
 
@@ -50,16 +50,12 @@ fn shown(p: &Pair) -> String {
 }
 
 pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
-    let ch = connect(addr).await?;
-    let kv = || KvServiceClient::new(ch.clone());
+    let mut conn = connect(addr).await?;
+    let kv = |ch| KvServiceClient::new(ch).max_decoding_message_size(MAX_ANSWER);
     match c {
         KvCmd::Put { key, value } => {
             let req = PutRequest { key: key.clone().into_bytes(), value: value.into_bytes() };
-            let r = call(addr, || {
-                let (mut c, r) = (kv(), req.clone());
-                async move { c.put(r).await }
-            })
-            .await?;
+            let r = conn.write(req, |ch, r| async move { kv(ch).put(r).await }).await?;
             #[derive(Serialize)]
             struct Out {
                 key: String,
@@ -70,11 +66,7 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
         }
         KvCmd::Get { key, stale } => {
             let req = GetRequest { key: key.clone().into_bytes(), read: Some(ReadOptions { stale }) };
-            let r = call(addr, || {
-                let (mut c, r) = (kv(), req.clone());
-                async move { c.get(r).await }
-            })
-            .await?;
+            let r = conn.read(req, |ch, r| async move { kv(ch).get(r).await }).await?;
             if !r.found {
                 anyhow::bail!("key {key:?} not found");
             }
@@ -86,11 +78,7 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
         }
         KvCmd::Delete { key } => {
             let req = DeleteRequest { key: key.clone().into_bytes() };
-            let r = call(addr, || {
-                let (mut c, r) = (kv(), req.clone());
-                async move { c.delete(r).await }
-            })
-            .await?;
+            let r = conn.write(req, |ch, r| async move { kv(ch).delete(r).await }).await?;
             #[derive(Serialize)]
             struct Out {
                 key: String,
@@ -108,11 +96,7 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
         }
         KvCmd::List { prefix, limit, stale } => {
             let req = ListRequest { prefix: prefix.into_bytes(), limit, read: Some(ReadOptions { stale }) };
-            let r = call(addr, || {
-                let (mut c, r) = (kv(), req.clone());
-                async move { c.list(r).await }
-            })
-            .await?;
+            let r = conn.read(req, |ch, r| async move { kv(ch).list(r).await }).await?;
             #[derive(Serialize)]
             struct Out {
                 pairs: Vec<Pair>,

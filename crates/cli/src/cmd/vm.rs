@@ -6,7 +6,7 @@ use blixard_proto::v1::{
 };
 use serde::Serialize;
 
-use crate::client::{call, connect};
+use crate::client::{connect, Conn, MAX_ANSWER};
 use crate::output::{emit, Table};
 use crate::Format;
 
@@ -259,33 +259,26 @@ enum Power {
 }
 
 /// `vm start|stop|restart`: one write, the record as the answer.
-async fn set_power(
-    addr: &str,
-    fmt: Format,
-    ch: &tonic::transport::Channel,
-    name: String,
-    p: Power,
-) -> anyhow::Result<()> {
+async fn set_power(conn: &mut Conn, fmt: Format, name: String, p: Power) -> anyhow::Result<()> {
     let req = VmNameRequest { name };
-    let r = call(addr, || {
-        let (mut c, r) = (VmServiceClient::new(ch.clone()), req.clone());
-        async move {
+    let r = conn
+        .write(req, |ch, r| async move {
+            let mut c = VmServiceClient::new(ch);
             match p {
                 Power::Start => c.start_vm(r).await,
                 Power::Stop => c.stop_vm(r).await,
                 Power::Restart => c.restart_vm(r).await,
             }
-        }
-    })
-    .await?;
+        })
+        .await?;
     let out = vm_out(r.vm.unwrap_or_default());
     emit(fmt, &out, || table(std::slice::from_ref(&out)));
     Ok(())
 }
 
 pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
-    let ch = connect(addr).await?;
-    let vm = || VmServiceClient::new(ch.clone());
+    let mut conn = connect(addr).await?;
+    let vm = |ch| VmServiceClient::new(ch).max_decoding_message_size(MAX_ANSWER);
     match c {
         VmCmd::Create(a) => {
             let health = health_arg(&a)?;
@@ -304,31 +297,19 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
                 health,
             };
             let req = CreateVmRequest { spec: Some(spec), node: a.node, start: a.start };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.create_vm(r).await }
-            })
-            .await?;
+            let r = conn.write(req, |ch, r| async move { vm(ch).create_vm(r).await }).await?;
             let out = vm_out(r.vm.unwrap_or_default());
             emit(fmt, &out, || table(std::slice::from_ref(&out)));
         }
         VmCmd::Get { name, stale } => {
             let req = GetVmRequest { name, read: Some(ReadOptions { stale }) };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.get_vm(r).await }
-            })
-            .await?;
+            let r = conn.read(req, |ch, r| async move { vm(ch).get_vm(r).await }).await?;
             let out = vm_out(r.vm.unwrap_or_default());
             emit(fmt, &out, || table(std::slice::from_ref(&out)));
         }
         VmCmd::List { stale } => {
             let req = ListVmsRequest { read: Some(ReadOptions { stale }) };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req);
-                async move { c.list_vms(r).await }
-            })
-            .await?;
+            let r = conn.read(req, |ch, r| async move { vm(ch).list_vms(r).await }).await?;
             #[derive(Serialize)]
             struct Out {
                 vms: Vec<VmOut>,
@@ -336,17 +317,13 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             let out = Out { vms: r.vms.into_iter().map(vm_out).collect() };
             emit(fmt, &out, || table(&out.vms));
         }
-        VmCmd::Start { name } => set_power(addr, fmt, &ch, name, Power::Start).await?,
-        VmCmd::Stop { name } => set_power(addr, fmt, &ch, name, Power::Stop).await?,
-        VmCmd::Restart { name } => set_power(addr, fmt, &ch, name, Power::Restart).await?,
+        VmCmd::Start { name } => set_power(&mut conn, fmt, name, Power::Start).await?,
+        VmCmd::Stop { name } => set_power(&mut conn, fmt, name, Power::Stop).await?,
+        VmCmd::Restart { name } => set_power(&mut conn, fmt, name, Power::Restart).await?,
         VmCmd::Logs { name, follow } => {
             use std::io::Write;
             let req = v1::VmLogsRequest { name, follow, offset: 0 };
-            let mut stream = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.vm_logs(r).await }
-            })
-            .await?;
+            let mut stream = conn.read(req, |ch, r| async move { vm(ch).vm_logs(r).await }).await?;
             let mut out = std::io::stdout().lock();
             loop {
                 match stream.message().await {
@@ -363,7 +340,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             use std::io::Write;
             let (tx, rx) = tokio::sync::mpsc::channel::<v1::ConsoleInput>(16);
             tx.send(v1::ConsoleInput { name: name.clone(), data: Vec::new() }).await?;
-            let mut out = vm()
+            let mut out = vm(conn.channel())
                 .vm_console(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
@@ -408,11 +385,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             let mut i = 0usize;
             let out = loop {
                 let req = GetVmRequest { name: name.clone(), read: Some(ReadOptions { stale: false }) };
-                let r = call(addr, || {
-                    let (mut c, r) = (vm(), req.clone());
-                    async move { c.get_vm(r).await }
-                })
-                .await?;
+                let r = conn.read(req, |ch, r| async move { vm(ch).get_vm(r).await }).await?;
                 let v = vm_out(r.vm.unwrap_or_default());
                 let phase = v.observed.as_ref().map_or("pending".to_string(), |o| o.phase.clone());
                 if phase == state {
@@ -438,11 +411,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
         }
         VmCmd::Delete { name } => {
             let req = DeleteVmRequest { name: name.clone() };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.delete_vm(r).await }
-            })
-            .await?;
+            let r = conn.write(req, |ch, r| async move { vm(ch).delete_vm(r).await }).await?;
             #[derive(Serialize)]
             struct Out {
                 name: String,
