@@ -10,7 +10,7 @@
 //! reconnect) the first time it is asked about that VM, instead of booting it again.
 
 pub mod args;
-mod host;
+pub(crate) mod host;
 pub mod monitor;
 pub mod qmp;
 pub mod state;
