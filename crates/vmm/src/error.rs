@@ -59,4 +59,17 @@ impl VmmError {
     }
 }
 
+/// The error and its causes in one line (`a: b: c`), for reasons shown to users.
+#[cfg_attr(madsim, allow(dead_code))]
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 pub type Result<T, E = VmmError> = std::result::Result<T, E>;

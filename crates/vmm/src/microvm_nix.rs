@@ -115,7 +115,47 @@ fn find_nix(path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
 pub struct MicrovmNixDriver {
     base: PathBuf,
     nix: Option<PathBuf>,
-    children: StdMutex<BTreeMap<String, tokio::process::Child>>,
+    runs: StdMutex<BTreeMap<String, Run>>,
+}
+
+/// The last run of a VM's runner, as this driver saw it.
+#[cfg(not(madsim))]
+enum Run {
+    Running {
+        child: tokio::process::Child,
+        started_at_ms: u64,
+        stop_requested: bool,
+    },
+    /// `failed`: it ended without being asked to with a non-zero status or a signal, or it could
+    /// not be started at all.
+    Ended {
+        started_at_ms: Option<u64>,
+        failed: bool,
+        reason: String,
+    },
+}
+
+/// How many of the runner's last output lines a failure reason quotes, and how long each may be.
+#[cfg(not(madsim))]
+const TAIL_LINES: usize = 5;
+#[cfg(not(madsim))]
+const TAIL_LINE_CHARS: usize = 200;
+
+/// The last non-empty lines of the runner's output (stdout and stderr both go to `console.log`),
+/// joined with ` | `, each cut to a bounded length: the reason travels through Raft.
+#[cfg(not(madsim))]
+fn output_tail(log: &Path) -> String {
+    let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .take(TAIL_LINES)
+        .map(|l| l.chars().take(TAIL_LINE_CHARS).collect())
+        .collect();
+    lines.reverse();
+    lines.join(" | ")
 }
 
 #[cfg(not(madsim))]
@@ -127,7 +167,7 @@ impl MicrovmNixDriver {
 
     /// Looks `nix` up in the given `PATH`-style list (tests use an empty one).
     pub fn with_path_var(base: impl Into<PathBuf>, path_var: Option<&std::ffi::OsStr>) -> Self {
-        Self { base: base.into(), nix: find_nix(path_var), children: Default::default() }
+        Self { base: base.into(), nix: find_nix(path_var), runs: Default::default() }
     }
 
     fn dir(&self, name: &str) -> Result<PathBuf> {
@@ -138,14 +178,34 @@ impl MicrovmNixDriver {
         self.nix.as_deref().ok_or(VmmError::NixMissing)
     }
 
-    /// Pid of the runner if it is still running (reaps it otherwise).
+    /// Pid of the runner if it is still running; once it has exited, records how (reaping it).
     fn running_pid(&self, name: &str) -> Option<u32> {
-        let mut children = self.children.lock().expect("lock poisoned");
-        let child = children.get_mut(name)?;
-        if matches!(child.try_wait(), Ok(None)) {
-            return child.id();
+        let mut runs = self.runs.lock().expect("lock poisoned");
+        let run = runs.get_mut(name)?;
+        let Run::Running { child, started_at_ms, stop_requested } = run else { return None };
+        let status = match child.try_wait() {
+            Ok(None) => return child.id(),
+            Ok(Some(status)) => status,
+            Err(e) => {
+                tracing::warn!(vm = name, "cannot wait for the runner: {e}");
+                return None;
+            }
+        };
+        let log = self.base.join("vms").join(name).join("console.log");
+        let (failed, reason) = if *stop_requested {
+            (false, format!("stopped on request ({status})"))
+        } else if status.success() {
+            (false, "the runner exited by itself (exit status: 0)".to_string())
+        } else {
+            match output_tail(&log) {
+                t if t.is_empty() => (true, format!("the runner failed ({status})")),
+                t => (true, format!("the runner failed ({status}): {t}")),
+            }
+        };
+        if failed {
+            tracing::warn!(vm = name, %reason, "VM failed");
         }
-        children.remove(name);
+        *run = Run::Ended { started_at_ms: Some(*started_at_ms), failed, reason };
         None
     }
 }
@@ -176,7 +236,7 @@ impl VmDriver for MicrovmNixDriver {
         let log_path = dir.join("console.log");
         let log = std::fs::File::create(&log_path).map_err(VmmError::io("create", &log_path))?;
         let log2 = log.try_clone().map_err(VmmError::io("open", &log_path))?;
-        let child = tokio::process::Command::new(&nix)
+        let spawned = tokio::process::Command::new(&nix)
             .args(["--extra-experimental-features", "nix-command flakes", "run"])
             .arg(format!(".#nixosConfigurations.{name}.config.microvm.declaredRunner"))
             .current_dir(&dir)
@@ -185,14 +245,26 @@ impl VmDriver for MicrovmNixDriver {
             .stderr(log2)
             .process_group(0)
             .spawn()
-            .map_err(|source| VmmError::Spawn { program: nix.display().to_string(), source })?;
-        self.children.lock().expect("lock poisoned").insert(name.to_string(), child);
+            .map_err(|source| VmmError::Spawn { program: nix.display().to_string(), source });
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let ended = Run::Ended { started_at_ms: None, failed: true, reason: crate::error::chain(&e) };
+                self.runs.lock().expect("lock poisoned").insert(name.to_string(), ended);
+                return Err(e);
+            }
+        };
+        let run = Run::Running { child, started_at_ms: crate::now_ms(), stop_requested: false };
+        self.runs.lock().expect("lock poisoned").insert(name.to_string(), run);
         Ok(())
     }
 
     async fn stop(&self, name: &str, timeout: Duration) -> Result<StopOutcome> {
         self.dir(name)?;
         let Some(pid) = self.running_pid(name) else { return Ok(StopOutcome::AlreadyStopped) };
+        if let Some(Run::Running { stop_requested, .. }) = self.runs.lock().expect("lock poisoned").get_mut(name) {
+            *stop_requested = true;
+        }
         let pid = rustix::process::Pid::from_raw(pid as i32).expect("a child pid is not 0");
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
         let deadline = Instant::now() + timeout;
@@ -212,6 +284,7 @@ impl VmDriver for MicrovmNixDriver {
     async fn delete(&self, name: &str) -> Result<()> {
         let dir = self.dir(name)?;
         self.stop(name, Duration::from_secs(5)).await?;
+        self.runs.lock().expect("lock poisoned").remove(name);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VmmError::io("remove", &dir)(e)),
             _ => Ok(()),
@@ -222,9 +295,20 @@ impl VmDriver for MicrovmNixDriver {
         if !self.dir(name)?.exists() {
             return Ok(VmObserved::not_found(name));
         }
-        Ok(match self.running_pid(name) {
-            Some(pid) => VmObserved { pid: Some(pid), ..VmObserved::stopped(name, VmState::Running) },
-            None => VmObserved::stopped(name, VmState::Stopped),
+        if let Some(pid) = self.running_pid(name) {
+            let started_at_ms = match self.runs.lock().expect("lock poisoned").get(name) {
+                Some(Run::Running { started_at_ms, .. }) => Some(*started_at_ms),
+                _ => None,
+            };
+            return Ok(VmObserved { pid: Some(pid), started_at_ms, ..VmObserved::stopped(name, VmState::Running) });
+        }
+        Ok(match self.runs.lock().expect("lock poisoned").get(name) {
+            Some(Run::Ended { started_at_ms, failed, reason }) => VmObserved {
+                started_at_ms: *started_at_ms,
+                exit_reason: Some(reason.clone()),
+                ..VmObserved::stopped(name, if *failed { VmState::Failed(reason.clone()) } else { VmState::Stopped })
+            },
+            _ => VmObserved::stopped(name, VmState::Stopped),
         })
     }
 
