@@ -13,6 +13,10 @@ pub enum VmmError {
     NotPrepared(String),
     #[error("VM {0:?} is not running")]
     NotRunning(String),
+    #[error("VM instance {0} already has files")]
+    InstanceExists(crate::Instance),
+    #[error("VM instance {instance} cannot be prepared with the spec of VM {spec:?}")]
+    SpecMismatch { instance: crate::Instance, spec: String },
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
