@@ -113,7 +113,7 @@ impl Reconciler {
         let mut unsettled: BTreeSet<String> = legacy.iter().cloned().collect();
         let suspects = orphans::suspects(&assigned.iter().map(instance_of).collect(), &found, &legacy);
         if !suspects.is_empty() {
-            match tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.read_index()).await {
+            match tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.read_index(CONFIRM_TIMEOUT)).await {
                 Ok(Ok(_)) => {
                     // Everything committed before the read is applied here now: read again.
                     assigned = self.assigned()?;
