@@ -5,6 +5,7 @@
 mod client;
 mod cmd;
 mod output;
+mod page;
 
 use std::process::ExitCode;
 

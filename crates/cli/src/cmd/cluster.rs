@@ -61,12 +61,19 @@ struct StatusOut {
     members: Vec<MemberOut>,
 }
 
+/// A client that agrees with the node on the largest message.
+fn client(ch: &tonic::transport::Channel) -> ClusterServiceClient<tonic::transport::Channel> {
+    ClusterServiceClient::new(ch.clone())
+        .max_decoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
+}
+
 pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
     let ch = connect(addr).await?;
     match c {
         ClusterCmd::Status => {
             let r = call(addr, || {
-                let mut c = ClusterServiceClient::new(ch.clone());
+                let mut c = client(&ch);
                 async move { c.status(ClusterStatusRequest {}).await }
             })
             .await?;
@@ -144,7 +151,7 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Join { node_id, node_addr } => {
             let req = JoinRequest { node_id, addr: node_addr };
             let r = call(addr, || {
-                let (mut c, r) = (ClusterServiceClient::new(ch.clone()), req.clone());
+                let (mut c, r) = (client(&ch), req.clone());
                 async move { c.join(r).await }
             })
             .await?;
@@ -154,7 +161,7 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Leave { node_id } => {
             let req = LeaveRequest { node_id };
             let r = call(addr, || {
-                let mut c = ClusterServiceClient::new(ch.clone());
+                let mut c = client(&ch);
                 async move { c.leave(req).await }
             })
             .await?;

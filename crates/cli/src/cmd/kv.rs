@@ -1,9 +1,11 @@
 use blixard_proto::v1::kv_service_client::KvServiceClient;
-use blixard_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, ReadOptions};
+use blixard_proto::v1::{self, DeleteRequest, GetRequest, ListRequest, PutRequest, ReadOptions};
+use blixard_proto::MAX_MESSAGE_BYTES;
 use serde::Serialize;
 
 use crate::client::{call, connect};
 use crate::output::{emit, text_or_hex, Table};
+use crate::page::{follow, Answer, Printer};
 use crate::Format;
 
 #[derive(clap::Subcommand)]
@@ -19,13 +21,16 @@ pub enum KvCmd {
     },
     /// Delete a key.
     Delete { key: String },
-    /// List keys with a prefix, in byte order.
+    /// List keys with a prefix, in byte order (fetched and printed page by page).
     List {
         #[arg(default_value = "")]
         prefix: String,
-        /// At most this many keys (1–10000).
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-        limit: u32,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
+        /// Start after this key (exclusive), e.g. the `next` of an earlier listing.
+        #[arg(long, value_name = "KEY")]
+        start_after: Option<String>,
         #[arg(long)]
         stale: bool,
     },
@@ -51,7 +56,11 @@ fn shown(p: &Pair) -> String {
 
 pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
     let ch = connect(addr).await?;
-    let kv = || KvServiceClient::new(ch.clone());
+    let kv = || {
+        KvServiceClient::new(ch.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    };
     match c {
         KvCmd::Put { key, value } => {
             let req = PutRequest { key: key.clone().into_bytes(), value: value.into_bytes() };
@@ -106,29 +115,40 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
                 ])
             });
         }
-        KvCmd::List { prefix, limit, stale } => {
-            let req = ListRequest { prefix: prefix.into_bytes(), limit, read: Some(ReadOptions { stale }) };
-            let r = call(addr, || {
-                let (mut c, r) = (kv(), req.clone());
-                async move { c.list(r).await }
-            })
-            .await?;
-            #[derive(Serialize)]
-            struct Out {
-                pairs: Vec<Pair>,
-                more: bool,
-            }
-            let out = Out { pairs: r.pairs.iter().map(|p| pair(&p.key, &p.value)).collect(), more: r.more };
-            emit(fmt, &out, || {
-                let mut t = Table::new(vec!["KEY", "VALUE"]);
-                for p in &out.pairs {
-                    t = t.row(vec![p.key.clone(), shown(p)]);
+        KvCmd::List { prefix, limit, start_after, stale } => {
+            let mut out = Printer::stdout(fmt, "pairs");
+            let fetch = |start_after: Vec<u8>, limit: u32| {
+                let req = ListRequest {
+                    prefix: prefix.clone().into_bytes(),
+                    limit,
+                    read: Some(ReadOptions { stale }),
+                    start_after,
+                };
+                async move {
+                    let r = call(addr, || {
+                        let (mut c, r) = (kv(), req.clone());
+                        async move { c.list(r).await }
+                    })
+                    .await?;
+                    Ok(Answer { items: r.pairs, more: r.more, next: r.next })
                 }
-                if out.more {
-                    t = t.row(vec!["…".into(), format!("(more past --limit {limit})")]);
-                }
-                t
-            });
+            };
+            let print = |pairs: Vec<v1::KeyValue>| {
+                let pairs: Vec<Pair> = pairs.iter().map(|p| pair(&p.key, &p.value)).collect();
+                out.page(&pairs, |pairs| {
+                    let mut t = Table::new(vec!["KEY", "VALUE"]);
+                    for p in pairs {
+                        t = t.row(vec![p.key.clone(), shown(p)]);
+                    }
+                    t
+                })
+            };
+            let start = start_after.map(String::into_bytes).unwrap_or_default();
+            let stop = follow(limit, start, fetch, print).await?;
+            let stop = stop.map(|k| String::from_utf8_lossy(&k).into_owned());
+            out.finish(stop, || {
+                Table::new(vec!["KEY", "VALUE"]).row(vec!["…".into(), format!("(more past --limit {limit})")])
+            })?;
         }
     }
     Ok(())

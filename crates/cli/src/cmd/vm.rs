@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::client::{call, connect};
 use crate::output::{emit, Table};
+use crate::page::{follow, Answer, Printer};
 use crate::Format;
 
 #[derive(clap::Subcommand)]
@@ -20,8 +21,14 @@ pub enum VmCmd {
         #[arg(long)]
         stale: bool,
     },
-    /// List VMs by name.
+    /// List VMs by name (fetched and printed page by page).
     List {
+        /// At most this many VMs.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
+        /// Start after this name (exclusive), e.g. the `next` of an earlier listing.
+        #[arg(long, value_name = "NAME")]
+        start_after: Option<String>,
         #[arg(long)]
         stale: bool,
     },
@@ -251,6 +258,13 @@ fn table(vms: &[VmOut]) -> Table {
     t
 }
 
+/// A client that agrees with the node on the largest message.
+fn client(ch: &tonic::transport::Channel) -> VmServiceClient<tonic::transport::Channel> {
+    VmServiceClient::new(ch.clone())
+        .max_decoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
+}
+
 #[derive(Clone, Copy)]
 enum Power {
     Start,
@@ -268,7 +282,7 @@ async fn set_power(
 ) -> anyhow::Result<()> {
     let req = VmNameRequest { name };
     let r = call(addr, || {
-        let (mut c, r) = (VmServiceClient::new(ch.clone()), req.clone());
+        let (mut c, r) = (client(ch), req.clone());
         async move {
             match p {
                 Power::Start => c.start_vm(r).await,
@@ -285,7 +299,7 @@ async fn set_power(
 
 pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
     let ch = connect(addr).await?;
-    let vm = || VmServiceClient::new(ch.clone());
+    let vm = || client(&ch);
     match c {
         VmCmd::Create(a) => {
             let health = health_arg(&a)?;
@@ -322,19 +336,26 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             let out = vm_out(r.vm.unwrap_or_default());
             emit(fmt, &out, || table(std::slice::from_ref(&out)));
         }
-        VmCmd::List { stale } => {
-            let req = ListVmsRequest { read: Some(ReadOptions { stale }) };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req);
-                async move { c.list_vms(r).await }
-            })
-            .await?;
-            #[derive(Serialize)]
-            struct Out {
-                vms: Vec<VmOut>,
-            }
-            let out = Out { vms: r.vms.into_iter().map(vm_out).collect() };
-            emit(fmt, &out, || table(&out.vms));
+        VmCmd::List { limit, start_after, stale } => {
+            let mut out = Printer::stdout(fmt, "vms");
+            let fetch = |start_after: String, limit: u32| {
+                let req = ListVmsRequest { read: Some(ReadOptions { stale }), limit, start_after };
+                async move {
+                    let r = call(addr, || {
+                        let (mut c, r) = (vm(), req.clone());
+                        async move { c.list_vms(r).await }
+                    })
+                    .await?;
+                    Ok(Answer { items: r.vms, more: r.more, next: r.next })
+                }
+            };
+            let print = |vms: Vec<v1::Vm>| out.page(&vms.into_iter().map(vm_out).collect::<Vec<_>>(), table);
+            let stop = follow(limit, start_after.unwrap_or_default(), fetch, print).await?;
+            out.finish(stop, || {
+                let mut t = table(&[]);
+                t.rows.push(vec!["…".into(), format!("(more past --limit {limit})")]);
+                t
+            })?;
         }
         VmCmd::Start { name } => set_power(addr, fmt, &ch, name, Power::Start).await?,
         VmCmd::Stop { name } => set_power(addr, fmt, &ch, name, Power::Stop).await?,
