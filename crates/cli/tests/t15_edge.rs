@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -13,6 +15,27 @@ const MIB: usize = 1 << 20;
 /// A gRPC channel to `addr` for the test's own raw requests.
 async fn channel(addr: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
+/// `blixard ARGS` with `input` on stdin.
+fn cli_stdin(addr: &str, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run blixard");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait for blixard");
+    writer.join().unwrap();
+    out
 }
 
 fn keys(v: &serde_json::Value) -> Vec<String> {
@@ -75,4 +98,47 @@ fn vm_list_is_paged_by_count_and_name() {
     let rest = cli_json(&n.addr, &["vm", "list", "--start-after", "b"]);
     assert_eq!(names(&rest), ["c", "d", "e"]);
     assert_eq!((&rest["more"], &rest["next"]), (&serde_json::json!(false), &serde_json::Value::Null));
+}
+
+#[test]
+fn a_1_mib_value_round_trips_through_the_cli_from_a_file_and_from_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(LEADER_WITHIN);
+    // Not UTF-8, every byte value present.
+    let value: Vec<u8> = (0..MIB).map(|i| (i * 7 + i / 256) as u8).collect();
+    let file = tmp.path().join("value.bin");
+    std::fs::write(&file, &value).unwrap();
+    let put = cli_json(&n.addr, &["kv", "put", "blob", "--file", file.to_str().unwrap()]);
+    assert_eq!(put["key"], "blob");
+    let out = tmp.path().join("out.bin");
+    let o = cli(&n.addr, &["kv", "get", "blob", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&out).unwrap() == value, "byte-exact");
+    assert_eq!(stdout(&o), "", "the value goes to the file only");
+    let j = cli_json(&n.addr, &["kv", "get", "blob", "--out", out.to_str().unwrap()]);
+    assert_eq!(j, serde_json::json!({"key": "blob", "out": out.to_str().unwrap(), "bytes": MIB}));
+
+    let text = "x".repeat(MIB);
+    let o = cli_stdin(&n.addr, &["kv", "put", "text", "-"], text.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(cli_json(&n.addr, &["kv", "get", "text"])["value"].as_str() == Some(text.as_str()));
+
+    // Exactly one source of the value.
+    for args in [&["kv", "put", "k"][..], &["kv", "put", "k", "v", "--file", file.to_str().unwrap()]] {
+        let o = cli(&n.addr, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    let o = cli(&n.addr, &["kv", "put", "k", "--file", "/nonexistent/value"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("error: cannot read --file /nonexistent/value"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+    std::fs::write(&file, vec![0u8; MIB + 1]).unwrap();
+    let o = cli(&n.addr, &["kv", "put", "k", "--file", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("error: invalid value: must be at most 1048576 bytes"), "{}", stderr(&o));
+    let o = cli_stdin(&n.addr, &["kv", "put", "k", "-"], &vec![b'y'; MIB + 1]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("error: invalid value: must be at most 1048576 bytes"), "{}", stderr(&o));
+    assert_eq!(keys(&cli_json(&n.addr, &["kv", "list"])), ["blob", "text"]);
 }

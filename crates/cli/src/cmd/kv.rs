@@ -1,3 +1,7 @@
+use std::io::Read;
+use std::path::PathBuf;
+
+use blixard_core::MAX_VALUE_LEN;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
 use blixard_proto::v1::{self, DeleteRequest, GetRequest, ListRequest, PutRequest, ReadOptions};
 use blixard_proto::MAX_MESSAGE_BYTES;
@@ -10,14 +14,25 @@ use crate::Format;
 
 #[derive(clap::Subcommand)]
 pub enum KvCmd {
-    /// Set a key (1–1024 bytes) to a value (at most 1 MiB).
-    Put { key: String, value: String },
+    /// Set a key (1–1024 bytes) to a value (at most 1 MiB): VALUE, --file PATH, or - for stdin.
+    Put {
+        key: String,
+        /// The value; `-` reads it from stdin.
+        #[arg(required_unless_present = "file")]
+        value: Option<String>,
+        /// Read the value from this file (byte for byte).
+        #[arg(long, value_name = "PATH", conflicts_with = "value")]
+        file: Option<PathBuf>,
+    },
     /// Read a key (linearizable unless --stale).
     Get {
         key: String,
         /// Read the answering node's local state: faster, may be stale.
         #[arg(long)]
         stale: bool,
+        /// Write the value to this file (byte for byte) instead of printing it.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
     },
     /// Delete a key.
     Delete { key: String },
@@ -54,6 +69,19 @@ fn shown(p: &Pair) -> String {
     p.value.clone().or_else(|| p.value_hex.as_ref().map(|h| format!("0x{h}"))).unwrap_or_default()
 }
 
+/// Reads a value of at most [`MAX_VALUE_LEN`] bytes from `src` (named `what` in errors)
+/// without ever holding more than one byte past the limit.
+fn read_value(src: impl Read, what: &str) -> anyhow::Result<Vec<u8>> {
+    let mut value = Vec::new();
+    src.take(MAX_VALUE_LEN as u64 + 1)
+        .read_to_end(&mut value)
+        .map_err(|e| anyhow::anyhow!("cannot read {what}: {e}"))?;
+    if value.len() > MAX_VALUE_LEN {
+        anyhow::bail!("invalid value: must be at most {MAX_VALUE_LEN} bytes ({what} holds more)");
+    }
+    Ok(value)
+}
+
 pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
     let ch = connect(addr).await?;
     let kv = || {
@@ -62,8 +90,19 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     };
     match c {
-        KvCmd::Put { key, value } => {
-            let req = PutRequest { key: key.clone().into_bytes(), value: value.into_bytes() };
+        KvCmd::Put { key, value, file } => {
+            let value = match (value, file) {
+                (Some(v), None) if v == "-" => read_value(std::io::stdin().lock(), "stdin")?,
+                (Some(v), None) => v.into_bytes(),
+                (None, Some(path)) => {
+                    let f = std::fs::File::open(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read --file {}: {e}", path.display()))?;
+                    read_value(f, &format!("--file {}", path.display()))?
+                }
+                // clap admits exactly one of them.
+                _ => anyhow::bail!("give the value as VALUE, --file PATH or - (stdin)"),
+            };
+            let req = PutRequest { key: key.clone().into_bytes(), value };
             let r = call(addr, || {
                 let (mut c, r) = (kv(), req.clone());
                 async move { c.put(r).await }
@@ -77,7 +116,7 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
             let out = Out { key, index: r.index };
             emit(fmt, &out, || Table::new(vec!["KEY", "INDEX"]).row(vec![out.key.clone(), out.index.to_string()]));
         }
-        KvCmd::Get { key, stale } => {
+        KvCmd::Get { key, stale, out } => {
             let req = GetRequest { key: key.clone().into_bytes(), read: Some(ReadOptions { stale }) };
             let r = call(addr, || {
                 let (mut c, r) = (kv(), req.clone());
@@ -86,6 +125,21 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
             .await?;
             if !r.found {
                 anyhow::bail!("key {key:?} not found");
+            }
+            if let Some(path) = out {
+                std::fs::write(&path, &r.value)
+                    .map_err(|e| anyhow::anyhow!("cannot write --out {}: {e}", path.display()))?;
+                #[derive(Serialize)]
+                struct Out {
+                    key: String,
+                    out: String,
+                    bytes: usize,
+                }
+                let out = Out { key, out: path.display().to_string(), bytes: r.value.len() };
+                if fmt == Format::Json {
+                    emit(fmt, &out, String::new);
+                }
+                return Ok(());
             }
             let p = pair(key.as_bytes(), &r.value);
             match fmt {
