@@ -142,3 +142,39 @@ fn a_1_mib_value_round_trips_through_the_cli_from_a_file_and_from_stdin() {
     assert!(stderr(&o).starts_with("error: invalid value: must be at most 1048576 bytes"), "{}", stderr(&o));
     assert_eq!(keys(&cli_json(&n.addr, &["kv", "list"])), ["blob", "text"]);
 }
+
+#[test]
+fn a_100_kb_vm_name_is_refused_naming_the_field_and_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(LEADER_WITHIN);
+    let name = "a".repeat(100_000);
+    let o = cli(&n.addr, &["vm", "create", &name]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.starts_with("error: invalid name: must be 1 to 63 characters (got \"aaaa"), "{e}");
+    assert!(e.ends_with("(100000 bytes))\n"), "{e}");
+    assert!(e.len() < 200, "the name is not echoed whole: {} bytes", e.len());
+    let long = "x".repeat(100_000);
+    let label = format!("{long}=v");
+    let path = format!("80/{long}");
+    for (args, field) in [
+        (&["vm", "create", "web", "--label", &label][..], "labels"),
+        (&["vm", "create", "web", "--restart", &long], "restart_policy"),
+        (&["vm", "create", "web", "--port", "8080:80", "--health-http", &path], "health"),
+        (&["vm", "create", "web", "--kernel", &long], "kernel"),
+        (&["vm", "create", "web", "--cmdline", &long], "cmdline"),
+    ] {
+        let o = cli(&n.addr, args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{field}: {e}");
+        assert!(e.starts_with(&format!("error: invalid {field}: ")) && e.lines().count() == 1, "{e}");
+        assert!(e.len() < 300, "{field}: {} bytes", e.len());
+    }
+    // Reads quote the name too.
+    let o = cli(&n.addr, &["vm", "get", &name]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("error: invalid name:") && stderr(&o).len() < 200, "{}", stderr(&o));
+    assert_eq!(cli_json(&n.addr, &["vm", "list"])["vms"], serde_json::json!([]));
+}

@@ -15,7 +15,8 @@ pub mod store;
 pub use command::{Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
 pub use scheduler::NodeResources;
 pub use spec::{
-    HealthCheck, HealthKind, Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError, VmRecord, VmSpec,
+    quoted, HealthCheck, HealthKind, Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError,
+    VmRecord, VmSpec,
 };
 pub use store::{MemStore, Page, PageLimit, ReadStore, Store, StoreError, Table};
 

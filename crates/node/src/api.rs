@@ -44,7 +44,7 @@ const LOG_POLL: Duration = Duration::from_millis(100);
 type Result<T> = std::result::Result<tonic::Response<T>, Status>;
 
 fn invalid(e: blixard_core::ValidationError) -> Status {
-    Status::invalid_argument(e.to_string())
+    status::invalid(e)
 }
 
 impl Api {
@@ -245,7 +245,10 @@ fn validate_addr(addr: &str) -> std::result::Result<(), Status> {
     if ok {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!("invalid addr: must be HOST:PORT (got {addr:?})")))
+        Err(invalid(blixard_core::ValidationError::new(
+            "addr",
+            format!("must be HOST:PORT (got {})", blixard_core::quoted(addr)),
+        )))
     }
 }
 
@@ -333,10 +336,16 @@ impl v1::cluster_service_server::ClusterService for Api {
                 // The same node asking again (it restarted mid-join): already done.
                 return Ok(tonic::Response::new(v1::JoinResponse { index: 0, members: to_wire(members) }));
             }
-            return Err(Status::already_exists(format!("node id {} is already a member at {}", m.id, m.addr)));
+            return Err(status::bounded(
+                tonic::Code::AlreadyExists,
+                format!("node id {} is already a member at {}", m.id, m.addr),
+            ));
         }
         if let Some(m) = members.iter().find(|m| m.addr == r.addr) {
-            return Err(Status::already_exists(format!("address {} is already used by node {}", r.addr, m.id)));
+            return Err(status::bounded(
+                tonic::Code::AlreadyExists,
+                format!("address {} is already used by node {}", r.addr, m.id),
+            ));
         }
         let cc = single_change(raft::prelude::ConfChangeType::AddLearnerNode, r.node_id);
         let applied = tokio::time::timeout(

@@ -71,7 +71,12 @@ fn health_from_wire(h: v1::HealthCheck) -> Result<HealthCheck, ValidationError> 
     let kind = match h.kind.as_str() {
         "tcp" => HealthKind::Tcp,
         "http" => HealthKind::Http { path: if h.path.is_empty() { "/".into() } else { h.path } },
-        other => return Err(ValidationError::new("health", format!("kind must be tcp or http (got {other:?})"))),
+        other => {
+            return Err(ValidationError::new(
+                "health",
+                format!("kind must be tcp or http (got {})", blixard_core::quoted(other)),
+            ))
+        }
     };
     Ok(HealthCheck { kind, guest_port: port("health", h.port)?, interval_ms: h.interval_ms, threshold: h.threshold })
 }

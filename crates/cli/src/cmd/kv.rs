@@ -124,7 +124,7 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
             })
             .await?;
             if !r.found {
-                anyhow::bail!("key {key:?} not found");
+                anyhow::bail!("key {} not found", blixard_core::quoted(&key));
             }
             if let Some(path) = out {
                 std::fs::write(&path, &r.value)

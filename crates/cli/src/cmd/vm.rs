@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 
+use blixard_core::quoted;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{
     self, CreateVmRequest, DeleteVmRequest, GetVmRequest, ListVmsRequest, ReadOptions, VmNameRequest,
@@ -64,12 +65,12 @@ pub enum VmCmd {
 /// Parses `500ms`, `60s`, `2m`.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 60s, got {s:?}"))?;
+    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 60s, got {}", quoted(s)))?;
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "s" | "" => Ok(std::time::Duration::from_secs(n)),
         "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown unit in {s:?} (use ms, s or m)")),
+        _ => Err(format!("unknown unit in {} (use ms, s or m)", quoted(s))),
     }
 }
 
@@ -130,8 +131,8 @@ pub struct CreateArgs {
 }
 
 fn parse_port(s: &str) -> Result<(u32, u32), String> {
-    let (h, g) = s.split_once(':').ok_or_else(|| format!("expected HOST:GUEST, got {s:?}"))?;
-    let p = |x: &str| x.parse::<u32>().map_err(|_| format!("{x:?} is not a port number"));
+    let (h, g) = s.split_once(':').ok_or_else(|| format!("expected HOST:GUEST, got {}", quoted(s)))?;
+    let p = |x: &str| x.parse::<u32>().map_err(|_| format!("{} is not a port number", quoted(x)));
     Ok((p(h)?, p(g)?))
 }
 
@@ -140,8 +141,9 @@ fn health_arg(a: &CreateArgs) -> anyhow::Result<Option<v1::HealthCheck>> {
     let (kind, port, path) = match (&a.health_http, a.health_tcp) {
         (Some(spec), _) => {
             let (port, path) = spec.split_once('/').unwrap_or((spec.as_str(), ""));
-            let port: u32 =
-                port.parse().map_err(|_| anyhow::anyhow!("invalid --health-http: expected PORT/PATH, got {spec:?}"))?;
+            let port: u32 = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("invalid --health-http: expected PORT/PATH, got {}", quoted(spec)))?;
             ("http", port, format!("/{path}"))
         }
         (None, Some(port)) => ("tcp", port, String::new()),
@@ -151,7 +153,7 @@ fn health_arg(a: &CreateArgs) -> anyhow::Result<Option<v1::HealthCheck>> {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {}", quoted(s)))?;
     Ok((k.to_string(), v.to_string()))
 }
 
@@ -421,7 +423,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
         }
         VmCmd::Wait { name, state, timeout } => {
             if !PHASES.contains(&state.as_str()) {
-                anyhow::bail!("invalid --state: must be one of {} (got {state:?})", PHASES.join(", "));
+                anyhow::bail!("invalid --state: must be one of {} (got {})", PHASES.join(", "), quoted(&state));
             }
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let deadline = tokio::time::Instant::now() + timeout;
