@@ -178,3 +178,78 @@ fn a_100_kb_vm_name_is_refused_naming_the_field_and_rule() {
     assert!(stderr(&o).starts_with("error: invalid name:") && stderr(&o).len() < 200, "{}", stderr(&o));
     assert_eq!(cli_json(&n.addr, &["vm", "list"])["vms"], serde_json::json!([]));
 }
+
+/// A `GetVmRequest` whose `name` (field 1, a string) is sent as arbitrary bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawGetVm {
+    #[prost(bytes = "vec", tag = "1")]
+    name: Vec<u8>,
+}
+
+#[test]
+fn invalid_utf8_in_a_request_is_invalid_argument() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(LEADER_WITHIN);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        let mut grpc = tonic::client::Grpc::new(channel(&n.addr).await);
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<RawGetVm, blixard_proto::v1::GetVmResponse>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/blixard.v1.VmService/GetVm");
+        grpc.unary(tonic::Request::new(RawGetVm { name: vec![b'w', 0xff, 0xfe] }), path, codec)
+            .await
+            .expect_err("must be refused")
+    });
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("GetVmRequest.name"), "{}", status.message());
+    assert!(status.message().contains("UTF-8"), "{}", status.message());
+}
+
+#[test]
+fn bad_addr_values_are_usage_errors() {
+    for addr in ["127.0.0.1:99999", ":0", "127.0.0.1:0", "", "127.0.0.1", ":7001", "127.0.0.1:7001,", "a:1,b:x"] {
+        let o = cli(addr, &["kv", "get", "x"]);
+        assert_eq!(o.status.code(), Some(2), "--addr {addr:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--addr"), "--addr {addr:?}: {}", stderr(&o));
+    }
+    // Lists of endpoints parse (and then nothing answers at these).
+    let (a, b) = (free_port(), free_port());
+    let o = cli(&format!("127.0.0.1:{a},localhost:{b}"), &["kv", "get", "x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
+#[test]
+fn node_flags_are_checked_before_it_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n1");
+    // A node that accepts the flag would run until stopped: it is given 20 s to refuse, then killed.
+    let node = |extra: &[&str]| {
+        let mut child = Command::new(BIN)
+            .args(["node", "--id", "1", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run blixard node");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20)); // a poll interval
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    for (args, flag, rule) in [
+        (&["--advertise", "garbage"][..], "--advertise", "HOST:PORT"),
+        (&["--advertise", "10.0.0.1:0"], "--advertise", "1 to 65535"),
+        (&["--join", "nowhere"], "--join", "HOST:PORT"),
+        (&["--memory-mib", "0"], "--memory-mib", "1.."),
+    ] {
+        let o = node(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(flag) && e.contains(rule), "{args:?}: {e}");
+    }
+    assert!(!dir.exists(), "nothing was created");
+}

@@ -3,8 +3,17 @@
 //! Conversions from the wire are where untrusted input becomes core types: a bad field becomes a
 //! [`ValidationError`] naming it, never a panic.
 
+#[cfg(not(madsim))]
+mod codec;
+
 pub mod v1 {
+    #[cfg(madsim)]
     tonic::include_proto!("blixard.v1");
+    // Messages and clients, then the servers (with their own codec; see build.rs).
+    #[cfg(not(madsim))]
+    include!(concat!(env!("OUT_DIR"), "/blixard.v1.rs"));
+    #[cfg(not(madsim))]
+    include!(concat!(env!("OUT_DIR"), "/servers/blixard.v1.rs"));
 }
 
 use std::collections::BTreeMap;
