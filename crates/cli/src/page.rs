@@ -1,7 +1,7 @@
 //! Lists that span many answers: follow the node's pages until the user's `--limit` or the end,
-//! and print each page as it arrives, so neither end ever holds more than one page.
+//! and print each page as it arrives, so neither end ever holds more than one page. The
+//! [`Pager`] decides what to ask for next and is free of IO; the commands do the calls.
 
-use std::future::Future;
 use std::io::Write;
 
 use serde::Serialize;
@@ -9,48 +9,48 @@ use serde::Serialize;
 use crate::output::Table;
 use crate::Format;
 
-/// One page as the node answered it: its items, whether more follow, and the key to continue
-/// after.
-pub struct Answer<T, K> {
-    pub items: Vec<T>,
-    pub more: bool,
-    pub next: K,
-}
-
 /// Where a followed list stopped: `Some(next)` when items past the user's limit remain.
 pub type Stop<K> = Option<K>;
 
-/// Asks `fetch(start_after, count)` for pages until `limit` items were handed to `each` or the
-/// node says there are no more.
-pub async fn follow<T, K, F, Fut>(
-    limit: u64,
-    mut start_after: K,
-    mut fetch: F,
-    mut each: impl FnMut(Vec<T>) -> anyhow::Result<()>,
-) -> anyhow::Result<Stop<K>>
-where
-    K: Clone,
-    F: FnMut(K, u32) -> Fut,
-    Fut: Future<Output = anyhow::Result<Answer<T, K>>>,
-{
-    let mut left = limit;
-    loop {
-        let count = u32::try_from(left).unwrap_or(u32::MAX).min(blixard_proto::MAX_LIST_LIMIT);
-        let page = fetch(start_after, count).await?;
-        let got = page.items.len() as u64;
-        each(page.items)?;
-        left = left.saturating_sub(got);
-        if !page.more {
-            return Ok(None);
-        }
-        if got == 0 {
+/// Which page to ask for next, from the answers so far.
+#[derive(Debug)]
+pub struct Pager<K> {
+    left: u64,
+    start_after: K,
+    done: Option<Stop<K>>,
+}
+
+impl<K: Clone> Pager<K> {
+    /// At most `limit` items, after `start_after`.
+    pub fn new(limit: u64, start_after: K) -> Self {
+        Pager { left: limit, start_after, done: None }
+    }
+
+    /// The next request's continuation and count, or `None` once the list is done.
+    pub fn request(&self) -> Option<(K, u32)> {
+        let count = u32::try_from(self.left).unwrap_or(u32::MAX).min(blixard_proto::MAX_LIST_LIMIT);
+        self.done.is_none().then(|| (self.start_after.clone(), count))
+    }
+
+    /// Takes in an answered page: `got` items, whether `more` follow, and `next` to go on after.
+    pub fn answered(&mut self, got: usize, more: bool, next: K) -> anyhow::Result<()> {
+        self.left = self.left.saturating_sub(got as u64);
+        if !more {
+            self.done = Some(None);
+        } else if got == 0 {
             // Asking again would get the same answer forever.
             anyhow::bail!("the node answered an empty page with more to follow");
+        } else if self.left == 0 {
+            self.done = Some(Some(next));
+        } else {
+            self.start_after = next;
         }
-        if left == 0 {
-            return Ok(Some(page.next));
-        }
-        start_after = page.next;
+        Ok(())
+    }
+
+    /// Where the list stopped (`None` also if it is not done).
+    pub fn stop(self) -> Stop<K> {
+        self.done.flatten()
     }
 }
 
@@ -132,42 +132,40 @@ impl<W: Write> Printer<W> {
 mod tests {
     use super::*;
 
-    /// Pages of `[1..=n]` of at most `size` items, continuing after a number.
-    async fn numbers(n: u32, size: u32, after: u32, count: u32) -> anyhow::Result<Answer<u32, u32>> {
-        let items: Vec<u32> = (after + 1..=n).take(count.min(size) as usize).collect();
-        let last = items.last().copied().unwrap_or(after);
-        Ok(Answer { more: last < n, next: last, items })
-    }
-
-    async fn run(n: u32, size: u32, limit: u64) -> (Vec<u32>, Vec<u32>, Stop<u32>) {
+    /// Follows pages of `[1..=n]`, at most `size` items each, up to `limit`: the items got, the
+    /// counts asked for and where it stopped.
+    fn run(n: u32, size: u32, limit: u64) -> (Vec<u32>, Vec<u32>, Stop<u32>) {
         let (mut got, mut asked) = (Vec::new(), Vec::new());
-        let stop = follow(
-            limit,
-            0,
-            |after, count| {
-                asked.push(count);
-                numbers(n, size, after, count)
-            },
-            |page| {
-                got.extend(page);
-                Ok(())
-            },
-        )
-        .await
-        .unwrap();
-        (got, asked, stop)
+        let mut pager = Pager::new(limit, 0);
+        while let Some((after, count)) = pager.request() {
+            asked.push(count);
+            let items: Vec<u32> = (after + 1..=n).take(count.min(size) as usize).collect();
+            let last = items.last().copied().unwrap_or(after);
+            pager.answered(items.len(), last < n, last).unwrap();
+            got.extend(items);
+        }
+        (got, asked, pager.stop())
     }
 
-    #[tokio::test]
-    async fn pages_are_followed_to_the_end_or_the_limit() {
-        let (got, asked, stop) = run(10, 3, 100).await;
+    #[test]
+    fn pages_are_followed_to_the_end_or_the_limit() {
+        let (got, asked, stop) = run(10, 3, 100);
         assert_eq!((got, asked, stop), ((1..=10).collect(), vec![100, 97, 94, 91], None));
-        let (got, asked, stop) = run(10, 3, 5).await;
+        let (got, asked, stop) = run(10, 3, 5);
         assert_eq!((got, asked, stop), (vec![1, 2, 3, 4, 5], vec![5, 2], Some(5)));
-        let (got, _, stop) = run(10, 3, 10).await;
+        let (got, _, stop) = run(10, 3, 10);
         assert_eq!((got.len(), stop), (10, None), "the end, exactly at the limit");
-        let (_, asked, _) = run(10, 3, 1 << 40).await;
+        let (_, asked, _) = run(10, 3, 1 << 40);
         assert_eq!(asked[0], blixard_proto::MAX_LIST_LIMIT);
+    }
+
+    #[test]
+    fn an_empty_page_with_more_is_an_error_not_a_loop() {
+        let mut pager = Pager::new(10, 0u32);
+        assert!(pager.answered(0, true, 0).is_err());
+        let mut pager = Pager::new(10, 0u32);
+        pager.answered(0, false, 0).unwrap();
+        assert_eq!((pager.request(), pager.stop()), (None, None));
     }
 
     #[derive(Serialize)]
@@ -217,13 +215,5 @@ mod tests {
         assert_eq!(printed(Format::Table, pages, None), "KEY  TAGS\na    [1]\nbb   [2]\n");
         assert_eq!(printed(Format::Table, &[&[("a", &[1])]], Some("a".into())), "KEY  TAGS\na    [1]\n…    more\n");
         assert_eq!(printed(Format::Table, &[&[]], None), "KEY  TAGS\n");
-    }
-
-    #[tokio::test]
-    async fn an_empty_page_with_more_is_an_error_not_a_loop() {
-        let r =
-            follow(10, 0u32, |_, _| async { Ok(Answer { items: Vec::<u32>::new(), more: true, next: 0 }) }, |_| Ok(()))
-                .await;
-        assert!(r.is_err());
     }
 }

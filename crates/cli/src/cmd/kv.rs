@@ -3,13 +3,13 @@ use std::path::PathBuf;
 
 use blixard_core::MAX_VALUE_LEN;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
-use blixard_proto::v1::{self, DeleteRequest, GetRequest, ListRequest, PutRequest, ReadOptions};
+use blixard_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, ReadOptions};
 use blixard_proto::MAX_MESSAGE_BYTES;
 use serde::Serialize;
 
 use crate::client::{call, connect};
 use crate::output::{emit, text_or_hex, Table};
-use crate::page::{follow, Answer, Printer};
+use crate::page::{Pager, Printer};
 use crate::Format;
 
 #[derive(clap::Subcommand)]
@@ -171,35 +171,26 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
         }
         KvCmd::List { prefix, limit, start_after, stale } => {
             let mut out = Printer::stdout(fmt, "pairs");
-            let fetch = |start_after: Vec<u8>, limit: u32| {
-                let req = ListRequest {
-                    prefix: prefix.clone().into_bytes(),
-                    limit,
-                    read: Some(ReadOptions { stale }),
-                    start_after,
-                };
-                async move {
-                    let r = call(addr, || {
-                        let (mut c, r) = (kv(), req.clone());
-                        async move { c.list(r).await }
-                    })
-                    .await?;
-                    Ok(Answer { items: r.pairs, more: r.more, next: r.next })
-                }
-            };
-            let print = |pairs: Vec<v1::KeyValue>| {
-                let pairs: Vec<Pair> = pairs.iter().map(|p| pair(&p.key, &p.value)).collect();
+            let mut pager = Pager::new(limit, start_after.map(String::into_bytes).unwrap_or_default());
+            while let Some((start_after, limit)) = pager.request() {
+                let read = Some(ReadOptions { stale });
+                let req = ListRequest { prefix: prefix.clone().into_bytes(), limit, read, start_after };
+                let r = call(addr, || {
+                    let (mut c, r) = (kv(), req.clone());
+                    async move { c.list(r).await }
+                })
+                .await?;
+                let pairs: Vec<Pair> = r.pairs.iter().map(|p| pair(&p.key, &p.value)).collect();
                 out.page(&pairs, |pairs| {
                     let mut t = Table::new(vec!["KEY", "VALUE"]);
                     for p in pairs {
                         t = t.row(vec![p.key.clone(), shown(p)]);
                     }
                     t
-                })
-            };
-            let start = start_after.map(String::into_bytes).unwrap_or_default();
-            let stop = follow(limit, start, fetch, print).await?;
-            let stop = stop.map(|k| String::from_utf8_lossy(&k).into_owned());
+                })?;
+                pager.answered(r.pairs.len(), r.more, r.next)?;
+            }
+            let stop = pager.stop().map(|k| String::from_utf8_lossy(&k).into_owned());
             out.finish(stop, || {
                 Table::new(vec!["KEY", "VALUE"]).row(vec!["…".into(), format!("(more past --limit {limit})")])
             })?;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::client::{call, connect};
 use crate::output::{emit, Table};
-use crate::page::{follow, Answer, Printer};
+use crate::page::{Pager, Printer};
 use crate::Format;
 
 #[derive(clap::Subcommand)]
@@ -340,20 +340,19 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
         }
         VmCmd::List { limit, start_after, stale } => {
             let mut out = Printer::stdout(fmt, "vms");
-            let fetch = |start_after: String, limit: u32| {
+            let mut pager = Pager::new(limit, start_after.unwrap_or_default());
+            while let Some((start_after, limit)) = pager.request() {
                 let req = ListVmsRequest { read: Some(ReadOptions { stale }), limit, start_after };
-                async move {
-                    let r = call(addr, || {
-                        let (mut c, r) = (vm(), req.clone());
-                        async move { c.list_vms(r).await }
-                    })
-                    .await?;
-                    Ok(Answer { items: r.vms, more: r.more, next: r.next })
-                }
-            };
-            let print = |vms: Vec<v1::Vm>| out.page(&vms.into_iter().map(vm_out).collect::<Vec<_>>(), table);
-            let stop = follow(limit, start_after.unwrap_or_default(), fetch, print).await?;
-            out.finish(stop, || {
+                let r = call(addr, || {
+                    let (mut c, r) = (vm(), req.clone());
+                    async move { c.list_vms(r).await }
+                })
+                .await?;
+                let got = r.vms.len();
+                out.page(&r.vms.into_iter().map(vm_out).collect::<Vec<_>>(), table)?;
+                pager.answered(got, r.more, r.next)?;
+            }
+            out.finish(pager.stop(), || {
                 let mut t = table(&[]);
                 t.rows.push(vec!["…".into(), format!("(more past --limit {limit})")]);
                 t
