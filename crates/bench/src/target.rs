@@ -2,19 +2,16 @@
 //! (the v3 KV API through `etcd-client`). Both are tonic clients over one HTTP/2 connection per
 //! endpoint, so the client side costs the same.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use blixard_core::ClientSession;
 use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
 use blixard_proto::v1::{ClusterStatusRequest, PutRequest};
 use tonic::transport::{Channel, Endpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Metadata a blixard follower sets on "not the leader" (see crates/node/src/status.rs).
-const LEADER_ADDR_KEY: &str = "x-blixard-leader-addr";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,15 +32,29 @@ impl Target {
 /// What one put did besides succeeding.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PutOk {
-    /// A blixard follower answered "not the leader" and the put was re-sent to the leader it named.
+    /// The put was re-sent to another node (never, since every blixard node forwards writes;
+    /// kept for the report's column).
     pub redirected: bool,
 }
 
-/// A cheap-to-clone handle that writes through one endpoint.
-#[derive(Clone)]
+/// A cheap-to-clone handle that writes through one endpoint. Each blixard writer is a client
+/// session of its own (a clone gets a new one), as a real client's is: every put carries its
+/// session, like the CLI's.
+#[allow(clippy::large_enum_variant)] // one per client task, never moved in a hot loop
 pub enum Writer {
-    Blixard { kv: KvServiceClient<Channel>, leaders: Arc<Mutex<HashMap<String, KvServiceClient<Channel>>>> },
+    Blixard { kv: KvServiceClient<Channel>, session: ClientSession },
     Etcd(Box<etcd_client::KvClient>),
+}
+
+impl Clone for Writer {
+    fn clone(&self) -> Self {
+        match self {
+            Writer::Blixard { kv, .. } => {
+                Writer::Blixard { kv: kv.clone(), session: ClientSession::new(rand::random::<u128>()) }
+            }
+            Writer::Etcd(kv) => Writer::Etcd(kv.clone()),
+        }
+    }
 }
 
 fn blixard_endpoint(addr: &str) -> anyhow::Result<Endpoint> {
@@ -68,7 +79,7 @@ impl Writer {
         Ok(match target {
             Target::Blixard => Writer::Blixard {
                 kv: KvServiceClient::new(blixard_channel(addr).await?),
-                leaders: Arc::new(Mutex::new(HashMap::new())),
+                session: ClientSession::new(rand::random::<u128>()),
             },
             Target::Etcd => Writer::Etcd(Box::new(etcd_client(addr).await?.kv_client())),
         })
@@ -80,31 +91,15 @@ impl Writer {
                 kv.put(key, value, None).await?;
                 Ok(PutOk::default())
             }
-            Writer::Blixard { kv, leaders } => {
-                let req = PutRequest { key, value };
-                match kv.put(req.clone()).await {
+            Writer::Blixard { kv, session } => {
+                let s = session.begin();
+                let mut req = tonic::Request::new(PutRequest { key, value });
+                blixard_proto::rpc::set_session(req.metadata_mut(), &s);
+                let r = kv.put(req).await;
+                session.end(s.seq);
+                match r {
                     Ok(_) => Ok(PutOk::default()),
-                    Err(s) => {
-                        // A node that does not forward writes names the leader; follow it once.
-                        let Some(leader) = s.metadata().get(LEADER_ADDR_KEY).and_then(|v| v.to_str().ok()) else {
-                            bail!("{}: {}", code_name(s.code()), s.message());
-                        };
-                        let mut to_leader = {
-                            let mut m = leaders.lock().unwrap_or_else(|p| p.into_inner());
-                            match m.get(leader) {
-                                Some(c) => c.clone(),
-                                None => {
-                                    let c = KvServiceClient::new(blixard_endpoint(leader)?.connect_lazy());
-                                    m.insert(leader.to_string(), c.clone());
-                                    c
-                                }
-                            }
-                        };
-                        match to_leader.put(req).await {
-                            Ok(_) => Ok(PutOk { redirected: true }),
-                            Err(s) => bail!("{} (via leader {leader}): {}", code_name(s.code()), s.message()),
-                        }
-                    }
+                    Err(st) => bail!("{}: {}", code_name(st.code()), st.message()),
                 }
             }
         }

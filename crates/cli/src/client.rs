@@ -1,65 +1,179 @@
-//! Connecting to a node and calling it: fail fast when nobody answers, retry briefly while the
-//! cluster has no leader, and turn a `Status` into one clear line.
+//! Connecting to a cluster and calling it: fail fast when nobody answers, fail over between the
+//! endpoints given, retry what is safe to retry, and turn a `Status` into one clear line.
+//!
+//! Every write is made exactly once: the process has one client session, each write takes the
+//! next sequence number, and every retry of that write carries the same one, so the cluster
+//! applies it once and answers a repeat with the first outcome. A write whose outcome is unknown
+//! (the node answering it died, lost its leader, or its deadline passed) is therefore retried
+//! until it is known or this command's deadline passes. Retries are decided by the typed reason
+//! of an error (`blixard_proto::rpc`), never by its text.
 
 use std::future::Future;
 use std::time::Duration;
 
+use blixard_core::ClientSession;
+use blixard_proto::rpc;
+use blixard_proto::v1::error_detail::Reason;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long to keep retrying while a cluster elects a leader.
-const RETRY_FOR: Duration = Duration::from_secs(5);
+/// One attempt of a request (the server answers a write by its own 8 s deadline).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long a command keeps retrying what is safe to retry.
+const RETRY_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no node reachable at {0}")]
     Unreachable(String),
-    #[error("invalid --addr {0:?}: expected HOST:PORT")]
+    #[error("invalid --addr {0:?}: expected HOST:PORT[,HOST:PORT...]")]
     BadAddr(String),
     #[error("{}", .0.message())]
     Status(Status),
+    #[error("the outcome of the request is unknown: {0}")]
+    Unknown(String),
 }
 
-pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
-    if addr.is_empty() || addr.contains("://") || !addr.contains(':') {
+/// The endpoints of `--addr`: `HOST:PORT[,HOST:PORT...]`.
+pub fn endpoints(addr: &str) -> Result<Vec<String>, ClientError> {
+    let list: Vec<String> = addr.split(',').map(|a| a.trim().to_string()).collect();
+    if list.iter().any(|a| a.is_empty() || a.contains("://") || !a.contains(':')) {
         return Err(ClientError::BadAddr(addr.to_string()));
     }
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| ClientError::BadAddr(addr.to_string()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT);
-    ep.connect().await.map_err(|_| ClientError::Unreachable(addr.to_string()))
+    Ok(list)
 }
 
-/// Whether the server said "not applied, try again" (no leader yet, or a leader change).
-fn retryable(s: &Status) -> bool {
-    s.code() == Code::Unavailable
-        && (s.message().starts_with("no leader")
-            || s.message().starts_with("not the leader")
-            || s.message().starts_with("proposal dropped"))
+async fn dial(addr: &str) -> Option<Channel> {
+    let ep =
+        Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(CONNECT_TIMEOUT).timeout(ATTEMPT_TIMEOUT);
+    ep.connect().await.ok()
 }
 
-/// Calls `f` until it succeeds, fails for good, or [`RETRY_FOR`] passes.
-pub async fn call<T, F, Fut>(addr: &str, mut f: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-{
-    let deadline = tokio::time::Instant::now() + RETRY_FOR;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match f().await {
-            Ok(r) => return Ok(r.into_inner()),
-            Err(s) if retryable(&s) && tokio::time::Instant::now() + backoff < deadline => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-            }
-            Err(s) if s.code() == Code::Unavailable && !retryable(&s) => {
-                return Err(ClientError::Unreachable(addr.to_string()))
-            }
-            Err(s) => return Err(ClientError::Status(s)),
+/// A connection to one of the endpoints, with this process's client session.
+pub struct Conn {
+    endpoints: Vec<String>,
+    at: usize,
+    ch: Channel,
+    session: ClientSession,
+}
+
+/// What to do about a failed attempt.
+enum Next {
+    /// Try again (after a pause), on another endpoint if `elsewhere`.
+    Retry {
+        elsewhere: bool,
+        unknown: bool,
+    },
+    Fail,
+}
+
+fn classify(s: &Status) -> Next {
+    match rpc::reason(s) {
+        Some(Reason::NotApplied) => Next::Retry { elsewhere: true, unknown: false },
+        Some(Reason::Exhausted) => Next::Retry { elsewhere: false, unknown: false },
+        Some(Reason::OutcomeUnknown) => Next::Retry { elsewhere: true, unknown: true },
+        Some(Reason::SessionExpired) | Some(Reason::Unspecified) => Next::Fail,
+        // No typed reason: the connection itself failed or the call timed out on our side. A
+        // write may have arrived: its outcome is unknown.
+        None if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled) => {
+            Next::Retry { elsewhere: true, unknown: true }
         }
+        None => Next::Fail,
+    }
+}
+
+pub async fn connect(addr: &str) -> Result<Conn, ClientError> {
+    let endpoints = endpoints(addr)?;
+    for (at, a) in endpoints.iter().enumerate() {
+        if let Some(ch) = dial(a).await {
+            let session = ClientSession::new(rand::random::<u128>());
+            return Ok(Conn { endpoints, at, ch, session });
+        }
+    }
+    Err(ClientError::Unreachable(endpoints.join(", ")))
+}
+
+impl Conn {
+    pub fn channel(&self) -> Channel {
+        self.ch.clone()
+    }
+
+    /// Moves to the next endpoint that answers (the same one when it is the only one).
+    async fn fail_over(&mut self) {
+        let n = self.endpoints.len();
+        for k in 1..=n {
+            let at = (self.at + k) % n;
+            if let Some(ch) = dial(&self.endpoints[at]).await {
+                self.at = at;
+                self.ch = ch;
+                return;
+            }
+        }
+    }
+
+    /// Calls `f` until it succeeds, fails for good, or the deadline passes. `f` gets a channel
+    /// and the request (with this write's session when `write`).
+    async fn run<R: Clone, T, F, Fut>(&mut self, req: R, write: bool, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, tonic::Request<R>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let session = write.then(|| self.session.begin());
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut backoff = Duration::from_millis(50);
+        let mut unknown_seen = false;
+        let result = loop {
+            let mut r = tonic::Request::new(req.clone());
+            if let Some(s) = &session {
+                rpc::set_session(r.metadata_mut(), s);
+            }
+            let s = match f(self.ch.clone(), r).await {
+                Ok(r) => break Ok(r.into_inner()),
+                Err(s) => s,
+            };
+            match classify(&s) {
+                Next::Retry { elsewhere, unknown: u } if tokio::time::Instant::now() + backoff < deadline => {
+                    unknown_seen |= u && write;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    if elsewhere && (self.endpoints.len() > 1 || rpc::reason(&s).is_none()) {
+                        self.fail_over().await;
+                    }
+                }
+                Next::Retry { unknown: u, .. } => {
+                    break Err(if write && (u || unknown_seen) {
+                        ClientError::Unknown(s.message().to_string())
+                    } else if rpc::reason(&s).is_none() {
+                        ClientError::Unreachable(self.endpoints.join(", "))
+                    } else {
+                        ClientError::Status(s)
+                    });
+                }
+                Next::Fail => break Err(ClientError::Status(s)),
+            }
+        };
+        if let Some(s) = session {
+            self.session.end(s.seq);
+        }
+        result
+    }
+
+    /// A read (or any call that is safe to repeat).
+    pub async fn read<R: Clone, T, F, Fut>(&mut self, req: R, f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, tonic::Request<R>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.run(req, false, f).await
+    }
+
+    /// A write, exactly once (see the module doc).
+    pub async fn write<R: Clone, T, F, Fut>(&mut self, req: R, f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, tonic::Request<R>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.run(req, true, f).await
     }
 }

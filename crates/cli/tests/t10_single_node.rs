@@ -242,6 +242,22 @@ fn a_corrupt_data_dir_is_refused_and_left_untouched() {
 }
 
 #[test]
+fn a_data_dir_whose_state_store_is_missing_is_refused_not_served_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n1");
+    let mut n = TestNode::start(1, &dir);
+    n.wait_leader(LEADER_WITHIN);
+    cli_json(&n.addr, &["kv", "put", "keep", "me"]);
+    n.kill9();
+    std::fs::remove_file(dir.join("blixard.redb")).unwrap();
+    n.spawn(&[]);
+    assert_eq!(n.wait_exit(Duration::from_secs(20)).code(), Some(1));
+    assert!(n.log().contains("has no state store"), "{}", n.log());
+    // The raft log was left alone.
+    assert!(std::fs::read_dir(dir.join("raft-log")).unwrap().count() > 0);
+}
+
+#[test]
 fn sigterm_shuts_down_gracefully_and_restart_keeps_state() {
     let tmp = tempfile::tempdir().unwrap();
     let mut n = TestNode::start(1, &tmp.path().join("n1"));

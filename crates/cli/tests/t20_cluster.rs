@@ -187,3 +187,45 @@ fn five_nodes_with_two_down_still_accept_writes() {
     cli_json(&c.node(nl).addr, &["kv", "put", "still", "writable"]);
     assert_eq!(read_keys(&c.node(nl).addr, "five/", false), w);
 }
+
+/// Issue 11: a write sent to a follower at the instant the leader dies was forwarded to the dead
+/// leader and lost; the follower used to answer "may or may not have been applied" after 8 s.
+/// Now it proposes it again to the new leader and answers the one true outcome: the writes
+/// succeed, and each was applied once (a VM create applied twice would answer "already exists"
+/// to its retry; a put applied again after the delete that followed it would bring the key back).
+#[test]
+fn writes_to_a_follower_when_the_leader_dies_succeed_exactly_once() {
+    let mut c = TestCluster::start(3, &[]);
+    let leader = c.wait_voters(3);
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let addr = c.node(follower).addr.clone();
+    c.node_mut(leader).kill9();
+    let spawn = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["--addr", &addr, "-o", "json"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // All at once, while the follower still believes in the dead leader.
+    let put = spawn(&["kv", "put", "failover", "v1"]);
+    let create = spawn(&["vm", "create", "failover-vm", "--memory", "128"]);
+    let (put, create) = (put.wait_with_output().unwrap(), create.wait_with_output().unwrap());
+    assert!(put.status.success(), "put through a follower failed: {}", stderr(&put));
+    assert!(create.status.success(), "vm create through a follower failed: {}", stderr(&create));
+    let vm: serde_json::Value = serde_json::from_slice(&create.stdout).unwrap();
+    assert_eq!(vm["name"], "failover-vm");
+    cli_json(&addr, &["kv", "delete", "failover"]);
+    // Every node that is up agrees, and the deleted key stays deleted.
+    let survivor = (1..=3).find(|&n| n != leader && n != follower).unwrap();
+    let st = c.status_via(follower).unwrap();
+    c.wait_applied(survivor, st["commit_index"].as_u64().unwrap());
+    for n in [follower, survivor] {
+        let o = cli(&c.node(n).addr, &["kv", "get", "failover"]);
+        assert_eq!(o.status.code(), Some(1), "node {n}: the deleted key came back: {}", stdout(&o));
+        let v = cli_json(&c.node(n).addr, &["vm", "get", "failover-vm"]);
+        assert_eq!(v["create_index"], vm["create_index"], "node {n}");
+    }
+}

@@ -43,7 +43,7 @@ fn a_vm_boots_answers_http_stops_and_is_deleted() {
     n.wait_leader(UP);
     let port = free_port().to_string();
     let fwd = format!("{port}:80");
-    cli_json(
+    let created = cli_json(
         &n.addr,
         &["vm", "create", "web", "--memory", "128", "--port", &fwd, "--cmdline", "blixard.http=80", "--start"],
     );
@@ -65,7 +65,7 @@ fn a_vm_boots_answers_http_stops_and_is_deleted() {
     assert_eq!(v["desired"], "stopped");
     assert!(http_get(port).is_none(), "nothing answers once stopped");
 
-    let dir = n.dir.join("vmm/vms/web");
+    let dir = n.dir.join(format!("vmm/vms/web.{}", created["create_index"]));
     assert!(dir.is_dir());
     cli_json(&n.addr, &["vm", "delete", "web"]);
     wait_until("the VM directory to be removed", Duration::from_secs(30), || (!dir.exists()).then_some(()));
@@ -110,7 +110,10 @@ fn a_daemon_restart_adopts_the_running_vm_instead_of_booting_it_again() {
     n.kill9();
     n.spawn(&[]);
     n.wait_leader(UP);
-    assert!(n.log().contains("adopted VMs still running from before"), "{}", n.log());
+    // Leader and capacity are in the replicated state already: the backend may still be opening.
+    wait_until("the restarted daemon to adopt the VM", UP, || {
+        n.log().contains("adopted VMs still running from before").then_some(())
+    });
     // The reconciler walks VMs in name order: once "later" (after "keep") runs, a whole pass
     // has looked at "keep" with the new daemon.
     cli_json(&n.addr, &["vm", "create", "later", "--memory", "96", "--start"]);
@@ -133,10 +136,11 @@ fn in_a_three_node_cluster_a_vm_created_through_a_follower_runs_on_its_node_and_
     );
     assert_eq!(created["node"], target);
     wait_phase(&c.node(leader).addr, "edge", "running");
-    assert!(c.node(target).dir.join("vmm/vms/edge").is_dir());
+    let dir = format!("vmm/vms/edge.{}", created["create_index"]);
+    assert!(c.node(target).dir.join(&dir).is_dir());
     for n in 1..=3u64 {
         if n != target {
-            assert!(!c.node(n).dir.join("vmm/vms/edge").exists(), "node {n} must not run it");
+            assert!(!c.node(n).dir.join(&dir).exists(), "node {n} must not run it");
         }
         let l = wait_until(&format!("logs through node {n}"), Duration::from_secs(30), || {
             Some(logs(&c.node(n).addr, "edge")).filter(|l| l.contains("BLIXARD-BOOT-OK"))
@@ -225,4 +229,123 @@ fn an_unhealthy_vm_is_restarted_and_why_is_visible_while_a_healthy_one_is_left_a
     cli_json(&n.addr, &["vm", "create", "later", "--memory", "96", "--start"]);
     wait_phase(&n.addr, "later", "running");
     assert_eq!(cli_json(&n.addr, &["vm", "get", "healthy"])["observed"]["pid"], pid);
+}
+
+/// Live (not zombie) process?
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) != Some("Z"))
+}
+
+#[test]
+fn a_vm_deleted_and_recreated_under_the_same_name_boots_afresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(UP);
+    let old = cli_json(&n.addr, &["vm", "create", "web", "--memory", "96", "--cmdline", "bx.marker=first", "--start"]);
+    let v = wait_phase(&n.addr, "web", "running");
+    let old_pid = v["observed"]["pid"].as_u64().unwrap();
+    let old_index = old["create_index"].as_u64().unwrap();
+    assert!(logs(&n.addr, "web").contains("bx.marker=first"), "the kernel prints its command line");
+
+    cli_json(&n.addr, &["vm", "delete", "web"]);
+    let new = cli_json(&n.addr, &["vm", "create", "web", "--memory", "96", "--cmdline", "bx.marker=second", "--start"]);
+    let new_index = new["create_index"].as_u64().unwrap();
+    let v = wait_until("the new VM to run", BOOT, || {
+        phase(&n.addr, "web").filter(|v| v["create_index"] == new_index && v["observed"]["phase"] == "running")
+    });
+    assert_ne!(v["observed"]["pid"].as_u64(), Some(old_pid), "a new QEMU, not the old one adopted: {v}");
+    let l = wait_until("the new guest's console", BOOT, || {
+        Some(logs(&n.addr, "web")).filter(|l| l.contains("BLIXARD-BOOT-OK"))
+    });
+    assert!(l.contains("bx.marker=second") && !l.contains("bx.marker=first"), "{l}");
+    assert!(!alive(old_pid), "the old QEMU is gone");
+    let vms = n.dir.join("vmm/vms");
+    assert!(!vms.join(format!("web.{old_index}")).exists(), "the old disk dir is removed");
+    assert!(vms.join(format!("web.{new_index}")).is_dir());
+}
+
+/// The same, but the VM's node is down while its VM is deleted and recreated: when it comes back,
+/// its QEMU of the old incarnation still runs and its state still assigns that incarnation to it
+/// until it catches up. It must neither keep the old QEMU for the new record nor delete the VM
+/// before it knows better.
+#[test]
+fn a_node_that_was_down_while_its_vm_was_recreated_replaces_the_old_incarnation() {
+    let mut c = TestCluster::start(3, &[]);
+    let leader = c.wait_voters(3);
+    let target = (1..=3).find(|&n| n != leader).unwrap();
+    let via = c.node(leader).addr.clone();
+    let args = |marker: &'static str| {
+        let node = target.to_string();
+        let cmdline = format!("bx.marker={marker}");
+        let v: Vec<String> =
+            ["vm", "create", "web", "--memory", "96", "--node", &node, "--cmdline", &cmdline, "--start"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        v
+    };
+    let create = |marker| {
+        let a = args(marker);
+        cli_json(&via, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let old_index = create("first")["create_index"].as_u64().unwrap();
+    let v = wait_phase(&via, "web", "running");
+    let old_pid = v["observed"]["pid"].as_u64().unwrap();
+
+    c.node_mut(target).kill9();
+    assert!(alive(old_pid), "a VM outlives its daemon");
+    cli_json(&via, &["vm", "delete", "web"]);
+    let new_index = create("second")["create_index"].as_u64().unwrap();
+    c.node_mut(target).spawn(&[]);
+
+    let v = wait_until("the new incarnation to run", BOOT, || {
+        phase(&via, "web").filter(|v| v["create_index"] == new_index && v["observed"]["phase"] == "running")
+    });
+    assert_ne!(v["observed"]["pid"].as_u64(), Some(old_pid), "a new QEMU, not the old one adopted: {v}");
+    let l = wait_until("the new guest's console", BOOT, || {
+        Some(logs(&via, "web")).filter(|l| l.contains("BLIXARD-BOOT-OK"))
+    });
+    assert!(l.contains("bx.marker=second") && !l.contains("bx.marker=first"), "{l}");
+    wait_until("the old QEMU to be gone", Duration::from_secs(30), || (!alive(old_pid)).then_some(()));
+    let vms = c.node(target).dir.join("vmm/vms");
+    assert!(!vms.join(format!("web.{old_index}")).exists(), "the old disk dir is removed");
+    assert!(vms.join(format!("web.{new_index}")).is_dir());
+}
+
+/// Upgrade from a driver before incarnations: its directories are named by the bare VM name. A
+/// restarted node adopts the one its record names (the same disk) and removes one no record
+/// names, both only after a linearizable read.
+#[test]
+fn directories_named_by_bare_vm_name_are_adopted_or_removed_after_an_upgrade() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(UP);
+    let created = cli_json(&n.addr, &["vm", "create", "web", "--memory", "96", "--disk-gib", "1", "--start"]);
+    wait_phase(&n.addr, "web", "running");
+    cli_json(&n.addr, &["vm", "stop", "web"]);
+    wait_phase(&n.addr, "web", "stopped");
+    n.kill9();
+
+    // What the previous driver left: `vms/web` with a `vm.json` that records no directory, and
+    // `vms/ghost` of a VM deleted while the node was down.
+    let vms = n.dir.join("vmm/vms");
+    let instance = vms.join(format!("web.{}", created["create_index"]));
+    std::fs::rename(&instance, vms.join("web")).unwrap();
+    let run_path = vms.join("web/vm.json");
+    let mut run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&run_path).unwrap()).unwrap();
+    run.as_object_mut().unwrap().remove("dir");
+    std::fs::write(&run_path, run.to_string()).unwrap();
+    std::fs::create_dir_all(vms.join("ghost")).unwrap();
+    let disk = std::fs::metadata(vms.join("web/disk.qcow2")).unwrap().ino();
+
+    n.spawn(&[]);
+    n.wait_leader(UP);
+    wait_until("the legacy directories to be settled", Duration::from_secs(60), || {
+        (instance.is_dir() && !vms.join("web").exists() && !vms.join("ghost").exists()).then_some(())
+    });
+    assert_eq!(std::fs::metadata(instance.join("disk.qcow2")).unwrap().ino(), disk, "the same disk, adopted");
+    cli_json(&n.addr, &["vm", "start", "web"]);
+    wait_phase(&n.addr, "web", "running");
 }

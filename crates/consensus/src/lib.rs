@@ -6,24 +6,34 @@
 //! - [`log_store`]: the write half of a Raft log store ([`LogStore`]), implemented for
 //!   [`DiskStorage`] and raft-rs's `MemStorage`, both held to one conformance suite.
 //! - [`sm`]: the core state machine's [`blixard_core::Store`] over redb tables.
-//! - [`driver`]: the Ready loop, proposals tracked by id, ReadIndex reads.
+//! - [`engine`]: the pure policy of the Ready loop: waiting writes and reads, re-proposals,
+//!   answers (unit-tested input by input).
+//! - [`driver`] and `ready`: the Ready loop's IO shell; `apply`: committed entries into the
+//!   state machine; [`handle`]: what clients of the driver hold.
 
 // rust-protobuf messages are built by mutating a default (they carry hidden fields).
 #![allow(clippy::field_reassign_with_default)]
 
+mod apply;
 pub mod driver;
+pub mod engine;
 pub mod error;
+pub mod handle;
+mod known;
 pub mod log_store;
 mod logger;
+mod ready;
 pub mod sm;
 pub mod storage;
 pub mod transport;
+pub mod types;
 pub mod wal;
 
-pub use driver::{Handle, NodeStatus, ProposeError, RaftConfig, Role};
 pub use error::StorageError;
+pub use handle::Handle;
 pub use log_store::LogStore;
 pub use storage::{Bootstrap, DiskStorage};
 pub use transport::Transport;
+pub use types::{NodeStatus, ProposeError, RaftConfig, Role};
 
 pub use raft::eraftpb;

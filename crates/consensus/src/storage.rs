@@ -29,6 +29,8 @@ use crate::wal::Wal;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
 const K_NODE_ID: &str = "node_id";
+/// The data dir's identity, also recorded in every log segment: the two stores must agree.
+const K_IDENT: &str = "ident";
 const K_CONF_STATE: &str = "conf_state";
 /// (index, term) of the last entry applied to the state machine tables.
 const K_APPLIED: &str = "applied";
@@ -79,6 +81,51 @@ fn meta_get(db: &Database, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
     Ok(v)
 }
 
+/// Whether the state store (with identity `state`, used or not) and the log (`log`) belong to
+/// one data dir; returns the identity to keep (a new one for a new data dir).
+fn check_ident(
+    state: Option<u128>,
+    log: Option<u128>,
+    state_used: bool,
+    log_used: bool,
+    wal_dir: &Path,
+) -> Result<u128, StorageError> {
+    let log_dir = wal_dir.display();
+    let mismatch = |m: String| Err(StorageError::Mismatch(m));
+    match (state, log) {
+        (Some(a), Some(b)) if a == b => Ok(a),
+        (Some(_), Some(_)) => {
+            mismatch(format!("the state store and the raft log in {log_dir} belong to different data dirs"))
+        }
+        (None, None) if state_used && log_used => Err(StorageError::Corrupt(
+            "this data dir was written by an older version of Blixard, whose formats this version does not read".into(),
+        )),
+        (Some(_), None) if log_used => {
+            mismatch(format!("the raft log in {log_dir} was not written with this state store"))
+        }
+        (None, Some(_)) if state_used => {
+            mismatch(format!("the state store was not written with the raft log in {log_dir}"))
+        }
+        _ if log_used && !state_used => mismatch(format!(
+            "the raft log in {log_dir} has no state store: {} is missing or was replaced",
+            "blixard.redb"
+        )),
+        _ if state_used && !log_used => {
+            mismatch(format!("the state store has no raft log: {log_dir} is missing or was replaced"))
+        }
+        (a, b) => Ok(a.or(b).unwrap_or_else(new_ident)),
+    }
+}
+
+/// A fresh random identity (from the simulated clock under simulation, so a run is a function of
+/// its seed).
+fn new_ident() -> u128 {
+    #[cfg(not(madsim))]
+    return rand::random::<u128>();
+    #[cfg(madsim)]
+    return std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
+}
+
 impl DiskStorage {
     /// Opens the store: the state machine in `db`, the log in `wal_dir`. Creates what is missing.
     pub fn open(db: Arc<Database>, wal_dir: &Path) -> Result<Self, StorageError> {
@@ -95,7 +142,28 @@ impl DiskStorage {
             Some(b) => unpair(K_APPLIED, &b)?,
             None => (0, 0),
         };
-        let (wal, rec) = Wal::open(wal_dir)?;
+        let (mut wal, rec) = Wal::open(wal_dir)?;
+        let state_used = applied != (0, 0) || meta_get(&db, K_NODE_ID)?.is_some() || cs != ConfState::default();
+        let log_used = !rec.entries.is_empty() || rec.truncated != (0, 0) || rec.hard_state != HardState::default();
+        let ident = match meta_get(&db, K_IDENT)? {
+            None => None,
+            Some(b) => Some(u128::from_le_bytes(
+                b.as_slice().try_into().map_err(|_| StorageError::Corrupt("data dir identity".into()))?,
+            )),
+        };
+        let id = check_ident(ident, wal.ident(), state_used, log_used, wal_dir)?;
+        if ident.is_none() {
+            let txn = db.begin_write().map_err(StorageError::db)?;
+            txn.open_table(META)
+                .map_err(StorageError::db)?
+                .insert(K_IDENT, id.to_le_bytes().as_slice())
+                .map_err(StorageError::db)?;
+            txn.commit().map_err(StorageError::db)?;
+        }
+        if wal.ident().is_none() {
+            wal.set_ident(id);
+            wal.sync()?;
+        }
         let mut s =
             DiskStorage { db, wal, entries: rec.entries.into(), hs: rec.hard_state, cs, truncated: rec.truncated };
         let (a, a_term) = applied;
@@ -177,8 +245,9 @@ impl DiskStorage {
         meta.mut_conf_state().voters = vec![b.id];
         let txn = self.db.begin_write().map_err(StorageError::db)?;
         self.stage_conf_state(&txn, meta.get_conf_state())?;
-        let env = Envelope { id: 0, now_ms: 0, command: Command::SetMember { id: b.id, addr: b.addr.clone() } };
-        blixard_core::state::apply(&mut TxnStore::new(&txn), 1, &env)?
+        // Applied directly, never through the log (a replicated bootstrap is refused).
+        let env = Envelope { session: None, now_ms: 0, command: Command::Bootstrap { id: b.id, addr: b.addr.clone() } };
+        blixard_core::state::run(&mut TxnStore::new(&txn), 1, &env)?
             .map_err(|e| StorageError::Corrupt(format!("bootstrap member: {e}")))?;
         Self::stage_applied(&txn, 1, 1)?;
         txn.commit().map_err(StorageError::db)?;
@@ -235,8 +304,9 @@ impl DiskStorage {
             )));
         }
         self.entries.truncate((first.index - self.truncated.0 - 1) as usize);
+        let prev_term = self.term_of(first.index - 1).unwrap_or_default();
         self.entries.extend(entries.iter().cloned());
-        self.wal.append(entries);
+        self.wal.append(entries, prev_term);
         Ok(())
     }
 
@@ -258,6 +328,12 @@ impl DiskStorage {
     /// Writes what was appended; with `durable`, also `fdatasync`s it (one per call).
     pub fn sync(&mut self, durable: bool) -> Result<(), StorageError> {
         self.wal.flush(durable)
+    }
+
+    /// Called when the Ready loop goes idle: lets the log claim its last sync (see the log's
+    /// record format), without a sync of its own.
+    pub fn seal(&mut self) -> Result<(), StorageError> {
+        self.wal.seal()
     }
 
     /// Replaces the log by a snapshot's position (the caller has made the snapshot's state

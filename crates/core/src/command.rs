@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::scheduler::NodeResources;
+use crate::session::Session;
 use crate::spec::{Observed, PowerState, ValidationError, VmRecord, VmSpec};
 use crate::store::PageLimit;
 use crate::NodeId;
@@ -48,11 +49,21 @@ pub enum Command {
     NodeRegister {
         resources: NodeResources,
     },
-    /// Records a member's address (applied with the Raft membership change that adds it).
-    SetMember {
+    /// The first member of a new cluster (applied by the bootstrap itself, never from the log).
+    Bootstrap {
         id: NodeId,
         addr: String,
     },
+    /// Adds a node as a learner; travels with the Raft configuration change that adds it.
+    AddLearner {
+        id: NodeId,
+        addr: String,
+    },
+    /// Makes a caught-up learner a voter (with its configuration change).
+    PromoteVoter {
+        id: NodeId,
+    },
+    /// Removes a member (with its configuration change).
     RemoveMember {
         id: NodeId,
     },
@@ -62,8 +73,10 @@ pub enum Command {
 /// lets the proposer find its answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// Proposer-chosen id; the proposer matches it (with the entry index) to its waiting client.
-    pub id: u64,
+    /// The client command this is, for exactly-once (see [`crate::session`]); `None` only for
+    /// commands a node makes on its own that need no answer (a new leader's no-op, promoting a
+    /// learner), whose repetition is harmless.
+    pub session: Option<Session>,
     /// The proposer's wall clock in ms since the Unix epoch: time enters `apply` only here.
     pub now_ms: u64,
     pub command: Command,
@@ -99,10 +112,27 @@ pub enum CommandError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The client's session expired: this command was not applied now, and whether an earlier
+    /// copy of it was is no longer known.
+    #[error("the client session expired; the outcome of this request is unknown")]
+    SessionExpired,
+    /// A bound of the replicated state was reached; nothing was applied.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// The deterministic result of applying one command.
 pub type Outcome = Result<Response, CommandError>;
+
+/// A command's outcome with the index of the entry that applied it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The entry that applied the command (for a duplicate, the first one).
+    pub index: u64,
+    pub outcome: Outcome,
+    /// Answered from the session table: an earlier copy was applied.
+    pub duplicate: bool,
+}
 
 /// A read, served after a ReadIndex round (or locally for stale reads).
 #[derive(Clone, Debug, PartialEq, Eq)]

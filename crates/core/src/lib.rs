@@ -6,14 +6,18 @@
 //! so the same `apply` runs over redb in a node and over a `BTreeMap` in tests and simulation.
 
 pub mod command;
+pub mod membership;
 pub mod reconcile;
 pub mod scheduler;
+pub mod session;
 pub mod spec;
 pub mod state;
 pub mod store;
 
-pub use command::{Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
+pub use command::{Applied, Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
+pub use membership::{ChangeKind, MembershipChange};
 pub use scheduler::NodeResources;
+pub use session::{ClientSession, Session, SessionKey};
 pub use spec::{
     quoted, HealthCheck, HealthKind, Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError,
     VmRecord, VmSpec,

@@ -2,21 +2,22 @@
 //!
 //! `apply` is a pure function of (state, command, index): no clock, no randomness, no map-order
 //! iteration. Every node applying the same log reaches byte-identical tables.
+//!
+//! Applying one command is three steps, so a membership change can ask raft-rs in between:
+//! [`begin`] (cluster time, session sweep, the session's verdict: apply, answer a duplicate with
+//! its recorded outcome, or refuse; the membership rules), [`run`] (the command itself) and
+//! [`finish`] (the outcome recorded in the client's session). [`apply`] does all three for a
+//! normal entry.
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
+use crate::command::{Applied, Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
+use crate::membership::{self, MembershipChange};
+pub use crate::membership::{members, Member};
 use crate::scheduler::{self, NodeResources};
+use crate::session::{self, Check};
 use crate::spec::{validate_key, validate_name, validate_value, PowerState, VmRecord};
 use crate::store::{ReadStore, Store, StoreError, Table};
-use crate::NodeId;
-
-/// A cluster member as recorded in the replicated state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub id: NodeId,
-    pub addr: String,
-}
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
@@ -28,9 +29,71 @@ fn decode<T: for<'a> Deserialize<'a>>(table: Table, key: &[u8], bytes: &[u8]) ->
     })
 }
 
-/// Applies one committed command at log `index`. The outer `Result` is a storage failure (fatal
-/// for the node); the inner one is the command's own, deterministic result.
-pub fn apply(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outcome, StoreError> {
+/// Applies one committed normal entry's command at log `index`. The outer `Result` is a storage
+/// failure (fatal for the node); the command's own, deterministic result is in [`Applied`].
+pub fn apply(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Applied, StoreError> {
+    match begin(store, index, env, None)? {
+        Begun::Done(a) => Ok(a),
+        Begun::Go => {
+            let outcome = run(store, index, env)?;
+            finish(store, index, env, outcome)
+        }
+    }
+}
+
+/// What [`begin`] decided.
+#[derive(Debug)]
+pub enum Begun {
+    /// Answered without running the command (a duplicate, or refused).
+    Done(Applied),
+    /// Run it ([`run`], or raft-rs's configuration change then [`run`]), then [`finish`].
+    Go,
+}
+
+/// The checks before a command runs. `change` is the configuration change of the entry that
+/// carries it (`None` for a normal entry).
+pub fn begin(
+    store: &mut impl Store,
+    index: u64,
+    env: &Envelope,
+    change: Option<&MembershipChange>,
+) -> Result<Begun, StoreError> {
+    let now = session::advance_clock(store, env.now_ms)?;
+    session::sweep(store, now)?;
+    let refused = |e: CommandError| Ok(Begun::Done(Applied { index, outcome: Err(e), duplicate: false }));
+    if let Err(e) = membership::check_carrier(&env.command, change) {
+        return refused(e);
+    }
+    if let Some(s) = &env.session {
+        match session::check(store, s, now)? {
+            Check::Apply => {}
+            Check::Duplicate { index, outcome } => return Ok(Begun::Done(Applied { index, outcome, duplicate: true })),
+            Check::Refuse(e) => return refused(e),
+        }
+    }
+    if change.is_some() {
+        if let Err(e) = membership::validate(store, &env.command) {
+            return finish(store, index, env, Err(e)).map(Begun::Done);
+        }
+    }
+    Ok(Begun::Go)
+}
+
+/// Records the outcome in the client's session and returns it.
+pub fn finish(store: &mut impl Store, index: u64, env: &Envelope, outcome: Outcome) -> Result<Applied, StoreError> {
+    if let Some(s) = &env.session {
+        let now = session::advance_clock(store, env.now_ms)?;
+        session::record(store, s, index, &outcome, now)?;
+    }
+    Ok(Applied { index, outcome, duplicate: false })
+}
+
+fn put_member(store: &mut impl Store, m: &Member) -> Result<(), StoreError> {
+    store.put(Table::Members, &m.id.to_be_bytes(), &encode(m))
+}
+
+/// Runs a command that [`begin`] let through.
+pub fn run(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outcome, StoreError> {
     Ok(match &env.command {
         Command::Noop => Ok(Response::Done),
         Command::KvPut { key, value } => match validate_key(key).and_then(|()| validate_value(value)) {
@@ -119,11 +182,26 @@ pub fn apply(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outco
             store.put(Table::Nodes, &resources.id.to_be_bytes(), &encode(resources))?;
             Ok(Response::Done)
         }
-        Command::SetMember { id, addr } => {
-            store.put(Table::Members, &id.to_be_bytes(), &encode(&Member { id: *id, addr: addr.clone() }))?;
+        Command::Bootstrap { id, addr } => {
+            put_member(store, &Member { id: *id, addr: addr.clone(), voter: true })?;
+            Ok(Response::Done)
+        }
+        Command::AddLearner { id, addr } => {
+            put_member(store, &Member { id: *id, addr: addr.clone(), voter: false })?;
+            Ok(Response::Done)
+        }
+        Command::PromoteVoter { id } => {
+            let Some(b) = store.get(Table::Members, &id.to_be_bytes())? else {
+                return Ok(Err(CommandError::NotFound(format!("node {id}"))));
+            };
+            let mut m: Member = decode(Table::Members, &id.to_be_bytes(), &b)?;
+            m.voter = true;
+            put_member(store, &m)?;
             Ok(Response::Done)
         }
         Command::RemoveMember { id } => {
+            // A member that left offers no capacity any more.
+            store.delete(Table::Nodes, &id.to_be_bytes())?;
             Ok(Response::Deleted { existed: store.delete(Table::Members, &id.to_be_bytes())? })
         }
     })
@@ -166,11 +244,6 @@ pub fn vms(store: &impl ReadStore) -> Result<Vec<VmRecord>, StoreError> {
 /// Every registered node's capacity, by id.
 pub fn nodes(store: &impl ReadStore) -> Result<Vec<NodeResources>, StoreError> {
     store.scan(Table::Nodes, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Nodes, k, v)).collect()
-}
-
-/// All recorded members, by id.
-pub fn members(store: &impl ReadStore) -> Result<Vec<Member>, StoreError> {
-    store.scan(Table::Members, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Members, k, v)).collect()
 }
 
 /// The whole replicated state as one byte string (the Raft snapshot payload).
@@ -219,11 +292,11 @@ mod tests {
     use crate::store::{MemStore, PageLimit};
 
     fn env(command: Command) -> Envelope {
-        Envelope { id: 7, now_ms: 1_000, command }
+        Envelope { session: None, now_ms: 1_000, command }
     }
 
     fn run(store: &mut MemStore, index: u64, c: Command) -> Outcome {
-        apply(store, index, &env(c)).expect("mem store never fails")
+        apply(store, index, &env(c)).expect("mem store never fails").outcome
     }
 
     fn spec(name: &str) -> VmSpec {
@@ -265,7 +338,7 @@ mod tests {
         assert_eq!(r, Err(CommandError::Invalid(ValidationError::new("key", "must be 1 to 1024 bytes (got 0)"))));
         let r = run(&mut s, 2, Command::KvPut { key: b"k".to_vec(), value: vec![0; (1 << 20) + 1] });
         assert!(matches!(r, Err(CommandError::Invalid(ValidationError { ref field, .. })) if field == "value"));
-        assert_eq!(s, MemStore::default());
+        assert_eq!(s.user_tables(), MemStore::default());
     }
 
     #[test]
@@ -384,7 +457,7 @@ mod tests {
             run(&mut s, 2, Command::VmCreate { spec: other, node: None, start: true }),
             Err(CommandError::AlreadyExists("vm \"web\"".into()))
         );
-        assert_eq!(s, before);
+        assert_eq!(s.user_tables(), before.user_tables());
     }
 
     #[test]
@@ -395,7 +468,7 @@ mod tests {
         bad.vcpus = 0;
         let r = run(&mut s, 1, Command::VmCreate { spec: bad, node: None, start: false });
         assert_eq!(r, Err(CommandError::Invalid(ValidationError::new("vcpus", "must be between 1 and 32 (got 0)"))));
-        assert_eq!(s, before);
+        assert_eq!(s.user_tables(), before.user_tables());
     }
 
     #[test]
@@ -419,16 +492,16 @@ mod tests {
     }
 
     #[test]
-    fn members_are_recorded_and_removed() {
+    fn membership_commands_are_refused_in_normal_entries() {
         let mut s = MemStore::default();
-        run(&mut s, 1, Command::SetMember { id: 2, addr: "127.0.0.1:7002".into() }).unwrap();
-        run(&mut s, 2, Command::SetMember { id: 1, addr: "127.0.0.1:7001".into() }).unwrap();
-        assert_eq!(
-            members(&s).unwrap(),
-            vec![Member { id: 1, addr: "127.0.0.1:7001".into() }, Member { id: 2, addr: "127.0.0.1:7002".into() }]
-        );
-        assert_eq!(run(&mut s, 3, Command::RemoveMember { id: 2 }), Ok(Response::Deleted { existed: true }));
-        assert_eq!(members(&s).unwrap().len(), 1);
+        for c in [
+            Command::AddLearner { id: 2, addr: "127.0.0.1:7002".into() },
+            Command::RemoveMember { id: 1 },
+            Command::Bootstrap { id: 1, addr: "a:1".into() },
+        ] {
+            assert!(matches!(run(&mut s, 1, c), Err(CommandError::FailedPrecondition(_))));
+        }
+        assert!(members(&s).unwrap().is_empty());
     }
 
     #[test]
@@ -445,7 +518,7 @@ mod tests {
                 },
             },
             create("db"),
-            Command::SetMember { id: 1, addr: "a:1".into() },
+            Command::VmDelete { name: "db".into() },
             Command::KvDelete { key: b"x".to_vec() },
             Command::KvPut { key: b"y".to_vec(), value: b"2".to_vec() },
         ];
@@ -476,7 +549,7 @@ mod tests {
                 "cannot place vm \"big\": node 1: needs 9000 MiB memory, 8192 MiB free".into()
             ))
         );
-        assert_eq!(s, before);
+        assert_eq!(s.user_tables(), before.user_tables());
     }
 
     #[test]

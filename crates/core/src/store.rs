@@ -14,10 +14,17 @@ pub enum Table {
     Vms,
     Members,
     Nodes,
+    /// Client sessions, by client id (see [`crate::session`]).
+    Sessions,
+    /// `(last active, client)`: the sessions in order of activity, for expiry.
+    SessionTimes,
+    /// Small values of the state machine itself (cluster time, counters).
+    Meta,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Kv, Table::Vms, Table::Members, Table::Nodes];
+    pub const ALL: [Table; 7] =
+        [Table::Kv, Table::Vms, Table::Members, Table::Nodes, Table::Sessions, Table::SessionTimes, Table::Meta];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -25,6 +32,9 @@ impl Table {
             Table::Vms => "sm_vms",
             Table::Members => "sm_members",
             Table::Nodes => "sm_nodes",
+            Table::Sessions => "sm_sessions",
+            Table::SessionTimes => "sm_session_times",
+            Table::Meta => "sm_meta",
         }
     }
 }
@@ -132,6 +142,16 @@ pub struct MemStore {
     tables: BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
+impl MemStore {
+    /// The state without the state machine's own bookkeeping (cluster time, counters): what a
+    /// test compares to say a refused command "changed nothing".
+    pub fn user_tables(&self) -> MemStore {
+        let mut s = self.clone();
+        s.tables.remove(&Table::Meta);
+        s
+    }
+}
+
 impl ReadStore for MemStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tables.get(&table).and_then(|t| t.get(key)).cloned())
@@ -172,7 +192,13 @@ impl Store for MemStore {
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.tables.get_mut(&table).and_then(|t| t.remove(key)).is_some())
+        let Some(t) = self.tables.get_mut(&table) else { return Ok(false) };
+        let existed = t.remove(key).is_some();
+        if t.is_empty() {
+            // An empty table and a missing one are the same state.
+            self.tables.remove(&table);
+        }
+        Ok(existed)
     }
 
     fn clear(&mut self, table: Table) -> Result<(), StoreError> {

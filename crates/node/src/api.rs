@@ -8,7 +8,8 @@ use blixard_consensus::sm::ReadView;
 use blixard_consensus::Handle;
 use blixard_core::spec::{validate_key, validate_name, validate_value};
 use blixard_core::state::Member;
-use blixard_core::{Command, PageLimit, Query, QueryResult, Response, VmSpec};
+use blixard_core::{Command, PageLimit, Query, QueryResult, Response, Session, VmSpec};
+use blixard_proto::rpc;
 use blixard_proto::v1;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -19,8 +20,13 @@ use crate::status;
 /// Set on a request a follower forwarded to the leader, so it is never forwarded twice.
 const FORWARDED: &str = "x-blixard-forwarded";
 
-/// How long a write or linearizable read may wait for Raft.
-const RAFT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write may wait to be applied before its outcome is answered "unknown" (the client
+/// may then retry it with the same session).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a linearizable read may wait for Raft.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The driver answers every request by its own deadline; this only bounds a stuck driver.
+const DRIVER_GRACE: Duration = Duration::from_secs(2);
 const DEFAULT_LIST_LIMIT: usize = 1000;
 const MAX_LIST_LIMIT: usize = blixard_proto::MAX_LIST_LIMIT as usize;
 
@@ -105,7 +111,7 @@ impl Api {
         if s.role == blixard_consensus::Role::Leader {
             return Ok(None);
         }
-        let not_leader = blixard_consensus::ProposeError::NotLeader { leader_id: s.leader_id };
+        let not_leader = blixard_consensus::ProposeError::Unavailable { leader_id: s.leader_id };
         if req.metadata().contains_key(FORWARDED) {
             return Err(self.propose_error(not_leader));
         }
@@ -124,27 +130,37 @@ impl Api {
         self.members().ok()?.into_iter().find(|m| m.id == id).map(|m| m.addr)
     }
 
-    fn propose_error(&self, e: blixard_consensus::ProposeError) -> Status {
-        let addr = match &e {
-            blixard_consensus::ProposeError::NotLeader { leader_id: Some(id) } => self.addr_of(*id),
-            _ => None,
-        };
-        status::propose(e, addr)
+    /// The leader and its address, when known.
+    fn leader(&self) -> Option<(u64, String)> {
+        let id = self.raft.status().leader_id?;
+        Some((id, self.addr_of(id).unwrap_or_default()))
     }
 
-    /// Proposes and waits for the command's own result.
-    async fn write(&self, cmd: Command) -> std::result::Result<(u64, Response), Status> {
-        let applied = tokio::time::timeout(RAFT_TIMEOUT, self.raft.propose(cmd))
+    fn propose_error(&self, e: blixard_consensus::ProposeError) -> Status {
+        status::propose(e, self.leader())
+    }
+
+    /// Proposes and waits for the command's own result (or, for a repeated request, the one its
+    /// first copy produced). A request without a session is proposed in this node's own: the
+    /// node's re-proposals stay exactly-once, the client's own retries are not.
+    async fn write(&self, session: Option<Session>, cmd: Command) -> std::result::Result<(u64, Response), Status> {
+        let proposed = async {
+            match session {
+                Some(s) => self.raft.propose(s, cmd, WRITE_TIMEOUT).await,
+                None => self.raft.propose_own(cmd, WRITE_TIMEOUT).await,
+            }
+        };
+        let applied = tokio::time::timeout(WRITE_TIMEOUT + DRIVER_GRACE, proposed)
             .await
-            .map_err(|_| status::timeout("the write"))?
+            .map_err(|_| status::write_timeout())?
             .map_err(|e| self.propose_error(e))?;
         let resp = applied.outcome.map_err(status::command)?;
         Ok((applied.index, resp))
     }
 
     /// A write whose answer is the VM record.
-    async fn vm_write(&self, cmd: Command) -> Result<v1::GetVmResponse> {
-        match self.write(cmd).await? {
+    async fn vm_write(&self, session: Option<Session>, cmd: Command) -> Result<v1::GetVmResponse> {
+        match self.write(session, cmd).await? {
             (_, Response::Vm(rec)) => Ok(tonic::Response::new(v1::GetVmResponse { vm: Some((*rec).into()) })),
             other => Err(unexpected(other)),
         }
@@ -153,9 +169,9 @@ impl Api {
     /// Serves a query after a ReadIndex round, or from local state when `stale`.
     async fn read(&self, opts: Option<v1::ReadOptions>, q: Query) -> std::result::Result<QueryResult, Status> {
         if !opts.is_some_and(|o| o.stale) {
-            tokio::time::timeout(RAFT_TIMEOUT, self.raft.read_index())
+            tokio::time::timeout(READ_TIMEOUT + DRIVER_GRACE, self.raft.read_index(READ_TIMEOUT))
                 .await
-                .map_err(|_| status::timeout("the read"))?
+                .map_err(|_| status::read_timeout())?
                 .map_err(|e| self.propose_error(e))?;
         } else {
             // What this node applied, including writes it acknowledged a moment ago.
@@ -166,23 +182,29 @@ impl Api {
     }
 }
 
-/// The request re-wrapped for the leader, marked as forwarded.
+/// The request re-wrapped for the leader, marked as forwarded; it keeps its session.
 fn forwarded<T>(req: Request<T>) -> Request<T> {
+    let session = req.metadata().get(rpc::SESSION_HEADER).cloned();
     let mut r = Request::new(req.into_inner());
     r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    if let Some(s) = session {
+        r.metadata_mut().insert(rpc::SESSION_HEADER, s);
+    }
     r
 }
 
-/// A leader that could not be reached while forwarding: not applied, the client may retry.
+/// The leader's answer to a forwarded request; a failure of the forwarding itself (no typed
+/// reason: the connection) leaves the outcome unknown.
 fn forward_failed(s: Status) -> Status {
-    if s.code() == tonic::Code::Unavailable
-        && !s.message().starts_with("no leader")
-        && !s.message().starts_with("not the leader")
-    {
-        Status::unavailable(format!("not the leader; forwarding to the leader failed: {}", s.message()))
-    } else {
-        s
+    if rpc::reason(&s).is_some() || s.code() != tonic::Code::Unavailable {
+        return s;
     }
+    rpc::status(
+        tonic::Code::Unavailable,
+        format!("forwarding to the leader failed: {}; the outcome is unknown", s.message()),
+        v1::error_detail::Reason::OutcomeUnknown,
+        None,
+    )
 }
 
 /// Forwards `$req` with `$method` of `$client` to the leader when this node is not it.
@@ -238,27 +260,6 @@ impl Api {
         let r = tokio::time::timeout(MEMBER_STATUS_TIMEOUT, c.local(v1::LocalStatusRequest {})).await.ok()?.ok()?;
         Some(r.into_inner())
     }
-}
-
-fn validate_addr(addr: &str) -> std::result::Result<(), Status> {
-    let ok = addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(blixard_core::ValidationError::new(
-            "addr",
-            format!("must be HOST:PORT (got {})", blixard_core::quoted(addr)),
-        )))
-    }
-}
-
-fn single_change(kind: raft::prelude::ConfChangeType, id: u64) -> raft::prelude::ConfChangeV2 {
-    let mut single = raft::prelude::ConfChangeSingle::default();
-    single.set_change_type(kind);
-    single.node_id = id;
-    let mut cc = raft::prelude::ConfChangeV2::default();
-    cc.mut_changes().push(single);
-    cc
 }
 
 #[tonic::async_trait]
@@ -321,55 +322,28 @@ impl v1::cluster_service_server::ClusterService for Api {
     }
 
     async fn join(&self, req: Request<v1::JoinRequest>) -> Result<v1::JoinResponse> {
-        forward!(self, req, v1::cluster_service_client::ClusterServiceClient<Channel>, join);
+        let session = rpc::session_of(req.metadata())?;
         let r = req.into_inner();
-        if r.node_id == 0 {
-            return Err(Status::invalid_argument("invalid node_id: must be a positive integer (got 0)"));
-        }
-        validate_addr(&r.addr)?;
-        let members = self.members()?;
         let to_wire = |ms: Vec<Member>| {
             ms.into_iter().map(|m| v1::Member { id: m.id, addr: m.addr, ..Default::default() }).collect()
         };
-        if let Some(m) = members.iter().find(|m| m.id == r.node_id) {
-            if m.addr == r.addr {
-                // The same node asking again (it restarted mid-join): already done.
-                return Ok(tonic::Response::new(v1::JoinResponse { index: 0, members: to_wire(members) }));
-            }
-            return Err(status::bounded(
-                tonic::Code::AlreadyExists,
-                format!("node id {} is already a member at {}", m.id, m.addr),
-            ));
+        // The same node asking again (it restarted mid-join): already done. Only a fast path:
+        // the membership rules themselves are applied with the change, in the log's order.
+        let members = self.members()?;
+        if members.iter().any(|m| m.id == r.node_id && m.addr == r.addr) {
+            return Ok(tonic::Response::new(v1::JoinResponse { index: 0, members: to_wire(members) }));
         }
-        if let Some(m) = members.iter().find(|m| m.addr == r.addr) {
-            return Err(status::bounded(
-                tonic::Code::AlreadyExists,
-                format!("address {} is already used by node {}", r.addr, m.id),
-            ));
-        }
-        let cc = single_change(raft::prelude::ConfChangeType::AddLearnerNode, r.node_id);
-        let applied = tokio::time::timeout(
-            RAFT_TIMEOUT,
-            self.raft.conf_change(cc, Command::SetMember { id: r.node_id, addr: r.addr.clone() }),
-        )
-        .await
-        .map_err(|_| status::timeout("the join"))?
-        .map_err(|e| self.propose_error(e))?;
-        applied.outcome.map_err(status::command)?;
-        Ok(tonic::Response::new(v1::JoinResponse { index: applied.index, members: to_wire(self.members()?) }))
+        let (index, _) = self.write(session, Command::AddLearner { id: r.node_id, addr: r.addr }).await?;
+        Ok(tonic::Response::new(v1::JoinResponse { index, members: to_wire(self.members()?) }))
     }
 
     async fn leave(&self, req: Request<v1::LeaveRequest>) -> Result<v1::LeaveResponse> {
+        // A node that removes itself may never learn that its removal committed (the leader
+        // stops talking to it): the leader runs it.
         forward!(self, req, v1::cluster_service_client::ClusterServiceClient<Channel>, leave);
         let id = req.get_ref().node_id;
         let s = self.raft.status();
-        if !s.voters.contains(&id) && !s.learners.contains(&id) {
-            return Err(Status::not_found(format!("node {id} is not a member")));
-        }
-        if s.voters == [id] {
-            return Err(Status::failed_precondition(format!("node {id} is the last voter; it cannot leave")));
-        }
-        if id == s.id {
+        if id == s.id && s.voters.len() > 1 {
             // The leader leaves by handing leadership over first, then asking the new leader.
             let Some(&next) = s.voters.iter().find(|&&v| v != id) else {
                 return Err(Status::failed_precondition("no other voter to hand leadership to"));
@@ -379,17 +353,13 @@ impl v1::cluster_service_server::ClusterService for Api {
             let moved =
                 tokio::time::timeout(Duration::from_secs(5), w.wait_for(|st| st.leader_id.is_some_and(|l| l != id)));
             if !matches!(moved.await, Ok(Ok(_))) {
-                return Err(Status::unavailable("not the leader; leadership transfer is in progress, retry"));
+                return Err(self.propose_error(blixard_consensus::ProposeError::Unavailable { leader_id: Some(id) }));
             }
             forward!(self, req, v1::cluster_service_client::ClusterServiceClient<Channel>, leave);
         }
-        let cc = single_change(raft::prelude::ConfChangeType::RemoveNode, id);
-        let applied = tokio::time::timeout(RAFT_TIMEOUT, self.raft.conf_change(cc, Command::RemoveMember { id }))
-            .await
-            .map_err(|_| status::timeout("the leave"))?
-            .map_err(|e| self.propose_error(e))?;
-        applied.outcome.map_err(status::command)?;
-        Ok(tonic::Response::new(v1::LeaveResponse { index: applied.index }))
+        let session = rpc::session_of(req.metadata())?;
+        let (index, _) = self.write(session, Command::RemoveMember { id }).await?;
+        Ok(tonic::Response::new(v1::LeaveResponse { index }))
     }
 
     async fn local(&self, _req: Request<v1::LocalStatusRequest>) -> Result<v1::LocalStatus> {
@@ -400,10 +370,11 @@ impl v1::cluster_service_server::ClusterService for Api {
 #[tonic::async_trait]
 impl v1::kv_service_server::KvService for Api {
     async fn put(&self, req: Request<v1::PutRequest>) -> Result<v1::PutResponse> {
+        let session = rpc::session_of(req.metadata())?;
         let r = req.into_inner();
         validate_key(&r.key).map_err(invalid)?;
         validate_value(&r.value).map_err(invalid)?;
-        let (index, _) = self.write(Command::KvPut { key: r.key, value: r.value }).await?;
+        let (index, _) = self.write(session, Command::KvPut { key: r.key, value: r.value }).await?;
         Ok(tonic::Response::new(v1::PutResponse { index }))
     }
 
@@ -419,9 +390,10 @@ impl v1::kv_service_server::KvService for Api {
     }
 
     async fn delete(&self, req: Request<v1::DeleteRequest>) -> Result<v1::DeleteResponse> {
+        let session = rpc::session_of(req.metadata())?;
         let r = req.into_inner();
         validate_key(&r.key).map_err(invalid)?;
-        match self.write(Command::KvDelete { key: r.key }).await? {
+        match self.write(session, Command::KvDelete { key: r.key }).await? {
             (index, Response::Deleted { existed }) => Ok(tonic::Response::new(v1::DeleteResponse { index, existed })),
             other => Err(unexpected(other)),
         }
@@ -455,11 +427,12 @@ impl v1::kv_service_server::KvService for Api {
 #[tonic::async_trait]
 impl v1::vm_service_server::VmService for Api {
     async fn create_vm(&self, req: Request<v1::CreateVmRequest>) -> Result<v1::CreateVmResponse> {
+        let session = rpc::session_of(req.metadata())?;
         let r = req.into_inner();
         let wire = r.spec.ok_or_else(|| Status::invalid_argument("invalid spec: must be set"))?;
         let spec = VmSpec::try_from(wire).map_err(invalid)?;
         spec.validate().map_err(invalid)?;
-        match self.write(Command::VmCreate { spec, node: r.node, start: r.start }).await? {
+        match self.write(session, Command::VmCreate { spec, node: r.node, start: r.start }).await? {
             (index, Response::Vm(rec)) => {
                 Ok(tonic::Response::new(v1::CreateVmResponse { vm: Some((*rec).into()), index }))
             }
@@ -499,21 +472,24 @@ impl v1::vm_service_server::VmService for Api {
     }
 
     async fn start_vm(&self, req: Request<v1::VmNameRequest>) -> Result<v1::GetVmResponse> {
+        let session = rpc::session_of(req.metadata())?;
         let name = req.into_inner().name;
         validate_name(&name).map_err(invalid)?;
-        self.vm_write(Command::VmSetDesired { name, desired: blixard_core::PowerState::Running }).await
+        self.vm_write(session, Command::VmSetDesired { name, desired: blixard_core::PowerState::Running }).await
     }
 
     async fn stop_vm(&self, req: Request<v1::VmNameRequest>) -> Result<v1::GetVmResponse> {
+        let session = rpc::session_of(req.metadata())?;
         let name = req.into_inner().name;
         validate_name(&name).map_err(invalid)?;
-        self.vm_write(Command::VmSetDesired { name, desired: blixard_core::PowerState::Stopped }).await
+        self.vm_write(session, Command::VmSetDesired { name, desired: blixard_core::PowerState::Stopped }).await
     }
 
     async fn restart_vm(&self, req: Request<v1::VmNameRequest>) -> Result<v1::GetVmResponse> {
+        let session = rpc::session_of(req.metadata())?;
         let name = req.into_inner().name;
         validate_name(&name).map_err(invalid)?;
-        self.vm_write(Command::VmRestart { name }).await
+        self.vm_write(session, Command::VmRestart { name }).await
     }
 
     type VmLogsStream = LogStream;
@@ -582,9 +558,10 @@ impl v1::vm_service_server::VmService for Api {
     }
 
     async fn delete_vm(&self, req: Request<v1::DeleteVmRequest>) -> Result<v1::DeleteVmResponse> {
+        let session = rpc::session_of(req.metadata())?;
         let r = req.into_inner();
         validate_name(&r.name).map_err(invalid)?;
-        let (index, _) = self.write(Command::VmDelete { name: r.name }).await?;
+        let (index, _) = self.write(session, Command::VmDelete { name: r.name }).await?;
         Ok(tonic::Response::new(v1::DeleteVmResponse { index }))
     }
 }

@@ -69,6 +69,7 @@ pub async fn open(
                 .map_err(|e| format!("cannot open the VM directory: {}", crate::status::chain(&e)))?;
             let adopted = driver.adopt_all().await.map_err(|e| format!("cannot adopt running VMs: {e}"))?;
             if !adopted.is_empty() {
+                let adopted: Vec<String> = adopted.iter().map(ToString::to_string).collect();
                 tracing::info!(?adopted, "adopted VMs still running from before");
             }
             Ok(Opened { driver: Arc::new(driver), accel: verdict.accel.to_string() })

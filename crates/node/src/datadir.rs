@@ -78,6 +78,43 @@ mod tests {
         );
     }
 
+    /// A data dir that ran: node 1 bootstrapped in it.
+    fn used_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), 1).unwrap();
+        s.bootstrap(&blixard_consensus::Bootstrap { id: 1, addr: "127.0.0.1:1".into() }).unwrap();
+        dir
+    }
+
+    fn refused(dir: &Path) -> String {
+        let e = open(dir, 1).err().expect("must be refused");
+        crate::status::chain(&e)
+    }
+
+    #[test]
+    fn a_missing_state_store_is_refused_not_started_empty() {
+        let dir = used_dir();
+        std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
+        let e = refused(dir.path());
+        assert!(e.contains("has no state store") && e.contains("--join"), "{e}");
+    }
+
+    #[test]
+    fn a_state_store_from_another_data_dir_is_refused() {
+        let (a, b) = (used_dir(), used_dir());
+        std::fs::copy(b.path().join(DB_FILE), a.path().join(DB_FILE)).unwrap();
+        let e = refused(a.path());
+        assert!(e.contains("belong to different data dirs"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_raft_log_is_refused() {
+        let dir = used_dir();
+        std::fs::remove_dir_all(dir.path().join(LOG_DIR)).unwrap();
+        let e = refused(dir.path());
+        assert!(e.contains("has no raft log"), "{e}");
+    }
+
     #[test]
     fn a_dir_open_elsewhere_is_in_use() {
         let dir = tempfile::tempdir().unwrap();

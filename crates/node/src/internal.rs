@@ -12,10 +12,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Proposes `cmd` and waits until it is applied here. Returns the entry index and the command's
 /// own outcome.
 pub async fn propose(raft: &Handle, cmd: Command) -> Result<(u64, Outcome), Status> {
-    let a = tokio::time::timeout(TIMEOUT, raft.propose(cmd))
-        .await
-        .map_err(|_| Status::deadline_exceeded("proposal timed out"))?
-        .map_err(|e| crate::status::propose(e, None))?;
+    let a = raft.propose_own(cmd, TIMEOUT).await.map_err(|e| crate::status::propose(e, None))?;
     Ok((a.index, a.outcome))
 }
 

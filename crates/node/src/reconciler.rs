@@ -5,10 +5,18 @@
 //! pass: read the assignments from the local replicated state (stale reads are fine: the next
 //! pass sees newer state), ask the driver what runs, decide with the pure
 //! [`blixard_core::reconcile::decide`], act, and propose a `VmReport` when the observation
-//! changed. VMs the driver has but the state no longer assigns here (deleted, recreated
-//! elsewhere) are stopped and their files removed.
+//! changed.
+//!
+//! The driver keys everything by instance (name + the record's create index), so a VM deleted
+//! and created again under its name is a new instance: it boots afresh, with a new disk. An
+//! instance the driver has that no record assigned here names is an orphan (deleted, recreated,
+//! moved elsewhere) and is stopped and its files removed, but only once a linearizable read has
+//! confirmed it ([`orphans`]): a node behind the cluster never destroys a VM whose record it has
+//! not applied yet.
 
-use std::collections::BTreeMap;
+mod orphans;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +24,9 @@ use blixard_consensus::sm::ReadView;
 use blixard_consensus::Handle;
 use blixard_core::reconcile::{backoff_ms, decide, Action, Seen};
 use blixard_core::{Command, NodeId, Observed, Phase, PowerState, VmRecord};
-use blixard_vmm::{VmDriver, VmObserved, VmState};
+use blixard_vmm::{Instance, VmDriver, VmObserved, VmState};
+
+use self::orphans::Cleanup;
 
 /// How often a pass runs when nothing wakes it earlier.
 const PASS_EVERY: Duration = Duration::from_millis(500);
@@ -24,6 +34,14 @@ const PASS_EVERY: Duration = Duration::from_millis(500);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A VM that ran this long since its last automatic restart resets its backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// How long a pass waits for the linearizable read that must confirm orphans before any is
+/// removed (without a leader it fails, and orphans wait for a later pass).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The instance a record stands for on its node.
+fn instance_of(rec: &VmRecord) -> Instance {
+    Instance::new(rec.spec.name.clone(), rec.create_index)
+}
 
 /// What this node remembers about a VM between passes.
 #[derive(Default)]
@@ -88,26 +106,69 @@ impl Reconciler {
     }
 
     async fn pass(&mut self) -> Result<(), String> {
-        let assigned = self.assigned()?;
-        let local = self.driver.list().await.map_err(|e| e.to_string())?;
-        // Orphans: here on disk, not (or no longer) assigned here.
-        for o in &local {
-            if !assigned.iter().any(|v| v.spec.name == o.name) {
-                tracing::info!(vm = %o.name, "removing a VM no longer assigned to this node");
-                if let Err(e) = self.driver.delete(&o.name).await {
-                    tracing::warn!(vm = %o.name, "cannot remove: {e}");
+        let mut assigned = self.assigned()?;
+        let found: Vec<Instance> =
+            self.driver.list().await.map_err(|e| e.to_string())?.into_iter().map(|o| o.instance).collect();
+        let legacy = self.driver.list_legacy().await.map_err(|e| e.to_string())?;
+        let mut unsettled: BTreeSet<String> = legacy.iter().cloned().collect();
+        let suspects = orphans::suspects(&assigned.iter().map(instance_of).collect(), &found, &legacy);
+        if !suspects.is_empty() {
+            match tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.read_index(CONFIRM_TIMEOUT)).await {
+                Ok(Ok(_)) => {
+                    // Everything committed before the read is applied here now: read again.
+                    assigned = self.assigned()?;
+                    let now = assigned.iter().map(instance_of).collect();
+                    for c in orphans::confirm(&now, &found, suspects) {
+                        if let Some(name) = self.clean(c).await {
+                            unsettled.remove(&name);
+                        }
+                    }
                 }
-                self.vms.remove(&o.name);
+                Ok(Err(e)) => tracing::debug!("orphans wait for a linearizable read: {e}"),
+                Err(_) => tracing::debug!("orphans wait for a linearizable read: timed out"),
             }
         }
         for rec in assigned {
+            // Its legacy directory may be this record's disk (and running QEMU): starting a new
+            // instance first would make the upgrade rule remove it instead of adopting it.
+            if unsettled.contains(&rec.spec.name) {
+                tracing::debug!(vm = %rec.spec.name, "waiting to settle its directory from before incarnations");
+                continue;
+            }
             self.one(&rec).await;
         }
         Ok(())
     }
 
+    /// Carries out a confirmed cleanup. Returns the name of a legacy directory it settled.
+    async fn clean(&mut self, c: Cleanup) -> Option<String> {
+        match c {
+            Cleanup::Delete(vm) => {
+                tracing::info!(vm = %vm.name, incarnation = vm.incarnation, "removing a VM no longer assigned to this node");
+                if let Err(e) = self.driver.delete(&vm).await {
+                    tracing::warn!(vm = %vm.name, incarnation = vm.incarnation, "cannot remove: {e}");
+                }
+                if self.vms.get(&vm.name).is_some_and(|l| l.create_index == vm.incarnation) {
+                    self.vms.remove(&vm.name);
+                }
+                None
+            }
+            Cleanup::Legacy(name, fate) => {
+                tracing::info!(vm = %name, ?fate, "settling a VM directory from before incarnations");
+                match self.driver.settle_legacy(&name, fate).await {
+                    Ok(()) => Some(name),
+                    Err(e) => {
+                        tracing::warn!(vm = %name, "cannot settle its directory from before incarnations: {e}");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     async fn one(&mut self, rec: &VmRecord) {
         let name = rec.spec.name.clone();
+        let vm = instance_of(rec);
         let mut local = self.vms.remove(&name).unwrap_or_default();
         if local.create_index != rec.create_index {
             // First sight (e.g. after a daemon restart) or a new incarnation of this name: start
@@ -121,18 +182,18 @@ impl Reconciler {
                 local.started_here = o.pid.is_some();
             }
         }
-        let obs = match self.driver.status(&name).await {
+        let obs = match self.driver.status(&vm).await {
             Ok(o) => o,
             Err(e) => {
                 local.error = Some(format!("cannot read status: {e}"));
-                VmObserved::not_found(&name)
+                VmObserved::not_found(&vm)
             }
         };
         if obs.state == VmState::Running && obs.boot_ms.is_some() {
             self.check_health(rec, &mut local).await;
         }
         let obs = if local.unhealthy.is_some() && obs.state == VmState::Running {
-            self.driver.status(&name).await.unwrap_or(obs)
+            self.driver.status(&vm).await.unwrap_or(obs)
         } else {
             obs
         };
@@ -163,7 +224,7 @@ impl Reconciler {
         if !waiting {
             self.act(rec, &mut local, action, automatic).await;
         }
-        let obs = self.driver.status(&name).await.unwrap_or(obs);
+        let obs = self.driver.status(&vm).await.unwrap_or(obs);
         self.report(rec, &mut local, &obs).await;
         self.vms.insert(name, local);
     }
@@ -188,7 +249,7 @@ impl Reconciler {
                     let why = format!("unhealthy: {} health checks failed in a row (last: {e})", local.health_failures);
                     tracing::warn!(vm = %rec.spec.name, "{why}; stopping it");
                     local.stopped_by_us = true;
-                    if let Err(e) = self.driver.stop(&rec.spec.name, STOP_TIMEOUT).await {
+                    if let Err(e) = self.driver.stop(&instance_of(rec), STOP_TIMEOUT).await {
                         tracing::warn!(vm = %rec.spec.name, "stopping the unhealthy VM failed: {e}");
                     }
                     local.last_exit = Some(why.clone());
@@ -201,16 +262,17 @@ impl Reconciler {
 
     async fn act(&self, rec: &VmRecord, local: &mut Local, action: Action, automatic: bool) {
         let name = &rec.spec.name;
+        let vm = instance_of(rec);
         let result = match action {
             Action::Nothing => return,
             Action::Stop => {
                 local.stopped_by_us = true;
-                self.driver.stop(name, STOP_TIMEOUT).await.map(|how| tracing::info!(vm = %name, ?how, "stopped"))
+                self.driver.stop(&vm, STOP_TIMEOUT).await.map(|how| tracing::info!(vm = %name, ?how, "stopped"))
             }
             Action::Start | Action::Restart => {
                 if action == Action::Restart {
                     local.stopped_by_us = true;
-                    if let Err(e) = self.driver.stop(name, STOP_TIMEOUT).await {
+                    if let Err(e) = self.driver.stop(&vm, STOP_TIMEOUT).await {
                         local.error = Some(format!("restart: stop failed: {e}"));
                         return;
                     }
@@ -234,8 +296,8 @@ impl Reconciler {
                 }
                 local.stopped_by_us = false;
                 local.generation_done = local.generation_done.max(rec.restart_generation);
-                let r = match self.driver.prepare(&rec.spec).await {
-                    Ok(()) => self.driver.start(name).await,
+                let r = match self.driver.prepare(&vm, &rec.spec).await {
+                    Ok(()) => self.driver.start(&vm).await,
                     Err(e) => Err(e),
                 };
                 if r.is_ok() {

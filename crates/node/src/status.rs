@@ -2,10 +2,9 @@
 
 use blixard_consensus::ProposeError;
 use blixard_core::{CommandError, StoreError, ValidationError};
+use blixard_proto::rpc;
+use blixard_proto::v1::error_detail::Reason;
 use tonic::{Code, Status};
-
-/// Metadata key carrying the leader's address on `Unavailable` answers.
-pub const LEADER_ADDR_KEY: &str = "x-blixard-leader-addr";
 
 /// "outer: cause: cause" for logs and messages.
 pub fn chain(e: &dyn std::error::Error) -> String {
@@ -20,33 +19,33 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 pub fn command(e: CommandError) -> Status {
-    let code = match e {
-        CommandError::Invalid(_) => Code::InvalidArgument,
-        CommandError::AlreadyExists(_) => Code::AlreadyExists,
-        CommandError::NotFound(_) => Code::NotFound,
-        CommandError::FailedPrecondition(_) => Code::FailedPrecondition,
-    };
-    bounded(code, e.to_string())
+    let msg = cap(e.to_string());
+    match e {
+        CommandError::Invalid(_) => Status::invalid_argument(msg),
+        CommandError::AlreadyExists(_) => Status::already_exists(msg),
+        CommandError::NotFound(_) => Status::not_found(msg),
+        CommandError::FailedPrecondition(_) => Status::failed_precondition(msg),
+        CommandError::SessionExpired => rpc::status(Code::FailedPrecondition, msg, Reason::SessionExpired, None),
+        CommandError::Exhausted(_) => rpc::status(Code::ResourceExhausted, msg, Reason::Exhausted, None),
+    }
 }
 
-pub fn propose(e: ProposeError, leader_addr: Option<String>) -> Status {
-    match e {
-        ProposeError::NotLeader { leader_id: None } => Status::unavailable("no leader elected yet; retry shortly"),
-        ProposeError::NotLeader { leader_id: Some(id) } => {
-            let mut s = Status::unavailable(match &leader_addr {
-                Some(a) => format!("not the leader; the leader is node {id} at {a}"),
-                None => format!("not the leader; the leader is node {id}"),
-            });
-            if let Some(Ok(v)) = leader_addr.map(|a| a.parse()) {
-                s.metadata_mut().insert(LEADER_ADDR_KEY, v);
-            }
-            s
+/// A driver error as a status; `leader` is the leader and its address when known.
+pub fn propose(e: ProposeError, leader: Option<(u64, String)>) -> Status {
+    let msg = match (&e, &leader) {
+        (ProposeError::Unavailable { .. }, Some((id, addr))) => {
+            format!("{e} (the leader is node {id} at {addr}); retry")
         }
-        ProposeError::Dropped => Status::unavailable(e.to_string()),
-        ProposeError::Stopped => Status::unavailable(e.to_string()),
-        ProposeError::Busy(m) => Status::failed_precondition(m),
-        // Not Unavailable: a client must not blindly retry a write that may have been applied.
-        ProposeError::Unconfirmed(_) => Status::deadline_exceeded(e.to_string()),
+        (ProposeError::Unavailable { .. }, None) => format!("{e}; retry shortly"),
+        _ => e.to_string(),
+    };
+    match e {
+        ProposeError::Unavailable { .. } | ProposeError::Stopped => {
+            rpc::status(Code::Unavailable, msg, Reason::NotApplied, leader)
+        }
+        // Not plain Unavailable: a client must retry this only with the same session.
+        ProposeError::Unknown(_) => rpc::status(Code::DeadlineExceeded, msg, Reason::OutcomeUnknown, leader),
+        ProposeError::Exhausted(_) => rpc::status(Code::ResourceExhausted, msg, Reason::Exhausted, None),
     }
 }
 
@@ -55,8 +54,24 @@ pub fn store(e: StoreError) -> Status {
     Status::internal(e.to_string())
 }
 
-pub fn timeout(what: &str) -> Status {
-    Status::deadline_exceeded(format!("{what} did not complete in time (is a quorum of nodes up?)"))
+/// A write that did not complete in time: its outcome is unknown.
+pub fn write_timeout() -> Status {
+    rpc::status(
+        Code::DeadlineExceeded,
+        "the write did not complete in time (is a quorum of nodes up?); its outcome is unknown",
+        Reason::OutcomeUnknown,
+        None,
+    )
+}
+
+/// A read that did not complete in time (reads are always safe to retry).
+pub fn read_timeout() -> Status {
+    rpc::status(
+        Code::Unavailable,
+        "the read did not complete in time (is a quorum of nodes up?)",
+        Reason::NotApplied,
+        None,
+    )
 }
 
 /// The longest message a `Status` carries, in bytes. A message travels in an HTTP/2 header,
@@ -64,9 +79,9 @@ pub fn timeout(what: &str) -> Status {
 /// built from input is bounded here so that it always arrives.
 pub const MAX_MESSAGE: usize = 2048;
 
-/// A `Status` whose message is cut to [`MAX_MESSAGE`] bytes (on a character boundary, marked by
-/// `…`). Every message built from input goes through here.
-pub fn bounded(code: Code, message: impl Into<String>) -> Status {
+/// `message` cut to [`MAX_MESSAGE`] bytes (on a character boundary, marked by `…`). Every
+/// status message built from input goes through here.
+pub fn cap(message: impl Into<String>) -> String {
     let mut m: String = message.into();
     if m.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE - '…'.len_utf8();
@@ -76,7 +91,12 @@ pub fn bounded(code: Code, message: impl Into<String>) -> Status {
         m.truncate(cut);
         m.push('…');
     }
-    Status::new(code, m)
+    m
+}
+
+/// A `Status` with its message capped (see [`cap`]).
+pub fn bounded(code: Code, message: impl Into<String>) -> Status {
+    Status::new(code, cap(message))
 }
 
 /// Bad input: the field and the rule.

@@ -16,6 +16,8 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/servers/blixard.v1.rs"));
 }
 
+pub mod rpc;
+
 use std::collections::BTreeMap;
 
 /// The largest gRPC message either end sends or accepts, set explicitly on the node's services

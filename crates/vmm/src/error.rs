@@ -13,6 +13,10 @@ pub enum VmmError {
     NotPrepared(String),
     #[error("VM {0:?} is not running")]
     NotRunning(String),
+    #[error("VM instance {0} already has files")]
+    InstanceExists(crate::Instance),
+    #[error("VM instance {instance} cannot be prepared with the spec of VM {spec:?}")]
+    SpecMismatch { instance: crate::Instance, spec: String },
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
@@ -57,6 +61,19 @@ impl VmmError {
         let path = path.into();
         move |source| VmmError::Io { action, path, source }
     }
+}
+
+/// The error and its causes in one line (`a: b: c`), for reasons shown to users.
+#[cfg_attr(madsim, allow(dead_code))]
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 pub type Result<T, E = VmmError> = std::result::Result<T, E>;

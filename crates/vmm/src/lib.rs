@@ -26,9 +26,9 @@ mod paths;
 pub mod qemu;
 
 pub use blixard_core::VmSpec;
-pub use driver::{ConsoleChunk, StopOutcome, VmDriver, VmObserved, VmState};
+pub use driver::{ConsoleChunk, Instance, LegacyFate, StopOutcome, VmDriver, VmObserved, VmState};
 pub use error::{Result, VmmError};
-pub use paths::vm_dir;
+pub use paths::{instance_dir, legacy_dir};
 
 /// The line the default guest prints on its serial console once it is up (network configured,
 /// services started). Followed by ` uptime=<seconds>`.

@@ -1,13 +1,17 @@
 //! The microvm.nix backend: one flake per VM, run with `nix run`.
 //!
 //! [`render_flake`] is pure so it can be golden-tested; the driver writes its output to
-//! `<base>/vms/<name>/flake.nix` and runs the flake's `declaredRunner`. That needs `nix` on the
+//! `<base>/vms/<name>.<incarnation>/flake.nix` and runs the flake's `declaredRunner`. That needs `nix` on the
 //! host and network access to fetch nixpkgs and microvm.nix the first time.
 
 use blixard_core::VmSpec;
 #[cfg(not(madsim))]
 use {
-    crate::{vm_dir, ConsoleChunk, Result, StopOutcome, VmDriver, VmObserved, VmState, VmmError},
+    crate::paths::{self, Entry},
+    crate::{
+        instance_dir, legacy_dir, ConsoleChunk, Instance, LegacyFate, Result, StopOutcome, VmDriver, VmObserved,
+        VmState, VmmError,
+    },
     async_trait::async_trait,
     std::collections::BTreeMap,
     std::path::{Path, PathBuf},
@@ -109,13 +113,54 @@ fn find_nix(path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
 }
 
 /// Runs VMs through microvm.nix (`nix run .#nixosConfigurations.<name>.config.microvm.declaredRunner`).
-/// Processes are tracked in memory only: this backend does not adopt across daemon restarts.
+/// Processes are tracked in memory only: this backend does not adopt across daemon restarts (nor,
+/// therefore, runners in legacy directories: settling one only renames or removes its files).
 /// Not built under `--cfg madsim` (it runs real processes).
 #[cfg(not(madsim))]
 pub struct MicrovmNixDriver {
     base: PathBuf,
     nix: Option<PathBuf>,
-    children: StdMutex<BTreeMap<String, tokio::process::Child>>,
+    runs: StdMutex<BTreeMap<Instance, Run>>,
+}
+
+/// The last run of a VM's runner, as this driver saw it.
+#[cfg(not(madsim))]
+enum Run {
+    Running {
+        child: tokio::process::Child,
+        started_at_ms: u64,
+        stop_requested: bool,
+    },
+    /// `failed`: it ended without being asked to with a non-zero status or a signal, or it could
+    /// not be started at all.
+    Ended {
+        started_at_ms: Option<u64>,
+        failed: bool,
+        reason: String,
+    },
+}
+
+/// How many of the runner's last output lines a failure reason quotes, and how long each may be.
+#[cfg(not(madsim))]
+const TAIL_LINES: usize = 5;
+#[cfg(not(madsim))]
+const TAIL_LINE_CHARS: usize = 200;
+
+/// The last non-empty lines of the runner's output (stdout and stderr both go to `console.log`),
+/// joined with ` | `, each cut to a bounded length: the reason travels through Raft.
+#[cfg(not(madsim))]
+fn output_tail(log: &Path) -> String {
+    let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .take(TAIL_LINES)
+        .map(|l| l.chars().take(TAIL_LINE_CHARS).collect())
+        .collect();
+    lines.reverse();
+    lines.join(" | ")
 }
 
 #[cfg(not(madsim))]
@@ -127,25 +172,45 @@ impl MicrovmNixDriver {
 
     /// Looks `nix` up in the given `PATH`-style list (tests use an empty one).
     pub fn with_path_var(base: impl Into<PathBuf>, path_var: Option<&std::ffi::OsStr>) -> Self {
-        Self { base: base.into(), nix: find_nix(path_var), children: Default::default() }
+        Self { base: base.into(), nix: find_nix(path_var), runs: Default::default() }
     }
 
-    fn dir(&self, name: &str) -> Result<PathBuf> {
-        vm_dir(&self.base, name)
+    fn dir(&self, vm: &Instance) -> Result<PathBuf> {
+        instance_dir(&self.base, vm)
     }
 
     fn nix(&self) -> Result<&Path> {
         self.nix.as_deref().ok_or(VmmError::NixMissing)
     }
 
-    /// Pid of the runner if it is still running (reaps it otherwise).
-    fn running_pid(&self, name: &str) -> Option<u32> {
-        let mut children = self.children.lock().expect("lock poisoned");
-        let child = children.get_mut(name)?;
-        if matches!(child.try_wait(), Ok(None)) {
-            return child.id();
+    /// Pid of the runner if it is still running; once it has exited, records how (reaping it).
+    fn running_pid(&self, vm: &Instance) -> Option<u32> {
+        let mut runs = self.runs.lock().expect("lock poisoned");
+        let run = runs.get_mut(vm)?;
+        let Run::Running { child, started_at_ms, stop_requested } = run else { return None };
+        let status = match child.try_wait() {
+            Ok(None) => return child.id(),
+            Ok(Some(status)) => status,
+            Err(e) => {
+                tracing::warn!(vm = %vm, "cannot wait for the runner: {e}");
+                return None;
+            }
+        };
+        let log = self.base.join("vms").join(vm.to_string()).join("console.log");
+        let (failed, reason) = if *stop_requested {
+            (false, format!("stopped on request ({status})"))
+        } else if status.success() {
+            (false, "the runner exited by itself (exit status: 0)".to_string())
+        } else {
+            match output_tail(&log) {
+                t if t.is_empty() => (true, format!("the runner failed ({status})")),
+                t => (true, format!("the runner failed ({status}): {t}")),
+            }
+        };
+        if failed {
+            tracing::warn!(vm = %vm, %reason, "VM failed");
         }
-        children.remove(name);
+        *run = Run::Ended { started_at_ms: Some(*started_at_ms), failed, reason };
         None
     }
 }
@@ -157,103 +222,163 @@ impl VmDriver for MicrovmNixDriver {
         "microvm-nix"
     }
 
-    async fn prepare(&self, spec: &VmSpec) -> Result<()> {
-        let dir = self.dir(&spec.name)?;
+    async fn prepare(&self, vm: &Instance, spec: &VmSpec) -> Result<()> {
+        let dir = self.dir(vm)?;
+        if spec.name != vm.name {
+            return Err(VmmError::SpecMismatch { instance: vm.clone(), spec: spec.name.clone() });
+        }
         std::fs::create_dir_all(&dir).map_err(VmmError::io("create", &dir))?;
         let flake = dir.join("flake.nix");
         std::fs::write(&flake, render_flake(spec)).map_err(VmmError::io("write", &flake))
     }
 
-    async fn start(&self, name: &str) -> Result<()> {
-        let dir = self.dir(name)?;
+    async fn start(&self, vm: &Instance) -> Result<()> {
+        let dir = self.dir(vm)?;
         let nix = self.nix()?.to_path_buf();
         if !dir.join("flake.nix").exists() {
-            return Err(VmmError::NotPrepared(name.to_string()));
+            return Err(VmmError::NotPrepared(vm.to_string()));
         }
-        if self.running_pid(name).is_some() {
+        if self.running_pid(vm).is_some() {
             return Ok(());
         }
         let log_path = dir.join("console.log");
         let log = std::fs::File::create(&log_path).map_err(VmmError::io("create", &log_path))?;
         let log2 = log.try_clone().map_err(VmmError::io("open", &log_path))?;
-        let child = tokio::process::Command::new(&nix)
+        let spawned = tokio::process::Command::new(&nix)
             .args(["--extra-experimental-features", "nix-command flakes", "run"])
-            .arg(format!(".#nixosConfigurations.{name}.config.microvm.declaredRunner"))
+            .arg(format!(".#nixosConfigurations.{}.config.microvm.declaredRunner", vm.name))
             .current_dir(&dir)
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
             .process_group(0)
             .spawn()
-            .map_err(|source| VmmError::Spawn { program: nix.display().to_string(), source })?;
-        self.children.lock().expect("lock poisoned").insert(name.to_string(), child);
+            .map_err(|source| VmmError::Spawn { program: nix.display().to_string(), source });
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let ended = Run::Ended { started_at_ms: None, failed: true, reason: crate::error::chain(&e) };
+                self.runs.lock().expect("lock poisoned").insert(vm.clone(), ended);
+                return Err(e);
+            }
+        };
+        let run = Run::Running { child, started_at_ms: crate::now_ms(), stop_requested: false };
+        self.runs.lock().expect("lock poisoned").insert(vm.clone(), run);
         Ok(())
     }
 
-    async fn stop(&self, name: &str, timeout: Duration) -> Result<StopOutcome> {
-        self.dir(name)?;
-        let Some(pid) = self.running_pid(name) else { return Ok(StopOutcome::AlreadyStopped) };
+    async fn stop(&self, vm: &Instance, timeout: Duration) -> Result<StopOutcome> {
+        self.dir(vm)?;
+        let Some(pid) = self.running_pid(vm) else { return Ok(StopOutcome::AlreadyStopped) };
+        if let Some(Run::Running { stop_requested, .. }) = self.runs.lock().expect("lock poisoned").get_mut(vm) {
+            *stop_requested = true;
+        }
         let pid = rustix::process::Pid::from_raw(pid as i32).expect("a child pid is not 0");
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.running_pid(name).is_none() {
+            if self.running_pid(vm).is_none() {
                 return Ok(StopOutcome::Graceful);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        while self.running_pid(name).is_some() {
+        while self.running_pid(vm).is_some() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(StopOutcome::Killed)
     }
 
-    async fn delete(&self, name: &str) -> Result<()> {
-        let dir = self.dir(name)?;
-        self.stop(name, Duration::from_secs(5)).await?;
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VmmError::io("remove", &dir)(e)),
-            _ => Ok(()),
-        }
+    async fn delete(&self, vm: &Instance) -> Result<()> {
+        let dir = self.dir(vm)?;
+        self.stop(vm, Duration::from_secs(5)).await?;
+        self.runs.lock().expect("lock poisoned").remove(vm);
+        remove_dir(&dir)
     }
 
-    async fn status(&self, name: &str) -> Result<VmObserved> {
-        if !self.dir(name)?.exists() {
-            return Ok(VmObserved::not_found(name));
+    async fn status(&self, vm: &Instance) -> Result<VmObserved> {
+        if !self.dir(vm)?.exists() {
+            return Ok(VmObserved::not_found(vm));
         }
-        Ok(match self.running_pid(name) {
-            Some(pid) => VmObserved { pid: Some(pid), ..VmObserved::stopped(name, VmState::Running) },
-            None => VmObserved::stopped(name, VmState::Stopped),
+        if let Some(pid) = self.running_pid(vm) {
+            let started_at_ms = match self.runs.lock().expect("lock poisoned").get(vm) {
+                Some(Run::Running { started_at_ms, .. }) => Some(*started_at_ms),
+                _ => None,
+            };
+            return Ok(VmObserved { pid: Some(pid), started_at_ms, ..VmObserved::stopped(vm, VmState::Running) });
+        }
+        Ok(match self.runs.lock().expect("lock poisoned").get(vm) {
+            Some(Run::Ended { started_at_ms, failed, reason }) => VmObserved {
+                started_at_ms: *started_at_ms,
+                exit_reason: Some(reason.clone()),
+                ..VmObserved::stopped(vm, if *failed { VmState::Failed(reason.clone()) } else { VmState::Stopped })
+            },
+            _ => VmObserved::stopped(vm, VmState::Stopped),
         })
     }
 
     async fn list(&self) -> Result<Vec<VmObserved>> {
-        let mut names: Vec<String> = std::fs::read_dir(self.base.join("vms"))
-            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
-            .unwrap_or_default();
-        names.sort();
         let mut out = Vec::new();
-        for n in names.iter().filter(|n| blixard_core::spec::validate_name(n).is_ok()) {
-            out.push(self.status(n).await?);
+        for e in paths::entries(&self.base)? {
+            if let Entry::Instance(vm) = e {
+                out.push(self.status(&vm).await?);
+            }
         }
         Ok(out)
     }
 
+    async fn list_legacy(&self) -> Result<Vec<String>> {
+        Ok(paths::entries(&self.base)?
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Legacy(name) => Some(name),
+                Entry::Instance(_) => None,
+            })
+            .collect())
+    }
+
+    async fn settle_legacy(&self, name: &str, fate: LegacyFate) -> Result<()> {
+        let legacy = legacy_dir(&self.base, name)?;
+        if !legacy.exists() {
+            return Ok(());
+        }
+        match fate {
+            LegacyFate::Remove => remove_dir(&legacy),
+            LegacyFate::Adopt(incarnation) => {
+                let vm = Instance::new(name, incarnation);
+                let target = self.dir(&vm)?;
+                if target.exists() {
+                    return Err(VmmError::InstanceExists(vm));
+                }
+                std::fs::rename(&legacy, &target).map_err(VmmError::io("rename", &legacy))
+            }
+        }
+    }
+
     fn log_path(&self, name: &str) -> Option<PathBuf> {
-        self.dir(name).ok().map(|d| d.join("console.log"))
+        paths::current(&self.base, name).ok().flatten().map(|(dir, _)| dir.join("console.log"))
     }
 
     async fn read_console(&self, name: &str, offset: u64, max: usize) -> Result<ConsoleChunk> {
-        let data = std::fs::read(self.dir(name)?.join("console.log")).unwrap_or_default();
+        let (dir, _) = paths::current(&self.base, name)?.ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        let data = std::fs::read(dir.join("console.log")).unwrap_or_default();
         let start = (offset as usize).min(data.len());
         let end = start.saturating_add(max).min(data.len());
         Ok(ConsoleChunk { data: data[start..end].to_vec(), next_offset: end as u64 })
     }
 
     async fn console_input(&self, name: &str, _bytes: &[u8]) -> Result<()> {
-        self.dir(name)?;
+        legacy_dir(&self.base, name)?;
         Err(VmmError::Unsupported("console input with the microvm-nix backend"))
+    }
+}
+
+/// Removes a VM directory; one already gone is fine.
+#[cfg(not(madsim))]
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VmmError::io("remove", dir)(e)),
+        _ => Ok(()),
     }
 }
 
@@ -280,8 +405,9 @@ mod tests {
         let d = MicrovmNixDriver::with_path_var(dir.path(), Some(std::ffi::OsStr::new("")));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let spec = VmSpec { name: "web-1".into(), vcpus: 1, memory_mib: 128, ..Default::default() };
-        rt.block_on(d.prepare(&spec)).unwrap();
-        let e = rt.block_on(d.start("web-1")).unwrap_err();
+        let vm = Instance::new("web-1", 3);
+        rt.block_on(d.prepare(&vm, &spec)).unwrap();
+        let e = rt.block_on(d.start(&vm)).unwrap_err();
         assert_eq!(e.to_string(), "microvm-nix backend needs nix on the host: not found on PATH");
     }
 }

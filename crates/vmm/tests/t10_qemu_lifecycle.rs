@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use blixard_core::{PortForward, VmSpec};
-use blixard_vmm::{StopOutcome, VmDriver, VmState, BOOT_MARKER};
+use blixard_vmm::{Instance, StopOutcome, VmDriver, VmState, BOOT_MARKER};
 use common::{free_port, http_get, wait_for, Harness};
 
 const BOOT: Duration = Duration::from_secs(60);
@@ -24,6 +24,11 @@ fn spec(name: &str, host_port: u16) -> VmSpec {
     }
 }
 
+/// The one incarnation these tests use.
+fn vm(name: &str) -> Instance {
+    Instance::new(name, 1)
+}
+
 async fn console_text(d: &impl VmDriver, name: &str) -> String {
     String::from_utf8_lossy(&d.read_console(name, 0, 1 << 22).await.unwrap().data).into_owned()
 }
@@ -33,13 +38,13 @@ async fn boots_serves_http_takes_console_input_and_stops_gracefully() {
     let h = Harness::new();
     let d = h.driver();
     let port = free_port();
-    d.prepare(&spec("web-1", port)).await.unwrap();
-    assert!(h.dir.path().join("vms/web-1/disk.qcow2").exists(), "disk_gib creates a qcow2 disk");
-    assert_eq!(d.status("web-1").await.unwrap().state, VmState::Stopped);
+    d.prepare(&vm("web-1"), &spec("web-1", port)).await.unwrap();
+    assert!(h.dir.path().join("vms/web-1.1/disk.qcow2").exists(), "disk_gib creates a qcow2 disk");
+    assert_eq!(d.status(&vm("web-1")).await.unwrap().state, VmState::Stopped);
 
     let t0 = Instant::now();
-    d.start("web-1").await.unwrap();
-    let st = d.status("web-1").await.unwrap();
+    d.start(&vm("web-1")).await.unwrap();
+    let st = d.status(&vm("web-1")).await.unwrap();
     assert_eq!(st.state, VmState::Running);
     assert!(st.pid.is_some());
 
@@ -49,7 +54,7 @@ async fn boots_serves_http_takes_console_input_and_stops_gracefully() {
     let body = wait_for("HTTP through the port forward", BOOT, || http_get(port)).await;
     let http_ms = t0.elapsed().as_millis();
     assert_eq!(body.trim(), "hello from web-1");
-    let boot_ms = wait_for("boot_ms", BOOT, || async { d.status("web-1").await.unwrap().boot_ms }).await;
+    let boot_ms = wait_for("boot_ms", BOOT, || async { d.status(&vm("web-1")).await.unwrap().boot_ms }).await;
     eprintln!("timing: start→marker {marker_ms} ms (driver boot_ms {boot_ms}), start→HTTP {http_ms} ms");
 
     d.console_input("web-1", b"echo typed-$((40+2))\n").await.unwrap();
@@ -57,38 +62,38 @@ async fn boots_serves_http_takes_console_input_and_stops_gracefully() {
         .await;
 
     let t1 = Instant::now();
-    assert_eq!(d.stop("web-1", Duration::from_secs(20)).await.unwrap(), StopOutcome::Graceful);
+    assert_eq!(d.stop(&vm("web-1"), Duration::from_secs(20)).await.unwrap(), StopOutcome::Graceful);
     eprintln!("timing: graceful stop {} ms", t1.elapsed().as_millis());
-    let st = d.status("web-1").await.unwrap();
+    let st = d.status(&vm("web-1")).await.unwrap();
     assert_eq!(st.state, VmState::Stopped);
     assert_eq!(st.exit_reason.as_deref(), Some("guest-shutdown"));
-    assert_eq!(d.stop("web-1", Duration::from_secs(1)).await.unwrap(), StopOutcome::AlreadyStopped);
+    assert_eq!(d.stop(&vm("web-1"), Duration::from_secs(1)).await.unwrap(), StopOutcome::AlreadyStopped);
     assert!(matches!(d.console_input("web-1", b"x").await, Err(blixard_vmm::VmmError::NotRunning(_))));
 
-    d.delete("web-1").await.unwrap();
-    assert!(!h.dir.path().join("vms/web-1").exists());
-    assert_eq!(d.status("web-1").await.unwrap().state, VmState::NotFound);
-    d.delete("web-1").await.unwrap();
+    d.delete(&vm("web-1")).await.unwrap();
+    assert!(!h.dir.path().join("vms/web-1.1").exists());
+    assert_eq!(d.status(&vm("web-1")).await.unwrap().state, VmState::NotFound);
+    d.delete(&vm("web-1")).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_qemu_is_reported_failed() {
     let h = Harness::new();
     let d = h.driver();
-    d.prepare(&spec("victim", free_port())).await.unwrap();
-    d.start("victim").await.unwrap();
-    let pid = d.status("victim").await.unwrap().pid.unwrap();
+    d.prepare(&vm("victim"), &spec("victim", free_port())).await.unwrap();
+    d.start(&vm("victim")).await.unwrap();
+    let pid = d.status(&vm("victim")).await.unwrap().pid.unwrap();
     let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
     assert!(killed.success());
     let st = wait_for("the exit to be noticed", BOOT, || async {
-        let st = d.status("victim").await.unwrap();
+        let st = d.status(&vm("victim")).await.unwrap();
         (st.state != VmState::Running).then_some(st)
     })
     .await;
     assert_eq!(st.state, VmState::Failed("killed by signal 9".into()));
     // A new driver (daemon restart) still knows how the run ended.
     drop(d);
-    let st = h.driver().status("victim").await.unwrap();
+    let st = h.driver().status(&vm("victim")).await.unwrap();
     assert_eq!(st.state, VmState::Failed("killed by signal 9".into()));
 }
 
@@ -98,12 +103,12 @@ async fn a_port_conflict_fails_the_start() {
     let d = h.driver();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    d.prepare(&spec("clash", port)).await.unwrap();
-    let failed = match d.start("clash").await {
+    d.prepare(&vm("clash"), &spec("clash", port)).await.unwrap();
+    let failed = match d.start(&vm("clash")).await {
         Err(e) => e.to_string(),
         Ok(()) => {
             wait_for("the failure", BOOT, || async {
-                match d.status("clash").await.unwrap().state {
+                match d.status(&vm("clash")).await.unwrap().state {
                     VmState::Failed(r) => Some(r),
                     _ => None,
                 }
@@ -112,7 +117,7 @@ async fn a_port_conflict_fails_the_start() {
         }
     };
     assert!(failed.contains("forwarding"), "{failed}");
-    assert!(matches!(d.status("clash").await.unwrap().state, VmState::Failed(_)));
+    assert!(matches!(d.status(&vm("clash")).await.unwrap().state, VmState::Failed(_)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,10 +132,10 @@ async fn a_guest_panic_is_reported_failed() {
         cmdline: Some("blixard.run64=ZWNobyBjID4vcHJvYy9zeXNycS10cmlnZ2Vy".into()),
         ..Default::default()
     };
-    d.prepare(&spec).await.unwrap();
-    d.start("doomed").await.unwrap();
+    d.prepare(&vm(&spec.name), &spec).await.unwrap();
+    d.start(&vm("doomed")).await.unwrap();
     let st = wait_for("the panic to end the VM", BOOT, || async {
-        let st = d.status("doomed").await.unwrap();
+        let st = d.status(&vm("doomed")).await.unwrap();
         (st.state != VmState::Running).then_some(st)
     })
     .await;
@@ -149,8 +154,8 @@ async fn stop_escalates_to_quit_when_the_guest_ignores_the_power_button() {
         cmdline: Some("blixard.run64=a2lsbGFsbCBhY3BpZDsgZWNobyBhY3BpZC1nb25l".into()),
         ..Default::default()
     };
-    d.prepare(&spec).await.unwrap();
-    d.start("stubborn").await.unwrap();
+    d.prepare(&vm(&spec.name), &spec).await.unwrap();
+    d.start(&vm("stubborn")).await.unwrap();
     let deadline = Instant::now() + BOOT;
     while !console_text(&d, "stubborn").await.contains("acpid-gone") {
         let log = console_text(&d, "stubborn").await;
@@ -158,14 +163,14 @@ async fn stop_escalates_to_quit_when_the_guest_ignores_the_power_button() {
         assert!(
             Instant::now() < deadline,
             "acpid-gone never printed; status {:?}; console:\n{tail}",
-            d.status("stubborn").await
+            d.status(&vm("stubborn")).await
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let t = Instant::now();
-    assert_eq!(d.stop("stubborn", Duration::from_millis(500)).await.unwrap(), StopOutcome::Quit);
+    assert_eq!(d.stop(&vm("stubborn"), Duration::from_millis(500)).await.unwrap(), StopOutcome::Quit);
     eprintln!("timing: stop escalated to quit in {} ms", t.elapsed().as_millis());
-    let st = d.status("stubborn").await.unwrap();
+    let st = d.status(&vm("stubborn")).await.unwrap();
     assert_eq!((st.state, st.exit_reason.as_deref()), (VmState::Stopped, Some("host-qmp-quit")));
 }
 
@@ -185,18 +190,18 @@ async fn prepare_makes_a_copy_on_write_overlay_of_a_named_rootfs() {
         rootfs: Some(base.display().to_string()),
         ..Default::default()
     };
-    d.prepare(&spec).await.unwrap();
-    let disk = h.dir.path().join("vms/cow/disk.qcow2");
+    d.prepare(&vm(&spec.name), &spec).await.unwrap();
+    let disk = h.dir.path().join("vms/cow.1/disk.qcow2");
     let info = std::process::Command::new("qemu-img").args(["info", "--output=json"]).arg(&disk).output().unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["backing-filename"].as_str(), Some(base.to_str().unwrap()));
     assert_eq!(info["virtual-size"].as_u64(), Some(2 << 30));
     // Preparing again keeps the disk (and its data).
     let before = std::fs::metadata(&disk).unwrap().modified().unwrap();
-    d.prepare(&spec).await.unwrap();
+    d.prepare(&vm(&spec.name), &spec).await.unwrap();
     assert_eq!(std::fs::metadata(&disk).unwrap().modified().unwrap(), before);
     assert!(matches!(
-        d.prepare(&VmSpec { name: "../x".into(), ..spec }).await,
+        d.prepare(&vm("../x"), &VmSpec { name: "../x".into(), ..spec }).await,
         Err(blixard_vmm::VmmError::InvalidName(_))
     ));
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use blixard_core::VmSpec;
 use blixard_vmm::accel::Source;
 use blixard_vmm::qemu::QemuDriver;
-use blixard_vmm::{Accel, StopOutcome, VmDriver, VmState};
+use blixard_vmm::{Accel, Instance, StopOutcome, VmDriver, VmState};
 use common::Harness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,9 +27,10 @@ async fn open_reuses_the_image_reports_the_accel_and_adopts() {
     eprintln!("timing: open {} ms", t.elapsed().as_millis());
     assert_eq!((verdict.accel, verdict.source, d.accel()), (Accel::Tcg, Source::Env, Accel::Tcg));
     let spec = VmSpec { name: "survivor".into(), vcpus: 1, memory_mib: 96, ..Default::default() };
-    d.prepare(&spec).await.unwrap();
-    d.start("survivor").await.unwrap();
-    let pid = d.status("survivor").await.unwrap().pid;
+    let vm = Instance::new("survivor", 2);
+    d.prepare(&vm, &spec).await.unwrap();
+    d.start(&vm).await.unwrap();
+    let pid = d.status(&vm).await.unwrap().pid;
     drop(d);
 
     let (d, _) = QemuDriver::open(h.dir.path()).await.unwrap();
@@ -37,7 +38,7 @@ async fn open_reuses_the_image_reports_the_accel_and_adopts() {
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].state.clone(), listed[0].pid, listed[0].accel), (VmState::Running, pid, Some(Accel::Tcg)));
     let t = std::time::Instant::now();
-    let how = d.stop("survivor", Duration::from_secs(30)).await.unwrap();
+    let how = d.stop(&vm, Duration::from_secs(30)).await.unwrap();
     eprintln!("timing: stop {how:?} in {} ms", t.elapsed().as_millis());
     assert_eq!(how, StopOutcome::Graceful);
 }

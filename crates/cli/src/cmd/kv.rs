@@ -7,7 +7,7 @@ use blixard_proto::v1::{DeleteRequest, GetRequest, ListRequest, PutRequest, Read
 use blixard_proto::MAX_MESSAGE_BYTES;
 use serde::Serialize;
 
-use crate::client::{call, connect};
+use crate::client::connect;
 use crate::output::{emit, text_or_hex, Table};
 use crate::page::{Pager, Printer};
 use crate::Format;
@@ -83,9 +83,9 @@ fn read_value(src: impl Read, what: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
-    let ch = connect(addr).await?;
-    let kv = || {
-        KvServiceClient::new(ch.clone())
+    let mut conn = connect(addr).await?;
+    let kv = |ch| {
+        KvServiceClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     };
@@ -103,11 +103,7 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
                 _ => anyhow::bail!("give the value as VALUE, --file PATH or - (stdin)"),
             };
             let req = PutRequest { key: key.clone().into_bytes(), value };
-            let r = call(addr, || {
-                let (mut c, r) = (kv(), req.clone());
-                async move { c.put(r).await }
-            })
-            .await?;
+            let r = conn.write(req, |ch, r| async move { kv(ch).put(r).await }).await?;
             #[derive(Serialize)]
             struct Out {
                 key: String,
@@ -118,11 +114,7 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
         }
         KvCmd::Get { key, stale, out } => {
             let req = GetRequest { key: key.clone().into_bytes(), read: Some(ReadOptions { stale }) };
-            let r = call(addr, || {
-                let (mut c, r) = (kv(), req.clone());
-                async move { c.get(r).await }
-            })
-            .await?;
+            let r = conn.read(req, |ch, r| async move { kv(ch).get(r).await }).await?;
             if !r.found {
                 anyhow::bail!("key {} not found", blixard_core::quoted(&key));
             }
@@ -149,11 +141,7 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
         }
         KvCmd::Delete { key } => {
             let req = DeleteRequest { key: key.clone().into_bytes() };
-            let r = call(addr, || {
-                let (mut c, r) = (kv(), req.clone());
-                async move { c.delete(r).await }
-            })
-            .await?;
+            let r = conn.write(req, |ch, r| async move { kv(ch).delete(r).await }).await?;
             #[derive(Serialize)]
             struct Out {
                 key: String,
@@ -175,11 +163,7 @@ pub async fn run(addr: &str, fmt: Format, c: KvCmd) -> anyhow::Result<()> {
             while let Some((start_after, limit)) = pager.request() {
                 let read = Some(ReadOptions { stale });
                 let req = ListRequest { prefix: prefix.clone().into_bytes(), limit, read, start_after };
-                let r = call(addr, || {
-                    let (mut c, r) = (kv(), req.clone());
-                    async move { c.list(r).await }
-                })
-                .await?;
+                let r = conn.read(req, |ch, r| async move { kv(ch).list(r).await }).await?;
                 let pairs: Vec<Pair> = r.pairs.iter().map(|p| pair(&p.key, &p.value)).collect();
                 out.page(&pairs, |pairs| {
                     let mut t = Table::new(vec!["KEY", "VALUE"]);

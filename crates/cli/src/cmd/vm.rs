@@ -7,7 +7,7 @@ use blixard_proto::v1::{
 };
 use serde::Serialize;
 
-use crate::client::{call, connect};
+use crate::client::{connect, Conn};
 use crate::output::{emit, Table};
 use crate::page::{Pager, Printer};
 use crate::Format;
@@ -261,8 +261,8 @@ fn table(vms: &[VmOut]) -> Table {
 }
 
 /// A client that agrees with the node on the largest message.
-fn client(ch: &tonic::transport::Channel) -> VmServiceClient<tonic::transport::Channel> {
-    VmServiceClient::new(ch.clone())
+fn client(ch: tonic::transport::Channel) -> VmServiceClient<tonic::transport::Channel> {
+    VmServiceClient::new(ch)
         .max_decoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
 }
@@ -275,33 +275,26 @@ enum Power {
 }
 
 /// `vm start|stop|restart`: one write, the record as the answer.
-async fn set_power(
-    addr: &str,
-    fmt: Format,
-    ch: &tonic::transport::Channel,
-    name: String,
-    p: Power,
-) -> anyhow::Result<()> {
+async fn set_power(conn: &mut Conn, fmt: Format, name: String, p: Power) -> anyhow::Result<()> {
     let req = VmNameRequest { name };
-    let r = call(addr, || {
-        let (mut c, r) = (client(ch), req.clone());
-        async move {
+    let r = conn
+        .write(req, |ch, r| async move {
+            let mut c = client(ch);
             match p {
                 Power::Start => c.start_vm(r).await,
                 Power::Stop => c.stop_vm(r).await,
                 Power::Restart => c.restart_vm(r).await,
             }
-        }
-    })
-    .await?;
+        })
+        .await?;
     let out = vm_out(r.vm.unwrap_or_default());
     emit(fmt, &out, || table(std::slice::from_ref(&out)));
     Ok(())
 }
 
 pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
-    let ch = connect(addr).await?;
-    let vm = || client(&ch);
+    let mut conn = connect(addr).await?;
+    let vm = client;
     match c {
         VmCmd::Create(a) => {
             let health = health_arg(&a)?;
@@ -320,21 +313,13 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
                 health,
             };
             let req = CreateVmRequest { spec: Some(spec), node: a.node, start: a.start };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.create_vm(r).await }
-            })
-            .await?;
+            let r = conn.write(req, |ch, r| async move { vm(ch).create_vm(r).await }).await?;
             let out = vm_out(r.vm.unwrap_or_default());
             emit(fmt, &out, || table(std::slice::from_ref(&out)));
         }
         VmCmd::Get { name, stale } => {
             let req = GetVmRequest { name, read: Some(ReadOptions { stale }) };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.get_vm(r).await }
-            })
-            .await?;
+            let r = conn.read(req, |ch, r| async move { vm(ch).get_vm(r).await }).await?;
             let out = vm_out(r.vm.unwrap_or_default());
             emit(fmt, &out, || table(std::slice::from_ref(&out)));
         }
@@ -343,11 +328,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             let mut pager = Pager::new(limit, start_after.unwrap_or_default());
             while let Some((start_after, limit)) = pager.request() {
                 let req = ListVmsRequest { read: Some(ReadOptions { stale }), limit, start_after };
-                let r = call(addr, || {
-                    let (mut c, r) = (vm(), req.clone());
-                    async move { c.list_vms(r).await }
-                })
-                .await?;
+                let r = conn.read(req, |ch, r| async move { vm(ch).list_vms(r).await }).await?;
                 let got = r.vms.len();
                 out.page(&r.vms.into_iter().map(vm_out).collect::<Vec<_>>(), table)?;
                 pager.answered(got, r.more, r.next)?;
@@ -358,17 +339,13 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
                 t
             })?;
         }
-        VmCmd::Start { name } => set_power(addr, fmt, &ch, name, Power::Start).await?,
-        VmCmd::Stop { name } => set_power(addr, fmt, &ch, name, Power::Stop).await?,
-        VmCmd::Restart { name } => set_power(addr, fmt, &ch, name, Power::Restart).await?,
+        VmCmd::Start { name } => set_power(&mut conn, fmt, name, Power::Start).await?,
+        VmCmd::Stop { name } => set_power(&mut conn, fmt, name, Power::Stop).await?,
+        VmCmd::Restart { name } => set_power(&mut conn, fmt, name, Power::Restart).await?,
         VmCmd::Logs { name, follow } => {
             use std::io::Write;
             let req = v1::VmLogsRequest { name, follow, offset: 0 };
-            let mut stream = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.vm_logs(r).await }
-            })
-            .await?;
+            let mut stream = conn.read(req, |ch, r| async move { vm(ch).vm_logs(r).await }).await?;
             let mut out = std::io::stdout().lock();
             loop {
                 match stream.message().await {
@@ -385,7 +362,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             use std::io::Write;
             let (tx, rx) = tokio::sync::mpsc::channel::<v1::ConsoleInput>(16);
             tx.send(v1::ConsoleInput { name: name.clone(), data: Vec::new() }).await?;
-            let mut out = vm()
+            let mut out = vm(conn.channel())
                 .vm_console(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
@@ -430,11 +407,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             let mut i = 0usize;
             let out = loop {
                 let req = GetVmRequest { name: name.clone(), read: Some(ReadOptions { stale: false }) };
-                let r = call(addr, || {
-                    let (mut c, r) = (vm(), req.clone());
-                    async move { c.get_vm(r).await }
-                })
-                .await?;
+                let r = conn.read(req, |ch, r| async move { vm(ch).get_vm(r).await }).await?;
                 let v = vm_out(r.vm.unwrap_or_default());
                 let phase = v.observed.as_ref().map_or("pending".to_string(), |o| o.phase.clone());
                 if phase == state {
@@ -460,11 +433,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
         }
         VmCmd::Delete { name } => {
             let req = DeleteVmRequest { name: name.clone() };
-            let r = call(addr, || {
-                let (mut c, r) = (vm(), req.clone());
-                async move { c.delete_vm(r).await }
-            })
-            .await?;
+            let r = conn.write(req, |ch, r| async move { vm(ch).delete_vm(r).await }).await?;
             #[derive(Serialize)]
             struct Out {
                 name: String,

@@ -162,7 +162,7 @@ impl PeerTransport {
             match wire::decode_frame(&body) {
                 Ok(msgs) => {
                     for m in msgs {
-                        handle.step(m);
+                        handle.step(m).await;
                     }
                 }
                 Err(e) => {
@@ -302,7 +302,7 @@ impl RaftTransport for SnapshotService {
         let mut m = msg.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         tracing::info!(from = m.from, bytes = data.len(), "received snapshot");
         m.mut_snapshot().data = data.into();
-        self.handle.step(m);
+        self.handle.step(m).await;
         Ok(Response::new(RaftAck {}))
     }
 }

@@ -1,16 +1,24 @@
 //! The QEMU `microvm` backend.
 //!
-//! Each VM lives in `<base>/vms/<name>/`: `spec.json` (from `prepare`), `vm.json` (the last run:
-//! pid, start time, accelerator, QMP path, boot time, how it ended), `disk.qcow2`, `console.log`
+//! Each VM instance lives in `<base>/vms/<name>.<incarnation>/` (see [`crate::paths`]):
+//! `spec.json` (from `prepare`), `vm.json` (the last run: pid, the directory it was started in,
+//! start time, accelerator, QMP path, boot time, how it ended), `disk.qcow2`, `console.log`
 //! (+ `console.log.1`), `qemu.stderr`, and while running `qmp.sock`, `console.sock`, `qemu.pid`.
 //!
 //! QEMU runs as our child in its own process group (never `-daemonize`, which chdirs to /), so a
 //! kill reaches everything it spawned and a daemon restart leaves it running. A new driver adopts
-//! a running QEMU (by the pid in `vm.json`, checked against `/proc/PID/cmdline`, then a QMP
-//! reconnect) the first time it is asked about that VM, instead of booting it again.
+//! a running QEMU (by the pid in `vm.json`, checked against `/proc/PID/cmdline`, which must name
+//! the directory it was started in, then a QMP reconnect) the first time it is asked about that
+//! instance, instead of booting it again. The directory is part of the instance's identity, so a
+//! new incarnation of a name can never adopt the QEMU of an old one.
+//!
+//! Upgrade: a legacy directory `<base>/vms/<name>` (drivers before incarnations) is adopted by
+//! renaming it to the instance's; a QEMU running in it keeps running (it holds its files open,
+//! and its sockets move with the directory) and is recognised by the old directory recorded in
+//! `vm.json` before the rename.
 
 pub mod args;
-mod host;
+pub(crate) mod host;
 pub mod monitor;
 pub mod qmp;
 pub mod state;
@@ -30,7 +38,11 @@ use self::monitor::{Handle, Live, Proc};
 use self::qmp::Qmp;
 use self::state::{ExitRecord, RunFile};
 use crate::image::GuestImage;
-use crate::{now_ms, vm_dir, Accel, ConsoleChunk, Result, StopOutcome, VmDriver, VmObserved, VmState, VmmError};
+use crate::paths::{self, Entry};
+use crate::{
+    instance_dir, legacy_dir, now_ms, Accel, ConsoleChunk, Instance, LegacyFate, Result, StopOutcome, VmDriver,
+    VmObserved, VmState, VmmError,
+};
 
 /// Default cap of `console.log` before it rotates to `console.log.1` (so at most ~2× on disk).
 pub const CONSOLE_CAP_BYTES: u64 = 4 << 20;
@@ -49,7 +61,7 @@ const DELETE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How a [`QemuDriver`] runs VMs.
 #[derive(Clone, Debug)]
 pub struct QemuConfig {
-    /// Root of the driver's files; VMs live in `<base_dir>/vms/<name>`.
+    /// Root of the driver's files; VMs live in `<base_dir>/vms/<name>.<incarnation>`.
     pub base_dir: PathBuf,
     /// Kernel and initrd for specs that name none.
     pub image: GuestImage,
@@ -79,9 +91,17 @@ impl QemuConfig {
 pub struct QemuDriver {
     cfg: QemuConfig,
     tsc_khz: Option<u64>,
+    /// Watched VMs, by directory name ([`Slot::key`]).
     vms: StdMutex<BTreeMap<String, Arc<Handle>>>,
-    /// One lock per VM name: start/stop/delete/adopt of one VM never interleave.
+    /// One lock per directory: start/stop/delete/adopt of one VM never interleave.
     locks: StdMutex<BTreeMap<String, Arc<Mutex<()>>>>,
+}
+
+/// One VM directory: an instance's, or a legacy one being settled. Handles and locks are kept
+/// under its directory name, which is unique per instance.
+struct Slot {
+    key: String,
+    paths: VmPaths,
 }
 
 impl QemuDriver {
@@ -117,51 +137,61 @@ impl QemuDriver {
         &self.cfg.base_dir
     }
 
-    /// Adopts every VM whose QEMU is still running; returns their names.
-    pub async fn adopt_all(&self) -> Result<Vec<String>> {
+    /// Adopts every instance whose QEMU is still running; returns them. Legacy directories wait
+    /// for [`VmDriver::settle_legacy`].
+    pub async fn adopt_all(&self) -> Result<Vec<Instance>> {
         let mut adopted = Vec::new();
-        for name in self.names()? {
-            if self.status(&name).await?.state == VmState::Running {
-                adopted.push(name);
+        for vm in self.instances()? {
+            if self.status(&vm).await?.state == VmState::Running {
+                adopted.push(vm);
             }
         }
         Ok(adopted)
     }
 
-    /// The VM's paths. Fails if its sockets would not fit a unix socket address (107 bytes):
-    /// QEMU would otherwise fail late with a less clear message. Keep the base directory short.
-    fn paths(&self, name: &str) -> Result<VmPaths> {
-        let paths = VmPaths::new(vm_dir(&self.cfg.base_dir, name)?);
+    /// Fails if the sockets in `dir` would not fit a unix socket address (107 bytes): QEMU would
+    /// otherwise fail late with a less clear message. Keep the base directory short.
+    fn slot_at(dir: PathBuf) -> Result<Slot> {
+        let paths = VmPaths::new(dir);
         if paths.console_sock.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(VmmError::PathTooLong { path: paths.console_sock, max: MAX_SOCKET_PATH });
         }
-        Ok(paths)
+        let key = paths.dir.file_name().expect("a VM directory has a name").to_string_lossy().into_owned();
+        Ok(Slot { key, paths })
     }
 
-    fn lock_for(&self, name: &str) -> Arc<Mutex<()>> {
-        self.locks.lock().expect("lock poisoned").entry(name.to_string()).or_default().clone()
+    fn slot(&self, vm: &Instance) -> Result<Slot> {
+        Self::slot_at(instance_dir(&self.cfg.base_dir, vm)?)
     }
 
-    fn names(&self) -> Result<Vec<String>> {
-        let dir = self.cfg.base_dir.join("vms");
-        let entries = std::fs::read_dir(&dir).map_err(VmmError::io("list", &dir))?;
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| blixard_core::spec::validate_name(n).is_ok())
-            .collect();
-        names.sort();
-        Ok(names)
+    fn lock_for(&self, slot: &Slot) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().expect("lock poisoned");
+        // Incarnations come and go: forget locks nobody holds or waits for (only the map has them).
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(slot.key.clone()).or_default().clone()
+    }
+
+    fn instances(&self) -> Result<Vec<Instance>> {
+        Ok(paths::entries(&self.cfg.base_dir)?
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Instance(vm) => Some(vm),
+                Entry::Legacy(_) => None,
+            })
+            .collect())
     }
 
     /// The watched handle of a VM, adopting a QEMU left by an earlier driver. Caller holds the
-    /// VM's lock. `None` if nothing runs (or ran, in this driver) for it.
-    async fn handle(&self, name: &str, paths: &VmPaths) -> Result<Option<Arc<Handle>>> {
+    /// slot's lock. `None` if nothing runs (or ran, in this driver) for it.
+    async fn handle(&self, slot: &Slot) -> Result<Option<Arc<Handle>>> {
+        let (name, paths) = (slot.key.as_str(), &slot.paths);
         if let Some(h) = self.vms.lock().expect("lock poisoned").get(name) {
             return Ok(Some(h.clone()));
         }
         let Some(mut run) = state::read_run(&paths.run)? else { return Ok(None) };
         let (Some(pid), None) = (run.pid, &run.exit) else { return Ok(None) };
-        if !state::is_vm_process(pid, &paths.dir) {
+        let started_in = run.dir.clone().unwrap_or_else(|| paths.dir.clone());
+        if !state::is_vm_process(pid, &started_in) {
             run.exit = Some(ExitRecord {
                 failed: true,
                 reason: "exited while no driver was watching".into(),
@@ -174,6 +204,7 @@ impl QemuDriver {
         let console = monitor::connect_console(paths).await;
         let live = Live {
             pid,
+            dir: started_in,
             started_at_ms: run.started_at_ms.unwrap_or(0),
             accel: run.accel.unwrap_or(self.cfg.accel),
             boot_ms: run.boot_ms,
@@ -188,8 +219,8 @@ impl QemuDriver {
         Ok(Some(h))
     }
 
-    async fn running(&self, name: &str, paths: &VmPaths) -> Result<Option<Arc<Handle>>> {
-        Ok(self.handle(name, paths).await?.filter(|h| h.live.borrow().exit.is_none()))
+    async fn running(&self, slot: &Slot) -> Result<Option<Arc<Handle>>> {
+        Ok(self.handle(slot).await?.filter(|h| h.live.borrow().exit.is_none()))
     }
 
     fn boot_files(&self, spec: &VmSpec) -> Result<GuestImage> {
@@ -203,14 +234,19 @@ impl QemuDriver {
         })
     }
 
-    async fn start_locked(&self, name: &str, paths: &VmPaths) -> Result<()> {
-        if self.running(name, paths).await?.is_some() {
+    async fn start_locked(&self, slot: &Slot) -> Result<()> {
+        let (name, paths) = (slot.key.as_str(), &slot.paths);
+        if self.running(slot).await?.is_some() {
             return Ok(());
         }
         self.vms.lock().expect("lock poisoned").remove(name);
         let spec = host::read_spec(paths, name)?;
         let image = self.boot_files(&spec)?;
         let prev = state::read_run(&paths.run)?.unwrap_or_default();
+        if let (Some(_), Some(old)) = (&self.cfg.bridge, prev.dir.as_ref().filter(|d| **d != paths.dir)) {
+            // Adopted from a legacy directory: its tap was named after that one.
+            host::remove_tap(&args::Tap::for_dir(old).ifname);
+        }
         let console_base = state::rotate_for_new_run(paths, prev.console_base)?;
         for p in [&paths.qmp, &paths.console_sock, &paths.pidfile] {
             let _ = std::fs::remove_file(p);
@@ -241,6 +277,7 @@ impl QemuDriver {
         let pid = child.id().expect("a just-spawned child has a pid");
         let live = Live {
             pid,
+            dir: paths.dir.clone(),
             started_at_ms: now_ms(),
             accel: self.cfg.accel,
             boot_ms: None,
@@ -283,8 +320,9 @@ impl QemuDriver {
         Ok(())
     }
 
-    async fn stop_locked(&self, name: &str, paths: &VmPaths, timeout: Duration) -> Result<StopOutcome> {
-        let Some(h) = self.running(name, paths).await? else { return Ok(StopOutcome::AlreadyStopped) };
+    async fn stop_locked(&self, slot: &Slot, timeout: Duration) -> Result<StopOutcome> {
+        let name = slot.key.as_str();
+        let Some(h) = self.running(slot).await? else { return Ok(StopOutcome::AlreadyStopped) };
         h.live.send_modify(|l| l.stop_requested = true);
         // A button press before the guest's acpid runs is lost, so press again every second
         // until the guest goes or the graceful window closes.
@@ -313,14 +351,41 @@ impl QemuDriver {
         Err(VmmError::Timeout { what: format!("VM {name:?} to exit"), after_ms: KILL_TIMEOUT.as_millis() as u64 })
     }
 
-    fn observed(name: &str, live: &Live) -> VmObserved {
+    /// Stops what runs in the slot and removes its directory (and tap devices).
+    async fn delete_locked(&self, slot: &Slot) -> Result<()> {
+        let paths = &slot.paths;
+        if !paths.dir.exists() {
+            return Ok(());
+        }
+        let started_in = state::read_run(&paths.run).ok().flatten().and_then(|r| r.dir);
+        self.stop_locked(slot, DELETE_STOP_TIMEOUT).await?;
+        self.vms.lock().expect("lock poisoned").remove(&slot.key);
+        if self.cfg.bridge.is_some() {
+            host::remove_tap(&args::Tap::for_dir(&paths.dir).ifname);
+            if let Some(old) = started_in.filter(|d| *d != paths.dir) {
+                host::remove_tap(&args::Tap::for_dir(&old).ifname);
+            }
+        }
+        std::fs::remove_dir_all(&paths.dir).map_err(VmmError::io("remove", &paths.dir))
+    }
+
+    /// The slot console access goes to: the newest incarnation of `name`, else its legacy
+    /// directory.
+    fn current(&self, name: &str) -> Result<Option<(Slot, Entry)>> {
+        match paths::current(&self.cfg.base_dir, name)? {
+            Some((dir, entry)) => Ok(Some((Self::slot_at(dir)?, entry))),
+            None => Ok(None),
+        }
+    }
+
+    fn observed(vm: &Instance, live: &Live) -> VmObserved {
         let state = match &live.exit {
             None => VmState::Running,
             Some(e) if e.failed => VmState::Failed(e.reason.clone()),
             Some(_) => VmState::Stopped,
         };
         VmObserved {
-            name: name.to_string(),
+            instance: vm.clone(),
             state,
             pid: live.exit.is_none().then_some(live.pid),
             started_at_ms: Some(live.started_at_ms),
@@ -337,60 +402,56 @@ impl VmDriver for QemuDriver {
         "qemu"
     }
 
-    async fn prepare(&self, spec: &VmSpec) -> Result<()> {
-        let paths = self.paths(&spec.name)?;
-        let lock = self.lock_for(&spec.name);
+    async fn prepare(&self, vm: &Instance, spec: &VmSpec) -> Result<()> {
+        let slot = self.slot(vm)?;
+        if spec.name != vm.name {
+            return Err(VmmError::SpecMismatch { instance: vm.clone(), spec: spec.name.clone() });
+        }
+        let lock = self.lock_for(&slot);
         let _g = lock.lock().await;
+        let paths = &slot.paths;
         std::fs::create_dir_all(&paths.dir).map_err(VmmError::io("create", &paths.dir))?;
-        host::create_disk(&self.cfg.qemu_img, spec, &paths).await?;
+        host::create_disk(&self.cfg.qemu_img, spec, paths).await?;
         state::write_json(&paths.spec, spec)
     }
 
-    async fn start(&self, name: &str) -> Result<()> {
-        let paths = self.paths(name)?;
-        let lock = self.lock_for(name);
+    async fn start(&self, vm: &Instance) -> Result<()> {
+        let slot = self.slot(vm)?;
+        let lock = self.lock_for(&slot);
         let _g = lock.lock().await;
-        self.start_locked(name, &paths).await
+        self.start_locked(&slot).await
     }
 
-    async fn stop(&self, name: &str, timeout: Duration) -> Result<StopOutcome> {
-        let paths = self.paths(name)?;
-        let lock = self.lock_for(name);
+    async fn stop(&self, vm: &Instance, timeout: Duration) -> Result<StopOutcome> {
+        let slot = self.slot(vm)?;
+        let lock = self.lock_for(&slot);
         let _g = lock.lock().await;
-        self.stop_locked(name, &paths, timeout).await
+        self.stop_locked(&slot, timeout).await
     }
 
-    async fn delete(&self, name: &str) -> Result<()> {
-        let paths = self.paths(name)?;
-        let lock = self.lock_for(name);
+    async fn delete(&self, vm: &Instance) -> Result<()> {
+        let slot = self.slot(vm)?;
+        let lock = self.lock_for(&slot);
         let _g = lock.lock().await;
-        if !paths.dir.exists() {
-            return Ok(());
-        }
-        self.stop_locked(name, &paths, DELETE_STOP_TIMEOUT).await?;
-        self.vms.lock().expect("lock poisoned").remove(name);
-        if self.cfg.bridge.is_some() {
-            host::remove_tap(&args::Tap::for_dir(&paths.dir).ifname);
-        }
-        std::fs::remove_dir_all(&paths.dir).map_err(VmmError::io("remove", &paths.dir))
+        self.delete_locked(&slot).await
     }
 
-    async fn status(&self, name: &str) -> Result<VmObserved> {
-        let paths = self.paths(name)?;
-        if !paths.dir.exists() {
-            return Ok(VmObserved::not_found(name));
+    async fn status(&self, vm: &Instance) -> Result<VmObserved> {
+        let slot = self.slot(vm)?;
+        if !slot.paths.dir.exists() {
+            return Ok(VmObserved::not_found(vm));
         }
         // Fast path without the VM's lock, so status never waits for a stop in progress.
-        let watched = self.vms.lock().expect("lock poisoned").get(name).cloned();
+        let watched = self.vms.lock().expect("lock poisoned").get(&slot.key).cloned();
         if let Some(h) = watched {
-            return Ok(Self::observed(name, &h.snapshot()));
+            return Ok(Self::observed(vm, &h.snapshot()));
         }
-        let lock = self.lock_for(name);
+        let lock = self.lock_for(&slot);
         let _g = lock.lock().await;
-        if let Some(h) = self.handle(name, &paths).await? {
-            return Ok(Self::observed(name, &h.snapshot()));
+        if let Some(h) = self.handle(&slot).await? {
+            return Ok(Self::observed(vm, &h.snapshot()));
         }
-        let Some(run) = state::read_run(&paths.run)? else { return Ok(VmObserved::stopped(name, VmState::Stopped)) };
+        let Some(run) = state::read_run(&slot.paths.run)? else { return Ok(VmObserved::stopped(vm, VmState::Stopped)) };
         let state = match &run.exit {
             Some(e) if e.failed => VmState::Failed(e.reason.clone()),
             _ => VmState::Stopped,
@@ -400,46 +461,89 @@ impl VmDriver for QemuDriver {
             boot_ms: run.boot_ms,
             exit_reason: run.exit.map(|e| e.reason),
             accel: run.accel,
-            ..VmObserved::stopped(name, state)
+            ..VmObserved::stopped(vm, state)
         })
     }
 
     async fn list(&self) -> Result<Vec<VmObserved>> {
         let mut out = Vec::new();
-        for name in self.names()? {
-            out.push(self.status(&name).await?);
+        for vm in self.instances()? {
+            out.push(self.status(&vm).await?);
         }
         Ok(out)
     }
 
+    async fn list_legacy(&self) -> Result<Vec<String>> {
+        Ok(paths::entries(&self.cfg.base_dir)?
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Legacy(name) => Some(name),
+                Entry::Instance(_) => None,
+            })
+            .collect())
+    }
+
+    async fn settle_legacy(&self, name: &str, fate: LegacyFate) -> Result<()> {
+        let legacy = Self::slot_at(legacy_dir(&self.cfg.base_dir, name)?)?;
+        let lock = self.lock_for(&legacy);
+        let _g = lock.lock().await;
+        if !legacy.paths.dir.exists() {
+            return Ok(());
+        }
+        let incarnation = match fate {
+            LegacyFate::Remove => {
+                tracing::info!(vm = name, "removing a VM directory from before incarnations");
+                return self.delete_locked(&legacy).await;
+            }
+            LegacyFate::Adopt(incarnation) => incarnation,
+        };
+        let vm = Instance::new(name, incarnation);
+        let target = self.slot(&vm)?;
+        let tlock = self.lock_for(&target);
+        let _tg = tlock.lock().await;
+        if target.paths.dir.exists() {
+            return Err(VmmError::InstanceExists(vm));
+        }
+        // Not watched under its old name any more (the monitor would write into a moved directory).
+        self.vms.lock().expect("lock poisoned").remove(&legacy.key);
+        // Before the rename: a QEMU running in it is then still recognised by its command line.
+        if let Some(mut run) = state::read_run(&legacy.paths.run)? {
+            if run.dir.is_none() {
+                run.dir = Some(legacy.paths.dir.clone());
+                state::write_json(&legacy.paths.run, &run)?;
+            }
+        }
+        std::fs::rename(&legacy.paths.dir, &target.paths.dir).map_err(VmmError::io("rename", &legacy.paths.dir))?;
+        tracing::info!(vm = name, instance = %vm, "adopted a VM directory from before incarnations");
+        Ok(())
+    }
+
     fn log_path(&self, name: &str) -> Option<PathBuf> {
-        self.paths(name).ok().map(|p| p.console_log)
+        self.current(name).ok().flatten().map(|(slot, _)| slot.paths.console_log)
     }
 
     async fn read_console(&self, name: &str, offset: u64, max: usize) -> Result<ConsoleChunk> {
-        let paths = self.paths(name)?;
-        if !paths.dir.exists() {
-            return Err(VmmError::NotFound(name.to_string()));
-        }
-        let handle = self.vms.lock().expect("lock poisoned").get(name).cloned();
+        let (slot, _) = self.current(name)?.ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        let handle = self.vms.lock().expect("lock poisoned").get(&slot.key).cloned();
         match handle {
             Some(h) => {
                 let _g = h.console.lock().await;
-                state::read_console(&paths, h.snapshot().console_base, offset, max)
+                state::read_console(&slot.paths, h.snapshot().console_base, offset, max)
             }
             None => {
-                let base = state::read_run(&paths.run)?.map_or(0, |r| r.console_base);
-                state::read_console(&paths, base, offset, max)
+                let base = state::read_run(&slot.paths.run)?.map_or(0, |r| r.console_base);
+                state::read_console(&slot.paths, base, offset, max)
             }
         }
     }
 
     async fn console_input(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let paths = self.paths(name)?;
+        let not_running = || VmmError::NotRunning(name.to_string());
+        let Some((slot, Entry::Instance(_))) = self.current(name)? else { return Err(not_running()) };
         let h = {
-            let lock = self.lock_for(name);
+            let lock = self.lock_for(&slot);
             let _g = lock.lock().await;
-            self.running(name, &paths).await?.ok_or_else(|| VmmError::NotRunning(name.to_string()))?
+            self.running(&slot).await?.ok_or_else(not_running)?
         };
         h.console_input(bytes).await
     }

@@ -2,6 +2,7 @@
 //! the process exit, classifies it, watches the console for the boot marker and rotates the log.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ use crate::{now_ms, Accel, Result, VmmError, BOOT_MARKER};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Live {
     pub pid: u32,
+    /// The directory named on the process's command line: where it was started, which is not
+    /// its directory any more once a legacy directory was adopted (renamed) under it.
+    pub dir: PathBuf,
     pub started_at_ms: u64,
     pub accel: Accel,
     pub boot_ms: Option<u64>,
@@ -34,6 +38,7 @@ impl Live {
     pub fn run_file(&self, paths: &VmPaths) -> RunFile {
         RunFile {
             pid: Some(self.pid),
+            dir: Some(self.dir.clone()),
             started_at_ms: Some(self.started_at_ms),
             accel: Some(self.accel),
             qmp: paths.qmp.display().to_string(),

@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,10 @@ use crate::{Accel, ConsoleChunk, Result, VmmError};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunFile {
     pub pid: Option<u32>,
+    /// The directory the process was started in (its command line names it). Absent in files
+    /// of older drivers, which started it in the VM's own directory.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
     pub started_at_ms: Option<u64>,
     pub accel: Option<Accel>,
     pub qmp: String,

@@ -47,9 +47,9 @@ impl Drop for Harness {
     fn drop(&mut self) {
         let Ok(entries) = std::fs::read_dir(self.dir.path().join("vms")) else { return };
         for e in entries.flatten() {
-            let run = state::read_run(&e.path().join("vm.json")).ok().flatten();
-            if let Some(pid) = run.and_then(|r| r.pid) {
-                if state::is_vm_process(pid, &e.path()) {
+            let Some(run) = state::read_run(&e.path().join("vm.json")).ok().flatten() else { continue };
+            if let Some(pid) = run.pid {
+                if state::is_vm_process(pid, run.dir.as_deref().unwrap_or(&e.path())) {
                     let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
                 }
             }

@@ -5,15 +5,22 @@
 //! guest image under `-accel kvm` and waits for its boot marker; if it does not appear in time,
 //! TCG is used. The verdict is cached per host boot (`/proc/sys/kernel/random/boot_id`), since
 //! the answer can change only with the host kernel or its modules.
+//!
+//! The probe's QEMU must not outlive the daemon: a hung KVM guest runs until killed, and a daemon
+//! killed during its first seconds would leave it running for good. See [`probe`] for how it
+//! dies with the daemon and how [`select`] reaps the ones that did not.
+
+mod probe;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::image::GuestImage;
-use crate::{Accel, Result, VmmError, BOOT_MARKER};
+use crate::{Accel, Result, VmmError};
+
+pub use probe::{probe_kvm, probe_owner, reap_leftover_probes, PROBE_ARG};
 
 /// How long the KVM probe waits for the boot marker (a TCG boot takes ~2 s, KVM far less).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,8 +57,11 @@ fn boot_id() -> String {
 }
 
 /// Picks the accelerator: the env override, else a cached verdict for this host boot, else a
-/// probe (whose verdict is cached in `cache_dir`).
+/// probe (whose verdict is cached in `cache_dir`). First, whatever the verdict's source, kills
+/// probe QEMUs left behind by daemons that died (see [`reap_leftover_probes`]).
 pub async fn select(image: &GuestImage, cache_dir: &Path) -> Result<AccelVerdict> {
+    let dir = cache_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || reap_leftover_probes(&dir)).await.expect("reaping does not panic");
     let boot_id = boot_id();
     match std::env::var(ENV_OVERRIDE).as_deref() {
         Ok("tcg") => return Ok(verdict(Accel::Tcg, Source::Env, "BLIXARD_ACCEL=tcg", &boot_id)),
@@ -81,60 +91,4 @@ pub async fn select(image: &GuestImage, cache_dir: &Path) -> Result<AccelVerdict
 
 fn verdict(accel: Accel, source: Source, detail: &str, boot_id: &str) -> AccelVerdict {
     AccelVerdict { accel, source, detail: detail.to_string(), boot_id: boot_id.to_string() }
-}
-
-/// Boots `image` under KVM (no network, serial to a file) and waits up to `timeout` for the
-/// boot marker. Returns whether it appeared, and a human-readable detail. Always kills the probe
-/// VM and removes its directory.
-pub async fn probe_kvm(image: &GuestImage, scratch: &Path, timeout: Duration) -> Result<(bool, String)> {
-    let dir = scratch.join(format!("kvm-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(VmmError::io("create", &dir))?;
-    let result = probe_in(image, &dir, timeout).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-async fn probe_in(image: &GuestImage, dir: &Path, timeout: Duration) -> Result<(bool, String)> {
-    let log = dir.join("console.log");
-    let mut cmdline = "console=ttyS0 tsc=reliable blixard.name=kvm-probe".to_string();
-    if let Some(khz) = crate::qemu::args::host_tsc_khz() {
-        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
-    }
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "kvm", "-cpu", "qemu64,+arat", "-m", "128M", "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-nographic"])
-        .arg("-kernel")
-        .arg(&image.kernel)
-        .arg("-initrd")
-        .arg(&image.initrd)
-        .args(["-append", &cmdline])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| VmmError::Spawn { program: "qemu-system-x86_64".into(), source })?;
-    let outcome = loop {
-        let seen = std::fs::read_to_string(&log).is_ok_and(|s| s.contains(BOOT_MARKER));
-        if seen {
-            break (true, format!("a KVM guest booted in {} ms", started.elapsed().as_millis()));
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            break (false, format!("QEMU under KVM exited ({st}) before the guest booted"));
-        }
-        if started.elapsed() > timeout {
-            break (false, format!("a KVM guest printed no boot marker within {} ms", timeout.as_millis()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
-    let _ = child.kill().await;
-    Ok(outcome)
 }
