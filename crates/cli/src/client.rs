@@ -22,8 +22,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12);
 /// How long a command keeps retrying what is safe to retry.
 const RETRY_FOR: Duration = Duration::from_secs(30);
-/// Largest answer accepted (a page of a list is at most a few MiB).
-pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -2,9 +2,11 @@
 //!
 //! Exit codes: 0 success; 1 an error, with one line on stderr; 2 a usage error (clap).
 
+mod addr;
 mod client;
 mod cmd;
 mod output;
+mod page;
 
 use std::process::ExitCode;
 
@@ -13,8 +15,8 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(name = "blixard", version, about = "Blixard: a microVM orchestrator in one binary")]
 pub struct Cli {
-    /// Address of any node of the cluster.
-    #[arg(long, global = true, env = "BLIXARD_ADDR", default_value = "127.0.0.1:7001")]
+    /// Address of any node of the cluster: HOST:PORT (port 1–65535).
+    #[arg(long, global = true, env = "BLIXARD_ADDR", default_value = "127.0.0.1:7001", value_parser = addr::endpoints)]
     pub addr: String,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]

@@ -45,6 +45,18 @@ impl Table {
     }
 
     pub fn render(&self) -> String {
+        let mut out = self.line(&self.header, &self.widths());
+        out.push_str(&self.render_body());
+        out
+    }
+
+    /// The rows without the header (aligned as if it were there), for a table printed in parts.
+    pub fn render_body(&self) -> String {
+        let w = self.widths();
+        self.rows.iter().map(|r| self.line(&r.iter().map(String::as_str).collect::<Vec<_>>(), &w)).collect()
+    }
+
+    fn widths(&self) -> Vec<usize> {
         let n = self.header.len();
         let mut w: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
         for r in &self.rows {
@@ -52,22 +64,19 @@ impl Table {
                 w[i] = w[i].max(c.chars().count());
             }
         }
-        let line = |cells: Vec<&str>| {
-            let mut s = String::new();
-            for (i, c) in cells.iter().enumerate() {
-                if i + 1 == cells.len() {
-                    s.push_str(c);
-                } else {
-                    s.push_str(&format!("{c:<width$}  ", width = w[i]));
-                }
+        w
+    }
+
+    fn line(&self, cells: &[&str], w: &[usize]) -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w.get(i).copied().unwrap_or(0)));
             }
-            s.trim_end().to_string() + "\n"
-        };
-        let mut out = line(self.header.clone());
-        for r in &self.rows {
-            out.push_str(&line(r.iter().map(String::as_str).collect()));
         }
-        out
+        s.trim_end().to_string() + "\n"
     }
 }
 

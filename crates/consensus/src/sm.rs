@@ -1,7 +1,7 @@
 //! The core state machine's storage, over redb tables (one per [`Table`]).
 
-use blixard_core::store::KvPairs;
-use blixard_core::{ReadStore, Store, StoreError, Table};
+use blixard_core::store::{KvPairs, PageBuilder};
+use blixard_core::{Page, PageLimit, ReadStore, Store, StoreError, Table};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 fn def(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -65,6 +65,24 @@ fn scan_table(
     Ok(out)
 }
 
+/// Reads keys and values in place (redb hands out borrowed pages): only what the page takes is
+/// copied.
+fn scan_page_table(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+    start_after: Option<&[u8]>,
+    limit: PageLimit,
+) -> Result<Page, StoreError> {
+    let mut page = PageBuilder::new(prefix, limit);
+    for item in t.range::<&[u8]>(page.start(start_after)).map_err(err)? {
+        let (k, v) = item.map_err(err)?;
+        if !page.offer(k.value(), v.value()) {
+            break;
+        }
+    }
+    Ok(page.finish())
+}
+
 impl ReadStore for TxnStore<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let get = |t: &redb::Table<'_, &'static [u8], &'static [u8]>| {
@@ -80,6 +98,19 @@ impl ReadStore for TxnStore<'_> {
         match &self.open[Self::slot(table)] {
             Some(t) => scan_table(t, prefix, limit),
             None => scan_table(&self.txn.open_table(def(table)).map_err(err)?, prefix, limit),
+        }
+    }
+
+    fn scan_page(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: PageLimit,
+    ) -> Result<Page, StoreError> {
+        match &self.open[Self::slot(table)] {
+            Some(t) => scan_page_table(t, prefix, start_after, limit),
+            None => scan_page_table(&self.txn.open_table(def(table)).map_err(err)?, prefix, start_after, limit),
         }
     }
 }
@@ -122,5 +153,65 @@ impl ReadStore for ReadView {
     fn scan(&self, table: Table, prefix: &[u8], limit: usize) -> Result<KvPairs, StoreError> {
         let t = self.0.open_table(def(table)).map_err(err)?;
         scan_table(&t, prefix, limit)
+    }
+
+    fn scan_page(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: PageLimit,
+    ) -> Result<Page, StoreError> {
+        let t = self.0.open_table(def(table)).map_err(err)?;
+        scan_page_table(&t, prefix, start_after, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blixard_core::MemStore;
+
+    /// redb's pages are exactly the in-memory store's, through a write transaction and a read view.
+    #[test]
+    fn pages_match_the_in_memory_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
+        let mut mem = MemStore::default();
+        let keys = ["a", "b/1", "b/2", "b/3", "c", "d"];
+        let txn = db.begin_write().unwrap();
+        {
+            create_tables(&txn).unwrap();
+            let mut store = TxnStore::new(&txn);
+            for (i, k) in keys.iter().enumerate() {
+                let v = vec![b'v'; i * 10];
+                store.put(Table::Kv, k.as_bytes(), &v).unwrap();
+                mem.put(Table::Kv, k.as_bytes(), &v).unwrap();
+            }
+            type Case<'a> = (&'a [u8], Option<&'a [u8]>, usize, usize);
+            let cases: [Case; 6] = [
+                (b"", None, 2, usize::MAX),
+                (b"b/", None, 2, usize::MAX),
+                (b"b/", Some(b"b/2"), 5, usize::MAX),
+                (b"", Some(b"a"), 10, 25),
+                (b"", Some(b"c"), 10, 1),
+                (b"b/", Some(b"c"), 10, 100),
+            ];
+            for (prefix, after, count, bytes) in cases {
+                let limit = PageLimit { count, bytes };
+                let want = mem.scan_page(Table::Kv, prefix, after, limit).unwrap();
+                assert_eq!(
+                    store.scan_page(Table::Kv, prefix, after, limit).unwrap(),
+                    want,
+                    "{prefix:?} {after:?} {limit:?}"
+                );
+            }
+        }
+        txn.commit().unwrap();
+        let view = ReadView::begin(&db).unwrap();
+        let limit = PageLimit { count: 3, bytes: 45 };
+        for after in [None, Some(&b"b/1"[..]), Some(b"b/3")] {
+            assert_eq!(view.scan_page(Table::Kv, b"", after, limit), mem.scan_page(Table::Kv, b"", after, limit));
+        }
     }
 }

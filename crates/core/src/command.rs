@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::scheduler::NodeResources;
 use crate::session::Session;
 use crate::spec::{Observed, PowerState, ValidationError, VmRecord, VmSpec};
+use crate::store::PageLimit;
 use crate::NodeId;
 
 /// A write, replicated through Raft and applied by [`crate::state::apply`] on every node.
@@ -139,15 +140,22 @@ pub enum Query {
     KvGet {
         key: Vec<u8>,
     },
-    /// Keys with the prefix, in byte order, after `start_after` when given, at most `limit`.
+    /// One page of the keys with the prefix, in byte order, after `start_after` (exclusive)
+    /// when given.
     KvList {
         prefix: Vec<u8>,
-        limit: usize,
+        start_after: Option<Vec<u8>>,
+        limit: PageLimit,
     },
     VmGet {
         name: String,
     },
-    VmList,
+    /// One page of the VMs by name, after `start_after` (exclusive) when given; `limit.bytes`
+    /// counts the records' stored bytes.
+    VmList {
+        start_after: Option<String>,
+        limit: PageLimit,
+    },
     Members,
     Nodes,
 }
@@ -155,9 +163,17 @@ pub enum Query {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueryResult {
     Value(Option<Vec<u8>>),
-    Pairs { pairs: Vec<(Vec<u8>, Vec<u8>)>, more: bool },
+    /// A page of pairs; `more`: others follow the last one.
+    Pairs {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        more: bool,
+    },
     Vm(Option<Box<VmRecord>>),
-    Vms(Vec<VmRecord>),
+    /// A page of VMs; `more`: others follow the last one.
+    Vms {
+        vms: Vec<VmRecord>,
+        more: bool,
+    },
     Members(Vec<crate::state::Member>),
     Nodes(Vec<NodeResources>),
 }

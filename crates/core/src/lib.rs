@@ -19,9 +19,10 @@ pub use membership::{ChangeKind, MembershipChange};
 pub use scheduler::NodeResources;
 pub use session::{ClientSession, Session, SessionKey};
 pub use spec::{
-    HealthCheck, HealthKind, Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError, VmRecord, VmSpec,
+    quoted, HealthCheck, HealthKind, Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError,
+    VmRecord, VmSpec,
 };
-pub use store::{MemStore, ReadStore, Store, StoreError, Table};
+pub use store::{MemStore, Page, PageLimit, ReadStore, Store, StoreError, Table};
 
 /// Identifier of a node in the cluster. Never 0 (raft-rs reserves 0 for "none").
 pub type NodeId = u64;

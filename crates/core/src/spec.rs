@@ -22,6 +22,20 @@ impl ValidationError {
     }
 }
 
+/// How many characters of a user's value an error message quotes.
+pub const QUOTE_CHARS: usize = 64;
+
+/// `s` quoted for an error message, and bounded: a longer value shows its first
+/// [`QUOTE_CHARS`] characters, `…` and its length. Input is never echoed whole: the message may
+/// travel in an HTTP/2 header (a 100 KB VM name there broke the connection instead of naming
+/// the rule), and a reader needs only enough to recognise the value.
+pub fn quoted(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?} ({} bytes)", format!("{}…", &s[..cut]), s.len()),
+    }
+}
+
 /// What the cluster does when a VM's process exits on its own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
@@ -48,7 +62,7 @@ impl RestartPolicy {
             "always" => Ok(Self::Always),
             other => Err(ValidationError::new(
                 "restart_policy",
-                format!("must be one of never, on-failure, always (got {other:?})"),
+                format!("must be one of never, on-failure, always (got {})", quoted(other)),
             )),
         }
     }
@@ -201,7 +215,7 @@ pub const MAX_LABEL_VALUE_LEN: usize = 255;
 /// with a hyphen). Names become directory names on hosts, so this rule is also what keeps a VM's
 /// files inside its own directory.
 pub fn validate_name(name: &str) -> Result<(), ValidationError> {
-    let err = |rule: &str| Err(ValidationError::new("name", format!("{rule} (got {name:?})")));
+    let err = |rule: &str| Err(ValidationError::new("name", format!("{rule} (got {})", quoted(name))));
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return err("must be 1 to 63 characters");
     }
@@ -268,7 +282,7 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ValidationEr
         if !ok_key {
             return Err(ValidationError::new(
                 "labels",
-                format!("key {k:?} must be 1 to 63 of [A-Za-z0-9._/-], starting with a letter or digit"),
+                format!("key {} must be 1 to 63 of [A-Za-z0-9._/-], starting with a letter or digit", quoted(k)),
             ));
         }
         if v.len() > MAX_LABEL_VALUE_LEN || v.chars().any(char::is_control) {
@@ -335,7 +349,7 @@ impl VmSpec {
             if !path.starts_with('/') || path.len() > 1024 || path.chars().any(|c| c.is_control() || c == ' ') {
                 return Err(ValidationError::new(
                     "health",
-                    format!("path must start with '/', be at most 1024 bytes, without spaces (got {path:?})"),
+                    format!("path must start with '/', be at most 1024 bytes, without spaces (got {})", quoted(path)),
                 ));
             }
         }
@@ -505,6 +519,20 @@ mod tests {
         assert_eq!(RestartPolicy::parse("on-failure"), Ok(RestartPolicy::OnFailure));
         assert_eq!(RestartPolicy::parse("always"), Ok(RestartPolicy::Always));
         assert_eq!(RestartPolicy::parse("sometimes").unwrap_err().field, "restart_policy");
+    }
+
+    #[test]
+    fn long_values_are_quoted_in_part_with_their_length() {
+        assert_eq!(quoted("web"), "\"web\"");
+        assert_eq!(quoted(&"a".repeat(QUOTE_CHARS)), format!("{:?}", "a".repeat(QUOTE_CHARS)));
+        let long = "é".repeat(100_000);
+        assert_eq!(quoted(&long), format!("\"{}…\" (200000 bytes)", "é".repeat(QUOTE_CHARS)));
+        let e = validate_name(&"a".repeat(100_000)).unwrap_err();
+        assert_eq!(e.rule, format!("must be 1 to 63 characters (got \"{}…\" (100000 bytes))", "a".repeat(64)));
+        let e = RestartPolicy::parse(&"x".repeat(10_000)).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
+        let labels = BTreeMap::from([("-".repeat(10_000), String::new())]);
+        assert!(VmSpec { labels, ..good() }.validate().unwrap_err().to_string().len() < 200);
     }
 
     #[test]

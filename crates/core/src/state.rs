@@ -211,17 +211,19 @@ pub fn run(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outcome
 pub fn query(store: &impl ReadStore, q: &Query) -> Result<QueryResult, StoreError> {
     Ok(match q {
         Query::KvGet { key } => QueryResult::Value(store.get(Table::Kv, key)?),
-        Query::KvList { prefix, limit } => {
-            let mut pairs = store.scan(Table::Kv, prefix, limit.saturating_add(1))?;
-            let more = pairs.len() > *limit;
-            pairs.truncate(*limit);
-            QueryResult::Pairs { pairs, more }
+        Query::KvList { prefix, start_after, limit } => {
+            let page = store.scan_page(Table::Kv, prefix, start_after.as_deref(), *limit)?;
+            QueryResult::Pairs { pairs: page.pairs, more: page.more }
         }
         Query::VmGet { name } => match store.get(Table::Vms, name.as_bytes())? {
             None => QueryResult::Vm(None),
             Some(b) => QueryResult::Vm(Some(Box::new(decode(Table::Vms, name.as_bytes(), &b)?))),
         },
-        Query::VmList => QueryResult::Vms(vms(store)?),
+        Query::VmList { start_after, limit } => {
+            let page = store.scan_page(Table::Vms, b"", start_after.as_ref().map(|s| s.as_bytes()), *limit)?;
+            let vms = page.pairs.iter().map(|(k, v)| decode(Table::Vms, k, v)).collect::<Result<_, _>>()?;
+            QueryResult::Vms { vms, more: page.more }
+        }
         Query::Members => QueryResult::Members(members(store)?),
         Query::Nodes => QueryResult::Nodes(nodes(store)?),
     })
@@ -287,7 +289,7 @@ pub fn import(store: &mut impl Store, data: &[u8]) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use crate::spec::{Observed, Phase, PortForward, RestartPolicy, ValidationError, VmSpec};
-    use crate::store::MemStore;
+    use crate::store::{MemStore, PageLimit};
 
     fn env(command: Command) -> Envelope {
         Envelope { session: None, now_ms: 1_000, command }
@@ -360,12 +362,66 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         };
-        let all = query(&s, &Query::KvList { prefix: b"b/".to_vec(), limit: 10 }).unwrap();
+        let list = |prefix: &str, after: Option<&str>, count| Query::KvList {
+            prefix: prefix.as_bytes().to_vec(),
+            start_after: after.map(|a| a.as_bytes().to_vec()),
+            limit: PageLimit { count, bytes: usize::MAX },
+        };
+        let all = query(&s, &list("b/", None, 10)).unwrap();
         assert_eq!(keys(all), (vec!["b/1".to_string(), "b/2".into(), "b/3".into()], false));
-        let two = query(&s, &Query::KvList { prefix: b"b/".to_vec(), limit: 2 }).unwrap();
+        let two = query(&s, &list("b/", None, 2)).unwrap();
         assert_eq!(keys(two), (vec!["b/1".to_string(), "b/2".into()], true));
-        let every = query(&s, &Query::KvList { prefix: vec![], limit: 100 }).unwrap();
+        let rest = query(&s, &list("b/", Some("b/2"), 2)).unwrap();
+        assert_eq!(keys(rest), (vec!["b/3".to_string()], false));
+        let every = query(&s, &list("", None, 100)).unwrap();
         assert_eq!(keys(every).0.len(), 5);
+    }
+
+    #[test]
+    fn a_kv_list_page_is_bounded_by_bytes_and_always_holds_one_pair() {
+        let mut s = MemStore::default();
+        for (k, n) in [("a", 10), ("b", 10), ("c", 100), ("d", 10)] {
+            run(&mut s, 1, Command::KvPut { key: k.as_bytes().to_vec(), value: vec![b'v'; n] }).unwrap();
+        }
+        let page = |after: Option<&str>, bytes| {
+            let q = Query::KvList {
+                prefix: vec![],
+                start_after: after.map(|a| a.as_bytes().to_vec()),
+                limit: PageLimit { count: 100, bytes },
+            };
+            match query(&s, &q).unwrap() {
+                QueryResult::Pairs { pairs, more } => {
+                    (pairs.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()).collect::<Vec<_>>(), more)
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        // 11 + 11 bytes fit in 22, the 101 of "c" do not.
+        assert_eq!(page(None, 22), (vec!["a".to_string(), "b".into()], true));
+        assert_eq!(page(None, 21), (vec!["a".to_string()], true));
+        // "c" alone is over the budget, and is returned alone rather than never.
+        assert_eq!(page(Some("b"), 22), (vec!["c".to_string()], true));
+        assert_eq!(page(Some("c"), 22), (vec!["d".to_string()], false));
+        assert_eq!(page(Some("d"), 22), (vec![], false));
+    }
+
+    #[test]
+    fn vm_list_pages_by_count_bytes_and_name() {
+        let mut s = with_node();
+        for n in ["d", "b", "a", "c"] {
+            run(&mut s, 2, create(n)).unwrap();
+        }
+        let page = |after: Option<&str>, count, bytes| {
+            let q = Query::VmList { start_after: after.map(String::from), limit: PageLimit { count, bytes } };
+            match query(&s, &q).unwrap() {
+                QueryResult::Vms { vms, more } => (vms.into_iter().map(|r| r.spec.name).collect::<Vec<_>>(), more),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(page(None, 2, usize::MAX), (vec!["a".to_string(), "b".into()], true));
+        assert_eq!(page(Some("b"), 2, usize::MAX), (vec!["c".to_string(), "d".into()], false));
+        assert_eq!(page(Some("b"), 1000, 1), (vec!["c".to_string()], true), "one record even over budget");
+        assert_eq!(page(Some("zzz"), 10, usize::MAX), (vec![], false));
     }
 
     #[test]
@@ -421,8 +477,9 @@ mod tests {
         for n in ["b", "a", "c"] {
             run(&mut s, 1, create(n)).unwrap();
         }
-        let names = |s: &MemStore| match query(s, &Query::VmList).unwrap() {
-            QueryResult::Vms(v) => v.into_iter().map(|r| r.spec.name).collect::<Vec<_>>(),
+        let all = Query::VmList { start_after: None, limit: PageLimit { count: 100, bytes: usize::MAX } };
+        let names = |s: &MemStore| match query(s, &all).unwrap() {
+            QueryResult::Vms { vms, more: false } => vms.into_iter().map(|r| r.spec.name).collect::<Vec<_>>(),
             other => panic!("unexpected {other:?}"),
         };
         assert_eq!(names(&s), ["a", "b", "c"]);

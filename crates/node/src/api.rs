@@ -8,7 +8,7 @@ use blixard_consensus::sm::ReadView;
 use blixard_consensus::Handle;
 use blixard_core::spec::{validate_key, validate_name, validate_value};
 use blixard_core::state::Member;
-use blixard_core::{Command, Query, QueryResult, Response, Session, VmSpec};
+use blixard_core::{Command, PageLimit, Query, QueryResult, Response, Session, VmSpec};
 use blixard_proto::rpc;
 use blixard_proto::v1;
 use tonic::transport::Channel;
@@ -28,7 +28,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The driver answers every request by its own deadline; this only bounds a stuck driver.
 const DRIVER_GRACE: Duration = Duration::from_secs(2);
 const DEFAULT_LIST_LIMIT: usize = 1000;
-const MAX_LIST_LIMIT: usize = 10_000;
+const MAX_LIST_LIMIT: usize = blixard_proto::MAX_LIST_LIMIT as usize;
 
 #[derive(Clone)]
 pub struct Api {
@@ -50,7 +50,7 @@ const LOG_POLL: Duration = Duration::from_millis(100);
 type Result<T> = std::result::Result<tonic::Response<T>, Status>;
 
 fn invalid(e: blixard_core::ValidationError) -> Status {
-    Status::invalid_argument(e.to_string())
+    status::invalid(e)
 }
 
 impl Api {
@@ -212,13 +212,26 @@ macro_rules! forward {
     ($self:ident, $req:ident, $client:ty, $method:ident) => {
         if let Some(ch) = $self.leader_channel(&$req)? {
             return <$client>::new(ch)
-                .max_decoding_message_size(8 << 20)
-                .max_encoding_message_size(8 << 20)
+                .max_decoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
                 .$method(forwarded($req))
                 .await
                 .map_err(forward_failed);
         }
     };
+}
+
+/// A list request's page: `limit` pairs (0: the default) and `bytes` of them.
+fn page_limit(limit: u32, bytes: usize) -> std::result::Result<PageLimit, Status> {
+    let count = match limit as usize {
+        0 => DEFAULT_LIST_LIMIT,
+        n if n > MAX_LIST_LIMIT => {
+            let rule = format!("must be at most {MAX_LIST_LIMIT} (got {n})");
+            return Err(invalid(blixard_core::ValidationError::new("limit", rule)));
+        }
+        n => n,
+    };
+    Ok(PageLimit { count, bytes })
 }
 
 fn unexpected(r: impl std::fmt::Debug) -> Status {
@@ -388,20 +401,24 @@ impl v1::kv_service_server::KvService for Api {
 
     async fn list(&self, req: Request<v1::ListRequest>) -> Result<v1::ListResponse> {
         let r = req.into_inner();
-        let limit = match r.limit as usize {
-            0 => DEFAULT_LIST_LIMIT,
-            n if n > MAX_LIST_LIMIT => {
-                return Err(Status::invalid_argument(format!(
-                    "invalid limit: must be at most {MAX_LIST_LIMIT} (got {n})"
-                )))
+        let limit = page_limit(r.limit, blixard_proto::KV_PAGE_BYTES)?;
+        let start_after = match r.start_after {
+            a if a.is_empty() => None,
+            a if a.len() > blixard_core::MAX_KEY_LEN => {
+                let rule = format!("must be at most {} bytes (got {})", blixard_core::MAX_KEY_LEN, a.len());
+                return Err(invalid(blixard_core::ValidationError::new("start_after", rule)));
             }
-            n => n,
+            a => Some(a),
         };
-        match self.read(r.read, Query::KvList { prefix: r.prefix, limit }).await? {
-            QueryResult::Pairs { pairs, more } => Ok(tonic::Response::new(v1::ListResponse {
-                pairs: pairs.into_iter().map(|(key, value)| v1::KeyValue { key, value }).collect(),
-                more,
-            })),
+        match self.read(r.read, Query::KvList { prefix: r.prefix, start_after, limit }).await? {
+            QueryResult::Pairs { pairs, more } => {
+                let next = if more { pairs.last().map(|(k, _)| k.clone()).unwrap_or_default() } else { Vec::new() };
+                Ok(tonic::Response::new(v1::ListResponse {
+                    pairs: pairs.into_iter().map(|(key, value)| v1::KeyValue { key, value }).collect(),
+                    more,
+                    next,
+                }))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -434,9 +451,21 @@ impl v1::vm_service_server::VmService for Api {
     }
 
     async fn list_vms(&self, req: Request<v1::ListVmsRequest>) -> Result<v1::ListVmsResponse> {
-        match self.read(req.into_inner().read, Query::VmList).await? {
-            QueryResult::Vms(vms) => {
-                Ok(tonic::Response::new(v1::ListVmsResponse { vms: vms.into_iter().map(Into::into).collect() }))
+        let r = req.into_inner();
+        let limit = page_limit(r.limit, blixard_proto::VM_PAGE_BYTES)?;
+        let start_after = match r.start_after {
+            a if a.is_empty() => None,
+            a => {
+                validate_name(&a).map_err(|e| invalid(blixard_core::ValidationError::new("start_after", e.rule)))?;
+                Some(a)
+            }
+        };
+        match self.read(r.read, Query::VmList { start_after, limit }).await? {
+            QueryResult::Vms { vms, more } => {
+                let next =
+                    if more { vms.last().map(|v| v.spec.name.clone()).unwrap_or_default() } else { String::new() };
+                let vms = vms.into_iter().map(Into::into).collect();
+                Ok(tonic::Response::new(v1::ListVmsResponse { vms, more, next }))
             }
             other => Err(unexpected(other)),
         }

@@ -319,10 +319,24 @@ impl Node {
         let driver_slot = Arc::new(std::sync::OnceLock::new());
         let svc = api::Api::new(raft.clone(), pool.clone(), driver_slot.clone());
         use blixard_proto::v1::*;
+        // Client-facing services agree with their clients on one message size limit.
+        let max = blixard_proto::MAX_MESSAGE_BYTES;
         let router = tonic::transport::Server::builder()
-            .add_service(cluster_service_server::ClusterServiceServer::new(svc.clone()))
-            .add_service(kv_service_server::KvServiceServer::new(svc.clone()).max_decoding_message_size(8 << 20))
-            .add_service(vm_service_server::VmServiceServer::new(svc))
+            .add_service(
+                cluster_service_server::ClusterServiceServer::new(svc.clone())
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                kv_service_server::KvServiceServer::new(svc.clone())
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                vm_service_server::VmServiceServer::new(svc)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
             .add_service(
                 raft_transport_server::RaftTransportServer::new(transport::SnapshotService {
                     handle: raft.clone(),

@@ -1,7 +1,7 @@
 //! The one place errors become `tonic::Status`, with explicit codes.
 
 use blixard_consensus::ProposeError;
-use blixard_core::{CommandError, StoreError};
+use blixard_core::{CommandError, StoreError, ValidationError};
 use blixard_proto::rpc;
 use blixard_proto::v1::error_detail::Reason;
 use tonic::{Code, Status};
@@ -19,7 +19,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 pub fn command(e: CommandError) -> Status {
-    let msg = e.to_string();
+    let msg = cap(e.to_string());
     match e {
         CommandError::Invalid(_) => Status::invalid_argument(msg),
         CommandError::AlreadyExists(_) => Status::already_exists(msg),
@@ -72,4 +72,52 @@ pub fn read_timeout() -> Status {
         Reason::NotApplied,
         None,
     )
+}
+
+/// The longest message a `Status` carries, in bytes. A message travels in an HTTP/2 header,
+/// which the other end limits (a too-long one is a protocol error, not an answer); a message
+/// built from input is bounded here so that it always arrives.
+pub const MAX_MESSAGE: usize = 2048;
+
+/// `message` cut to [`MAX_MESSAGE`] bytes (on a character boundary, marked by `…`). Every
+/// status message built from input goes through here.
+pub fn cap(message: impl Into<String>) -> String {
+    let mut m: String = message.into();
+    if m.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE - '…'.len_utf8();
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push('…');
+    }
+    m
+}
+
+/// A `Status` with its message capped (see [`cap`]).
+pub fn bounded(code: Code, message: impl Into<String>) -> Status {
+    Status::new(code, cap(message))
+}
+
+/// Bad input: the field and the rule.
+pub fn invalid(e: ValidationError) -> Status {
+    bounded(Code::InvalidArgument, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_bounded_on_a_character_boundary() {
+        assert_eq!(bounded(Code::NotFound, "short").message(), "short");
+        let exact = "x".repeat(MAX_MESSAGE);
+        assert_eq!(bounded(Code::Internal, exact.clone()).message(), exact);
+        let long = "é".repeat(MAX_MESSAGE);
+        let m = bounded(Code::InvalidArgument, long).message().to_string();
+        assert!(m.len() <= MAX_MESSAGE && m.ends_with("é…"), "{} bytes", m.len());
+        let e = invalid(ValidationError::new("name", "n".repeat(100_000)));
+        assert_eq!((e.code(), e.message().len()), (Code::InvalidArgument, MAX_MESSAGE));
+        assert!(e.message().starts_with("invalid name: nnn"));
+    }
 }

@@ -3,13 +3,41 @@
 //! Conversions from the wire are where untrusted input becomes core types: a bad field becomes a
 //! [`ValidationError`] naming it, never a panic.
 
+#[cfg(not(madsim))]
+mod codec;
+
 pub mod v1 {
+    #[cfg(madsim)]
     tonic::include_proto!("blixard.v1");
+    // Messages and clients, then the servers (with their own codec; see build.rs).
+    #[cfg(not(madsim))]
+    include!(concat!(env!("OUT_DIR"), "/blixard.v1.rs"));
+    #[cfg(not(madsim))]
+    include!(concat!(env!("OUT_DIR"), "/servers/blixard.v1.rs"));
 }
 
 pub mod rpc;
 
 use std::collections::BTreeMap;
+
+/// The largest gRPC message either end sends or accepts, set explicitly on the node's services
+/// and on its clients (the CLI's, and a follower's when it forwards) so that both ends agree:
+/// tonic's default decoding limit, 4 MiB. The largest message is a list page (below) or a put
+/// of a 1 KiB key and a 1 MiB value, each well under it.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// The most items one list page holds (`limit` in a list request; 0 there means 1000).
+pub const MAX_LIST_LIMIT: u32 = 10_000;
+
+/// Key and value bytes in one `kv list` page: two pairs of the largest size (1 KiB + 1 MiB)
+/// fit. A page is at most this or its one pair, plus ~10 bytes of framing per pair (at most
+/// 10,000 pairs, ~100 KiB) and the continuation key: ~2.6 MiB, far from [`MAX_MESSAGE_BYTES`].
+pub const KV_PAGE_BYTES: usize = 2560 << 10;
+
+/// Stored (postcard) bytes of VM records in one `vm list` page. A record's protobuf encoding
+/// is at most twice its stored size (a tag per field, phases spelled out; tested below), so a
+/// page is at most ~2 MiB plus a few bytes of framing per record; one record is at most ~40 KiB.
+pub const VM_PAGE_BYTES: usize = 1 << 20;
 
 use blixard_core::{HealthCheck, HealthKind, Observed, PortForward, RestartPolicy, ValidationError, VmRecord, VmSpec};
 
@@ -54,7 +82,12 @@ fn health_from_wire(h: v1::HealthCheck) -> Result<HealthCheck, ValidationError> 
     let kind = match h.kind.as_str() {
         "tcp" => HealthKind::Tcp,
         "http" => HealthKind::Http { path: if h.path.is_empty() { "/".into() } else { h.path } },
-        other => return Err(ValidationError::new("health", format!("kind must be tcp or http (got {other:?})"))),
+        other => {
+            return Err(ValidationError::new(
+                "health",
+                format!("kind must be tcp or http (got {})", blixard_core::quoted(other)),
+            ))
+        }
     };
     Ok(HealthCheck { kind, guest_port: port("health", h.port)?, interval_ms: h.interval_ms, threshold: h.threshold })
 }
@@ -148,6 +181,48 @@ mod tests {
         };
         let wire: v1::VmSpec = spec.clone().into();
         assert_eq!(VmSpec::try_from(wire), Ok(spec));
+    }
+
+    /// What [`VM_PAGE_BYTES`] relies on: a record's protobuf encoding is at most twice its
+    /// stored size, also for records of nothing but tiny fields (the worst ratio).
+    #[test]
+    fn a_vm_record_on_the_wire_is_at_most_twice_its_stored_size() {
+        let small = VmRecord {
+            spec: VmSpec { name: "a".into(), vcpus: 1, memory_mib: 64, ..Default::default() },
+            created_at_ms: 1_700_000_000_000,
+            create_index: 1,
+            desired: blixard_core::PowerState::Running,
+            node: 1,
+            restart_generation: 0,
+            observed: None,
+        };
+        let mut tiny_fields = small.clone();
+        tiny_fields.spec.ports = (1..=32).map(|p| PortForward { host: p, guest: 1 }).collect();
+        tiny_fields.spec.labels = (0..64).map(|i| (format!("{}", i % 10), String::new())).collect();
+        tiny_fields.spec.labels.extend((0..54).map(|i| (format!("k{i}"), String::new())));
+        tiny_fields.observed =
+            Some(Observed { phase: blixard_core::Phase::Running, pid: Some(1), ..Default::default() });
+        let mut observed = small.clone();
+        observed.observed = Some(Observed {
+            phase: blixard_core::Phase::Stopped,
+            reason: Some("r".into()),
+            pid: Some(1),
+            boot_ms: Some(1),
+            started_at_ms: Some(1),
+            restarts: 1,
+            restart_generation: 1,
+            accel: Some("t".into()),
+            last_exit: Some("e".into()),
+            reported_at_ms: 1,
+        });
+        let mut big = tiny_fields.clone();
+        big.spec.kernel = Some("k".repeat(4096));
+        big.spec.cmdline = Some("c".repeat(2048));
+        for r in [small, observed, tiny_fields, big] {
+            let stored = postcard::to_stdvec(&r).unwrap().len();
+            let wire = prost::Message::encoded_len(&v1::Vm::from(r.clone()));
+            assert!(wire <= 2 * stored, "{wire} > 2 × {stored} for {r:?}");
+        }
     }
 
     #[test]

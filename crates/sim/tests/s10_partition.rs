@@ -79,7 +79,8 @@ async fn status(i: u64) -> Option<blixard_proto::v1::ClusterStatusResponse> {
 
 async fn local_pairs(i: u64) -> Option<BTreeMap<String, String>> {
     let mut c = KvServiceClient::new(channel(i).await);
-    let req = ListRequest { prefix: vec![], limit: 10_000, read: Some(ReadOptions { stale: true }) };
+    let req =
+        ListRequest { prefix: vec![], limit: 10_000, read: Some(ReadOptions { stale: true }), ..Default::default() };
     let r = tokio::time::timeout(Duration::from_secs(2), c.list(req)).await.ok()?.ok()?.into_inner();
     Some(
         r.pairs

@@ -61,13 +61,18 @@ struct StatusOut {
     members: Vec<MemberOut>,
 }
 
+/// A client that agrees with the node on the largest message.
+fn client(ch: tonic::transport::Channel) -> ClusterServiceClient<tonic::transport::Channel> {
+    ClusterServiceClient::new(ch)
+        .max_decoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
+}
+
 pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
     let mut conn = connect(addr).await?;
     match c {
         ClusterCmd::Status => {
-            let r = conn
-                .read(ClusterStatusRequest {}, |ch, r| async move { ClusterServiceClient::new(ch).status(r).await })
-                .await?;
+            let r = conn.read(ClusterStatusRequest {}, |ch, r| async move { client(ch).status(r).await }).await?;
             let out = StatusOut {
                 node_id: r.node_id,
                 role: r.role,
@@ -141,13 +146,13 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
         }
         ClusterCmd::Join { node_id, node_addr } => {
             let req = JoinRequest { node_id, addr: node_addr };
-            let r = conn.write(req, |ch, r| async move { ClusterServiceClient::new(ch).join(r).await }).await?;
+            let r = conn.write(req, |ch, r| async move { client(ch).join(r).await }).await?;
             let out = MembershipOut { node_id, index: r.index };
             emit(fmt, &out, || format!("node {node_id} added as a learner\n"));
         }
         ClusterCmd::Leave { node_id } => {
             let req = LeaveRequest { node_id };
-            let r = conn.write(req, |ch, r| async move { ClusterServiceClient::new(ch).leave(r).await }).await?;
+            let r = conn.write(req, |ch, r| async move { client(ch).leave(r).await }).await?;
             let out = MembershipOut { node_id, index: r.index };
             emit(fmt, &out, || format!("node {node_id} removed\n"));
         }

@@ -23,12 +23,13 @@ pub struct NodeArgs {
     /// Where the Raft log and state live. Created when missing; never wiped.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Address other nodes and clients use to reach this one (default: the bound address).
-    #[arg(long)]
+    /// Address other nodes and clients use to reach this one: HOST:PORT (default: the bound
+    /// address).
+    #[arg(long, value_parser = crate::addr::endpoint)]
     pub advertise: Option<String>,
-    /// Join the cluster that a node at this address belongs to (used only when the data dir
-    /// is new; a node restarting from its data dir rejoins by itself).
-    #[arg(long, value_name = "SEED_ADDR")]
+    /// Join the cluster that a node at this address (HOST:PORT) belongs to (used only when the
+    /// data dir is new; a node restarting from its data dir rejoins by itself).
+    #[arg(long, value_name = "SEED_ADDR", value_parser = crate::addr::endpoint)]
     pub join: Option<String>,
     /// Checkpoint the state machine (a durable redb commit) and compact the Raft log once the
     /// log holds this many applied entries. With small entries --snapshot-mib comes first: a
@@ -68,8 +69,8 @@ pub struct NodeArgs {
     /// Host memory kept back from VMs, in MiB.
     #[arg(long, default_value_t = 1024)]
     pub reserve_memory_mib: u64,
-    /// Schedulable memory in MiB (default: host memory less the reserve).
-    #[arg(long)]
+    /// Schedulable memory in MiB, at least 1 (default: host memory less the reserve).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_mib: Option<u64>,
     /// How this node runs VMs.
     #[arg(long, value_enum, default_value_t = VmBackend::Qemu)]

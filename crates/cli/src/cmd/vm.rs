@@ -1,13 +1,15 @@
 use std::collections::BTreeMap;
 
+use blixard_core::quoted;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{
     self, CreateVmRequest, DeleteVmRequest, GetVmRequest, ListVmsRequest, ReadOptions, VmNameRequest,
 };
 use serde::Serialize;
 
-use crate::client::{connect, Conn, MAX_ANSWER};
+use crate::client::{connect, Conn};
 use crate::output::{emit, Table};
+use crate::page::{Pager, Printer};
 use crate::Format;
 
 #[derive(clap::Subcommand)]
@@ -20,8 +22,14 @@ pub enum VmCmd {
         #[arg(long)]
         stale: bool,
     },
-    /// List VMs by name.
+    /// List VMs by name (fetched and printed page by page).
     List {
+        /// At most this many VMs.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
+        /// Start after this name (exclusive), e.g. the `next` of an earlier listing.
+        #[arg(long, value_name = "NAME")]
+        start_after: Option<String>,
         #[arg(long)]
         stale: bool,
     },
@@ -57,12 +65,12 @@ pub enum VmCmd {
 /// Parses `500ms`, `60s`, `2m`.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 60s, got {s:?}"))?;
+    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 60s, got {}", quoted(s)))?;
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "s" | "" => Ok(std::time::Duration::from_secs(n)),
         "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown unit in {s:?} (use ms, s or m)")),
+        _ => Err(format!("unknown unit in {} (use ms, s or m)", quoted(s))),
     }
 }
 
@@ -123,8 +131,8 @@ pub struct CreateArgs {
 }
 
 fn parse_port(s: &str) -> Result<(u32, u32), String> {
-    let (h, g) = s.split_once(':').ok_or_else(|| format!("expected HOST:GUEST, got {s:?}"))?;
-    let p = |x: &str| x.parse::<u32>().map_err(|_| format!("{x:?} is not a port number"));
+    let (h, g) = s.split_once(':').ok_or_else(|| format!("expected HOST:GUEST, got {}", quoted(s)))?;
+    let p = |x: &str| x.parse::<u32>().map_err(|_| format!("{} is not a port number", quoted(x)));
     Ok((p(h)?, p(g)?))
 }
 
@@ -133,8 +141,9 @@ fn health_arg(a: &CreateArgs) -> anyhow::Result<Option<v1::HealthCheck>> {
     let (kind, port, path) = match (&a.health_http, a.health_tcp) {
         (Some(spec), _) => {
             let (port, path) = spec.split_once('/').unwrap_or((spec.as_str(), ""));
-            let port: u32 =
-                port.parse().map_err(|_| anyhow::anyhow!("invalid --health-http: expected PORT/PATH, got {spec:?}"))?;
+            let port: u32 = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("invalid --health-http: expected PORT/PATH, got {}", quoted(spec)))?;
             ("http", port, format!("/{path}"))
         }
         (None, Some(port)) => ("tcp", port, String::new()),
@@ -144,7 +153,7 @@ fn health_arg(a: &CreateArgs) -> anyhow::Result<Option<v1::HealthCheck>> {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {}", quoted(s)))?;
     Ok((k.to_string(), v.to_string()))
 }
 
@@ -251,6 +260,13 @@ fn table(vms: &[VmOut]) -> Table {
     t
 }
 
+/// A client that agrees with the node on the largest message.
+fn client(ch: tonic::transport::Channel) -> VmServiceClient<tonic::transport::Channel> {
+    VmServiceClient::new(ch)
+        .max_decoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
+}
+
 #[derive(Clone, Copy)]
 enum Power {
     Start,
@@ -263,7 +279,7 @@ async fn set_power(conn: &mut Conn, fmt: Format, name: String, p: Power) -> anyh
     let req = VmNameRequest { name };
     let r = conn
         .write(req, |ch, r| async move {
-            let mut c = VmServiceClient::new(ch);
+            let mut c = client(ch);
             match p {
                 Power::Start => c.start_vm(r).await,
                 Power::Stop => c.stop_vm(r).await,
@@ -278,7 +294,7 @@ async fn set_power(conn: &mut Conn, fmt: Format, name: String, p: Power) -> anyh
 
 pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
     let mut conn = connect(addr).await?;
-    let vm = |ch| VmServiceClient::new(ch).max_decoding_message_size(MAX_ANSWER);
+    let vm = client;
     match c {
         VmCmd::Create(a) => {
             let health = health_arg(&a)?;
@@ -307,15 +323,21 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             let out = vm_out(r.vm.unwrap_or_default());
             emit(fmt, &out, || table(std::slice::from_ref(&out)));
         }
-        VmCmd::List { stale } => {
-            let req = ListVmsRequest { read: Some(ReadOptions { stale }) };
-            let r = conn.read(req, |ch, r| async move { vm(ch).list_vms(r).await }).await?;
-            #[derive(Serialize)]
-            struct Out {
-                vms: Vec<VmOut>,
+        VmCmd::List { limit, start_after, stale } => {
+            let mut out = Printer::stdout(fmt, "vms");
+            let mut pager = Pager::new(limit, start_after.unwrap_or_default());
+            while let Some((start_after, limit)) = pager.request() {
+                let req = ListVmsRequest { read: Some(ReadOptions { stale }), limit, start_after };
+                let r = conn.read(req, |ch, r| async move { vm(ch).list_vms(r).await }).await?;
+                let got = r.vms.len();
+                out.page(&r.vms.into_iter().map(vm_out).collect::<Vec<_>>(), table)?;
+                pager.answered(got, r.more, r.next)?;
             }
-            let out = Out { vms: r.vms.into_iter().map(vm_out).collect() };
-            emit(fmt, &out, || table(&out.vms));
+            out.finish(pager.stop(), || {
+                let mut t = table(&[]);
+                t.rows.push(vec!["…".into(), format!("(more past --limit {limit})")]);
+                t
+            })?;
         }
         VmCmd::Start { name } => set_power(&mut conn, fmt, name, Power::Start).await?,
         VmCmd::Stop { name } => set_power(&mut conn, fmt, name, Power::Stop).await?,
@@ -377,7 +399,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
         }
         VmCmd::Wait { name, state, timeout } => {
             if !PHASES.contains(&state.as_str()) {
-                anyhow::bail!("invalid --state: must be one of {} (got {state:?})", PHASES.join(", "));
+                anyhow::bail!("invalid --state: must be one of {} (got {})", PHASES.join(", "), quoted(&state));
             }
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let deadline = tokio::time::Instant::now() + timeout;
