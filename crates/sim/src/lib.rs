@@ -4,4 +4,310 @@
 //! `tokio` and `tonic` are MadSim's (package renames in the workspace), so under
 //! `--cfg madsim` time, scheduling, randomness and the network are all driven by one seed.
 //! `scripts/sim.sh [SEED]` builds with `--cfg madsim` into its own target dir and runs the
-//! scenarios in `tests/`.
+//! scenarios in `tests/`, which use the harness here: a cluster of simulated hosts, clients
+//! that behave like the CLI (one session, retries of unknown outcomes with the same session),
+//! and the nemesis's verbs (kill, restart, cut off, heal).
+#![cfg(madsim)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use blixard_core::ClientSession;
+use blixard_node::{Node, NodeConfig};
+use blixard_proto::rpc;
+use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
+use blixard_proto::v1::error_detail::Reason;
+use blixard_proto::v1::kv_service_client::KvServiceClient;
+use blixard_proto::v1::vm_service_client::VmServiceClient;
+use blixard_proto::v1::{
+    ClusterStatusRequest, CreateVmRequest, DeleteRequest, GetRequest, GetVmRequest, ListRequest, PutRequest,
+    ReadOptions, VmNameRequest, VmSpec,
+};
+use madsim::net::NetSim;
+use madsim::runtime::{Handle, NodeHandle, Runtime};
+use tonic::transport::{Channel, Endpoint};
+
+pub const PORT: u16 = 7001;
+
+pub fn ip(i: u64) -> IpAddr {
+    format!("10.0.0.{i}").parse().expect("an IPv4 address")
+}
+
+pub fn addr(i: u64) -> String {
+    format!("10.0.0.{i}:{PORT}")
+}
+
+/// One host's daemon: node `id`, joining through node 1 unless it is node 1.
+async fn run_node(id: u64, dir: PathBuf) {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("ip"), PORT))
+        .await
+        .expect("bind the node's port");
+    let mut cfg = NodeConfig::new(id, dir);
+    cfg.advertise = Some(addr(id));
+    if id != 1 {
+        cfg.join = Some(addr(1));
+    }
+    let node = Node::start(cfg, listener).await.expect("node starts");
+    std::future::pending::<()>().await;
+    drop(node);
+}
+
+/// Simulated hosts running nodes `1..=n`, and the simulator ids to cut or kill them by.
+pub struct Cluster {
+    pub nodes: BTreeMap<u64, NodeHandle>,
+    pub ids: BTreeMap<u64, madsim::task::NodeId>,
+}
+
+impl Cluster {
+    pub fn start(n: u64, dir: &std::path::Path) -> Cluster {
+        let h = Handle::current();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let d = dir.join(format!("n{id}"));
+            let node = h.create_node().name(format!("n{id}")).ip(ip(id)).init(move || run_node(id, d.clone())).build();
+            nodes.insert(id, node);
+        }
+        let ids = nodes.iter().map(|(k, n)| (*k, n.id())).collect();
+        Cluster { nodes, ids }
+    }
+
+    /// A host for clients (it reaches every node).
+    pub fn client_host(&self) -> NodeHandle {
+        Handle::current().create_node().name("client").ip(ip(100)).build()
+    }
+
+    /// `kill -9` of the host's daemon (its data dir stays).
+    pub fn kill(&self, id: u64) {
+        Handle::current().kill(self.ids[&id]);
+    }
+
+    /// Starts the daemon again from its data dir.
+    pub fn restart(&self, id: u64) {
+        Handle::current().restart(self.ids[&id]);
+    }
+
+    /// Cuts `id` off from every other node, both ways (clients still reach it).
+    pub fn isolate(&self, id: u64) {
+        let net = NetSim::current();
+        for (&o, &other) in &self.ids {
+            if o != id {
+                net.clog_link(self.ids[&id], other);
+                net.clog_link(other, self.ids[&id]);
+            }
+        }
+    }
+
+    pub fn heal(&self, id: u64) {
+        let net = NetSim::current();
+        for (&o, &other) in &self.ids {
+            if o != id {
+                net.unclog_link(self.ids[&id], other);
+                net.unclog_link(other, self.ids[&id]);
+            }
+        }
+    }
+}
+
+pub fn channel(i: u64) -> Channel {
+    Endpoint::from_shared(format!("http://{}", addr(i)))
+        .expect("endpoint")
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+pub async fn status(i: u64) -> Option<blixard_proto::v1::ClusterStatusResponse> {
+    let mut c = ClusterServiceClient::new(channel(i));
+    tokio::time::timeout(Duration::from_secs(2), c.status(ClusterStatusRequest {}))
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Node `i`'s own view of every key (a stale read).
+pub async fn local_pairs(i: u64) -> Option<BTreeMap<String, String>> {
+    let mut c = KvServiceClient::new(channel(i));
+    let req =
+        ListRequest { prefix: vec![], limit: 10_000, read: Some(ReadOptions { stale: true }), ..Default::default() };
+    let r = tokio::time::timeout(Duration::from_secs(2), c.list(req)).await.ok()?.ok()?.into_inner();
+    Some(
+        r.pairs
+            .into_iter()
+            .map(|p| (String::from_utf8_lossy(&p.key).into_owned(), String::from_utf8_lossy(&p.value).into_owned()))
+            .collect(),
+    )
+}
+
+/// Polls `cond` every 100 ms of simulated time until it is `Some`, or panics after 30 s.
+pub async fn wait<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut cond: impl FnMut() -> F) -> T {
+    for _ in 0..300 {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Waits until node `via` sees `n` voters and a leader; returns the leader.
+pub async fn wait_formed(via: u64, n: usize) -> u64 {
+    wait("the cluster to form", || async {
+        let s = status(via).await?;
+        (s.members.len() == n && s.members.iter().all(|m| m.membership == "voter" && m.reachable) && s.leader_id != 0)
+            .then_some(s.leader_id)
+    })
+    .await
+}
+
+/// A client as the CLI is one: one session; a write is retried with the same session while its
+/// outcome is unknown or it was not applied, until `deadline`, each time through the next node
+/// (as the CLI fails over between its endpoints) — so a node may still hold an earlier attempt
+/// of a write the client has since seen answered and followed with others.
+pub struct Client {
+    session: ClientSession,
+    nodes: u64,
+    /// Attempts the last write took.
+    pub attempts: u32,
+}
+
+/// A write's kind, for [`Client::write`].
+pub enum Write<'a> {
+    Put(&'a str, &'a str),
+    Delete(&'a str),
+    /// A VM (128 MiB, 1 vCPU) placed by the scheduler and started.
+    VmCreate(&'a str),
+    /// Bumps the VM's restart generation: applied twice, it would count twice.
+    VmRestart(&'a str),
+}
+
+impl Client {
+    /// `id` must differ between clients (it is the session's client id); the cluster has
+    /// nodes `1..=nodes`.
+    pub fn new(id: u128, nodes: u64) -> Client {
+        Client { session: ClientSession::new(id), nodes, attempts: 0 }
+    }
+
+    /// One write, first through node `via`; `Ok(index)` once its outcome is known to be success.
+    pub async fn write(&mut self, mut via: u64, w: Write<'_>, deadline: Duration) -> Result<u64, String> {
+        let s = self.session.begin();
+        self.attempts = 0;
+        let end = tokio::time::Instant::now() + deadline;
+        let r = loop {
+            self.attempts += 1;
+            let attempt = async {
+                let ch = channel(via);
+                match &w {
+                    Write::Put(k, v) => {
+                        let mut req = tonic::Request::new(PutRequest {
+                            key: k.as_bytes().to_vec(),
+                            value: v.as_bytes().to_vec(),
+                        });
+                        rpc::set_session(req.metadata_mut(), &s);
+                        KvServiceClient::new(ch).put(req).await.map(|r| r.into_inner().index)
+                    }
+                    Write::Delete(k) => {
+                        let mut req = tonic::Request::new(DeleteRequest { key: k.as_bytes().to_vec() });
+                        rpc::set_session(req.metadata_mut(), &s);
+                        KvServiceClient::new(ch).delete(req).await.map(|r| r.into_inner().index)
+                    }
+                    Write::VmCreate(name) => {
+                        let spec = VmSpec { name: name.to_string(), vcpus: 1, memory_mib: 128, ..Default::default() };
+                        let mut req =
+                            tonic::Request::new(CreateVmRequest { spec: Some(spec), node: None, start: true });
+                        rpc::set_session(req.metadata_mut(), &s);
+                        VmServiceClient::new(ch).create_vm(req).await.map(|r| r.into_inner().index)
+                    }
+                    Write::VmRestart(name) => {
+                        let mut req = tonic::Request::new(VmNameRequest { name: name.to_string() });
+                        rpc::set_session(req.metadata_mut(), &s);
+                        VmServiceClient::new(ch)
+                            .restart_vm(req)
+                            .await
+                            .map(|r| r.into_inner().vm.map_or(0, |v| v.restart_generation))
+                    }
+                }
+            };
+            let err = match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                Ok(Ok(i)) => break Ok(i),
+                Ok(Err(st)) => {
+                    let retry =
+                        matches!(
+                            rpc::reason(&st),
+                            Some(Reason::NotApplied | Reason::OutcomeUnknown | Reason::Exhausted) | None
+                        ) && !matches!(st.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition);
+                    if !retry {
+                        break Err(format!("{:?}: {}", st.code(), st.message()));
+                    }
+                    format!("{:?}", st.code())
+                }
+                Err(_) => "timeout".to_string(),
+            };
+            if tokio::time::Instant::now() >= end {
+                break Err(err);
+            }
+            via = via % self.nodes + 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        self.session.end(s.seq);
+        r
+    }
+}
+
+impl Client {
+    /// A linearizable read of `key`, first through node `via`, retried through the next node
+    /// until `deadline`.
+    pub async fn get(&mut self, mut via: u64, key: &str, deadline: Duration) -> Result<Option<String>, String> {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let req = GetRequest { key: key.as_bytes().to_vec(), read: Some(ReadOptions { stale: false }) };
+            let mut kv = KvServiceClient::new(channel(via));
+            let err = match tokio::time::timeout(Duration::from_secs(2), kv.get(req)).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    return Ok(r.found.then(|| String::from_utf8_lossy(&r.value).into_owned()));
+                }
+                Ok(Err(st)) => format!("{:?}: {}", st.code(), st.message()),
+                Err(_) => "timeout".to_string(),
+            };
+            if tokio::time::Instant::now() >= end {
+                return Err(err);
+            }
+            via = via % self.nodes + 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A VM's restart generation as node `i` sees it (a stale read).
+pub async fn restart_generation(i: u64, name: &str) -> Option<u64> {
+    let mut c = VmServiceClient::new(channel(i));
+    let req = GetVmRequest { name: name.to_string(), read: Some(ReadOptions { stale: true }) };
+    let r = tokio::time::timeout(Duration::from_secs(2), c.get_vm(req)).await.ok()?.ok()?.into_inner();
+    r.vm.map(|v| v.restart_generation)
+}
+
+/// Runs `scenario` in a fresh simulation with `seed`, on a fresh OS thread: thread-local
+/// generators (`rand::thread_rng`, which raft-rs uses for election timeouts, and std's hash keys)
+/// are seeded on first use from MadSim's seeded `getrandom`, so a reused thread would carry
+/// state over from the last run.
+pub fn run<F, Fut>(seed: u64, scenario: F) -> Vec<String>
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<String>> + 'static,
+{
+    std::thread::spawn(move || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let path = dir.path().to_path_buf();
+        rt.block_on(scenario(path))
+    })
+    .join()
+    .expect("simulation thread")
+}
+
+/// The seed to run: `BLIXARD_SIM_SEED`, default 1.
+pub fn seed() -> u64 {
+    std::env::var("BLIXARD_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+}
