@@ -1,0 +1,111 @@
+# Shared by the benchmark scripts (sourced, not run): starting and stopping 3-node etcd and
+# blixard clusters on 127.0.0.1, and waiting for them. The caller sets BLIXARD, PORT_BASE, WORK,
+# READY_TIMEOUT and NODE_ARGS (an array), and defines log().
+# shellcheck shell=bash
+
+PIDS=()
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    # Give each process 5 s to exit on SIGTERM, then SIGKILL it and wait until it is gone
+    # (so the next cluster finds its ports free).
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  done
+  PIDS=()
+}
+cleanup() {
+  local rc=$?
+  stop_all
+  # Keep the data dirs and logs of a failed run for a look.
+  if [ $rc = 0 ]; then rm -rf "$WORK"; else log "logs and data kept in $WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Polls "$@" (a command) every 100 ms until it succeeds or $READY_TIMEOUT seconds pass.
+wait_for() {
+  local what="$1"; shift
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { log "timed out waiting for $what"; return 1; }
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || { log "pid $p exited while waiting for $what"; return 1; }; done
+    sleep 0.1
+  done
+}
+
+show_logs() {
+  local f
+  for f in "$1"/*.log; do [ -f "$f" ] && { log "--- $f"; tail -n 10 "$f" >&2; }; done
+}
+
+# ---- etcd ----
+
+ETCD_EPS=() ETCD_PIDMAP=""
+etcd_start() { # $1: run directory; any further arguments go to every etcd
+  local dir="$1" cluster="" token="bench-$RANDOM$RANDOM" i
+  shift
+  ETCD_EPS=() ETCD_PIDMAP=""
+  for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://127.0.0.1:$((PORT_BASE + 100 + i))"; done
+  for i in 1 2 3; do
+    local cport=$((PORT_BASE + i)) pport=$((PORT_BASE + 100 + i))
+    mkdir -p "$dir/e$i"
+    etcd --name "e$i" --data-dir "$dir/e$i" \
+      --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
+      --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "$token" \
+      --logger zap --log-outputs stderr "$@" 2>"$dir/e$i.log" &
+    PIDS+=($!)
+    disown $! # no "Killed" job notice when the failover kills it; the shell still reaps it
+    ETCD_EPS+=("127.0.0.1:$cport")
+    ETCD_PIDMAP+="${ETCD_PIDMAP:+,}127.0.0.1:$cport=$!"
+  done
+  local eps; eps="$(IFS=,; echo "${ETCD_EPS[*]}")"
+  # Healthy means every member answers a quorum read, which needs an elected leader.
+  wait_for "etcd to be healthy" etcdctl --endpoints="$eps" --command-timeout=1s endpoint health \
+    || { show_logs "$dir"; return 1; }
+}
+
+# ---- blixard ----
+
+# Whether `blixard cluster status` at $1 shows a leader and exactly $2 voters, each done starting
+# (its VM backend open and its capacity registered), so no start-up work overlaps a measurement.
+blixard_ready() {
+  "$BLIXARD" cluster status -o json --addr "$1" \
+    | jq -e --argjson n "$2" '.leader_id != 0 and ([.members[] | select(.membership == "voter" and .memory_mib != null)] | length) == $n'
+}
+
+BLIXARD_EPS=() BLIXARD_PIDMAP=""
+blixard_start() { # $1: run directory, $2: number of nodes (1 or 3)
+  local dir="$1" n="$2" i
+  BLIXARD_EPS=() BLIXARD_PIDMAP=""
+  mkdir -p "$dir"
+  for i in $(seq "$n"); do
+    local addr="127.0.0.1:$((PORT_BASE + 200 + i))" join=()
+    [ "$i" -gt 1 ] && join=(--join "127.0.0.1:$((PORT_BASE + 201))")
+    "$BLIXARD" node --id "$i" --bind "$addr" --data-dir "$dir/n$i" "${join[@]}" "${NODE_ARGS[@]}" 2>"$dir/n$i.log" &
+    PIDS+=($!)
+    disown $!
+    BLIXARD_EPS+=("$addr")
+    BLIXARD_PIDMAP+="${BLIXARD_PIDMAP:+,}$addr=$!"
+    # One node at a time: each joins a cluster that already has a leader and the earlier voters.
+    wait_for "blixard node $i to be a voter" blixard_ready "127.0.0.1:$((PORT_BASE + 201))" "$i" \
+      || { show_logs "$dir"; return 1; }
+  done
+}
+
+join_eps() { (IFS=,; echo "$*"); }
+
+machine() {
+  local cpu mem
+  cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  mem="$(free -g | awk '/^Mem:/ {print $2}')"
+  echo "$(nproc) CPUs ($cpu), $mem GiB RAM, Linux $(uname -r), data dirs on $(df -T "$BENCH_DIR" | awk 'NR==2 {print $2}')"
+}
+
+# The default of `blixard node --$1`, read from its --help.
+blixard_default() {
+  "$BLIXARD" node --help | sed -n "/--$1 /,/default:/ s/.*\[default: \([0-9]*\)\].*/\1/p" | head -n1
+}
