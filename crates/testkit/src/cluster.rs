@@ -47,10 +47,22 @@ pub enum ClusterPartition {
 
 /// One partition's state: a key's value or whether a VM exists. A partition only ever uses
 /// the half of its kind; the other stays at its initial value.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct ClusterState {
     pub value: Option<String>,
     pub vm_exists: bool,
+}
+
+/// Reads as the value, `vm exists`, or `absent`, since only one half is in use.
+impl fmt::Debug for ClusterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.value, self.vm_exists) {
+            (Some(value), false) => write!(f, "{value:?}"),
+            (None, true) => f.write_str("vm exists"),
+            (None, false) => f.write_str("absent"),
+            (Some(value), true) => write!(f, "{value:?} and vm exists"),
+        }
+    }
 }
 
 enum Op<'a> {

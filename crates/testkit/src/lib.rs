@@ -33,6 +33,13 @@
 //! this is linear in its length; concurrency makes it exponential in the number of operations
 //! that overlap, which [`Limits`] can bound.
 //!
+//! Unknown operations stay pending forever, so without care each one doubles the
+//! configurations. Three reductions, each exact (they never change the verdict), keep that
+//! in check: a configuration that used more unknown operations than another with the same
+//! required operations and state is pruned (dominance); unknown operations with equal inputs
+//! are one choice; and [`Model::simplify`] lets a model merge what no output can tell apart
+//! (the KV model gives every value that no get returned one placeholder).
+//!
 //! On a violation, [`Violation`] names the partition and shows a window: the end of the
 //! longest partial linearization found and the operations that could have gone next, with
 //! what the model would have answered.

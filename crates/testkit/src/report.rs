@@ -4,7 +4,8 @@
 //! The window is taken at the end of the longest partial linearization the search found: its
 //! last few operations (with the state after each), then the operations that could have gone
 //! next — every one left whose invoke precedes the earliest completion among those left — each
-//! with what the model would have answered there. That earliest-completing operation is the
+//! with what the model would have answered there (of the unknown ones, only the few latest
+//! that would change the state: a long run has many pending, and they are rarely the story). That earliest-completing operation is the
 //! deadline: it had to take effect by then, and no order of the candidates allows it.
 
 use std::fmt;
@@ -15,8 +16,10 @@ use crate::search::SearchOp;
 
 /// How many operations of the longest linearization a violation keeps.
 const TAIL: usize = 8;
-/// How many candidates a violation keeps; the rest are counted.
+/// How many required candidates a violation keeps; the rest are counted.
 const CANDIDATES: usize = 12;
+/// How many unknown candidates (those that would change the state) a violation keeps.
+const UNKNOWN_CANDIDATES: usize = 3;
 
 /// An operation and its place in the history (0-based; printed as `#index+1`).
 pub struct OpRef<M: Model> {
@@ -54,7 +57,9 @@ pub struct Violation<M: Model> {
     /// The earliest-completing operation not linearized: it had to take effect by its
     /// completion. `None` only if nothing was left, which a violation never has.
     pub deadline: Option<OpRef<M>>,
-    /// The operations that could have gone next, by invoke time.
+    /// The operations that could have gone next: the required ones by invoke time, then the
+    /// latest invoked unknown ones that would change the state (an unknown operation that
+    /// would not cannot matter).
     pub candidates: Vec<Candidate<M>>,
     /// Candidates left out of `candidates`.
     pub more_candidates: usize,
@@ -75,6 +80,10 @@ impl<M: Model> Violation<M> {
         // tell them apart, and these are the ones the reader knows.
         let input = |i: usize| &history.ops()[indices[i]].input;
         let op_ref = |i: usize| OpRef { index: indices[i], op: history.ops()[indices[i]].clone() };
+        // Unknown operations at its end explain nothing (the search tried them last, after
+        // every required operation had failed there).
+        let end = longest.iter().rposition(|&i| ops[i].output.is_some()).map_or(0, |last| last + 1);
+        let longest = &longest[..end];
         let mut state = model.init();
         let mut tail = Vec::new();
         for (n, &i) in longest.iter().enumerate() {
@@ -91,13 +100,25 @@ impl<M: Model> Violation<M> {
         let deadline =
             (0..ops.len()).filter(|&i| !done[i] && ops[i].output.is_some()).min_by_key(|&i| (ops[i].complete, i));
         let cutoff = deadline.map_or(u64::MAX, |i| ops[i].complete);
-        let mut next: Vec<usize> = (0..ops.len()).filter(|&i| !done[i] && ops[i].invoke <= cutoff).collect();
-        next.sort_by_key(|&i| (ops[i].invoke, i));
-        let more_candidates = next.len().saturating_sub(CANDIDATES);
-        let candidates = next
-            .into_iter()
-            .take(CANDIDATES)
-            .map(|i| {
+        // Required candidates first, by invoke. Of the unknown ones, only those that would
+        // change the state could matter, and the latest invoked are the likeliest suspects.
+        let mut required: Vec<usize> = Vec::new();
+        let mut unknown: Vec<usize> = Vec::new();
+        for i in (0..ops.len()).filter(|&i| !done[i] && ops[i].invoke <= cutoff) {
+            if ops[i].output.is_some() {
+                required.push(i);
+            } else if model.step(&state, input(i)).0 != state {
+                unknown.push(i);
+            }
+        }
+        unknown.reverse();
+        let shown_unknown = UNKNOWN_CANDIDATES.min(unknown.len());
+        let shown_required = CANDIDATES.min(required.len());
+        let more_candidates = required.len() + unknown.len() - shown_required - shown_unknown;
+        let candidates = required[..shown_required]
+            .iter()
+            .chain(&unknown[..shown_unknown])
+            .map(|&i| {
                 let model_output = model.step(&state, input(i)).1;
                 let fits = ops[i].output.is_none_or(|output| *output == model_output);
                 Candidate { op: op_ref(i), model_output, fits }
@@ -159,7 +180,7 @@ impl<M: Model> fmt::Display for Violation<M> {
             }
         }
         if self.more_candidates > 0 {
-            writeln!(f, "    … and {} more", self.more_candidates)?;
+            writeln!(f, "    … and {} more that may go next", self.more_candidates)?;
         }
         Ok(())
     }

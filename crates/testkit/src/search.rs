@@ -1,9 +1,9 @@
 //! The search for a linearization of one partition (Wing & Gong, with Lowe's cache).
 //!
-//! The operations become a doubly linked list of call and return events in time order. The
-//! search walks it from the front: a call may be linearized now if the model, in the current
-//! state, gives the recorded output (an unknown operation takes whatever it gives); it is
-//! then cut out of the list with its return ("lifted") and the walk restarts at the front. A
+//! The required operations (those with a known result) become a doubly linked list of call and
+//! return events in time order. The search walks it from the front: a call may be linearized
+//! now if the model, in the current state, gives the recorded output; it is then cut out of
+//! the list with its return ("lifted") and the walk restarts at the front. A
 //! return reached before its call was lifted means that operation had to take effect before
 //! everything still in the list and could not: undo the last choice and try the next call
 //! after it. Lowe's cache of (set of linearized operations, state) prunes a choice that leads
@@ -12,7 +12,9 @@
 //!
 //! Unknown operations would make that cache useless: each one left out (or used) doubles the
 //! sets of linearized operations that lead to the same state, so a partition with 20 unknown
-//! puts has a million configurations per point in time. Two changes keep it small:
+//! puts has a million configurations per point in time. They are kept out of the event list
+//! (their returns are at +∞; any unknown operation invoked before the first return left may
+//! go next, with whatever output the model gives), and four changes keep the count small:
 //! - Dominance: a configuration that used a superset of the unknown operations another one
 //!   used, with the same required operations and the same state, can only do less (an unknown
 //!   operation may always be left out), so it is pruned too. The cache keys on (required
@@ -22,6 +24,9 @@
 //!   ones; and it records all the unknown choices of a point in the cache before it explores
 //!   any of them. Otherwise it would explore "u1 then u2" before "u2 alone", and every chain
 //!   of unknown operations before its shorter forms.
+//! - Classes: unknown operations with equal inputs are one choice (see [`Classes`]).
+//! - The model's [`Model::simplify`] merges inputs no output can tell apart, so that more
+//!   unknown operations are equal (done by the caller, before the search).
 //!
 //! Pruning against a configuration that is explored later, or is being explored (an
 //! ancestor), loses nothing: take the cached configuration with a success that is closest to
@@ -32,8 +37,8 @@ use std::collections::HashMap;
 
 use crate::model::Model;
 
-/// One operation of a partition, as the search sees it.
-/// The partition's operations come in invoke order, which keeps the sets of linearized
+/// One operation of a partition, as the search sees it. The partition's operations come in
+/// invoke order, which keeps the sets of linearized
 /// operations compact (see [`Linearized`]).
 pub(crate) struct SearchOp<'h, M: Model> {
     pub input: &'h M::Input,
@@ -62,24 +67,27 @@ pub(crate) enum SearchOutcome {
 const NIL: u32 = u32::MAX;
 const HEAD: u32 = 0;
 
-/// The event list: node 0 is the head sentinel, nodes 1.. are events in time order.
+/// The event list of the required operations: node 0 is the head sentinel, nodes 1.. are
+/// events in time order. Unknown operations are not in it: their returns would sit at the
+/// end, and their calls in front of every walk.
 struct Events {
     next: Vec<u32>,
     prev: Vec<u32>,
     op: Vec<u32>,
     /// For a call node, its return node; `NIL` for a return node.
     ret: Vec<u32>,
+    time: Vec<u64>,
 }
 
 impl Events {
     /// Orders events by time; at equal times calls before returns, so an operation invoked at
     /// the instant another completed counts as concurrent with it (the permissive reading,
     /// when two clocks' readings tie).
-    fn new<M: Model>(ops: &[SearchOp<'_, M>]) -> Events {
-        let mut events: Vec<(u64, bool, u32)> = Vec::with_capacity(ops.len() * 2);
-        for (i, op) in ops.iter().enumerate() {
-            events.push((op.invoke, false, i as u32));
-            events.push((op.complete, true, i as u32));
+    fn new<M: Model>(ops: &[SearchOp<'_, M>], required: &[u32]) -> Events {
+        let mut events: Vec<(u64, bool, u32)> = Vec::with_capacity(required.len() * 2);
+        for &i in required {
+            events.push((ops[i as usize].invoke, false, i));
+            events.push((ops[i as usize].complete, true, i));
         }
         events.sort_unstable();
         let len = events.len() + 1;
@@ -88,12 +96,14 @@ impl Events {
             prev: (0..len as u32).map(|n| n.wrapping_sub(1)).collect(),
             op: vec![NIL; len],
             ret: vec![NIL; len],
+            time: vec![0; len],
         };
         list.next[len - 1] = NIL;
         let mut call_node = vec![NIL; ops.len()];
-        for (pos, &(_, is_return, op)) in events.iter().enumerate() {
+        for (pos, &(time, is_return, op)) in events.iter().enumerate() {
             let node = pos as u32 + 1;
             list.op[node as usize] = op;
+            list.time[node as usize] = time;
             if is_return {
                 list.ret[call_node[op as usize] as usize] = node;
             } else {
@@ -101,6 +111,20 @@ impl Events {
             }
         }
         list
+    }
+
+    /// The time of the first return left: every operation still to linearize must have been
+    /// invoked by then to go next.
+    fn deadline(&self) -> u64 {
+        let mut node = self.next[HEAD as usize];
+        while node != NIL && self.is_call(node) {
+            node = self.next[node as usize];
+        }
+        if node == NIL {
+            u64::MAX
+        } else {
+            self.time[node as usize]
+        }
     }
 
     fn is_call(&self, node: u32) -> bool {
@@ -191,6 +215,9 @@ impl Linearized {
 }
 
 struct Frame<S> {
+    /// The operation linearized.
+    op: u32,
+    /// Its call node, for a required operation; `NIL` for an unknown one.
     call: u32,
     /// The state before this operation was linearized.
     state: S,
@@ -279,72 +306,73 @@ impl<S: Eq + std::hash::Hash> Cache<S> {
 /// operations used are a prefix of each class: two unknown deletes of a key are one choice,
 /// not two (with twenty of them, a million sets).
 struct Classes {
-    /// Per unknown operation (by its unknown id): its class and its rank in it.
-    of: Vec<(usize, usize)>,
+    /// Per unknown operation (by its number among the unknown ones): its class.
+    of: Vec<usize>,
+    /// Per class: its members (positions in the partition), in invoke order.
+    members: Vec<Vec<u32>>,
     /// Per class: how many of its members (the first ones) are linearized.
     used: Vec<usize>,
 }
 
 impl Classes {
-    fn new<'a, I: Eq + std::hash::Hash + 'a>(unknown_inputs: impl Iterator<Item = &'a I>) -> Self {
-        let mut ids: HashMap<&I, (usize, usize)> = HashMap::new();
-        let mut of = Vec::new();
-        for input in unknown_inputs {
-            let next = ids.len();
-            let entry = ids.entry(input).or_insert((next, 0));
-            of.push(*entry);
-            entry.1 += 1;
+    fn new<M: Model>(ops: &[SearchOp<'_, M>]) -> Self {
+        let mut ids: HashMap<&M::Input, usize> = HashMap::new();
+        let mut classes = Classes { of: Vec::new(), members: Vec::new(), used: Vec::new() };
+        for (i, op) in ops.iter().enumerate() {
+            if op.output.is_none() {
+                let next = ids.len();
+                let class = *ids.entry(op.input).or_insert(next);
+                if class == classes.members.len() {
+                    classes.members.push(Vec::new());
+                    classes.used.push(0);
+                }
+                classes.members[class].push(i as u32);
+                classes.of.push(class);
+            }
         }
-        Classes { of, used: vec![0; ids.len()] }
+        classes
     }
 
-    /// Whether this unknown operation is the one of its class to try next.
-    fn is_next(&self, id: usize) -> bool {
-        let (class, rank) = self.of[id];
-        self.used[class] == rank
+    /// The next unused member of each class invoked by `deadline`: the unknown operations
+    /// worth trying next.
+    fn next<'a, M: Model>(&'a self, ops: &'a [SearchOp<'_, M>], deadline: u64) -> impl Iterator<Item = u32> + 'a {
+        self.members
+            .iter()
+            .zip(&self.used)
+            .filter_map(move |(members, &used)| members.get(used).copied())
+            .filter(move |&i| ops[i as usize].invoke <= deadline)
     }
 
     fn use_one(&mut self, id: usize) {
-        self.used[self.of[id].0] += 1;
+        self.used[self.of[id]] += 1;
     }
 
     fn unuse_one(&mut self, id: usize) {
-        self.used[self.of[id].0] -= 1;
+        self.used[self.of[id]] -= 1;
     }
 }
 
 /// Unknown calls still to try at one configuration, with the state after each, last first.
 type Choices<S> = Vec<(u32, S)>;
 
-/// Where an operation's bit lives: required and unknown operations are numbered apart, so
-/// an unknown operation never linearized leaves no hole in the required set.
-#[derive(Clone, Copy)]
-enum Slot {
-    Required(usize),
-    Unknown(usize),
-}
-
 pub(crate) fn search<M: Model>(model: &M, ops: &[SearchOp<'_, M>], max_steps: Option<u64>) -> SearchOutcome {
     assert!(ops.len() < (u32::MAX / 2) as usize, "a partition holds fewer than 2^31 operations");
+    // Each operation's number among the required or among the unknown ones.
     let mut counts = (0, 0);
-    let slots: Vec<Slot> = ops
+    let ids: Vec<usize> = ops
         .iter()
-        .map(|op| match op.output {
-            Some(_) => {
-                counts.0 += 1;
-                Slot::Required(counts.0 - 1)
-            }
-            None => {
-                counts.1 += 1;
-                Slot::Unknown(counts.1 - 1)
-            }
+        .map(|op| {
+            let count = if op.output.is_some() { &mut counts.0 } else { &mut counts.1 };
+            *count += 1;
+            *count - 1
         })
         .collect();
-    let mut required_left = counts.0;
-    let mut events = Events::new(ops);
+    let required_ops: Vec<u32> = (0..ops.len() as u32).filter(|&i| ops[i as usize].output.is_some()).collect();
+    let mut required_left = required_ops.len();
+    let mut events = Events::new(ops, &required_ops);
     let mut required = Linearized::new(counts.0);
     let mut unknown = UnknownSet::default();
-    let mut classes = Classes::new(ops.iter().filter(|op| op.output.is_none()).map(|op| op.input));
+    let mut classes = Classes::new(ops);
     let mut cache = Cache { seen: HashMap::new() };
     let mut state = model.init();
     cache.insert(&required.key(), state.clone(), &unknown);
@@ -363,16 +391,15 @@ pub(crate) fn search<M: Model>(model: &M, ops: &[SearchOp<'_, M>], max_steps: Op
         }
         steps += 1;
         let choices = unknown_choices.last_mut().and_then(Option::as_mut);
+        // The operation to linearize next (with its call node, NIL if unknown) and the state
+        // after it, or `None` when nothing is left to try here.
         let chosen = match choices {
             None if node != NIL && events.is_call(node) => {
-                // The required pass: try the next call, if it is a required one.
-                let i = events.op[node as usize] as usize;
-                let Slot::Required(id) = slots[i] else {
-                    node = events.next[node as usize];
-                    continue;
-                };
-                let (next_state, output) = model.step(&state, ops[i].input);
-                if ops[i].output != Some(&output) {
+                // The required pass: try the next call.
+                let i = events.op[node as usize];
+                let id = ids[i as usize];
+                let (next_state, output) = model.step(&state, ops[i as usize].input);
+                if ops[i as usize].output != Some(&output) {
                     node = events.next[node as usize];
                     continue;
                 }
@@ -383,29 +410,21 @@ pub(crate) fn search<M: Model>(model: &M, ops: &[SearchOp<'_, M>], max_steps: Op
                     continue;
                 }
                 required_left -= 1;
-                Some((node, next_state))
+                Some((i, node, next_state))
             }
             None => {
                 // Required calls done: record every unknown choice here, then explore them.
                 let mut found = Vec::new();
                 let required_key = required.key();
-                let mut call = events.next[HEAD as usize];
-                while call != NIL && events.is_call(call) {
-                    let i = events.op[call as usize] as usize;
-                    if let Slot::Unknown(id) = slots[i] {
-                        if !classes.is_next(id) {
-                            call = events.next[call as usize];
-                            continue;
-                        }
-                        steps += 1;
-                        let next_state = model.step(&state, ops[i].input).0;
-                        unknown.insert(id);
-                        if cache.insert(&required_key, next_state.clone(), &unknown) {
-                            found.push((call, next_state));
-                        }
-                        unknown.remove(id);
+                for i in classes.next(ops, events.deadline()) {
+                    let id = ids[i as usize];
+                    steps += 1;
+                    let next_state = model.step(&state, ops[i as usize].input).0;
+                    unknown.insert(id);
+                    if cache.insert(&required_key, next_state.clone(), &unknown) {
+                        found.push((i, next_state));
                     }
-                    call = events.next[call as usize];
+                    unknown.remove(id);
                 }
                 found.reverse();
                 if let Some(slot) = unknown_choices.last_mut() {
@@ -413,19 +432,24 @@ pub(crate) fn search<M: Model>(model: &M, ops: &[SearchOp<'_, M>], max_steps: Op
                 }
                 continue;
             }
-            Some(choices) => choices.pop().inspect(|&(call, _)| {
-                if let Slot::Unknown(id) = slots[events.op[call as usize] as usize] {
-                    unknown.insert(id);
-                    classes.use_one(id);
-                }
+            Some(choices) => choices.pop().map(|(i, next_state)| {
+                unknown.insert(ids[i as usize]);
+                classes.use_one(ids[i as usize]);
+                (i, NIL, next_state)
             }),
         };
-        if let Some((call, next_state)) = chosen {
-            let i = events.op[call as usize];
+        if let Some((i, call, next_state)) = chosen {
             let parent = stack.last().map_or(NIL, |frame| frame.trail);
-            stack.push(Frame { call, state: std::mem::replace(&mut state, next_state), trail: trail.push(i, parent) });
+            stack.push(Frame {
+                op: i,
+                call,
+                state: std::mem::replace(&mut state, next_state),
+                trail: trail.push(i, parent),
+            });
             unknown_choices.push(None);
-            events.lift(call);
+            if call != NIL {
+                events.lift(call);
+            }
             node = events.next[HEAD as usize];
             continue;
         }
@@ -438,18 +462,16 @@ pub(crate) fn search<M: Model>(model: &M, ops: &[SearchOp<'_, M>], max_steps: Op
         };
         unknown_choices.pop();
         state = frame.state;
-        events.unlift(frame.call);
-        match slots[events.op[frame.call as usize] as usize] {
-            Slot::Required(id) => {
-                required.remove(id);
-                required_left += 1;
-                node = events.next[frame.call as usize];
-            }
+        let id = ids[frame.op as usize];
+        if frame.call != NIL {
+            events.unlift(frame.call);
+            required.remove(id);
+            required_left += 1;
+            node = events.next[frame.call as usize];
+        } else {
             // The parent is in its unknown pass; its next choice is on its list.
-            Slot::Unknown(id) => {
-                unknown.remove(id);
-                classes.unuse_one(id);
-            }
+            unknown.remove(id);
+            classes.unuse_one(id);
         }
     }
     SearchOutcome::Linearizable { steps }

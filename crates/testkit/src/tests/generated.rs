@@ -251,3 +251,74 @@ fn a_hot_key_with_many_clients_is_checked() {
     let report = timed_check("5k ops, 1 key, 6 clients", concurrent_kv(&mut rng, &plan));
     assert!(report.is_linearizable(), "{report}");
 }
+
+/// Like [`concurrent_kv`], for VMs by name: few names, so creates and deletes collide.
+fn concurrent_vm(rng: &mut Rng, ops: usize, clients: u64) -> Vec<VmOp> {
+    let mut clocks: Vec<u64> = (0..clients).map(|_| rng.below(5)).collect();
+    let mut history = Vec::with_capacity(ops);
+    let mut effects = Vec::new();
+    for i in 0..ops {
+        let client = (0..clocks.len()).min_by_key(|&c| clocks[c]).unwrap_or(0);
+        let invoke = clocks[client] + rng.below(3);
+        let effect = invoke + rng.below(6);
+        let complete = effect + rng.below(6);
+        clocks[client] = complete + 1;
+        let name = format!("vm{}", rng.below(2));
+        let input = if rng.percent(50) { VmInput::Create { name } } else { VmInput::Delete { name } };
+        let roll = rng.below(100);
+        let (result, applies) = if roll < 15 {
+            (OpResult::Unknown, rng.percent(50))
+        } else if roll < 20 {
+            (OpResult::Fail, false)
+        } else {
+            (OpResult::Ok(VmOutput::Created), true)
+        };
+        if applies {
+            effects.push((effect, i));
+        }
+        history.push(Operation { client: client as u64, invoke, complete: Some(complete), input, result });
+    }
+    effects.sort_unstable();
+    let mut exists: HashMap<String, bool> = HashMap::new();
+    for (_, i) in effects {
+        let op: &mut VmOp = &mut history[i];
+        let state = exists.entry(op.input.name().to_owned()).or_default();
+        let (next, output) = VmModel.step(state, &op.input);
+        *state = next;
+        if let OpResult::Ok(recorded) = &mut op.result {
+            *recorded = output;
+        }
+    }
+    history
+}
+
+#[test]
+fn concurrent_vm_histories_with_unknowns_are_linearizable() {
+    for seed in 0..200 {
+        let mut rng = Rng::new(seed);
+        let len = 1 + rng.below(300) as usize;
+        let clients = 1 + rng.below(6);
+        let report = run(&VmModel, concurrent_vm(&mut rng, len, clients));
+        assert!(report.is_linearizable(), "seed {seed}:\n{report}");
+    }
+}
+
+#[test]
+fn two_creates_that_both_succeed_break_a_concurrent_vm_history() {
+    for seed in 0..200 {
+        let mut rng = Rng::new(seed);
+        let len = 10 + rng.below(300) as usize;
+        let clients = 1 + rng.below(6);
+        let mut ops = concurrent_vm(&mut rng, len, clients);
+        // A create that succeeded, and one that completed before it was invoked, with no
+        // delete in between that anyone knows of: the second cannot have succeeded too.
+        let Some(first) = (0..ops.len()).find(|&i| ops[i].result == OpResult::Ok(VmOutput::Created)) else {
+            continue;
+        };
+        let name = ops[first].input.name().to_owned();
+        let end = ops[first].complete.unwrap_or(0) + 1;
+        ops.retain(|op| !(op.input.name() == name && matches!(op.input, VmInput::Delete { .. })));
+        ops.push(create(99, &name, end, end + 1, VmOutput::Created));
+        assert_violation(&VmModel, ops, crate::VmName(name));
+    }
+}
