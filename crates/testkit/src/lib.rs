@@ -40,6 +40,14 @@
 //! are one choice; and [`Model::simplify`] lets a model merge what no output can tell apart
 //! (the KV model gives every value that no get returned one placeholder).
 //!
+//! What that buys, measured in a release build: 100,000 KV operations from 8 clients over 20
+//! keys (1 % unknown, 1 % failed) check in about 0.15 s, and 0.2 s with one bad read in the
+//! middle. The expensive case is a violation deep into one long, contended partition with
+//! unknown operations: the search must rule out every explanation before it, which took
+//! 2.4 s for 5,000 operations from 4 clients on one key, while 20,000 from 2 clients on one
+//! key were not done after 100 million steps (17 s; [`Limits`] bounds it). Spread a run over
+//! many keys when you can.
+//!
 //! On a violation, [`Violation`] names the partition and shows a window: the end of the
 //! longest partial linearization found and the operations that could have gone next, with
 //! what the model would have answered.
