@@ -4,14 +4,12 @@
 //! write and one `fdatasync`, then send the messages that depended on that write, then advance.
 
 use blixard_core::{Applied, Command, Envelope};
-use raft::eraftpb::{ConfChangeV2, Entry, Snapshot};
+use raft::eraftpb::{ConfChangeV2, Entry};
 use raft::StateRole;
-use redb::WriteTransaction;
 
 use crate::driver::{Driver, OpenTxn, MAX_OPEN_ENTRIES};
 use crate::error::StorageError;
-use crate::sm::{ReadView, TxnStore};
-use crate::storage::DiskStorage;
+use crate::sm::ReadView;
 use crate::transport::Transport;
 use crate::types::{NodeStatus, Role};
 
@@ -42,13 +40,12 @@ impl<T: Transport> Driver<T> {
         }
 
         if !rd.snapshot().is_empty() {
-            // The state first, durably; then the log restarts at it (see `DiskStorage::open`
-            // for a crash in between).
+            // The state first, durably; then the log restarts at it.
             self.commit_state(false)?;
-            let txn = self.db.begin_write().map_err(StorageError::db)?;
-            self.install_snapshot(&txn, rd.snapshot())?;
-            txn.commit().map_err(StorageError::db)?;
-            self.raw.mut_store().reset_log(rd.snapshot().get_metadata())?;
+            let meta = rd.snapshot().get_metadata();
+            tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
+            self.raw.mut_store().install_snapshot(rd.snapshot())?;
+            self.applied = meta.index;
             self.known.reset();
             self.state_version_tx.send_replace(self.applied);
             // Writes waiting here may be inside the snapshot: their outcomes are in its session
@@ -70,14 +67,10 @@ impl<T: Transport> Driver<T> {
         if !rd.entries().is_empty() || rd.hs().is_some() {
             self.appended_bytes += rd.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
             self.known.appended(rd.entries());
-            let store = self.raw.mut_store();
-            store.stage_append(rd.entries())?;
-            if let Some(hs) = rd.hs() {
-                store.stage_hard_state(hs);
-            }
             // raft-rs says when durability is required (new entries, term or vote); a commit
             // index alone can be relearned after a crash, so it is written without an fsync.
-            store.sync(rd.must_sync())?;
+            crate::LogStore::persist(self.raw.mut_store(), rd.entries(), rd.hs(), rd.must_sync())
+                .map_err(|e| StorageError::Corrupt(format!("cannot persist the log: {e}")))?;
         }
         self.transport.send(rd.take_persisted_messages());
         self.apply_committed(committed, None)?;
@@ -133,16 +126,6 @@ impl<T: Transport> Driver<T> {
         }
         // Answered at once: a leader applies before it waits for its own fsync.
         self.effects()
-    }
-
-    fn install_snapshot(&mut self, txn: &WriteTransaction, snap: &Snapshot) -> Result<(), StorageError> {
-        let meta = snap.get_metadata();
-        tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
-        blixard_core::state::import(&mut TxnStore::new(txn), &snap.data)?;
-        self.raw.mut_store().stage_conf_state(txn, meta.get_conf_state())?;
-        DiskStorage::stage_applied(txn, meta.index, meta.term)?;
-        self.applied = meta.index;
-        Ok(())
     }
 
     /// Where to compact the log to, once past the configured thresholds. The state itself is

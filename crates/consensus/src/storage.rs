@@ -388,6 +388,20 @@ impl DiskStorage {
         Ok(snap)
     }
 
+    /// Installs a snapshot: its state, conf state and applied index durably in redb, then the
+    /// log restarts after it (see [`Self::open`] for a crash in between). The caller has
+    /// committed any open state transaction.
+    pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
+        let meta = snap.get_metadata();
+        let mut txn = self.db.begin_write().map_err(StorageError::db)?;
+        txn.set_durability(Durability::Immediate).map_err(StorageError::db)?;
+        blixard_core::state::import(&mut TxnStore::new(&txn), &snap.data)?;
+        self.stage_conf_state(&txn, meta.get_conf_state())?;
+        Self::stage_applied(&txn, meta.index, meta.term)?;
+        txn.commit().map_err(StorageError::db)?;
+        self.reset_log(meta)
+    }
+
     /// Log segment files on disk.
     pub fn segment_count(&self) -> usize {
         self.wal.segment_count()
@@ -451,16 +465,14 @@ impl raft::Storage for DiskStorage {
     }
 }
 
-/// Each write made durable before it returns, as the conformance suite requires.
+/// The Ready loop's write path, held to the conformance suite.
 impl LogStore for DiskStorage {
-    fn append(&mut self, entries: &[Entry]) -> Result<(), raft::Error> {
+    fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, durable: bool) -> Result<(), raft::Error> {
         self.stage_append(entries)?;
-        Ok(self.sync(true)?)
-    }
-
-    fn set_hard_state(&mut self, hs: &HardState) -> Result<(), raft::Error> {
-        self.stage_hard_state(hs);
-        Ok(self.sync(true)?)
+        if let Some(hs) = hs {
+            self.stage_hard_state(hs);
+        }
+        Ok(self.sync(durable)?)
     }
 
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), raft::Error> {
@@ -471,20 +483,13 @@ impl LogStore for DiskStorage {
     }
 
     fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), raft::Error> {
-        let meta = snap.get_metadata();
-        if meta.index < self.truncated.0 + 1 {
+        if snap.get_metadata().index < self.truncated.0 + 1 {
             return Err(raft::Error::Store(raft::StorageError::SnapshotOutOfDate));
         }
-        let mut txn = self.db.begin_write().map_err(StorageError::db)?;
-        txn.set_durability(Durability::Immediate).map_err(StorageError::db)?;
-        self.stage_conf_state(&txn, meta.get_conf_state())?;
-        Self::stage_applied(&txn, meta.index, meta.term)?;
-        txn.commit().map_err(StorageError::db)?;
-        Ok(self.reset_log(meta)?)
+        Ok(self.install_snapshot(snap)?)
     }
 
     fn compact(&mut self, to: u64) -> Result<(), raft::Error> {
-        self.compact_log(to)?;
-        Ok(self.sync(true)?)
+        Ok(self.compact_log(to)?)
     }
 }

@@ -32,8 +32,10 @@ fn compacted<T>(r: raft::Result<T>) -> bool {
     matches!(r, Err(raft::Error::Store(raft::StorageError::Compacted)))
 }
 
+/// A snapshot of an empty state (the disk store installs the state it carries).
 fn snapshot(index: u64, term: u64, voters: Vec<u64>) -> Snapshot {
     let mut s = Snapshot::default();
+    s.data = blixard_core::state::export(&blixard_core::MemStore::default()).unwrap().into();
     s.mut_metadata().index = index;
     s.mut_metadata().term = term;
     s.mut_metadata().mut_conf_state().voters = voters;
@@ -167,6 +169,23 @@ fn a_stale_snapshot_is_refused<F: Fixture>() {
     assert_eq!(s.first_index().unwrap(), 11);
 }
 
+/// What the Ready loop does with one Ready: new entries (replacing a conflicting suffix) and
+/// the hard state, in one write.
+fn a_ready_persists_entries_and_hard_state_together<F: Fixture>() {
+    let (mut s, _g) = F::fresh();
+    let mut hs = HardState::default();
+    hs.term = 2;
+    hs.vote = 1;
+    s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], Some(&hs), true).unwrap();
+    hs.commit = 2;
+    s.persist(&[entry(3, 2), entry(4, 2)], Some(&hs), true).unwrap();
+    // A commit index alone need not be durable: raft-rs may ask for no sync.
+    hs.commit = 3;
+    s.persist(&[], Some(&hs), false).unwrap();
+    assert_eq!(idx(&s.entries(1, 5, None, ctx()).unwrap()), [(1, 1), (2, 1), (3, 2), (4, 2)]);
+    assert_eq!(s.initial_state().unwrap().hard_state, hs);
+}
+
 macro_rules! suite {
     ($m:ident, $f:ty) => {
         mod $m {
@@ -193,6 +212,10 @@ macro_rules! suite {
             #[test]
             fn compaction_moves_the_first_index() {
                 super::compaction_moves_the_first_index::<$f>()
+            }
+            #[test]
+            fn a_ready_persists_entries_and_hard_state_together() {
+                super::a_ready_persists_entries_and_hard_state_together::<$f>()
             }
             #[test]
             fn a_snapshot_replaces_the_log() {
@@ -297,4 +320,25 @@ fn disk_refuses_a_state_machine_behind_the_start_of_the_log() {
     let db = ::redb::Database::create(dir.path().join("db.redb")).unwrap();
     let e = DiskStorage::open(Arc::new(db), &dir.path().join("log")).err().expect("must fail");
     assert!(e.to_string().contains("state machine is at entry 3 but the log starts after entry 7"), "{e}");
+}
+
+#[test]
+fn disk_installs_the_state_a_snapshot_carries_and_keeps_it_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = blixard_core::MemStore::default();
+    let put = blixard_core::Command::KvPut { key: b"k".to_vec(), value: b"v".to_vec() };
+    let env = blixard_core::Envelope { session: None, now_ms: 1, command: put };
+    blixard_core::state::apply(&mut state, 1, &env).unwrap();
+    let mut snap = snapshot(9, 3, vec![1]);
+    snap.data = blixard_core::state::export(&state).unwrap().into();
+    {
+        let mut s = open(dir.path());
+        s.append(&[entry(1, 1)]).unwrap();
+        s.apply_snapshot(&snap).unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!((s.first_index().unwrap(), s.applied().unwrap()), (10, (9, 3)));
+    let view = blixard_consensus::sm::ReadView::begin(s.db()).unwrap();
+    let got = blixard_core::state::query(&view, &blixard_core::Query::KvGet { key: b"k".to_vec() }).unwrap();
+    assert_eq!(got, blixard_core::QueryResult::Value(Some(b"v".to_vec())));
 }
