@@ -15,8 +15,45 @@ use raft::RawNode;
 use redb::WriteTransaction;
 
 use crate::error::StorageError;
+use crate::overlay::OverlayStore;
 use crate::sm::TxnStore;
 use crate::storage::DiskStorage;
+
+/// What committed entries are applied into: the open transaction, or, while a checkpoint is
+/// made durable, the overlay (see [`crate::overlay`]).
+pub(crate) trait Sink: blixard_core::Store {
+    /// Records the last applied entry, atomically with the state.
+    fn set_applied(&mut self, index: u64, term: u64) -> Result<(), StorageError>;
+    /// The transaction a configuration change's conf state is recorded in (only a transaction
+    /// sink has one; the driver finishes a checkpoint before it applies a configuration change).
+    fn txn(&self) -> Option<&WriteTransaction>;
+}
+
+impl Sink for TxnStore<'_> {
+    fn set_applied(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+        DiskStorage::stage_applied(TxnStore::txn(self), index, term)
+    }
+
+    fn txn(&self) -> Option<&WriteTransaction> {
+        Some(TxnStore::txn(self))
+    }
+}
+
+impl Sink for OverlayStore<'_> {
+    fn set_applied(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+        self.overlay.applied = Some((index, term));
+        Ok(())
+    }
+
+    fn txn(&self) -> Option<&WriteTransaction> {
+        None
+    }
+}
+
+/// Whether any of `entries` is a configuration change.
+pub(crate) fn has_conf_change(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| e.get_entry_type() != EntryType::EntryNormal)
+}
 
 /// What applying a batch of entries did.
 #[derive(Default)]
@@ -65,11 +102,11 @@ fn decode_conf_change(e: &Entry) -> Result<ConfChangeV2, String> {
     }
 }
 
-/// Applies entries after `applied` in `txn`, advancing `applied`; raft-rs learns configuration
+/// Applies entries after `applied` into `st`, advancing `applied`; raft-rs learns configuration
 /// changes through `raw`.
 pub(crate) fn apply_entries(
     raw: &mut RawNode<DiskStorage>,
-    txn: &WriteTransaction,
+    st: &mut impl Sink,
     entries: Vec<Entry>,
     applied: &mut u64,
 ) -> Result<Batch, StorageError> {
@@ -77,7 +114,6 @@ pub(crate) fn apply_entries(
     let Some(last) = entries.last() else { return Ok(out) };
     let (last_index, last_term) = (last.index, last.term);
     let me = raw.raft.id;
-    let mut st = TxnStore::new(txn);
     for e in entries {
         if e.index <= *applied {
             continue;
@@ -99,22 +135,20 @@ pub(crate) fn apply_entries(
         if !matches!(env.command, blixard_core::Command::KvPut { .. } | blixard_core::Command::KvDelete { .. }) {
             out.touched = Some(e.index);
         }
-        let result =
-            if conf { apply_conf(raw, txn, &mut st, &e, &env, me)? } else { state::apply(&mut st, e.index, &env)? };
+        let result = if conf { apply_conf(raw, st, &e, &env, me)? } else { state::apply(st, e.index, &env)? };
         if let Some(s) = env.session {
             out.answers.push((s.key(), result));
         }
     }
     // Keep "commit >= applied" true even for commits learned from a light ready.
     raw.mut_store().set_commit(last_index);
-    DiskStorage::stage_applied(txn, last_index, last_term)?;
+    st.set_applied(last_index, last_term)?;
     Ok(out)
 }
 
 fn apply_conf(
     raw: &mut RawNode<DiskStorage>,
-    txn: &WriteTransaction,
-    st: &mut TxnStore<'_>,
+    st: &mut impl Sink,
     e: &Entry,
     env: &Envelope,
     me: u64,
@@ -135,6 +169,9 @@ fn apply_conf(
     match state::begin(st, e.index, env, Some(&change))? {
         Begun::Done(a) => Ok(a),
         Begun::Go => {
+            let txn = st.txn().ok_or_else(|| {
+                StorageError::Corrupt("a configuration change cannot be applied during a checkpoint".into())
+            })?;
             let outcome = match raw.apply_conf_change(&cc) {
                 Ok(cs) => {
                     raw.mut_store().stage_conf_state(txn, &cs)?;

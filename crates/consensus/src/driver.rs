@@ -78,6 +78,8 @@ pub struct Driver<T: Transport> {
     pub(crate) appended_bytes: u64,
     /// The state machine's open write transaction (see [`OpenTxn`]).
     pub(crate) open: Option<OpenTxn>,
+    /// A checkpoint being made durable, and the overlay applied into meanwhile.
+    pub(crate) checkpoint: Option<crate::checkpoint::Checkpoint>,
     pub(crate) state_version_tx: watch::Sender<u64>,
     pub(crate) known: Known,
     /// The driver's own randomness (election jitter, read contexts), so a simulation run is a
@@ -151,6 +153,7 @@ impl<T: Transport> Driver<T> {
             db: db.clone(),
             appended_bytes: 0,
             open: None,
+            checkpoint: None,
             state_version_tx,
             known: Known::default(),
             rng,
@@ -256,6 +259,7 @@ impl<T: Transport> Driver<T> {
             if self.open.as_ref().is_some_and(|o| o.since.elapsed() >= MAX_OPEN_TIME) {
                 self.commit_state(false)?;
             }
+            self.poll_checkpoint()?;
             if stop {
                 break;
             }
@@ -443,7 +447,11 @@ impl<T: Transport> Driver<T> {
 
     /// Commits the open state transaction (durably for a checkpoint, which the caller then may
     /// compact the log up to), and tells watchers of the state version what became visible.
+    /// A checkpoint under way is finished first (its overlay is not visible to readers).
     pub(crate) fn commit_state(&mut self, durable: bool) -> Result<(), StorageError> {
+        if self.checkpointing() {
+            self.finish_checkpoint()?;
+        }
         let Some(mut o) = self.open.take() else { return Ok(()) };
         let d = if durable { Durability::Immediate } else { Durability::None };
         o.txn.set_durability(d).map_err(StorageError::db)?;

@@ -15,6 +15,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 mod apply;
+mod checkpoint;
 pub mod driver;
 pub mod engine;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod handle;
 mod known;
 pub mod log_store;
 mod logger;
+mod overlay;
 mod ready;
 pub mod sm;
 pub mod storage;

@@ -9,7 +9,8 @@ use raft::StateRole;
 
 use crate::driver::{Driver, OpenTxn, MAX_OPEN_ENTRIES};
 use crate::error::StorageError;
-use crate::sm::ReadView;
+use crate::overlay::OverlayStore;
+use crate::sm::{ReadView, TxnStore};
 use crate::transport::Transport;
 use crate::types::{NodeStatus, Role};
 
@@ -98,29 +99,43 @@ impl<T: Transport> Driver<T> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut open = match self.open.take() {
-            Some(o) => o,
-            None => OpenTxn::begin(&self.db)?,
-        };
-        open.entries += entries.len();
-        let result = crate::apply::apply_entries(&mut self.raw, &open.txn, entries, &mut self.applied);
-        let full = open.entries >= MAX_OPEN_ENTRIES;
-        let touched = result.as_ref().ok().and_then(|b| b.touched);
-        open.version = touched.or(open.version);
-        self.open = Some(open);
-        let batch = result?;
-        self.known.applied(self.applied);
-        if let Some(to) = self.compaction_due() {
-            // A durable commit (a checkpoint) makes the log before `to` redundant.
-            let started = std::time::Instant::now();
-            self.commit_state(true)?;
-            let took_ms = started.elapsed().as_secs_f64() * 1e3;
-            tracing::debug!(to, applied = self.applied, took_ms, "checkpointed; compacting the log");
-            self.raw.mut_store().compact_log(to)?;
-            self.appended_bytes = 0;
-        } else if touched.is_some() || full {
-            self.commit_state(false)?;
+        // A configuration change goes into a transaction (with raft's conf state); and the
+        // overlay does not grow without bound.
+        let too_big = self.checkpoint.as_ref().is_some_and(|c| c.overlay.len() >= crate::checkpoint::MAX_OVERLAY);
+        if self.checkpointing() && (too_big || crate::apply::has_conf_change(&entries)) {
+            self.finish_checkpoint()?;
         }
+        let batch = if let Some(cp) = self.checkpoint.as_mut() {
+            let mut st = OverlayStore { base: &cp.base, overlay: &mut cp.overlay };
+            let batch = crate::apply::apply_entries(&mut self.raw, &mut st, entries, &mut self.applied)?;
+            cp.version = batch.touched.or(cp.version);
+            if batch.touched.is_some() {
+                self.commit_state(false)?;
+            }
+            batch
+        } else {
+            let mut open = match self.open.take() {
+                Some(o) => o,
+                None => OpenTxn::begin(&self.db)?,
+            };
+            open.entries += entries.len();
+            let result =
+                crate::apply::apply_entries(&mut self.raw, &mut TxnStore::new(&open.txn), entries, &mut self.applied);
+            let full = open.entries >= MAX_OPEN_ENTRIES;
+            let touched = result.as_ref().ok().and_then(|b| b.touched);
+            open.version = touched.or(open.version);
+            self.open = Some(open);
+            let batch = result?;
+            if let Some(to) = self.compaction_due() {
+                // A durable commit (a checkpoint) makes the log before `to` redundant.
+                self.start_checkpoint(to)?;
+                self.appended_bytes = 0;
+            } else if touched.is_some() || full {
+                self.commit_state(false)?;
+            }
+            batch
+        };
+        self.known.applied(self.applied);
         for (key, applied) in &batch.answers {
             self.engine.on_applied(*key, applied);
         }
@@ -131,6 +146,9 @@ impl<T: Transport> Driver<T> {
     /// Where to compact the log to, once past the configured thresholds. The state itself is
     /// the snapshot: a follower that needs compacted entries gets the applied state instead.
     fn compaction_due(&mut self) -> Option<u64> {
+        if self.checkpointing() {
+            return None;
+        }
         let first = self.raw.store().first_index_cached();
         let in_log = self.applied.saturating_sub(first) + 1;
         if in_log <= self.cfg.compact_entries && self.appended_bytes <= self.cfg.compact_bytes {

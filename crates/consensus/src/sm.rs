@@ -33,6 +33,10 @@ impl<'a> TxnStore<'a> {
         TxnStore { txn, open: Default::default() }
     }
 
+    pub fn txn(&self) -> &'a WriteTransaction {
+        self.txn
+    }
+
     fn slot(table: Table) -> usize {
         Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
     }
