@@ -47,6 +47,9 @@ pub enum Top {
     /// The guest image.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
+    /// Backups of the replicated state, and new clusters restored from them.
+    #[command(subcommand)]
+    Backup(cmd::backup::BackupCmd),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             Top::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
             Top::Vm(c) => cmd::vm::run(&cli.addr, cli.output, c).await,
             Top::Image(c) => cmd::image::run(c).await,
+            Top::Backup(c) => cmd::backup::run(&cli.addr, cli.output, c).await,
             Top::Completions { shell } => {
                 clap_complete::generate(shell, &mut Cli::command(), "blixard", &mut std::io::stdout());
                 Ok(())
@@ -79,7 +83,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -368,24 +368,32 @@ impl DiskStorage {
     /// A snapshot of the applied state: its data, index, term and conf state are consistent
     /// because they are read in one redb read transaction.
     pub fn make_snapshot(&self) -> Result<Snapshot, StorageError> {
-        let view = ReadView::begin(&self.db)?;
-        let meta = view.0.open_table(META).map_err(StorageError::db)?;
-        let (index, term) = match meta.get(K_APPLIED).map_err(StorageError::db)? {
-            Some(b) => unpair(K_APPLIED, b.value())?,
-            None => (0, 0),
-        };
-        let cs: ConfState = match meta.get(K_CONF_STATE).map_err(StorageError::db)? {
-            Some(b) => parse("conf state", b.value())?,
-            None => ConfState::default(),
-        };
-        drop(meta);
-        let mut snap = Snapshot::default();
-        snap.data = blixard_core::state::export(&view)?.into();
-        let m = snap.mut_metadata();
-        m.index = index;
-        m.term = term;
-        m.set_conf_state(cs);
-        Ok(snap)
+        snapshot_of(&self.db)
+    }
+
+    /// Makes this (claimed, empty) store a new one-node cluster of node `id` at `addr` whose
+    /// state is `state` (an export, from a backup) as of `index`/`term`: like a bootstrap, a
+    /// snapshot the log starts after.
+    pub fn restore(&mut self, id: u64, addr: &str, state: &[u8], index: u64, term: u64) -> Result<(), StorageError> {
+        if self.is_initialized() {
+            return Err(StorageError::Corrupt("the data dir already holds a cluster's state".into()));
+        }
+        self.claim(id)?;
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index.max(1);
+        meta.term = term.max(1);
+        meta.mut_conf_state().voters = vec![id];
+        let mut txn = self.db.begin_write().map_err(StorageError::db)?;
+        txn.set_durability(Durability::Immediate).map_err(StorageError::db)?;
+        {
+            let mut st = TxnStore::new(&txn);
+            blixard_core::state::import(&mut st, state)?;
+            blixard_core::state::rebase(&mut st, id, addr)?;
+        }
+        self.stage_conf_state(&txn, meta.get_conf_state())?;
+        Self::stage_applied(&txn, meta.index, meta.term)?;
+        txn.commit().map_err(StorageError::db)?;
+        self.reset_log(&meta)
     }
 
     /// Installs a snapshot: its state, conf state and applied index durably in redb, then the
@@ -406,6 +414,29 @@ impl DiskStorage {
     pub fn segment_count(&self) -> usize {
         self.wal.segment_count()
     }
+}
+
+/// A consistent snapshot of the applied state in `db` (data, index, term and conf state read
+/// in one read transaction), for Raft and for backups.
+pub fn snapshot_of(db: &Database) -> Result<Snapshot, StorageError> {
+    let view = ReadView::begin(db)?;
+    let meta = view.0.open_table(META).map_err(StorageError::db)?;
+    let (index, term) = match meta.get(K_APPLIED).map_err(StorageError::db)? {
+        Some(b) => unpair(K_APPLIED, b.value())?,
+        None => (0, 0),
+    };
+    let cs: ConfState = match meta.get(K_CONF_STATE).map_err(StorageError::db)? {
+        Some(b) => parse("conf state", b.value())?,
+        None => ConfState::default(),
+    };
+    drop(meta);
+    let mut snap = Snapshot::default();
+    snap.data = blixard_core::state::export(&view)?.into();
+    let m = snap.mut_metadata();
+    m.index = index;
+    m.term = term;
+    m.set_conf_state(cs);
+    Ok(snap)
 }
 
 impl raft::Storage for DiskStorage {

@@ -5,6 +5,7 @@
 //! runs over the committed Raft log. Storage is reached only through the [`store::Store`] trait,
 //! so the same `apply` runs over redb in a node and over a `BTreeMap` in tests and simulation.
 
+pub mod backup;
 pub mod command;
 pub mod membership;
 pub mod reconcile;

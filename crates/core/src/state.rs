@@ -207,6 +207,15 @@ pub fn run(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outcome
     })
 }
 
+/// Makes restored state the state of a new one-node cluster: node `id` at `addr` is its only
+/// member (a voter), and no node's capacity is known until it registers again. Everything else
+/// (key/values, VMs, sessions) stays as it was.
+pub fn rebase(store: &mut impl Store, id: crate::NodeId, addr: &str) -> Result<(), StoreError> {
+    store.clear(Table::Members)?;
+    store.clear(Table::Nodes)?;
+    put_member(store, &Member { id, addr: addr.to_string(), voter: true })
+}
+
 /// Serves a read from the local state.
 pub fn query(store: &impl ReadStore, q: &Query) -> Result<QueryResult, StoreError> {
     Ok(match q {

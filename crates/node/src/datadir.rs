@@ -34,6 +34,43 @@ pub enum DataDirError {
     },
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Backup(#[from] blixard_core::backup::BackupError),
+    #[error("data dir {0} is not empty; restore into a new one")]
+    NotEmpty(PathBuf),
+    #[error("invalid --bind: {0}")]
+    Addr(blixard_core::ValidationError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("cannot restore into data dir {dir}")]
+    Storage {
+        dir: PathBuf,
+        #[source]
+        source: StorageError,
+    },
+}
+
+/// Creates the data dir of a new one-node cluster of node `id` (serving at `addr`) from a
+/// backup file's bytes. The whole file is checked first: a damaged, truncated or foreign one
+/// is refused with nothing written; so is a data dir that is not new.
+pub fn restore(dir: &Path, id: u64, addr: &str, backup: &[u8]) -> Result<blixard_core::backup::Header, RestoreError> {
+    let (header, state) = blixard_core::backup::decode(backup)?;
+    blixard_core::membership::validate_addr(addr).map_err(RestoreError::Addr)?;
+    let mut probe = blixard_core::MemStore::default();
+    blixard_core::state::import(&mut probe, state)
+        .map_err(|e| RestoreError::Storage { dir: dir.into(), source: StorageError::State(e) })?;
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(RestoreError::NotEmpty(dir.into()));
+    }
+    let mut storage = open(dir, id)?;
+    storage
+        .restore(id, addr, state, header.index, header.term)
+        .map_err(|source| RestoreError::Storage { dir: dir.into(), source })?;
+    Ok(header)
+}
+
 /// Opens the data dir for node `id`, creating it when missing. Never wipes anything.
 pub fn open(dir: &Path, id: u64) -> Result<DiskStorage, DataDirError> {
     std::fs::create_dir_all(dir).map_err(|source| DataDirError::Create { dir: dir.into(), source })?;

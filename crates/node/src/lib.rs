@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod backup;
 pub mod datadir;
 pub mod health;
 pub mod internal;
@@ -337,6 +338,7 @@ impl Node {
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
             )
+            .add_service(backup_service_server::BackupServiceServer::new(backup::Backups { raft: raft.clone() }))
             .add_service(
                 raft_transport_server::RaftTransportServer::new(transport::SnapshotService {
                     handle: raft.clone(),
