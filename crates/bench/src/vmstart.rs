@@ -169,7 +169,9 @@ pub async fn run(c: Config) -> anyhow::Result<Report> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr))?.connect().await?;
     let mut vm = VmServiceClient::new(ch);
     let spec = VmSpec { name: c.name.clone(), vcpus: 1, memory_mib: c.memory_mib, ..Default::default() };
-    if let Err(s) = vm.create_vm(CreateVmRequest { spec: Some(spec), node: None, start: false }).await {
+    if let Err(s) =
+        vm.create_vm(CreateVmRequest { spec: Some(spec), node: None, start: false, ..Default::default() }).await
+    {
         if s.code() != tonic::Code::AlreadyExists {
             bail!("create vm: {}", s.message());
         }

@@ -34,7 +34,7 @@ pub enum Format {
 #[derive(Subcommand)]
 pub enum Top {
     /// Run a node (the daemon).
-    Node(Box<cmd::node::NodeArgs>),
+    Node(Box<cmd::node::NodeTop>),
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCmd),
@@ -68,7 +68,13 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Top::Node(args) => cmd::node::run(*args).await,
+            Top::Node(top) => match (top.cmd, top.daemon) {
+                (Some(c), _) => cmd::nodes::run(&cli.addr, cli.output, c).await,
+                (None, Some(a)) => cmd::node::run(a).await,
+                (None, None) => Err(anyhow::anyhow!(
+                    "blixard node needs --id and --data-dir (or a subcommand: list, get, drain, eligibility)"
+                )),
+            },
             Top::Cluster(c) => cmd::cluster::run(&cli.addr, cli.output, c).await,
             Top::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
             Top::Vm(c) => cmd::vm::run(&cli.addr, cli.output, c).await,

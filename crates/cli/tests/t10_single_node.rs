@@ -287,18 +287,26 @@ fn vms_are_placed_by_capacity_and_impossible_requests_are_refused() {
     assert_eq!((a["node"].as_u64(), a["desired"].as_str()), (Some(1), Some("stopped")));
     let b = cli_json(&n.addr, &["vm", "create", "b", "--memory", "1024", "--start", "--node", "1"]);
     assert_eq!(b["desired"], "running");
-    let full = cli(&n.addr, &["vm", "create", "c", "--memory", "64"]);
-    assert_eq!(stderr(&full), "error: cannot place vm \"c\": node 1: needs 64 MiB memory, 0 MiB free\n");
-
+    // A stopped VM reserves nothing; starting it reserves its memory again.
     assert_eq!(cli_json(&n.addr, &["vm", "start", "a"])["desired"], "running");
+    // A VM that would fit an empty node waits in the queue unless told not to.
+    let full = cli(&n.addr, &["vm", "create", "c", "--memory", "64", "--no-queue"]);
+    assert_eq!(full.status.code(), Some(1));
+    assert_eq!(stderr(&full), "error: cannot place vm \"c\": node 1: needs 64 MiB memory, 0 MiB free\n");
+    let queued = cli_json(&n.addr, &["vm", "create", "c", "--memory", "64"]);
+    assert!(queued["node"].is_null(), "{queued}");
+    assert_eq!(queued["pending"], "node 1: needs 64 MiB memory, 0 MiB free");
+
+    let r = cli(&n.addr, &["vm", "restart", "nope"]);
+    assert_eq!((r.status.code(), stderr(&r).as_str()), (Some(1), "error: vm \"nope\" not found\n"));
+    assert_eq!(cli_json(&n.addr, &["vm", "restart", "b"])["restart_generation"], 1);
+    // Stopping frees the capacity, and the queued VM is placed in the same step.
     assert_eq!(cli_json(&n.addr, &["vm", "stop", "a"])["desired"], "stopped");
+    let c = cli_json(&n.addr, &["vm", "get", "c"]);
+    assert_eq!((c["node"].as_u64(), c["pending"].as_str()), (Some(1), None), "{c}");
     let r = cli(&n.addr, &["vm", "restart", "a"]);
     assert_eq!(r.status.code(), Some(1));
     assert_eq!(stderr(&r), "error: vm \"a\" is stopped; start it instead of restarting it\n");
-    assert_eq!(cli_json(&n.addr, &["vm", "restart", "b"])["restart_generation"], 1);
     let missing = cli(&n.addr, &["vm", "start", "nope"]);
     assert_eq!(stderr(&missing), "error: vm \"nope\" not found\n");
-    // Deleting frees the capacity.
-    cli_json(&n.addr, &["vm", "delete", "b"]);
-    assert_eq!(cli_json(&n.addr, &["vm", "create", "c", "--memory", "64"])["node"], 1);
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::scheduler::NodeResources;
+use crate::scheduler::{NodeRecord, NodeState, Plan};
 use crate::session::Session;
 use crate::spec::{Observed, PowerState, ValidationError, VmRecord, VmSpec};
 use crate::store::PageLimit;
@@ -20,11 +20,13 @@ pub enum Command {
     KvDelete {
         key: Vec<u8>,
     },
-    /// Records a VM and places it (on `node` when given), running when `start`.
+    /// Records a VM and places it (on `node` when given), running when `start`. A VM no node
+    /// can take now waits as pending when `queue`, else is refused.
     VmCreate {
         spec: VmSpec,
         node: Option<NodeId>,
         start: bool,
+        queue: bool,
     },
     VmDelete {
         name: String,
@@ -38,16 +40,41 @@ pub enum Command {
         name: String,
     },
     /// A node's report of what it observes; ignored unless the VM (this very incarnation, by
-    /// `create_index`) is placed on that node.
+    /// `incarnation`: its `placed_index`) is placed on that node.
     VmReport {
         name: String,
-        create_index: u64,
+        incarnation: u64,
         node: NodeId,
         observed: Observed,
     },
-    /// A node's schedulable capacity.
+    /// Moves a VM to another node (a drain's step): it is placed again, and the new node starts
+    /// it once the old one reported it stopped ([`Command::VmHandoff`]).
+    VmMove {
+        name: String,
+    },
+    /// The node a VM moved from stopped incarnation `incarnation` of it.
+    VmHandoff {
+        name: String,
+        node: NodeId,
+    },
+    /// A node's schedulable capacity and labels, at its start.
     NodeRegister {
-        resources: NodeResources,
+        node: Registration,
+    },
+    /// A liveness transition, proposed by the leader (heartbeats themselves are not replicated).
+    NodeSetState {
+        id: NodeId,
+        state: NodeState,
+    },
+    /// Whether new work may go to a node.
+    NodeEligibility {
+        id: NodeId,
+        eligible: bool,
+    },
+    /// Starts (or, with `None`, cancels) draining a node.
+    NodeDrain {
+        id: NodeId,
+        drain: Option<DrainSpec>,
     },
     /// The first member of a new cluster (applied by the bootstrap itself, never from the log).
     Bootstrap {
@@ -67,6 +94,27 @@ pub enum Command {
     RemoveMember {
         id: NodeId,
     },
+}
+
+/// What a node tells the cluster about itself when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub id: NodeId,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub accel: String,
+    pub backend: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub agent_version: String,
+}
+
+/// How to drain a node: at most `parallel` VMs on the move at once, everything moved by
+/// `deadline_ms` after the drain starts (cluster time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainSpec {
+    pub deadline_ms: u64,
+    pub parallel: u32,
 }
 
 /// What goes into a Raft entry's data: the command plus what makes `apply` deterministic and
@@ -158,9 +206,17 @@ pub enum Query {
     },
     Members,
     Nodes,
+    Node {
+        id: NodeId,
+    },
+    /// Where a VM of this spec would go now, and why not elsewhere (every node looked at).
+    Explain {
+        spec: Box<VmSpec>,
+        pinned: Option<NodeId>,
+    },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum QueryResult {
     Value(Option<Vec<u8>>),
     /// A page of pairs; `more`: others follow the last one.
@@ -175,5 +231,7 @@ pub enum QueryResult {
         more: bool,
     },
     Members(Vec<crate::state::Member>),
-    Nodes(Vec<NodeResources>),
+    Nodes(Vec<NodeRecord>),
+    Node(Option<Box<NodeRecord>>),
+    Plan(Plan),
 }

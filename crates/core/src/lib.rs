@@ -8,6 +8,7 @@
 pub mod backup;
 pub mod command;
 pub mod membership;
+pub mod placement;
 pub mod reconcile;
 pub mod scheduler;
 pub mod session;
@@ -16,11 +17,12 @@ pub mod state;
 pub mod store;
 
 pub use command::{Applied, Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
+pub use command::{DrainSpec, Registration};
 pub use membership::{ChangeKind, MembershipChange};
-pub use scheduler::NodeResources;
+pub use scheduler::{NodeRecord, NodeState};
 pub use session::{ClientSession, Session, SessionKey};
 pub use spec::{
-    quoted, HealthCheck, HealthKind, Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError,
+    quoted, HealthCheck, HealthKind, Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError, VmEvent,
     VmRecord, VmSpec,
 };
 pub use store::{MemStore, Page, PageLimit, ReadStore, Store, StoreError, Table};

@@ -116,14 +116,8 @@ fn only_members_leave_and_never_the_last_voter() {
     assert_eq!(conf(&mut s, 3, c, ch), Err(CommandError::NotFound("node 5 is not a member".into())));
     let (c, ch) = add(2, "127.0.0.1:7002");
     ok(conf(&mut s, 4, c, ch));
-    let res = crate::scheduler::NodeResources {
-        id: 2,
-        vcpus: 4,
-        memory_mib: 4096,
-        accel: "tcg".into(),
-        backend: "qemu".into(),
-    };
-    ok(apply(&mut s, 5, &env(Command::NodeRegister { resources: res })).unwrap().outcome);
+    let node = crate::Registration { id: 2, vcpus: 4, memory_mib: 4096, ..Default::default() };
+    ok(apply(&mut s, 5, &env(Command::NodeRegister { node })).unwrap().outcome);
     // A learner may leave; its capacity goes with it.
     let (c, ch) = remove(2);
     assert_eq!(conf(&mut s, 6, c, ch), Ok(Response::Deleted { existed: true }));

@@ -118,6 +118,7 @@ pub struct VmSpec {
     pub labels: BTreeMap<String, String>,
     pub restart_policy: RestartPolicy,
     pub health: Option<HealthCheck>,
+    pub placement: crate::placement::PlacementSpec,
 }
 
 /// Whether the user wants the VM running.
@@ -147,6 +148,8 @@ pub enum Phase {
     Stopping,
     Stopped,
     Failed,
+    /// Its node was lost (see `VmRecord::lost`).
+    Lost,
 }
 
 impl Phase {
@@ -158,6 +161,7 @@ impl Phase {
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
             Phase::Failed => "failed",
+            Phase::Lost => "lost",
         }
     }
 }
@@ -183,7 +187,8 @@ pub struct Observed {
     pub reported_at_ms: u64,
 }
 
-/// A VM as recorded in the replicated state: the user's desired state plus the observed one.
+/// A VM as recorded in the replicated state: the user's desired state, where the cluster
+/// placed it, and what its node last observed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRecord {
     pub spec: VmSpec,
@@ -192,11 +197,52 @@ pub struct VmRecord {
     /// Raft index of the entry that created it; a recreated VM of the same name gets a new one.
     pub create_index: u64,
     pub desired: PowerState,
-    /// The node it was placed on.
-    pub node: crate::NodeId,
+    /// The node it is placed on; `None` while it waits for capacity (see `pending`).
+    pub node: Option<crate::NodeId>,
+    /// Raft index of the entry that placed it on its node: the incarnation its node runs (its
+    /// directory, disk and process), new whenever it is placed again.
+    pub placed_index: u64,
     /// Bumped by `vm restart`: the hosting node restarts the VM once per bump.
     pub restart_generation: u64,
     pub observed: Option<Observed>,
+    /// Why no node holds it yet (the scheduler's reasons), while it is pending.
+    pub pending: Option<String>,
+    /// The node it is moving from: the new node starts it only once that one stopped it.
+    pub handoff_from: Option<crate::NodeId>,
+    /// Its node was lost and its restart policy is `never`: it will not run again by itself.
+    pub lost: bool,
+    /// It was moved off its node: the new node starts it from a fresh disk.
+    pub fresh_disk: bool,
+    /// What happened to it, oldest first (at most [`MAX_EVENTS`]).
+    pub events: Vec<VmEvent>,
+}
+
+/// One entry of a VM's history ("placed on node 2", "node 2 down", "moved to node 3").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmEvent {
+    /// Cluster time, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The Raft entry that recorded it.
+    pub index: u64,
+    pub what: String,
+}
+
+pub const MAX_EVENTS: usize = 32;
+
+impl VmRecord {
+    /// Whether it holds resources on its node: wanted running, placed, not lost.
+    pub fn reserves(&self) -> bool {
+        self.desired == PowerState::Running && self.node.is_some() && !self.lost
+    }
+
+    /// Appends an event, dropping the oldest past [`MAX_EVENTS`].
+    pub fn event(&mut self, at_ms: u64, index: u64, what: impl Into<String>) {
+        self.events.push(VmEvent { at_ms, index, what: what.into() });
+        if self.events.len() > MAX_EVENTS {
+            let extra = self.events.len() - MAX_EVENTS;
+            self.events.drain(..extra);
+        }
+    }
 }
 
 pub const VCPUS: (u32, u32) = (1, 32);
@@ -270,16 +316,21 @@ fn validate_ports(ports: &[PortForward]) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+/// A label key: 1 to 63 of `[A-Za-z0-9._/-]`, starting with a letter or digit.
+pub fn label_key_ok(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= MAX_LABEL_KEY_LEN
+        && k.as_bytes()[0].is_ascii_alphanumeric()
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+}
+
+/// Validates node or VM labels.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ValidationError> {
     if labels.len() > MAX_LABELS {
         return Err(ValidationError::new("labels", format!("at most {MAX_LABELS} labels (got {})", labels.len())));
     }
     for (k, v) in labels {
-        let ok_key = !k.is_empty()
-            && k.len() <= MAX_LABEL_KEY_LEN
-            && k.as_bytes()[0].is_ascii_alphanumeric()
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
-        if !ok_key {
+        if !label_key_ok(k) {
             return Err(ValidationError::new(
                 "labels",
                 format!("key {} must be 1 to 63 of [A-Za-z0-9._/-], starting with a letter or digit", quoted(k)),
@@ -325,7 +376,7 @@ impl VmSpec {
         if let Some(h) = &self.health {
             self.validate_health(h)?;
         }
-        Ok(())
+        self.placement.validate()
     }
 
     /// The host port that reaches `guest_port`, if it is forwarded.

@@ -20,11 +20,27 @@ pub enum Table {
     SessionTimes,
     /// Small values of the state machine itself (cluster time, counters).
     Meta,
+    /// `(node, VM name)`: the VMs placed on each node.
+    Placements,
+    /// `create index → VM name`: VMs waiting for capacity, oldest first.
+    Pending,
+    /// `slot → node id`: the nodes in a dense order the scheduler samples from.
+    NodeSlots,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] =
-        [Table::Kv, Table::Vms, Table::Members, Table::Nodes, Table::Sessions, Table::SessionTimes, Table::Meta];
+    pub const ALL: [Table; 10] = [
+        Table::Kv,
+        Table::Vms,
+        Table::Members,
+        Table::Nodes,
+        Table::Sessions,
+        Table::SessionTimes,
+        Table::Meta,
+        Table::Placements,
+        Table::Pending,
+        Table::NodeSlots,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,6 +51,9 @@ impl Table {
             Table::Sessions => "sm_sessions",
             Table::SessionTimes => "sm_session_times",
             Table::Meta => "sm_meta",
+            Table::Placements => "sm_placements",
+            Table::Pending => "sm_pending",
+            Table::NodeSlots => "sm_node_slots",
         }
     }
 }

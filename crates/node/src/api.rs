@@ -65,7 +65,9 @@ impl Api {
     /// The node a VM is placed on (from local state).
     async fn vm_node(&self, name: &str) -> std::result::Result<u64, Status> {
         match self.read(Some(v1::ReadOptions { stale: true }), Query::VmGet { name: name.to_string() }).await? {
-            QueryResult::Vm(Some(rec)) => Ok(rec.node),
+            QueryResult::Vm(Some(rec)) => {
+                rec.node.ok_or_else(|| Status::unavailable(format!("vm {name:?} is pending: no node holds it yet")))
+            }
             QueryResult::Vm(None) => Err(Status::not_found(format!("vm {name:?} not found"))),
             other => Err(unexpected(other)),
         }
@@ -164,6 +166,16 @@ impl Api {
             (_, Response::Vm(rec)) => Ok(tonic::Response::new(v1::GetVmResponse { vm: Some((*rec).into()) })),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// A write of another service's command (its answer's index).
+    pub async fn write_command(&self, session: Option<Session>, cmd: Command) -> std::result::Result<u64, Status> {
+        self.write(session, cmd).await.map(|(i, _)| i)
+    }
+
+    /// A query for another service (see [`Api::read`]).
+    pub async fn query(&self, opts: Option<v1::ReadOptions>, q: Query) -> std::result::Result<QueryResult, Status> {
+        self.read(opts, q).await
     }
 
     /// Serves a query after a ReadIndex round, or from local state when `stale`.
@@ -432,10 +444,36 @@ impl v1::vm_service_server::VmService for Api {
         let wire = r.spec.ok_or_else(|| Status::invalid_argument("invalid spec: must be set"))?;
         let spec = VmSpec::try_from(wire).map_err(invalid)?;
         spec.validate().map_err(invalid)?;
-        match self.write(session, Command::VmCreate { spec, node: r.node, start: r.start }).await? {
+        if r.dry_run {
+            let q = Query::Explain { spec: Box::new(spec), pinned: r.node };
+            return match self.read(None, q).await? {
+                QueryResult::Plan(p) => {
+                    Ok(tonic::Response::new(v1::CreateVmResponse { vm: None, index: 0, plan: Some(p.into()) }))
+                }
+                other => Err(unexpected(other)),
+            };
+        }
+        let cmd = Command::VmCreate { spec, node: r.node, start: r.start, queue: !r.no_queue };
+        match self.write(session, cmd).await? {
             (index, Response::Vm(rec)) => {
-                Ok(tonic::Response::new(v1::CreateVmResponse { vm: Some((*rec).into()), index }))
+                Ok(tonic::Response::new(v1::CreateVmResponse { vm: Some((*rec).into()), index, plan: None }))
             }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn explain(&self, req: Request<v1::ExplainRequest>) -> Result<v1::Plan> {
+        let name = req.into_inner().name;
+        validate_name(&name).map_err(invalid)?;
+        let rec = match self.read(None, Query::VmGet { name: name.clone() }).await? {
+            QueryResult::Vm(Some(rec)) => rec,
+            QueryResult::Vm(None) => return Err(Status::not_found(format!("vm {name:?} not found"))),
+            other => return Err(unexpected(other)),
+        };
+        // A placed VM is explained as if it were placed again (its own reservation aside).
+        let q = Query::Explain { spec: Box::new(rec.spec), pinned: None };
+        match self.read(Some(v1::ReadOptions { stale: true }), q).await? {
+            QueryResult::Plan(p) => Ok(tonic::Response::new(p.into())),
             other => Err(unexpected(other)),
         }
     }

@@ -31,3 +31,15 @@ pub fn host_capacity(overcommit: u32, reserve_mib: u64, memory_override: Option<
     let mem = memory_override.unwrap_or_else(|| total_mib.saturating_sub(reserve_mib));
     (cores * overcommit.max(1), mem)
 }
+
+/// Free space of the file system holding `dir`, in GiB (0 when it cannot be read).
+pub fn free_disk_gib(dir: &std::path::Path) -> u64 {
+    #[cfg(not(madsim))]
+    if let Ok(st) = rustix::fs::statvfs(dir) {
+        return st.f_bavail.saturating_mul(st.f_frsize) >> 30;
+    }
+    #[cfg(madsim)]
+    let _ = dir;
+    // Under simulation, or when unknown: room for a few small disks.
+    64
+}

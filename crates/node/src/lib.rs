@@ -7,8 +7,11 @@ pub mod api;
 pub mod backend;
 pub mod backup;
 pub mod datadir;
+pub mod drainer;
 pub mod health;
 pub mod internal;
+pub mod liveness;
+pub mod nodes_api;
 pub mod pool;
 pub mod reconciler;
 pub mod status;
@@ -55,6 +58,12 @@ pub struct NodeConfig {
     pub image_cache: Option<PathBuf>,
     /// A host bridge to give every VM a second NIC on (a tap device; needs root).
     pub vm_bridge: Option<String>,
+    /// This node's labels (for VM constraints and spreading).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Schedulable disk for VMs in GiB, instead of the data dir's free space.
+    pub disk_gib: Option<u64>,
+    /// Heartbeats, fencing and the down timeout (see [`liveness`]).
+    pub liveness: liveness::Timing,
 }
 
 impl NodeConfig {
@@ -79,6 +88,9 @@ impl NodeConfig {
             vm_backend: backend::Backend::Qemu,
             image_cache: None,
             vm_bridge: None,
+            labels: Default::default(),
+            disk_gib: None,
+            liveness: liveness::Timing::default(),
         }
     }
 }
@@ -125,7 +137,12 @@ async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str) -> Resu
 
 /// Opens the VM backend, registers this node's capacity (only a node that can run VMs offers
 /// any), then reconciles its VMs for as long as the node runs.
-async fn run_vms(cfg: NodeConfig, raft: Handle, slot: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>) {
+async fn run_vms(
+    cfg: NodeConfig,
+    raft: Handle,
+    slot: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>,
+    lease: Arc<liveness::lease::Lease>,
+) {
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
     let opened = match backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone()).await {
@@ -136,30 +153,41 @@ async fn run_vms(cfg: NodeConfig, raft: Handle, slot: Arc<std::sync::OnceLock<Ar
         }
     };
     let (vcpus, memory_mib) = internal::host_capacity(cfg.vcpu_overcommit, cfg.reserve_memory_mib, cfg.memory_mib);
-    let resources = blixard_core::NodeResources {
+    let registration = blixard_core::Registration {
         id: cfg.id,
         vcpus,
         memory_mib,
+        disk_gib: cfg.disk_gib.unwrap_or_else(|| internal::free_disk_gib(&cfg.data_dir)),
         accel: opened.accel.clone(),
         backend: cfg.vm_backend.as_str().into(),
+        labels: cfg.labels.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
     };
     let _ = slot.set(opened.driver.clone());
-    register(raft.clone(), resources).await;
-    reconciler::Reconciler::new(cfg.id, raft, opened.driver, opened.accel).run().await;
+    tokio::spawn(liveness::fence::run(lease.clone(), opened.driver.clone(), cfg.data_dir.clone()));
+    register(raft.clone(), registration).await;
+    reconciler::Reconciler::new(cfg.id, raft, opened.driver, opened.accel, lease).run().await;
+}
+
+/// The address of member `id`, from the replicated member table.
+pub fn members_addr(raft: &Handle, id: u64) -> Option<String> {
+    let view = blixard_consensus::sm::ReadView::begin(raft.db()).ok()?;
+    blixard_core::state::members(&view).ok()?.into_iter().find(|m| m.id == id).map(|m| m.addr)
 }
 
 /// Records this node's capacity in the replicated state (retrying until the cluster has a
 /// leader that accepts it), so the scheduler can place VMs here.
-async fn register(raft: Handle, r: blixard_core::NodeResources) {
+async fn register(raft: Handle, r: blixard_core::Registration) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let cmd = blixard_core::Command::NodeRegister { resources: r.clone() };
+        let cmd = blixard_core::Command::NodeRegister { node: r.clone() };
         match internal::propose(&raft, cmd).await {
             Ok((_, Ok(_))) => {
                 tracing::info!(vcpus = r.vcpus, memory_mib = r.memory_mib, "registered capacity");
                 return;
             }
-            Ok((_, Err(e))) => tracing::warn!("capacity registration refused: {e}"),
+            // A joining node registers before its membership is applied: it retries.
+            Ok((_, Err(e))) => tracing::debug!("capacity registration refused for now: {e}"),
             Err(s) => tracing::debug!("capacity registration not accepted yet: {:?} {}", s.code(), s.message()),
         }
         tokio::time::sleep(backoff).await;
@@ -319,6 +347,9 @@ impl Node {
         let (stop_server, stopped) = oneshot::channel::<()>();
         let driver_slot = Arc::new(std::sync::OnceLock::new());
         let svc = api::Api::new(raft.clone(), pool.clone(), driver_slot.clone());
+        let monitor = Arc::new(liveness::monitor::Monitor::new(cfg.liveness));
+        let lease = liveness::lease::Lease::new(cfg.liveness);
+        let nodes_svc = nodes_api::Nodes { api: svc.clone(), raft: raft.clone(), monitor: monitor.clone() };
         use blixard_proto::v1::*;
         // Client-facing services agree with their clients on one message size limit.
         let max = blixard_proto::MAX_MESSAGE_BYTES;
@@ -339,6 +370,7 @@ impl Node {
                     .max_encoding_message_size(max),
             )
             .add_service(backup_service_server::BackupServiceServer::new(backup::Backups { raft: raft.clone() }))
+            .add_service(node_service_server::NodeServiceServer::new(nodes_svc))
             .add_service(
                 raft_transport_server::RaftTransportServer::new(transport::SnapshotService {
                     handle: raft.clone(),
@@ -372,7 +404,13 @@ impl Node {
         if let Some(seed) = joining {
             join(&pool, &seed, cfg.id, &advertise).await?;
         }
-        tokio::spawn(run_vms(cfg.clone(), raft.clone(), driver_slot));
+        {
+            let (m, r) = (monitor.clone(), raft.clone());
+            tokio::spawn(async move { m.run(r).await });
+        }
+        tokio::spawn(drainer::run(raft.clone()));
+        tokio::spawn(liveness::lease::heartbeat(cfg.id, raft.clone(), pool.clone(), monitor, lease.clone()));
+        tokio::spawn(run_vms(cfg.clone(), raft.clone(), driver_slot, lease));
         tracing::info!(id = cfg.id, %addr, "serving");
         Ok(Node { addr, raft, stop_server: Some(stop_server), server, driver })
     }

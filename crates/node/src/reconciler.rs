@@ -38,9 +38,19 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// removed (without a leader it fails, and orphans wait for a later pass).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The instance a record stands for on its node.
+/// The instance a record stands for on its node: its placement there.
 fn instance_of(rec: &VmRecord) -> Instance {
-    Instance::new(rec.spec.name.clone(), rec.create_index)
+    Instance::new(rec.spec.name.clone(), rec.placed_index)
+}
+
+/// What the node should want of a VM assigned to it: nothing runs while the node it moves from
+/// has not stopped it yet, nor once it was lost.
+fn wanted(rec: &VmRecord) -> PowerState {
+    if rec.handoff_from.is_some() || rec.lost {
+        PowerState::Stopped
+    } else {
+        rec.desired
+    }
 }
 
 /// What this node remembers about a VM between passes.
@@ -73,6 +83,8 @@ pub struct Reconciler {
     pub raft: Handle,
     pub driver: Arc<dyn VmDriver>,
     pub accel: String,
+    /// VMs start only while the node holds a lease from the leader (see `crate::liveness`).
+    pub lease: Arc<crate::liveness::lease::Lease>,
     vms: BTreeMap<String, Local>,
 }
 
@@ -83,8 +95,14 @@ fn available_memory_mib() -> Option<u64> {
 }
 
 impl Reconciler {
-    pub fn new(id: NodeId, raft: Handle, driver: Arc<dyn VmDriver>, accel: String) -> Self {
-        Reconciler { id, raft, driver, accel, vms: BTreeMap::new() }
+    pub fn new(
+        id: NodeId,
+        raft: Handle,
+        driver: Arc<dyn VmDriver>,
+        accel: String,
+        lease: Arc<crate::liveness::lease::Lease>,
+    ) -> Self {
+        Reconciler { id, raft, driver, accel, lease, vms: BTreeMap::new() }
     }
 
     /// Runs passes until the process ends; wakes early when the replicated state of VMs, nodes
@@ -100,9 +118,28 @@ impl Reconciler {
     }
 
     fn assigned(&self) -> Result<Vec<VmRecord>, String> {
+        Ok(self.records()?.into_iter().filter(|v| v.node == Some(self.id)).collect())
+    }
+
+    fn records(&self) -> Result<Vec<VmRecord>, String> {
         let view = ReadView::begin(self.raft.db()).map_err(|e| e.to_string())?;
-        let all = blixard_core::state::vms(&view).map_err(|e| e.to_string())?;
-        Ok(all.into_iter().filter(|v| v.node == self.id).collect())
+        blixard_core::state::vms(&view).map_err(|e| e.to_string())
+    }
+
+    /// VMs moving away from this node whose instance here is gone: tell the cluster, so the
+    /// new node may start them.
+    async fn hand_off(&self, found: &[Instance]) -> Result<(), String> {
+        for rec in self.records()?.into_iter().filter(|v| v.handoff_from == Some(self.id)) {
+            if found.iter().any(|i| i.name == rec.spec.name) {
+                continue;
+            }
+            let cmd = Command::VmHandoff { name: rec.spec.name.clone(), node: self.id };
+            match crate::internal::propose(&self.raft, cmd).await {
+                Ok(_) => tracing::info!(vm = %rec.spec.name, "stopped here; handed over to node {:?}", rec.node),
+                Err(s) => tracing::debug!(vm = %rec.spec.name, "handoff not accepted yet: {}", s.message()),
+            }
+        }
+        Ok(())
     }
 
     async fn pass(&mut self) -> Result<(), String> {
@@ -128,6 +165,9 @@ impl Reconciler {
                 Err(_) => tracing::debug!("orphans wait for a linearizable read: timed out"),
             }
         }
+        let left: Vec<Instance> =
+            self.driver.list().await.map_err(|e| e.to_string())?.into_iter().map(|o| o.instance).collect();
+        self.hand_off(&left).await?;
         for rec in assigned {
             // Its legacy directory may be this record's disk (and running QEMU): starting a new
             // instance first would make the upgrade rule remove it instead of adopting it.
@@ -170,11 +210,11 @@ impl Reconciler {
         let name = rec.spec.name.clone();
         let vm = instance_of(rec);
         let mut local = self.vms.remove(&name).unwrap_or_default();
-        if local.create_index != rec.create_index {
+        if local.create_index != rec.placed_index {
             // First sight (e.g. after a daemon restart) or a new incarnation of this name: start
             // from what this node last reported through Raft, so a restart already done is not
             // done again and the counters carry on.
-            local = Local { create_index: rec.create_index, ..Default::default() };
+            local = Local { create_index: rec.placed_index, ..Default::default() };
             if let Some(o) = &rec.observed {
                 local.restarts = o.restarts;
                 local.generation_done = o.restart_generation;
@@ -208,7 +248,7 @@ impl Reconciler {
             local.streak = 0;
         }
         let restart_requested = rec.restart_generation > local.generation_done;
-        let action = decide(rec.desired, rec.spec.restart_policy, seen, restart_requested);
+        let action = decide(wanted(rec), rec.spec.restart_policy, seen, restart_requested);
         let automatic = matches!(seen, Seen::Failed | Seen::Stopped { on_its_own: true }) && action == Action::Start;
         if matches!(seen, Seen::Failed | Seen::Stopped { on_its_own: true }) {
             let why = match (&local.unhealthy, &obs.state) {
@@ -268,6 +308,10 @@ impl Reconciler {
             Action::Stop => {
                 local.stopped_by_us = true;
                 self.driver.stop(&vm, STOP_TIMEOUT).await.map(|how| tracing::info!(vm = %name, ?how, "stopped"))
+            }
+            Action::Start | Action::Restart if !self.lease.valid(self.raft.status().applied) => {
+                local.error = Some("fenced: waiting for a lease from the leader before starting it".into());
+                return;
             }
             Action::Start | Action::Restart => {
                 if action == Action::Restart {
@@ -329,7 +373,7 @@ impl Reconciler {
             VmState::Running => (Phase::Starting, None),
             VmState::Stopped => (Phase::Stopped, obs.exit_reason.clone()),
             VmState::Failed(r) => (Phase::Failed, Some(r.clone())),
-            VmState::NotFound if rec.desired == PowerState::Running => (Phase::Pending, None),
+            VmState::NotFound if wanted(rec) == PowerState::Running => (Phase::Pending, None),
             VmState::NotFound => (Phase::Stopped, None),
         };
         let phase = match (&local.unhealthy, phase) {
@@ -359,7 +403,7 @@ impl Reconciler {
         }
         let cmd = Command::VmReport {
             name: rec.spec.name.clone(),
-            create_index: rec.create_index,
+            incarnation: rec.placed_index,
             node: self.id,
             observed: o.clone(),
         };

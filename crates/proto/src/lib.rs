@@ -16,6 +16,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/servers/blixard.v1.rs"));
 }
 
+pub mod orchestration;
 pub mod rpc;
 
 use std::collections::BTreeMap;
@@ -74,6 +75,7 @@ impl TryFrom<v1::VmSpec> for VmSpec {
             labels: s.labels.into_iter().collect::<BTreeMap<_, _>>(),
             restart_policy: RestartPolicy::parse(&s.restart_policy)?,
             health: s.health.map(health_from_wire).transpose()?,
+            placement: orchestration::placement_from_wire(s.placement)?,
         })
     }
 }
@@ -121,6 +123,7 @@ impl From<VmSpec> for v1::VmSpec {
             labels: s.labels.into_iter().collect(),
             restart_policy: s.restart_policy.as_str().to_string(),
             health: s.health.map(health_to_wire),
+            placement: orchestration::placement_to_wire(s.placement),
         }
     }
 }
@@ -148,9 +151,15 @@ impl From<VmRecord> for v1::Vm {
             created_at_ms: r.created_at_ms,
             create_index: r.create_index,
             desired: r.desired.as_str().into(),
-            node: r.node,
+            node: r.node.unwrap_or(0),
             restart_generation: r.restart_generation,
             observed: r.observed.map(Into::into),
+            placed_index: r.placed_index,
+            pending: r.pending.unwrap_or_default(),
+            handoff_from: r.handoff_from.unwrap_or(0),
+            lost: r.lost,
+            fresh_disk: r.fresh_disk,
+            events: r.events.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -192,9 +201,15 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
             create_index: 1,
             desired: blixard_core::PowerState::Running,
-            node: 1,
+            node: Some(1),
+            placed_index: 1,
             restart_generation: 0,
             observed: None,
+            pending: None,
+            handoff_from: None,
+            lost: false,
+            fresh_disk: false,
+            events: Vec::new(),
         };
         let mut tiny_fields = small.clone();
         tiny_fields.spec.ports = (1..=32).map(|p| PortForward { host: p, guest: 1 }).collect();

@@ -214,8 +214,12 @@ impl Client {
                     }
                     Write::VmCreate(name) => {
                         let spec = VmSpec { name: name.to_string(), vcpus: 1, memory_mib: 128, ..Default::default() };
-                        let mut req =
-                            tonic::Request::new(CreateVmRequest { spec: Some(spec), node: None, start: true });
+                        let mut req = tonic::Request::new(CreateVmRequest {
+                            spec: Some(spec),
+                            node: None,
+                            start: true,
+                            ..Default::default()
+                        });
                         rpc::set_session(req.metadata_mut(), &s);
                         VmServiceClient::new(ch).create_vm(req).await.map(|r| r.into_inner().index)
                     }

@@ -3,4 +3,7 @@ pub mod cluster;
 pub mod image;
 pub mod kv;
 pub mod node;
+pub mod nodes;
 pub mod vm;
+pub mod vm_args;
+pub mod vm_out;

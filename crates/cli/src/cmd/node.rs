@@ -12,6 +12,16 @@ pub enum VmBackend {
     MicrovmNix,
 }
 
+/// `blixard node`: with daemon flags, run a node; with a subcommand, ask the cluster about nodes.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct NodeTop {
+    #[command(subcommand)]
+    pub cmd: Option<super::nodes::NodeCmd>,
+    #[command(flatten)]
+    pub daemon: Option<NodeArgs>,
+}
+
 #[derive(clap::Args)]
 pub struct NodeArgs {
     /// This node's id: a positive integer, unique in the cluster, fixed for its data dir.
@@ -82,6 +92,22 @@ pub struct NodeArgs {
     /// asks for a DHCP lease on it and prints `BLIXARD-NET ethN ADDR` on its console.
     #[arg(long, value_name = "BRIDGE")]
     pub vm_bridge: Option<String>,
+    /// A label KEY=VALUE of this node, for VM constraints and spreading (repeatable).
+    #[arg(long = "label", value_parser = super::vm_args::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Schedulable disk for VM disks, in GiB (default: the data dir's free space).
+    #[arg(long)]
+    pub disk_gib: Option<u64>,
+    /// How often this node heartbeats the leader, in ms.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub heartbeat_ms: u64,
+    /// A node that cannot renew its lease with the leader for this long kills its VMs (ms).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(20..=600_000))]
+    pub fence_after_ms: u64,
+    /// The leader declares a node down (and moves its VMs) after this long without a heartbeat
+    /// (ms); at least 500 ms more than --fence-after-ms.
+    #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub down_after_ms: u64,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -120,6 +146,17 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     cfg.heartbeat_ticks = a.heartbeat_ticks as usize;
     cfg.idle_spin = Duration::from_micros(a.idle_spin_us);
     cfg.reply_spin = Duration::from_micros(a.reply_spin_us);
+    cfg.labels = a.labels.into_iter().collect();
+    if let Err(e) = blixard_core::spec::validate_labels(&cfg.labels) {
+        anyhow::bail!("invalid --label: {}", e.rule);
+    }
+    cfg.disk_gib = a.disk_gib;
+    cfg.liveness = blixard_node::liveness::Timing {
+        heartbeat: Duration::from_millis(a.heartbeat_ms),
+        fence_after: Duration::from_millis(a.fence_after_ms),
+        down_after: Duration::from_millis(a.down_after_ms),
+    };
+    cfg.liveness.validate().map_err(|e| anyhow::anyhow!("invalid liveness timing: {e}"))?;
     let mut node = Node::start(cfg, listener).await.map_err(|e| anyhow::anyhow!(blixard_node::status::chain(&e)))?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,5 +1,3 @@
-use std::collections::BTreeMap;
-
 use blixard_core::quoted;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{
@@ -7,6 +5,8 @@ use blixard_proto::v1::{
 };
 use serde::Serialize;
 
+use super::vm_args::CreateArgs;
+use super::vm_out::{events_table, plan_out, plan_table, table, vm_out};
 use crate::client::{connect, Conn};
 use crate::output::{emit, Table};
 use crate::page::{Pager, Printer};
@@ -16,6 +16,10 @@ use crate::Format;
 pub enum VmCmd {
     /// Record a new VM (desired state).
     Create(Box<CreateArgs>),
+    /// Where the VM would be placed now and why not on each other node (why it is pending).
+    Explain { name: String },
+    /// What happened to the VM: placed, moved, started, its node lost...
+    Events { name: String },
     /// Show one VM.
     Get {
         name: String,
@@ -63,7 +67,7 @@ pub enum VmCmd {
 }
 
 /// Parses `500ms`, `60s`, `2m`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| format!("expected a duration like 60s, got {}", quoted(s)))?;
     match unit {
@@ -74,191 +78,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-const PHASES: [&str; 6] = ["pending", "starting", "running", "stopping", "stopped", "failed"];
-
-#[derive(clap::Args)]
-pub struct CreateArgs {
-    /// DNS label: [a-z0-9-], 1–63 chars, starting with a letter.
-    pub name: String,
-    /// Virtual CPUs (1–32).
-    #[arg(long, default_value_t = 1)]
-    pub vcpus: u32,
-    /// Memory in MiB (64–65536).
-    #[arg(long = "memory", default_value_t = 128)]
-    pub memory_mib: u32,
-    /// Size of a per-VM disk, in GiB (1–1024).
-    #[arg(long)]
-    pub disk_gib: Option<u32>,
-    /// Kernel image reference.
-    #[arg(long)]
-    pub kernel: Option<String>,
-    /// Initrd image reference.
-    #[arg(long)]
-    pub initrd: Option<String>,
-    /// Root filesystem base image reference.
-    #[arg(long)]
-    pub rootfs: Option<String>,
-    /// Extra kernel command line.
-    #[arg(long)]
-    pub cmdline: Option<String>,
-    /// Forward a host TCP port to a guest port: HOST:GUEST (repeatable).
-    #[arg(long = "port", value_parser = parse_port)]
-    pub ports: Vec<(u32, u32)>,
-    /// A label KEY=VALUE (repeatable).
-    #[arg(long = "label", value_parser = parse_label)]
-    pub labels: Vec<(String, String)>,
-    /// never | on-failure | always.
-    #[arg(long = "restart", default_value = "on-failure")]
-    pub restart_policy: String,
-    /// HTTP health check: GUESTPORT/PATH (the guest port must be forwarded with --port).
-    #[arg(long, value_name = "PORT/PATH", conflicts_with = "health_tcp")]
-    pub health_http: Option<String>,
-    /// TCP health check on a forwarded guest port.
-    #[arg(long, value_name = "PORT")]
-    pub health_tcp: Option<u32>,
-    /// Time between health checks.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub health_interval: std::time::Duration,
-    /// Failed checks in a row that make the VM unhealthy (it is then restarted per --restart).
-    #[arg(long, default_value_t = 3)]
-    pub health_threshold: u32,
-    /// Place the VM on this node (default: the scheduler picks one).
-    #[arg(long)]
-    pub node: Option<u64>,
-    /// Start it right away (default: created stopped).
-    #[arg(long)]
-    pub start: bool,
-}
-
-fn parse_port(s: &str) -> Result<(u32, u32), String> {
-    let (h, g) = s.split_once(':').ok_or_else(|| format!("expected HOST:GUEST, got {}", quoted(s)))?;
-    let p = |x: &str| x.parse::<u32>().map_err(|_| format!("{} is not a port number", quoted(x)));
-    Ok((p(h)?, p(g)?))
-}
-
-fn health_arg(a: &CreateArgs) -> anyhow::Result<Option<v1::HealthCheck>> {
-    let interval_ms = u32::try_from(a.health_interval.as_millis()).unwrap_or(u32::MAX);
-    let (kind, port, path) = match (&a.health_http, a.health_tcp) {
-        (Some(spec), _) => {
-            let (port, path) = spec.split_once('/').unwrap_or((spec.as_str(), ""));
-            let port: u32 = port
-                .parse()
-                .map_err(|_| anyhow::anyhow!("invalid --health-http: expected PORT/PATH, got {}", quoted(spec)))?;
-            ("http", port, format!("/{path}"))
-        }
-        (None, Some(port)) => ("tcp", port, String::new()),
-        (None, None) => return Ok(None),
-    };
-    Ok(Some(v1::HealthCheck { kind: kind.into(), port, path, interval_ms, threshold: a.health_threshold }))
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {}", quoted(s)))?;
-    Ok((k.to_string(), v.to_string()))
-}
-
-#[derive(Serialize)]
-struct PortOut {
-    host: u32,
-    guest: u32,
-}
-
-/// The JSON shape of a VM (documented in README).
-#[derive(Serialize)]
-struct VmOut {
-    name: String,
-    vcpus: u32,
-    memory_mib: u32,
-    disk_gib: Option<u32>,
-    kernel: Option<String>,
-    initrd: Option<String>,
-    rootfs: Option<String>,
-    cmdline: Option<String>,
-    ports: Vec<PortOut>,
-    labels: BTreeMap<String, String>,
-    restart_policy: String,
-    created_at_ms: u64,
-    create_index: u64,
-    desired: String,
-    node: u64,
-    restart_generation: u64,
-    observed: Option<ObservedOut>,
-}
-
-/// The JSON shape of a VM's observed state (documented in README).
-#[derive(Serialize)]
-struct ObservedOut {
-    phase: String,
-    reason: Option<String>,
-    pid: Option<u32>,
-    boot_ms: Option<u64>,
-    started_at_ms: Option<u64>,
-    restarts: u32,
-    accel: Option<String>,
-    last_exit: Option<String>,
-    reported_at_ms: u64,
-}
-
-fn opt(s: String) -> Option<String> {
-    Some(s).filter(|s| !s.is_empty())
-}
-
-fn vm_out(v: v1::Vm) -> VmOut {
-    let s = v.spec.unwrap_or_default();
-    VmOut {
-        name: s.name,
-        vcpus: s.vcpus,
-        memory_mib: s.memory_mib,
-        disk_gib: s.disk_gib,
-        kernel: opt(s.kernel),
-        initrd: opt(s.initrd),
-        rootfs: opt(s.rootfs),
-        cmdline: opt(s.cmdline),
-        ports: s.ports.into_iter().map(|p| PortOut { host: p.host, guest: p.guest }).collect(),
-        labels: s.labels.into_iter().collect(),
-        restart_policy: s.restart_policy,
-        created_at_ms: v.created_at_ms,
-        create_index: v.create_index,
-        desired: v.desired,
-        node: v.node,
-        restart_generation: v.restart_generation,
-        observed: v.observed.map(|o| ObservedOut {
-            phase: o.phase,
-            reason: opt(o.reason),
-            pid: o.pid,
-            boot_ms: o.boot_ms,
-            started_at_ms: o.started_at_ms,
-            restarts: o.restarts,
-            accel: opt(o.accel),
-            last_exit: opt(o.last_exit),
-            reported_at_ms: o.reported_at_ms,
-        }),
-    }
-}
-
-fn table(vms: &[VmOut]) -> Table {
-    let mut t =
-        Table::new(vec!["NAME", "NODE", "DESIRED", "OBSERVED", "VCPUS", "MEMORY", "PORTS", "RESTART", "REASON"]);
-    for v in vms {
-        let ports: Vec<String> = v.ports.iter().map(|p| format!("{}:{}", p.host, p.guest)).collect();
-        let (phase, reason) = match &v.observed {
-            None => ("pending".to_string(), String::new()),
-            Some(o) => (o.phase.clone(), o.reason.clone().unwrap_or_default()),
-        };
-        t = t.row(vec![
-            v.name.clone(),
-            v.node.to_string(),
-            v.desired.clone(),
-            phase,
-            v.vcpus.to_string(),
-            format!("{} MiB", v.memory_mib),
-            if ports.is_empty() { "-".into() } else { ports.join(",") },
-            v.restart_policy.clone(),
-            reason,
-        ]);
-    }
-    t
-}
+const PHASES: [&str; 7] = ["pending", "starting", "running", "stopping", "stopped", "failed", "lost"];
 
 /// A client that agrees with the node on the largest message.
 fn client(ch: tonic::transport::Channel) -> VmServiceClient<tonic::transport::Channel> {
@@ -297,25 +117,40 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
     let vm = client;
     match c {
         VmCmd::Create(a) => {
-            let health = health_arg(&a)?;
-            let spec = v1::VmSpec {
-                name: a.name,
-                vcpus: a.vcpus,
-                memory_mib: a.memory_mib,
-                disk_gib: a.disk_gib,
-                kernel: a.kernel.unwrap_or_default(),
-                initrd: a.initrd.unwrap_or_default(),
-                rootfs: a.rootfs.unwrap_or_default(),
-                cmdline: a.cmdline.unwrap_or_default(),
-                ports: a.ports.into_iter().map(|(host, guest)| v1::PortForward { host, guest }).collect(),
-                labels: a.labels.into_iter().collect(),
-                restart_policy: a.restart_policy,
-                health,
+            let spec = a.spec()?;
+            let req = CreateVmRequest {
+                spec: Some(spec),
+                node: a.node,
+                start: a.start,
+                no_queue: a.no_queue,
+                dry_run: a.dry_run,
             };
-            let req = CreateVmRequest { spec: Some(spec), node: a.node, start: a.start };
+            if a.dry_run {
+                let r = conn.read(req, |ch, r| async move { vm(ch).create_vm(r).await }).await?;
+                let out = plan_out(r.plan.unwrap_or_default());
+                emit(fmt, &out, || plan_table(&out));
+                return Ok(());
+            }
             let r = conn.write(req, |ch, r| async move { vm(ch).create_vm(r).await }).await?;
             let out = vm_out(r.vm.unwrap_or_default());
             emit(fmt, &out, || table(std::slice::from_ref(&out)));
+        }
+        VmCmd::Explain { name } => {
+            let req = v1::ExplainRequest { name };
+            let r = conn.read(req, |ch, r| async move { vm(ch).explain(r).await }).await?;
+            let out = plan_out(r);
+            emit(fmt, &out, || plan_table(&out));
+        }
+        VmCmd::Events { name } => {
+            let req = GetVmRequest { name: name.clone(), read: Some(ReadOptions { stale: false }) };
+            let r = conn.read(req, |ch, r| async move { vm(ch).get_vm(r).await }).await?;
+            #[derive(Serialize)]
+            struct Out {
+                name: String,
+                events: Vec<super::vm_out::EventOut>,
+            }
+            let out = Out { name, events: vm_out(r.vm.unwrap_or_default()).events };
+            emit(fmt, &out, || events_table(&out.events));
         }
         VmCmd::Get { name, stale } => {
             let req = GetVmRequest { name, read: Some(ReadOptions { stale }) };

@@ -1,0 +1,160 @@
+//! Placement: which node runs a VM. Pure, deterministic, and explained — every node that cannot
+//! take a VM says which stage rejected it and why, so "why is my VM pending?" has an answer.
+//!
+//! It runs inside `apply`, so the plan and the commit are one step: a stale plan can never
+//! oversubscribe a node (Nomad re-checks plans on its leader for the same reason). Each node's
+//! record carries the aggregates placement needs (resources in use, host ports taken, VMs per
+//! anti-affinity group), kept up to date by `apply`, so a placement never scans the VMs.
+//!
+//! The pipeline ([`stages`]), cheapest checks first: the node is ready and eligible → the
+//! pinned node, when asked → the features the VM requires (`kvm`) → its constraints on node
+//! labels → its host ports are free there → vCPUs, memory and disk fit → hard anti-affinity
+//! (no other VM of its group there). The feasible nodes are ranked ([`score`]): bin-packing
+//! (default) or spreading, a penalty for sharing a node with members of a soft group, and one
+//! for label values (`spread`) that already hold more of them; the best wins, the lowest id on
+//! ties. With many nodes only a sample is ranked: nodes are visited in an order drawn from a
+//! seed (the log index), and the search stops after [`sample_size`] feasible ones — the
+//! ~log2(N) of Nomad, at least 8 — which keeps a placement cheap at thousands of nodes.
+
+mod record;
+pub mod score;
+pub mod stages;
+#[cfg(test)]
+mod tests;
+
+pub use record::{Drain, NodeRecord, NodeState, Usage};
+
+use std::borrow::Cow;
+
+/// The nodes the scheduler chooses from, by position (a dense order): a slice in tests, the
+/// replicated state's node table in `apply` (read only where the sample visits).
+pub trait Nodes {
+    fn count(&self) -> usize;
+    fn at(&self, i: usize) -> Option<Cow<'_, NodeRecord>>;
+}
+
+impl Nodes for [NodeRecord] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn at(&self, i: usize) -> Option<Cow<'_, NodeRecord>> {
+        self.get(i).map(Cow::Borrowed)
+    }
+}
+pub use stages::Rejection;
+
+use crate::spec::VmSpec;
+use crate::NodeId;
+
+/// How a node fared for one VM.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Feasible { score: f64 },
+    Rejected(Rejection),
+}
+
+/// The scheduler's answer: the chosen node (if any), and what it found about each node it
+/// looked at (all of them when asked to explain).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub chosen: Option<NodeId>,
+    pub nodes: Vec<(NodeId, Verdict)>,
+    /// Nodes not looked at (the sample was complete before them).
+    pub unvisited: usize,
+}
+
+impl Plan {
+    /// Why no node was chosen, one clause per node looked at (bounded), for errors and `vm get`.
+    pub fn why_not(&self) -> String {
+        const SHOWN: usize = 8;
+        let rejected: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, v)| match v {
+                Verdict::Rejected(r) => Some(format!("node {id}: {r}")),
+                Verdict::Feasible { .. } => None,
+            })
+            .collect();
+        if rejected.is_empty() {
+            return "no node has registered its capacity yet".into();
+        }
+        let mut s = rejected.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+        if rejected.len() > SHOWN {
+            s.push_str(&format!("; and {} more", rejected.len() - SHOWN));
+        }
+        s
+    }
+}
+
+/// How many feasible nodes to rank among `n`: about log2(n) (Nomad's limit), and every one of
+/// a small cluster (up to 8).
+pub fn sample_size(n: usize) -> usize {
+    ((usize::BITS - n.leading_zeros()) as usize).max(8)
+}
+
+/// A deterministic visiting order of `n` nodes from `seed`: a start and a stride coprime with
+/// `n`, so every node is visited once, without allocating.
+fn order(n: usize, seed: u64) -> impl Iterator<Item = usize> {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    let start = if n == 0 { 0 } else { (x % n as u64) as usize };
+    let mut stride = if n <= 1 { 1 } else { 1 + ((x >> 32) % (n as u64 - 1)) as usize };
+    while gcd(stride, n.max(1)) != 1 {
+        stride += 1;
+    }
+    (0..n).map(move |i| (start + i * stride) % n)
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Places `spec` among `nodes` (by id). `pinned` restricts it to one node; `explain` looks at
+/// every node instead of a sample; `seed` draws the visiting order.
+pub fn plan<N: Nodes + ?Sized>(nodes: &N, spec: &VmSpec, pinned: Option<NodeId>, seed: u64, explain: bool) -> Plan {
+    let mut out = Plan { chosen: None, nodes: Vec::new(), unvisited: 0 };
+    let spread = score::SpreadCounts::of(nodes, spec);
+    let total = nodes.count();
+    let limit = if explain || pinned.is_some() { usize::MAX } else { sample_size(total) };
+    let mut feasible = 0;
+    let mut best: Option<(f64, NodeId)> = None;
+    let mut visited = 0;
+    for i in order(total, seed) {
+        let Some(n) = nodes.at(i) else { continue };
+        if pinned.is_some_and(|p| p != n.id) {
+            continue;
+        }
+        visited += 1;
+        match stages::check(&n, spec) {
+            Err(r) => out.nodes.push((n.id, Verdict::Rejected(r))),
+            Ok(()) => {
+                let s = score::score(&n, spec, &spread);
+                out.nodes.push((n.id, Verdict::Feasible { score: s }));
+                if best.is_none_or(|(b, id)| s > b || (s == b && n.id < id)) {
+                    best = Some((s, n.id));
+                }
+                feasible += 1;
+                if feasible >= limit {
+                    break;
+                }
+            }
+        }
+    }
+    out.unvisited = if pinned.is_some() { 0 } else { total - visited };
+    out.chosen = best.map(|(_, id)| id);
+    out.nodes.sort_by_key(|(id, _)| *id);
+    out
+}
+
+/// Whether some node could hold `spec` at all, were it empty (else the VM is refused, not
+/// queued as pending).
+pub fn could_ever_fit<N: Nodes + ?Sized>(nodes: &N, spec: &VmSpec) -> bool {
+    let n = nodes.count();
+    n == 0 || (0..n).any(|i| nodes.at(i).is_some_and(|r| stages::fits_capacity(&r, spec)))
+}

@@ -1,0 +1,199 @@
+//! The pipeline stage by stage (exact reasons and choices), and properties over random
+//! clusters: never oversubscribe, never two members of a hard group on one node, the same input
+//! gives the same plan.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::placement::{Constraint, PlacementSpec, Strategy as Pack};
+use crate::spec::PortForward;
+
+fn node(id: NodeId, vcpus: u32, memory_mib: u64) -> NodeRecord {
+    NodeRecord {
+        id,
+        vcpus,
+        memory_mib,
+        disk_gib: 100,
+        accel: "tcg".into(),
+        backend: "qemu".into(),
+        eligible: true,
+        ..Default::default()
+    }
+}
+
+fn spec(vcpus: u32, memory_mib: u32) -> VmSpec {
+    VmSpec { name: "x".into(), vcpus, memory_mib, ..Default::default() }
+}
+
+fn with(mut s: VmSpec, p: PlacementSpec) -> VmSpec {
+    s.placement = p;
+    s
+}
+
+fn reason(p: &Plan, id: NodeId) -> String {
+    match p.nodes.iter().find(|(n, _)| *n == id).map(|(_, v)| v) {
+        Some(Verdict::Rejected(r)) => r.to_string(),
+        other => panic!("node {id}: {other:?}"),
+    }
+}
+
+#[test]
+fn binpack_fills_the_fullest_node_that_fits_and_spread_the_emptiest() {
+    let mut nodes = [node(1, 8, 4096), node(2, 8, 4096)];
+    nodes[1].add(&spec(1, 2048));
+    assert_eq!(plan(&nodes[..], &spec(1, 512), None, 1, true).chosen, Some(2));
+    let spread = with(spec(1, 512), PlacementSpec { strategy: Pack::Spread, ..Default::default() });
+    assert_eq!(plan(&nodes[..], &spread, None, 1, true).chosen, Some(1));
+    // Ties go to the lowest id, whatever the visiting order.
+    let fresh = [node(3, 8, 4096), node(1, 8, 4096), node(2, 8, 4096)];
+    for seed in 0..20 {
+        assert_eq!(plan(&fresh[..], &spec(1, 512), None, seed, false).chosen, Some(1));
+    }
+}
+
+#[test]
+fn each_stage_rejects_with_its_reason() {
+    let mut nodes: Vec<NodeRecord> = (1..=7).map(|i| node(i, 4, 2048)).collect();
+    nodes[0].state = NodeState::Down;
+    nodes[1].eligible = false;
+    nodes[2].labels.insert("zone".into(), "b".into());
+    nodes[3].labels.insert("zone".into(), "a".into());
+    nodes[3].ports.insert(8080);
+    nodes[4].labels.insert("zone".into(), "a".into());
+    nodes[4].used.memory_mib = 2000;
+    nodes[5].labels.insert("zone".into(), "a".into());
+    nodes[5].groups.insert("web".into(), 1);
+    nodes[6].labels.insert("zone".into(), "a".into());
+    let mut s = with(
+        spec(1, 256),
+        PlacementSpec {
+            constraints: vec![Constraint::parse("zone=a").unwrap()],
+            group: Some("web".into()),
+            hard: true,
+            ..Default::default()
+        },
+    );
+    s.ports = vec![PortForward { host: 8080, guest: 80 }];
+    let p = plan(&nodes[..], &s, None, 9, true);
+    assert_eq!(reason(&p, 1), "node is down");
+    assert_eq!(reason(&p, 2), "node is not eligible for new work");
+    assert_eq!(reason(&p, 3), "constraint zone=a does not hold");
+    assert_eq!(reason(&p, 4), "host port 8080 is taken by another VM");
+    assert_eq!(reason(&p, 5), "needs 256 MiB memory, 48 MiB free");
+    assert_eq!(reason(&p, 6), "a VM of group \"web\" is already there (hard anti-affinity)");
+    assert_eq!(p.chosen, Some(7));
+    let kvm = with(spec(1, 64), PlacementSpec { require: vec!["kvm".into()], ..Default::default() });
+    assert_eq!(reason(&plan(&nodes[6..][..], &kvm, None, 0, true), 7), "needs kvm, the node has none");
+    nodes[6].drain = Some(record::Drain { deadline_ms: 0, parallel: 1, started_ms: 0 });
+    assert_eq!(reason(&plan(&nodes[6..][..], &spec(1, 64), None, 0, true), 7), "node is draining");
+}
+
+#[test]
+fn a_pinned_node_is_used_or_its_reason_given() {
+    let nodes = [node(1, 8, 4096), node(2, 8, 512)];
+    assert_eq!(plan(&nodes[..], &spec(1, 256), Some(2), 0, false).chosen, Some(2));
+    let p = plan(&nodes[..], &spec(1, 1024), Some(2), 0, false);
+    assert_eq!(p.chosen, None);
+    assert_eq!(p.why_not(), "node 2: needs 1024 MiB memory, 512 MiB free");
+}
+
+#[test]
+fn soft_groups_and_label_spread_steer_the_choice() {
+    let mut nodes = [node(1, 8, 4096), node(2, 8, 4096), node(3, 8, 4096)];
+    for (n, z) in nodes.iter_mut().zip(["a", "a", "b"]) {
+        n.labels.insert("zone".into(), z.into());
+    }
+    let web = |spread: bool| {
+        with(
+            spec(1, 256),
+            PlacementSpec { group: Some("web".into()), spread: spread.then(|| "zone".into()), ..Default::default() },
+        )
+    };
+    nodes[0].add(&web(false));
+    // Soft anti-affinity: not on node 1 though it is the fullest.
+    assert_eq!(plan(&nodes[..], &web(false), None, 0, true).chosen, Some(2));
+    // Spread over zones: zone a holds one of the group already, so zone b.
+    assert_eq!(plan(&nodes[..], &web(true), None, 0, true).chosen, Some(3));
+}
+
+#[test]
+fn with_many_nodes_a_sample_is_ranked() {
+    let nodes: Vec<NodeRecord> = (1..=1000).map(|i| node(i, 8, 4096)).collect();
+    let p = plan(&nodes[..], &spec(1, 128), None, 42, false);
+    assert_eq!(p.nodes.len(), sample_size(1000));
+    assert_eq!(sample_size(1000), 10);
+    assert_eq!(p.unvisited, 1000 - 10);
+    assert!(p.chosen.is_some());
+    let all = plan(&nodes[..], &spec(1, 128), None, 42, true);
+    assert_eq!(all.nodes.len(), 1000);
+}
+
+#[test]
+fn the_visiting_order_covers_every_node_once() {
+    for n in [0usize, 1, 2, 7, 12, 100, 1024] {
+        for seed in 0..10 {
+            let mut seen: Vec<usize> = order(n, seed).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "n {n} seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn nothing_registered_says_so() {
+    let p = plan(&[][..], &spec(1, 64), None, 0, false);
+    assert_eq!((p.chosen, p.why_not()), (None, "no node has registered its capacity yet".to_string()));
+    assert!(could_ever_fit(&[][..], &spec(1, 64)));
+    assert!(!could_ever_fit(&[node(1, 2, 512)][..], &spec(4, 64)));
+}
+
+fn arb_nodes() -> impl Strategy<Value = Vec<NodeRecord>> {
+    proptest::collection::vec((1u32..16, 256u64..8192, prop::bool::ANY), 1..12).prop_map(|ns| {
+        ns.into_iter()
+            .enumerate()
+            .map(|(i, (c, m, z))| {
+                let mut n = node(i as u64 + 1, c, m);
+                n.labels = BTreeMap::from([("zone".to_string(), if z { "a" } else { "b" }.to_string())]);
+                n
+            })
+            .collect()
+    })
+}
+
+fn arb_spec() -> impl Strategy<Value = VmSpec> {
+    (1u32..6, 64u32..3000, prop::option::of(0u8..3), prop::bool::ANY, prop::option::of(1u16..6), prop::bool::ANY)
+        .prop_map(|(c, m, g, hard, port, spread)| {
+            let mut s = spec(c, m);
+            s.placement.group = g.map(|g| format!("g{g}"));
+            s.placement.hard = hard && s.placement.group.is_some();
+            s.placement.spread = spread.then(|| "zone".into());
+            s.ports = port.map(|p| vec![PortForward { host: 9000 + p, guest: 80 }]).unwrap_or_default();
+            s
+        })
+}
+
+proptest! {
+    #[test]
+    fn placements_never_oversubscribe_or_share_hard_groups_or_ports(
+        mut nodes in arb_nodes(),
+        specs in proptest::collection::vec(arb_spec(), 1..60),
+        seed in any::<u64>(),
+    ) {
+        for (i, s) in specs.iter().enumerate() {
+            let p = plan(&nodes[..], s, None, seed.wrapping_add(i as u64), false);
+            prop_assert_eq!(&p, &plan(&nodes[..], s, None, seed.wrapping_add(i as u64), false), "deterministic");
+            let Some(id) = p.chosen else { continue };
+            let n = nodes.iter_mut().find(|n| n.id == id).unwrap();
+            if let (Some(g), true) = (&s.placement.group, s.placement.hard) {
+                prop_assert!(!n.groups.contains_key(g), "two members of hard group {} on node {}", g, id);
+            }
+            for pf in &s.ports {
+                prop_assert!(!n.ports.contains(&pf.host), "port {} twice on node {}", pf.host, id);
+            }
+            n.add(s);
+            prop_assert!(n.used.vcpus <= n.vcpus && n.used.memory_mib <= n.memory_mib, "node {} oversubscribed", id);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The replicated state machine: `apply` for writes, `query` for reads, and the snapshot format.
+//!
+//! `apply` is a pure function of (state, command, index): no clock, no randomness, no map-order
+//! iteration. Every node applying the same log reaches byte-identical tables.
+//!
+//! Applying one command is three steps, so a membership change can ask raft-rs in between:
+//! [`begin`] (cluster time, session sweep, the session's verdict: apply, answer a duplicate with
+//! its recorded outcome, or refuse; the membership rules), [`run`] (the command itself) and
+//! [`finish`] (the outcome recorded in the client's session). [`apply`] does all three for a
+//! normal entry.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Applied, Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
+use crate::membership::{self, MembershipChange};
+pub use crate::membership::{members, Member};
+mod nodes;
+mod vms;
+
+use crate::session::{self, Check};
+use crate::spec::{validate_key, validate_value, VmRecord};
+use crate::store::{ReadStore, Store, StoreError, Table};
+pub use nodes::NodeTable;
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+pub(crate) fn decode<T: for<'a> Deserialize<'a>>(table: Table, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| {
+        StoreError(format!("undecodable record in {} at {:?}: {e}", table.name(), String::from_utf8_lossy(key)))
+    })
+}
+
+/// Applies one committed normal entry's command at log `index`. The outer `Result` is a storage
+/// failure (fatal for the node); the command's own, deterministic result is in [`Applied`].
+pub fn apply(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Applied, StoreError> {
+    match begin(store, index, env, None)? {
+        Begun::Done(a) => Ok(a),
+        Begun::Go => {
+            let outcome = run(store, index, env)?;
+            finish(store, index, env, outcome)
+        }
+    }
+}
+
+/// What [`begin`] decided.
+#[derive(Debug)]
+pub enum Begun {
+    /// Answered without running the command (a duplicate, or refused).
+    Done(Applied),
+    /// Run it ([`run`], or raft-rs's configuration change then [`run`]), then [`finish`].
+    Go,
+}
+
+/// The checks before a command runs. `change` is the configuration change of the entry that
+/// carries it (`None` for a normal entry).
+pub fn begin(
+    store: &mut impl Store,
+    index: u64,
+    env: &Envelope,
+    change: Option<&MembershipChange>,
+) -> Result<Begun, StoreError> {
+    let now = session::advance_clock(store, env.now_ms)?;
+    session::sweep(store, now)?;
+    let refused = |e: CommandError| Ok(Begun::Done(Applied { index, outcome: Err(e), duplicate: false }));
+    if let Err(e) = membership::check_carrier(&env.command, change) {
+        return refused(e);
+    }
+    if let Some(s) = &env.session {
+        match session::check(store, s, now)? {
+            Check::Apply => {}
+            Check::Duplicate { index, outcome } => return Ok(Begun::Done(Applied { index, outcome, duplicate: true })),
+            Check::Refuse(e) => return refused(e),
+        }
+    }
+    if change.is_some() {
+        if let Err(e) = membership::validate(store, &env.command) {
+            return finish(store, index, env, Err(e)).map(Begun::Done);
+        }
+    }
+    Ok(Begun::Go)
+}
+
+/// Records the outcome in the client's session and returns it.
+pub fn finish(store: &mut impl Store, index: u64, env: &Envelope, outcome: Outcome) -> Result<Applied, StoreError> {
+    if let Some(s) = &env.session {
+        let now = session::advance_clock(store, env.now_ms)?;
+        session::record(store, s, index, &outcome, now)?;
+    }
+    Ok(Applied { index, outcome, duplicate: false })
+}
+
+fn put_member(store: &mut impl Store, m: &Member) -> Result<(), StoreError> {
+    store.put(Table::Members, &m.id.to_be_bytes(), &encode(m))
+}
+
+/// Runs a command that [`begin`] let through.
+pub fn run(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outcome, StoreError> {
+    Ok(match &env.command {
+        Command::Noop => Ok(Response::Done),
+        Command::KvPut { key, value } => match validate_key(key).and_then(|()| validate_value(value)) {
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                store.put(Table::Kv, key, value)?;
+                Ok(Response::Done)
+            }
+        },
+        Command::KvDelete { key } => match validate_key(key) {
+            Err(e) => Err(e.into()),
+            Ok(()) => Ok(Response::Deleted { existed: store.delete(Table::Kv, key)? }),
+        },
+        Command::VmCreate { spec, node, start, queue } => {
+            vms::create(store, index, env.now_ms, spec, *node, *start, *queue)?
+        }
+        Command::VmDelete { name } => vms::delete(store, index, env.now_ms, name)?,
+        Command::VmSetDesired { name, desired } => vms::set_desired(store, index, env.now_ms, name, *desired)?,
+        Command::VmRestart { name } => vms::restart(store, name)?,
+        Command::VmReport { name, incarnation, node, observed } => {
+            vms::report(store, index, env.now_ms, name, *incarnation, *node, observed)?
+        }
+        Command::VmMove { name } => vms::move_vm(store, index, env.now_ms, name)?,
+        Command::VmHandoff { name, node } => vms::handoff(store, index, env.now_ms, name, *node)?,
+        Command::NodeRegister { node } => nodes::register(store, index, env.now_ms, node)?,
+        Command::NodeSetState { id, state } => nodes::set_state(store, index, env.now_ms, *id, *state)?,
+        Command::NodeEligibility { id, eligible } => nodes::eligibility(store, index, env.now_ms, *id, *eligible)?,
+        Command::NodeDrain { id, drain } => nodes::drain(store, index, env.now_ms, *id, *drain)?,
+        Command::Bootstrap { id, addr } => {
+            put_member(store, &Member { id: *id, addr: addr.clone(), voter: true })?;
+            Ok(Response::Done)
+        }
+        Command::AddLearner { id, addr } => {
+            put_member(store, &Member { id: *id, addr: addr.clone(), voter: false })?;
+            Ok(Response::Done)
+        }
+        Command::PromoteVoter { id } => {
+            let Some(b) = store.get(Table::Members, &id.to_be_bytes())? else {
+                return Ok(Err(CommandError::NotFound(format!("node {id}"))));
+            };
+            let mut m: Member = decode(Table::Members, &id.to_be_bytes(), &b)?;
+            m.voter = true;
+            put_member(store, &m)?;
+            Ok(Response::Done)
+        }
+        Command::RemoveMember { id } => {
+            // A member that left offers no capacity any more, and its VMs move.
+            nodes::remove(store, index, env.now_ms, *id)?;
+            Ok(Response::Deleted { existed: store.delete(Table::Members, &id.to_be_bytes())? })
+        }
+    })
+}
+
+/// Makes restored state the state of a new one-node cluster: node `id` at `addr` is its only
+/// member (a voter), and no node's capacity is known until it registers again. Everything else
+/// (key/values, VMs, sessions) stays as it was.
+pub fn rebase(store: &mut impl Store, id: crate::NodeId, addr: &str) -> Result<(), StoreError> {
+    store.clear(Table::Members)?;
+    nodes::forget_all(store)?;
+    put_member(store, &Member { id, addr: addr.to_string(), voter: true })
+}
+
+/// Serves a read from the local state.
+pub fn query(store: &impl ReadStore, q: &Query) -> Result<QueryResult, StoreError> {
+    Ok(match q {
+        Query::KvGet { key } => QueryResult::Value(store.get(Table::Kv, key)?),
+        Query::KvList { prefix, start_after, limit } => {
+            let page = store.scan_page(Table::Kv, prefix, start_after.as_deref(), *limit)?;
+            QueryResult::Pairs { pairs: page.pairs, more: page.more }
+        }
+        Query::VmGet { name } => match store.get(Table::Vms, name.as_bytes())? {
+            None => QueryResult::Vm(None),
+            Some(b) => QueryResult::Vm(Some(Box::new(decode(Table::Vms, name.as_bytes(), &b)?))),
+        },
+        Query::VmList { start_after, limit } => {
+            let page = store.scan_page(Table::Vms, b"", start_after.as_ref().map(|s| s.as_bytes()), *limit)?;
+            let vms = page.pairs.iter().map(|(k, v)| decode(Table::Vms, k, v)).collect::<Result<_, _>>()?;
+            QueryResult::Vms { vms, more: page.more }
+        }
+        Query::Members => QueryResult::Members(members(store)?),
+        Query::Nodes => QueryResult::Nodes(nodes(store)?),
+        Query::Node { id } => QueryResult::Node(nodes::get(store, *id)?.map(Box::new)),
+        Query::Explain { spec, pinned } => QueryResult::Plan(vms::explain(store, spec, *pinned)?),
+    })
+}
+
+pub(crate) fn vm(store: &impl ReadStore, name: &str) -> Result<Option<VmRecord>, StoreError> {
+    match store.get(Table::Vms, name.as_bytes())? {
+        None => Ok(None),
+        Some(b) => decode(Table::Vms, name.as_bytes(), &b).map(Some),
+    }
+}
+
+/// Every VM record, by name.
+pub fn vms(store: &impl ReadStore) -> Result<Vec<VmRecord>, StoreError> {
+    store.scan(Table::Vms, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Vms, k, v)).collect()
+}
+
+/// Every registered node, by id.
+pub fn nodes(store: &impl ReadStore) -> Result<Vec<crate::scheduler::NodeRecord>, StoreError> {
+    store.scan(Table::Nodes, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Nodes, k, v)).collect()
+}
+
+/// The whole replicated state as one byte string (the Raft snapshot payload).
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    version: u32,
+    tables: Vec<(String, crate::store::KvPairs)>,
+}
+
+const SNAPSHOT_VERSION: u32 = 1;
+
+pub fn export(store: &impl ReadStore) -> Result<Vec<u8>, StoreError> {
+    let mut tables = Vec::new();
+    for t in Table::ALL {
+        tables.push((t.name().to_string(), store.scan(t, b"", usize::MAX)?));
+    }
+    Ok(encode(&SnapshotData { version: SNAPSHOT_VERSION, tables }))
+}
+
+/// Replaces the whole state with a snapshot made by [`export`].
+pub fn import(store: &mut impl Store, data: &[u8]) -> Result<(), StoreError> {
+    let snap: SnapshotData =
+        postcard::from_bytes(data).map_err(|e| StoreError(format!("undecodable snapshot: {e}")))?;
+    if snap.version != SNAPSHOT_VERSION {
+        return Err(StoreError(format!("snapshot version {} is not supported", snap.version)));
+    }
+    for t in Table::ALL {
+        store.clear(t)?;
+    }
+    for (name, pairs) in snap.tables {
+        let t = Table::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| StoreError(format!("snapshot has unknown table {name}")))?;
+        for (k, v) in pairs {
+            store.put(t, &k, &v)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod orchestration_tests;
+#[cfg(test)]
+mod tests;

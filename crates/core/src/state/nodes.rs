@@ -1,0 +1,218 @@
+//! Node records in the replicated state: registration, liveness transitions (proposed by the
+//! leader), eligibility, drains and removal, and the dense slot order the scheduler samples from
+//! (`Table::NodeSlots`: slot → id, kept dense by moving the last node into a removed one's slot).
+
+use std::borrow::Cow;
+
+use super::{decode, encode, vms};
+use crate::command::{CommandError, DrainSpec, Outcome, Registration, Response};
+use crate::scheduler::{Drain, NodeRecord, NodeState, Nodes};
+use crate::spec::validate_labels;
+use crate::store::{ReadStore, Store, StoreError, Table};
+use crate::NodeId;
+
+const META_NODE_COUNT: &[u8] = b"node_count";
+
+pub fn get(store: &impl ReadStore, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
+    match store.get(Table::Nodes, &id.to_be_bytes())? {
+        None => Ok(None),
+        Some(b) => decode(Table::Nodes, &id.to_be_bytes(), &b).map(Some),
+    }
+}
+
+pub fn put(store: &mut impl Store, n: &NodeRecord) -> Result<(), StoreError> {
+    store.put(Table::Nodes, &n.id.to_be_bytes(), &encode(n))
+}
+
+fn count(store: &impl ReadStore) -> Result<u32, StoreError> {
+    Ok(store
+        .get(Table::Meta, META_NODE_COUNT)?
+        .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+        .map_or(0, u32::from_be_bytes))
+}
+
+fn set_count(store: &mut impl Store, n: u32) -> Result<(), StoreError> {
+    store.put(Table::Meta, META_NODE_COUNT, &n.to_be_bytes())
+}
+
+/// The registered nodes as the scheduler sees them: by slot, read only where it looks.
+pub struct NodeTable<'a, S: ReadStore> {
+    store: &'a S,
+    count: usize,
+}
+
+impl<'a, S: ReadStore> NodeTable<'a, S> {
+    pub fn new(store: &'a S) -> Result<Self, StoreError> {
+        Ok(NodeTable { store, count: count(store)? as usize })
+    }
+}
+
+impl<S: ReadStore> Nodes for NodeTable<'_, S> {
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn at(&self, i: usize) -> Option<Cow<'_, NodeRecord>> {
+        let id = self.store.get(Table::NodeSlots, &(i as u32).to_be_bytes()).ok()??;
+        let id = u64::from_be_bytes(id.as_slice().try_into().ok()?);
+        get(self.store, id).ok()?.map(Cow::Owned)
+    }
+}
+
+fn not_found(id: NodeId) -> Outcome {
+    Err(CommandError::NotFound(format!("node {id} is not a registered node")))
+}
+
+pub fn register(store: &mut impl Store, index: u64, now: u64, r: &Registration) -> Result<Outcome, StoreError> {
+    if let Err(e) = validate_labels(&r.labels) {
+        return Ok(Err(e.into()));
+    }
+    if store.get(Table::Members, &r.id.to_be_bytes())?.is_none() {
+        return Ok(Err(CommandError::FailedPrecondition(format!("node {} is not a member of the cluster", r.id))));
+    }
+    let mut n = match get(store, r.id)? {
+        Some(n) => n,
+        None => {
+            let slot = count(store)?;
+            store.put(Table::NodeSlots, &slot.to_be_bytes(), &r.id.to_be_bytes())?;
+            set_count(store, slot + 1)?;
+            NodeRecord { id: r.id, slot, eligible: true, state_since_ms: now, ..Default::default() }
+        }
+    };
+    n.vcpus = r.vcpus;
+    n.memory_mib = r.memory_mib;
+    n.disk_gib = r.disk_gib;
+    n.accel = r.accel.clone();
+    n.backend = r.backend.clone();
+    n.labels = r.labels.clone();
+    n.agent_version = r.agent_version.clone();
+    let was_down = n.state == NodeState::Down;
+    put(store, &n)?;
+    if was_down {
+        let _ = set_state(store, index, now, r.id, NodeState::Ready)?;
+    }
+    vms::place_pending(store, index, now)?;
+    Ok(Ok(Response::Done))
+}
+
+/// A liveness transition. Down: the node's VMs move (per their policy). Ready: it takes work
+/// again, and waiting VMs may go there.
+pub fn set_state(
+    store: &mut impl Store,
+    index: u64,
+    now: u64,
+    id: NodeId,
+    state: NodeState,
+) -> Result<Outcome, StoreError> {
+    let Some(mut n) = get(store, id)? else { return Ok(not_found(id)) };
+    if n.state == state {
+        return Ok(Ok(Response::Done));
+    }
+    n.state = state;
+    n.state_since_ms = now;
+    put(store, &n)?;
+    match state {
+        NodeState::Down => {
+            for name in vms::on_node(store, id)? {
+                vms::node_lost(store, index, now, &name, id, false)?;
+            }
+            for name in vms::handing_off_from(store, id)? {
+                // A node declared down has fenced itself: it runs nothing any more.
+                let _ = vms::handoff(store, index, now, &name, id)?;
+            }
+        }
+        NodeState::Ready => {
+            vms::place_pending(store, index, now)?;
+        }
+    }
+    Ok(Ok(Response::Done))
+}
+
+pub fn eligibility(
+    store: &mut impl Store,
+    index: u64,
+    now: u64,
+    id: NodeId,
+    eligible: bool,
+) -> Result<Outcome, StoreError> {
+    let Some(mut n) = get(store, id)? else { return Ok(not_found(id)) };
+    n.eligible = eligible;
+    put(store, &n)?;
+    if eligible {
+        vms::place_pending(store, index, now)?;
+    }
+    Ok(Ok(Response::Done))
+}
+
+pub fn drain(
+    store: &mut impl Store,
+    index: u64,
+    now: u64,
+    id: NodeId,
+    d: Option<DrainSpec>,
+) -> Result<Outcome, StoreError> {
+    let Some(mut n) = get(store, id)? else { return Ok(not_found(id)) };
+    match d {
+        Some(d) => {
+            if d.parallel == 0 {
+                return Ok(Err(crate::ValidationError::new("parallel", "must be at least 1 (got 0)").into()));
+            }
+            n.eligible = false;
+            n.drain =
+                Some(Drain { deadline_ms: now.saturating_add(d.deadline_ms), parallel: d.parallel, started_ms: now });
+            put(store, &n)?;
+            drain_done_if_empty(store, id)?;
+        }
+        None => {
+            n.drain = None;
+            put(store, &n)?;
+        }
+    }
+    let _ = index;
+    Ok(Ok(Response::Done))
+}
+
+/// A drain ends once nothing is placed on the node; it stays ineligible until enabled.
+pub fn drain_done_if_empty(store: &mut impl Store, id: NodeId) -> Result<(), StoreError> {
+    let Some(mut n) = get(store, id)? else { return Ok(()) };
+    if n.drain.is_some() && vms::on_node(store, id)?.is_empty() {
+        n.drain = None;
+        put(store, &n)?;
+    }
+    Ok(())
+}
+
+/// A member left: its record and slot go (the last node takes the slot), and its VMs move.
+pub fn remove(store: &mut impl Store, index: u64, now: u64, id: NodeId) -> Result<(), StoreError> {
+    let Some(n) = get(store, id)? else { return Ok(()) };
+    for name in vms::on_node(store, id)? {
+        vms::node_lost(store, index, now, &name, id, true)?;
+    }
+    for name in vms::handing_off_from(store, id)? {
+        let _ = vms::handoff(store, index, now, &name, id)?;
+    }
+    let last = count(store)?.saturating_sub(1);
+    if n.slot != last {
+        if let Some(moved) = store.get(Table::NodeSlots, &last.to_be_bytes())? {
+            store.put(Table::NodeSlots, &n.slot.to_be_bytes(), &moved)?;
+            let moved =
+                u64::from_be_bytes(moved.as_slice().try_into().map_err(|_| StoreError("bad node slot".into()))?);
+            if let Some(mut m) = get(store, moved)? {
+                m.slot = n.slot;
+                put(store, &m)?;
+            }
+        }
+    }
+    store.delete(Table::NodeSlots, &last.to_be_bytes())?;
+    set_count(store, last)?;
+    store.delete(Table::Nodes, &id.to_be_bytes())?;
+    Ok(())
+}
+
+/// After a restore: no node is known yet; every VM waits to be placed again.
+pub fn forget_all(store: &mut impl Store) -> Result<(), StoreError> {
+    store.clear(Table::Nodes)?;
+    store.clear(Table::NodeSlots)?;
+    set_count(store, 0)?;
+    vms::unplace_all(store)
+}

@@ -1,0 +1,199 @@
+//! Orchestration in the state machine: pending VMs placed when capacity appears, resources
+//! released by stopped VMs, VMs moved off nodes that are down or removed (per their policies),
+//! anti-affinity, drains with a handoff.
+
+use super::tests::{add_node, member_node};
+use super::*;
+use crate::command::{DrainSpec, Outcome, Response};
+use crate::placement::{OnNodeLoss, PlacementSpec};
+use crate::scheduler::NodeState;
+use crate::spec::{PowerState, RestartPolicy, VmSpec};
+use crate::store::MemStore;
+use crate::Registration;
+
+fn env(command: Command) -> Envelope {
+    Envelope { session: None, now_ms: 5_000, command }
+}
+
+fn run(s: &mut MemStore, index: u64, c: Command) -> Outcome {
+    apply(s, index, &env(c)).unwrap().outcome
+}
+
+fn spec(name: &str, memory_mib: u32) -> VmSpec {
+    VmSpec { name: name.into(), vcpus: 1, memory_mib, ..Default::default() }
+}
+
+fn create(s: &mut MemStore, index: u64, sp: VmSpec) -> Outcome {
+    run(s, index, Command::VmCreate { spec: sp, node: None, start: true, queue: true })
+}
+
+fn get(s: &MemStore, name: &str) -> VmRecord {
+    vm(s, name).unwrap().unwrap_or_else(|| panic!("vm {name}"))
+}
+
+fn events(s: &MemStore, name: &str) -> Vec<String> {
+    get(s, name).events.into_iter().map(|e| e.what).collect()
+}
+
+fn used(s: &MemStore, id: u64) -> u64 {
+    nodes::get(s, id).unwrap().unwrap().used.memory_mib
+}
+
+#[test]
+fn a_vm_created_before_any_node_registered_waits_and_is_placed_when_one_does() {
+    let mut s = MemStore::default();
+    super::run(&mut s, 1, &env(Command::Bootstrap { id: 1, addr: "h:1".into() })).unwrap().unwrap();
+    assert!(create(&mut s, 2, spec("web", 256)).is_ok());
+    let v = get(&s, "web");
+    assert_eq!((v.node, v.pending.as_deref()), (None, Some("no node has registered its capacity yet")));
+    let node = Registration { id: 1, vcpus: 4, memory_mib: 1024, ..Default::default() };
+    run(&mut s, 3, Command::NodeRegister { node }).unwrap();
+    let v = get(&s, "web");
+    assert_eq!((v.node, v.pending, v.placed_index), (Some(1), None, 3));
+    assert_eq!(events(&s, "web"), ["pending: no node has registered its capacity yet", "placed on node 1"]);
+    assert_eq!(used(&s, 1), 256);
+}
+
+#[test]
+fn a_vm_no_node_could_ever_hold_is_refused_at_once_even_when_queueing() {
+    let mut s = member_node(1, 4, 1024);
+    let r = create(&mut s, 2, spec("huge", 4096));
+    assert_eq!(
+        r,
+        Err(CommandError::FailedPrecondition(
+            "cannot place vm \"huge\": node 1: needs 4096 MiB memory, 1024 MiB free".into()
+        ))
+    );
+    // Without --no-queue a VM that would fit an empty node waits.
+    create(&mut s, 3, spec("a", 800)).unwrap();
+    create(&mut s, 4, spec("b", 800)).unwrap();
+    assert_eq!(get(&s, "b").node, None);
+    let no_queue = Command::VmCreate { spec: spec("c", 800), node: None, start: true, queue: false };
+    assert!(matches!(run(&mut s, 5, no_queue), Err(CommandError::FailedPrecondition(_))));
+}
+
+#[test]
+fn stopped_vms_release_their_resources_and_starting_one_rechecks() {
+    let mut s = member_node(1, 4, 1024);
+    create(&mut s, 2, spec("a", 800)).unwrap();
+    create(&mut s, 3, spec("b", 800)).unwrap();
+    assert_eq!((get(&s, "b").node, used(&s, 1)), (None, 800));
+    run(&mut s, 4, Command::VmSetDesired { name: "a".into(), desired: PowerState::Stopped }).unwrap();
+    // a's memory went to b, which was waiting for it.
+    assert_eq!((get(&s, "b").node, used(&s, 1)), (Some(1), 800));
+    // a cannot start again where it is, nor anywhere: it waits.
+    run(&mut s, 5, Command::VmSetDesired { name: "a".into(), desired: PowerState::Running }).unwrap();
+    assert_eq!(get(&s, "a").node, None);
+    add_node(&mut s, 2, 4, 1024);
+    assert_eq!(get(&s, "a").node, Some(2));
+    assert!(get(&s, "a").fresh_disk, "it moved: a fresh disk");
+    run(&mut s, 9, Command::VmDelete { name: "b".into() }).unwrap();
+    assert_eq!(used(&s, 1), 0);
+}
+
+#[test]
+fn vms_of_a_node_that_is_down_move_wait_or_are_lost_per_their_policies() {
+    let mut s = member_node(1, 8, 4096);
+    add_node(&mut s, 2, 8, 4096);
+    let pinned = |name: &str, f: &dyn Fn(&mut VmSpec)| {
+        let mut sp = spec(name, 256);
+        f(&mut sp);
+        Command::VmCreate { spec: sp, node: Some(1), start: true, queue: false }
+    };
+    run(&mut s, 3, pinned("moves", &|sp| sp.restart_policy = RestartPolicy::Always)).unwrap();
+    run(&mut s, 4, pinned("lost", &|sp| sp.restart_policy = RestartPolicy::Never)).unwrap();
+    run(&mut s, 5, pinned("waits", &|sp| sp.placement.on_node_loss = OnNodeLoss::Wait)).unwrap();
+    run(&mut s, 6, Command::VmCreate { spec: spec("off", 256), node: Some(1), start: false, queue: false }).unwrap();
+    run(&mut s, 7, Command::NodeSetState { id: 1, state: NodeState::Down }).unwrap();
+    let m = get(&s, "moves");
+    assert_eq!((m.node, m.placed_index, m.fresh_disk), (Some(2), 7, true));
+    assert_eq!(events(&s, "moves").last().unwrap(), "node 1: node 1 is down; moved to node 2");
+    let l = get(&s, "lost");
+    assert!(l.lost && !l.reserves());
+    assert_eq!(events(&s, "lost").last().unwrap(), "node 1 is down: lost (restart policy never)");
+    assert_eq!(get(&s, "waits").node, Some(1));
+    assert_eq!(get(&s, "off").node, Some(1), "a stopped VM is not moved");
+    assert_eq!(used(&s, 2), 256);
+    // A new placement avoids the down node.
+    create(&mut s, 8, spec("new", 256)).unwrap();
+    assert_eq!(get(&s, "new").node, Some(2));
+    // Back up: it takes work again.
+    run(&mut s, 9, Command::NodeSetState { id: 1, state: NodeState::Ready }).unwrap();
+    assert_eq!(nodes::get(&s, 1).unwrap().unwrap().state, NodeState::Ready);
+}
+
+#[test]
+fn a_node_that_leaves_loses_its_capacity_row_and_its_vms_move() {
+    let mut s = member_node(1, 8, 4096);
+    add_node(&mut s, 2, 8, 4096);
+    add_node(&mut s, 3, 8, 4096);
+    run(&mut s, 4, Command::VmCreate { spec: spec("web", 256), node: Some(3), start: true, queue: false }).unwrap();
+    nodes::remove(&mut s, 5, 5_000, 3).unwrap();
+    assert!(nodes::get(&s, 3).unwrap().is_none());
+    assert!(matches!(get(&s, "web").node, Some(1 | 2)));
+    // Slots stay dense: the scheduler still sees two nodes.
+    assert_eq!(crate::scheduler::Nodes::count(&NodeTable::new(&s).unwrap()), 2);
+    let r = run(&mut s, 6, Command::VmCreate { spec: spec("x", 64), node: Some(3), start: true, queue: true });
+    assert_eq!(
+        r,
+        Err(CommandError::FailedPrecondition("cannot place vm \"x\": node 3 is not a registered node".into()))
+    );
+}
+
+#[test]
+fn hard_anti_affinity_leaves_the_third_of_a_group_pending_with_the_reason() {
+    let mut s = member_node(1, 8, 4096);
+    add_node(&mut s, 2, 8, 4096);
+    let web = |n: &str| {
+        let mut sp = spec(n, 128);
+        sp.placement = PlacementSpec { group: Some("web".into()), hard: true, ..Default::default() };
+        sp
+    };
+    create(&mut s, 3, web("w1")).unwrap();
+    create(&mut s, 4, web("w2")).unwrap();
+    create(&mut s, 5, web("w3")).unwrap();
+    assert_ne!(get(&s, "w1").node, get(&s, "w2").node);
+    let w3 = get(&s, "w3");
+    assert_eq!(w3.node, None);
+    let why = w3.pending.unwrap();
+    assert!(why.contains("a VM of group \"web\" is already there"), "{why}");
+    // A third node lets it go.
+    add_node(&mut s, 3, 8, 4096);
+    assert_eq!(get(&s, "w3").node, Some(3));
+}
+
+#[test]
+fn a_register_from_a_node_that_is_not_a_member_is_refused() {
+    let mut s = member_node(1, 8, 4096);
+    let node = Registration { id: 9, vcpus: 8, memory_mib: 4096, ..Default::default() };
+    assert!(matches!(run(&mut s, 2, Command::NodeRegister { node }), Err(CommandError::FailedPrecondition(_))));
+}
+
+#[test]
+fn a_drained_node_hands_its_vms_over_and_ends_its_drain_when_empty() {
+    let mut s = member_node(1, 8, 4096);
+    add_node(&mut s, 2, 8, 4096);
+    run(&mut s, 3, Command::VmCreate { spec: spec("a", 256), node: Some(1), start: true, queue: false }).unwrap();
+    run(&mut s, 4, Command::NodeDrain { id: 1, drain: Some(DrainSpec { deadline_ms: 60_000, parallel: 1 }) }).unwrap();
+    let n = nodes::get(&s, 1).unwrap().unwrap();
+    assert!(n.drain.is_some() && !n.eligible);
+    let Ok(Response::Vm(v)) = run(&mut s, 5, Command::VmMove { name: "a".into() }) else { panic!() };
+    assert_eq!((v.node, v.handoff_from), (Some(2), Some(1)));
+    assert!(nodes::get(&s, 1).unwrap().unwrap().drain.is_none(), "empty: the drain is over");
+    assert_eq!(vms::handing_off_from(&s, 1).unwrap(), ["a"]);
+    run(&mut s, 6, Command::VmHandoff { name: "a".into(), node: 1 }).unwrap();
+    assert_eq!(get(&s, "a").handoff_from, None);
+    assert!(vms::handing_off_from(&s, 1).unwrap().is_empty());
+    assert_eq!((used(&s, 1), used(&s, 2)), (0, 256));
+}
+
+#[test]
+fn a_node_declared_down_mid_handoff_releases_it() {
+    let mut s = member_node(1, 8, 4096);
+    add_node(&mut s, 2, 8, 4096);
+    run(&mut s, 3, Command::VmCreate { spec: spec("a", 256), node: Some(1), start: true, queue: false }).unwrap();
+    run(&mut s, 4, Command::NodeDrain { id: 1, drain: Some(DrainSpec { deadline_ms: 60_000, parallel: 1 }) }).unwrap();
+    run(&mut s, 5, Command::VmMove { name: "a".into() }).unwrap();
+    run(&mut s, 6, Command::NodeSetState { id: 1, state: NodeState::Down }).unwrap();
+    assert_eq!(get(&s, "a").handoff_from, None, "a down node has fenced itself");
+}

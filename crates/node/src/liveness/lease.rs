@@ -1,0 +1,154 @@
+//! A node's side of liveness: it heartbeats the leader and holds a lease while the leader
+//! answers (see the module doc of [`super`] for why this keeps a VM from running twice).
+
+use std::sync::{Arc, Mutex};
+
+use blixard_consensus::{Handle, Role};
+use blixard_core::NodeId;
+use blixard_proto::v1::node_service_client::NodeServiceClient;
+use blixard_proto::v1::HeartbeatRequest;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::monitor::Monitor;
+use super::Timing;
+use crate::pool::ChannelPool;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct State {
+    /// The lease runs out at this instant (`None`: never held).
+    until: Option<Instant>,
+    /// The leader's commit index when it granted the lease: VMs may be started only once this
+    /// node has applied that far.
+    commit: u64,
+    /// The newest term a lease came from; answers from older terms are refused.
+    term: u64,
+    /// A leader answered at least once since the daemon started (until then `until` is only
+    /// the grace a restarted daemon has to reach one before VMs it adopted are killed).
+    granted: bool,
+}
+
+/// This node's lease. Cheap to share.
+pub struct Lease {
+    fence_after: std::time::Duration,
+    state: Mutex<State>,
+    /// Changes whenever the lease is granted (the fencer re-arms on it).
+    changed: watch::Sender<u64>,
+}
+
+impl Lease {
+    /// A lease not yet granted: VMs left running by an earlier daemon may keep running for
+    /// `fence_after` while this one reaches the leader; none may be started.
+    pub fn new(timing: Timing) -> Arc<Lease> {
+        let state = State { until: Some(Instant::now() + timing.fence_after), ..State::default() };
+        Arc::new(Lease { fence_after: timing.fence_after, state: Mutex::new(state), changed: watch::channel(0).0 })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The leader of `term`, at `commit`, answered the heartbeat sent at `sent`.
+    pub fn grant(&self, sent: Instant, term: u64, commit: u64) {
+        let mut s = self.lock();
+        if term < s.term {
+            return;
+        }
+        let until = sent + self.fence_after;
+        s.until = Some(s.until.map_or(until, |u| u.max(until)));
+        s.commit = if term > s.term { commit } else { s.commit.max(commit) };
+        s.term = term;
+        s.granted = true;
+        drop(s);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// When the lease runs out (`None`: never held).
+    pub fn until(&self) -> Option<Instant> {
+        self.lock().until
+    }
+
+    /// Whether VMs may run here now, given what this node has applied.
+    pub fn valid(&self, applied: u64) -> bool {
+        let s = *self.lock();
+        s.granted && s.until.is_some_and(|u| Instant::now() < u) && applied >= s.commit
+    }
+
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// Heartbeats the leader every `timing.heartbeat` for as long as the node runs. On the leader
+/// itself a heartbeat is a note in its own monitor.
+pub async fn heartbeat(id: NodeId, raft: Handle, pool: Arc<ChannelPool>, monitor: Arc<Monitor>, lease: Arc<Lease>) {
+    let every = monitor.timing.heartbeat;
+    let mut seq = 0u64;
+    loop {
+        let st = raft.status();
+        let sent = Instant::now();
+        seq += 1;
+        match st.leader_id {
+            Some(l) if l == id && st.role == Role::Leader && monitor.heard(id, st.role, st.term) => {
+                lease.grant(sent, st.term, st.commit);
+            }
+            Some(l) if l == id => {}
+            Some(l) => {
+                if let Some(addr) = crate::members_addr(&raft, l) {
+                    if let Ok(ch) = pool.get(&addr) {
+                        let req = HeartbeatRequest { node_id: id, seq };
+                        let mut client = NodeServiceClient::new(ch);
+                        match tokio::time::timeout(every, client.heartbeat(req)).await {
+                            // Answers from a leader older than the one this node knows are refused.
+                            Ok(Ok(r)) if r.get_ref().seq == seq && r.get_ref().term >= raft.status().term => {
+                                lease.grant(sent, r.get_ref().term, r.get_ref().commit_index);
+                            }
+                            Ok(Ok(_)) => {}
+                            Ok(Err(s)) => tracing::trace!("heartbeat to node {l} refused: {}", s.message()),
+                            Err(_) => tracing::trace!("heartbeat to node {l} timed out"),
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
+        let spent = sent.elapsed();
+        if spent < every {
+            tokio::time::sleep(every - spent).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn timing() -> Timing {
+        Timing {
+            heartbeat: Duration::from_millis(100),
+            fence_after: Duration::from_millis(400),
+            down_after: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_lease_counts_from_the_send_time_needs_the_applied_commit_and_refuses_old_terms() {
+        let l = Lease::new(timing());
+        assert!(!l.valid(100), "never granted");
+        assert!(l.until().is_some(), "a grace to reach the leader");
+        let sent = Instant::now();
+        l.grant(sent, 3, 50);
+        assert!(l.until() >= Some(sent + Duration::from_millis(400)));
+        assert!(!l.valid(49), "not yet applied as far as the leader had committed");
+        assert!(l.valid(50));
+        // An answer from an older leader neither extends nor replaces it.
+        let before = l.until();
+        l.grant(sent + Duration::from_millis(300), 2, 10);
+        assert_eq!(l.until(), before);
+        // A newer term's answer does, and its commit index is the one to wait for.
+        l.grant(sent + Duration::from_millis(100), 4, 70);
+        assert_eq!(l.until(), Some(sent + Duration::from_millis(500)));
+        assert!(!l.valid(60));
+    }
+}

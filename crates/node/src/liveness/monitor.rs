@@ -1,0 +1,155 @@
+//! The leader's side of liveness: when each node was last heard from (in memory only), and the
+//! transitions that follow, proposed through Raft.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use blixard_consensus::sm::ReadView;
+use blixard_consensus::{Handle, Role};
+use blixard_core::{Command, NodeId, NodeState};
+use tokio::time::Instant;
+
+use super::Timing;
+
+#[derive(Default)]
+struct Inner {
+    /// The term this node leads in (0: it does not lead).
+    term: u64,
+    /// When it became leader (every node's clock starts there).
+    since: Option<Instant>,
+    last: BTreeMap<NodeId, Instant>,
+}
+
+pub struct Monitor {
+    pub timing: Timing,
+    inner: Mutex<Inner>,
+}
+
+/// The transitions due at `now`: a ready node silent past `down_after` (counted from its last
+/// heartbeat, or from `since` when none came in this leadership) goes down; a down node heard
+/// within `down_after` comes back. `me` (the leader) is never judged.
+pub fn transitions(
+    now: Instant,
+    since: Instant,
+    last: &BTreeMap<NodeId, Instant>,
+    nodes: &[(NodeId, NodeState)],
+    me: NodeId,
+    down_after: Duration,
+) -> Vec<(NodeId, NodeState)> {
+    let mut out = Vec::new();
+    for &(id, state) in nodes {
+        if id == me {
+            if state == NodeState::Down {
+                out.push((id, NodeState::Ready));
+            }
+            continue;
+        }
+        let heard = last.get(&id).copied().filter(|t| *t >= since);
+        let silent = now.saturating_duration_since(heard.unwrap_or(since));
+        match state {
+            NodeState::Ready if silent > down_after => out.push((id, NodeState::Down)),
+            NodeState::Down if heard.is_some() && silent <= down_after => out.push((id, NodeState::Ready)),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Monitor {
+    pub fn new(timing: Timing) -> Self {
+        Monitor { timing, inner: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A heartbeat from `id`; returns whether this node leads in `term` (only a leader records).
+    pub fn heard(&self, id: NodeId, role: Role, term: u64) -> bool {
+        let mut i = self.lock();
+        if role != Role::Leader || i.term != term {
+            return false;
+        }
+        i.last.insert(id, Instant::now());
+        true
+    }
+
+    /// How long ago the leader heard from `id` (only on the leader).
+    pub fn age(&self, id: NodeId) -> Option<Duration> {
+        let i = self.lock();
+        (i.term != 0).then(|| i.last.get(&id).copied().or(i.since)).flatten().map(|t| t.elapsed())
+    }
+
+    /// Follows leadership and proposes transitions, for as long as the node runs.
+    pub async fn run(&self, raft: Handle) {
+        let every = self.timing.heartbeat / 2;
+        loop {
+            tokio::time::sleep(every).await;
+            let st = raft.status();
+            let due = {
+                let mut i = self.lock();
+                if st.role != Role::Leader {
+                    *i = Inner::default();
+                    continue;
+                }
+                if i.term != st.term {
+                    // A new leadership: every node gets a full timeout from now.
+                    *i = Inner { term: st.term, since: Some(Instant::now()), last: BTreeMap::new() };
+                }
+                let Some(since) = i.since else { continue };
+                let nodes = match ReadView::begin(raft.db()).and_then(|v| blixard_core::state::nodes(&v)) {
+                    Ok(ns) => ns.into_iter().map(|n| (n.id, n.state)).collect::<Vec<_>>(),
+                    Err(e) => {
+                        tracing::warn!("liveness: cannot read the nodes: {e}");
+                        continue;
+                    }
+                };
+                transitions(Instant::now(), since, &i.last, &nodes, st.id, self.timing.down_after)
+            };
+            for (id, state) in due {
+                match state {
+                    NodeState::Down => {
+                        tracing::warn!(node = id, "no heartbeat for {:?}: declaring it down", self.timing.down_after)
+                    }
+                    NodeState::Ready => tracing::info!(node = id, "heard again: declaring it ready"),
+                }
+                let cmd = Command::NodeSetState { id, state };
+                if let Err(s) = crate::internal::propose(&raft, cmd).await {
+                    tracing::debug!(node = id, "liveness transition not accepted yet: {}", s.message());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_nodes_go_down_heard_ones_come_back_and_a_new_leader_waits_a_full_timeout() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let down_after = Duration::from_secs(3);
+        let nodes = [(1, NodeState::Ready), (2, NodeState::Ready), (3, NodeState::Down), (4, NodeState::Ready)];
+        let last = BTreeMap::from([(2, at(1_000)), (3, at(4_500)), (4, at(4_000))]);
+        // Leader 1 since t0: node 2 last heard at 1 s (4 s ago), node 4 at 4 s; node 3 was down and
+        // was heard at 4.5 s.
+        assert_eq!(
+            transitions(at(5_000), t0, &last, &nodes, 1, down_after),
+            vec![(2, NodeState::Down), (3, NodeState::Ready)]
+        );
+        // A leader elected at 4 s counts heartbeats from before it as nothing: node 2 has until 7 s.
+        assert_eq!(transitions(at(6_900), at(4_000), &last, &nodes, 1, down_after), vec![(3, NodeState::Ready)]);
+        assert_eq!(
+            transitions(at(7_100), at(4_000), &last, &nodes, 1, down_after),
+            vec![(2, NodeState::Down), (3, NodeState::Ready), (4, NodeState::Down)]
+        );
+        // The leader itself is never judged, and is brought back if it was marked down.
+        assert_eq!(
+            transitions(at(99_000), t0, &BTreeMap::new(), &[(1, NodeState::Down)], 1, down_after),
+            vec![(1, NodeState::Ready)]
+        );
+    }
+}
