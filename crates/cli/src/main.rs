@@ -50,6 +50,15 @@ pub enum Top {
     /// Backups of the replicated state, and new clusters restored from them.
     #[command(subcommand)]
     Backup(cmd::backup::BackupCmd),
+    /// The fencing watchdog a node starts for itself: kills the node's VMs when its lease
+    /// runs out while the daemon is gone.
+    #[command(hide = true)]
+    FenceWatch {
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        #[arg(long)]
+        daemon_pid: i32,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -80,6 +89,7 @@ fn main() -> ExitCode {
             Top::Vm(c) => cmd::vm::run(&cli.addr, cli.output, c).await,
             Top::Image(c) => cmd::image::run(c).await,
             Top::Backup(c) => cmd::backup::run(&cli.addr, cli.output, c).await,
+            Top::FenceWatch { data_dir, daemon_pid } => blixard_node::liveness::watchdog::run(&data_dir, daemon_pid),
             Top::Completions { shell } => {
                 clap_complete::generate(shell, &mut Cli::command(), "blixard", &mut std::io::stdout());
                 Ok(())

@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub disk_gib: Option<u64>,
     /// Heartbeats, fencing and the down timeout (see [`liveness`]).
     pub liveness: liveness::Timing,
+    /// The `blixard` binary, to start the fencing watchdog with (`fence-watch`); `None`: no
+    /// watchdog (in-process nodes of tests and benchmarks).
+    pub watchdog_exe: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -91,6 +94,7 @@ impl NodeConfig {
             labels: Default::default(),
             disk_gib: None,
             liveness: liveness::Timing::default(),
+            watchdog_exe: None,
         }
     }
 }
@@ -165,6 +169,12 @@ async fn run_vms(
     };
     let _ = slot.set(opened.driver.clone());
     tokio::spawn(liveness::fence::run(lease.clone(), opened.driver.clone(), cfg.data_dir.clone()));
+    #[cfg(not(madsim))]
+    if let Some(exe) = &cfg.watchdog_exe {
+        if let Err(e) = liveness::watchdog::spawn(exe, &cfg.data_dir) {
+            tracing::error!("cannot start the fencing watchdog ({}): {e}", exe.display());
+        }
+    }
     register(raft.clone(), registration).await;
     reconciler::Reconciler::new(cfg.id, raft, opened.driver, opened.accel, lease).run().await;
 }

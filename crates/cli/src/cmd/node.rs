@@ -154,6 +154,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid --label: {}", e.rule);
     }
     cfg.disk_gib = a.disk_gib;
+    cfg.watchdog_exe = std::env::current_exe().ok();
     cfg.liveness = blixard_node::liveness::Timing {
         heartbeat: Duration::from_millis(a.heartbeat_ms),
         fence_after: Duration::from_millis(a.fence_after_ms),
