@@ -6,6 +6,7 @@
 mod cpu;
 mod failover;
 mod load;
+mod place;
 mod report;
 mod target;
 mod vmstart;
@@ -40,6 +41,8 @@ enum Cmd {
     Report(ReportArgs),
     /// VM start overhead: `vm start` → boot marker vs the same QEMU command → boot marker.
     Vmstart(VmstartArgs),
+    /// Scheduler placements per second, in memory, on one thread.
+    Place(place::PlaceArgs),
 }
 
 #[derive(Args)]
@@ -105,6 +108,10 @@ struct WriteArgs {
     /// Print one JSON document (see `report`) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Blixard only: every write is a `vm create` of a new stopped VM (a placement through
+    /// Raft) instead of a put.
+    #[arg(long)]
+    vm_creates: bool,
 }
 
 #[derive(Args)]
@@ -199,9 +206,12 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
     if vias.contains(&Via::Follower) && endpoints.len() < 2 {
         bail!("--single-via follower needs at least two endpoints");
     }
+    if a.vm_creates && target != Target::Blixard {
+        bail!("--vm-creates needs --target blixard");
+    }
     let mut writers = Vec::new();
     for ep in endpoints {
-        writers.push(Writer::connect(target, ep).await?);
+        writers.push(if a.vm_creates { Writer::vm_creates(ep).await? } else { Writer::connect(target, ep).await? });
     }
     let mut cases = Vec::new();
     for &clients in &a.clients {
@@ -368,6 +378,7 @@ fn main() -> ExitCode {
             Cmd::Failover(a) => failover(a).await,
             Cmd::Report(a) => report(a),
             Cmd::Vmstart(a) => vmstart_cmd(a).await,
+            Cmd::Place(a) => place::run(a),
         }
     });
     match result {

@@ -8,7 +8,8 @@ use anyhow::{bail, Context};
 use blixard_core::ClientSession;
 use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
-use blixard_proto::v1::{ClusterStatusRequest, PutRequest};
+use blixard_proto::v1::vm_service_client::VmServiceClient;
+use blixard_proto::v1::{ClusterStatusRequest, CreateVmRequest, PutRequest, VmSpec};
 use tonic::transport::{Channel, Endpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -42,7 +43,17 @@ pub struct PutOk {
 /// session, like the CLI's.
 #[allow(clippy::large_enum_variant)] // one per client task, never moved in a hot loop
 pub enum Writer {
-    Blixard { kv: KvServiceClient<Channel>, session: ClientSession },
+    Blixard {
+        kv: KvServiceClient<Channel>,
+        session: ClientSession,
+    },
+    /// Each "put" creates a (stopped) VM of a fresh name: a full placement through Raft.
+    BlixardVm {
+        vm: VmServiceClient<Channel>,
+        session: ClientSession,
+        prefix: u64,
+        n: u64,
+    },
     Etcd(Box<etcd_client::KvClient>),
 }
 
@@ -52,6 +63,12 @@ impl Clone for Writer {
             Writer::Blixard { kv, .. } => {
                 Writer::Blixard { kv: kv.clone(), session: ClientSession::new(rand::random::<u128>()) }
             }
+            Writer::BlixardVm { vm, .. } => Writer::BlixardVm {
+                vm: vm.clone(),
+                session: ClientSession::new(rand::random::<u128>()),
+                prefix: rand::random::<u64>(),
+                n: 0,
+            },
             Writer::Etcd(kv) => Writer::Etcd(kv.clone()),
         }
     }
@@ -85,8 +102,33 @@ impl Writer {
         })
     }
 
+    /// A writer whose every `put` is a `vm create` of a new stopped VM (1 vCPU, 64 MiB).
+    pub async fn vm_creates(addr: &str) -> anyhow::Result<Writer> {
+        Ok(Writer::BlixardVm {
+            vm: VmServiceClient::new(blixard_channel(addr).await?),
+            session: ClientSession::new(rand::random::<u128>()),
+            prefix: rand::random::<u64>(),
+            n: 0,
+        })
+    }
+
     pub async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<PutOk> {
         match self {
+            Writer::BlixardVm { vm, session, prefix, n } => {
+                *n += 1;
+                let spec =
+                    VmSpec { name: format!("b{prefix:016x}-{n}"), vcpus: 1, memory_mib: 64, ..Default::default() };
+                let s = session.begin();
+                let mut req = tonic::Request::new(CreateVmRequest { spec: Some(spec), ..Default::default() });
+                blixard_proto::rpc::set_session(req.metadata_mut(), &s);
+                let r = vm.create_vm(req).await;
+                session.end(s.seq);
+                let _ = (key, value);
+                match r {
+                    Ok(_) => Ok(PutOk::default()),
+                    Err(st) => bail!("{}: {}", code_name(st.code()), st.message()),
+                }
+            }
             Writer::Etcd(kv) => {
                 kv.put(key, value, None).await?;
                 Ok(PutOk::default())

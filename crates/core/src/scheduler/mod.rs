@@ -117,7 +117,25 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
 
 /// Places `spec` among `nodes` (by id). `pinned` restricts it to one node; `explain` looks at
 /// every node instead of a sample; `seed` draws the visiting order.
+///
+/// A placement that finds a node records no verdicts unless asked to explain (the hot path
+/// allocates nothing); one that finds none looks again, recording why each node refused.
 pub fn plan<N: Nodes + ?Sized>(nodes: &N, spec: &VmSpec, pinned: Option<NodeId>, seed: u64, explain: bool) -> Plan {
+    let p = search(nodes, spec, pinned, seed, explain, explain);
+    if p.chosen.is_none() && !explain {
+        return search(nodes, spec, pinned, seed, false, true);
+    }
+    p
+}
+
+fn search<N: Nodes + ?Sized>(
+    nodes: &N,
+    spec: &VmSpec,
+    pinned: Option<NodeId>,
+    seed: u64,
+    explain: bool,
+    record: bool,
+) -> Plan {
     let mut out = Plan { chosen: None, nodes: Vec::new(), unvisited: 0 };
     let spread = score::SpreadCounts::of(nodes, spec);
     let total = nodes.count();
@@ -132,10 +150,16 @@ pub fn plan<N: Nodes + ?Sized>(nodes: &N, spec: &VmSpec, pinned: Option<NodeId>,
         }
         visited += 1;
         match stages::check(&n, spec) {
-            Err(r) => out.nodes.push((n.id, Verdict::Rejected(r))),
+            Err(r) => {
+                if record {
+                    out.nodes.push((n.id, Verdict::Rejected(r)));
+                }
+            }
             Ok(()) => {
                 let s = score::score(&n, spec, &spread);
-                out.nodes.push((n.id, Verdict::Feasible { score: s }));
+                if record {
+                    out.nodes.push((n.id, Verdict::Feasible { score: s }));
+                }
                 if best.is_none_or(|(b, id)| s > b || (s == b && n.id < id)) {
                     best = Some((s, n.id));
                 }

@@ -122,7 +122,7 @@ fn soft_groups_and_label_spread_steer_the_choice() {
 fn with_many_nodes_a_sample_is_ranked() {
     let nodes: Vec<NodeRecord> = (1..=1000).map(|i| node(i, 8, 4096)).collect();
     let p = plan(&nodes[..], &spec(1, 128), None, 42, false);
-    assert_eq!(p.nodes.len(), sample_size(1000));
+    assert!(p.nodes.is_empty(), "a placement that succeeds records no verdicts");
     assert_eq!(sample_size(1000), 10);
     assert_eq!(p.unvisited, 1000 - 10);
     assert!(p.chosen.is_some());

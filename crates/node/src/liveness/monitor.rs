@@ -83,7 +83,8 @@ impl Monitor {
 
     /// Follows leadership and proposes transitions, for as long as the node runs.
     pub async fn run(&self, raft: Handle) {
-        let every = self.timing.heartbeat / 2;
+        // Checked often (the check is a map walk): a node is declared down at most this late.
+        let every = (self.timing.heartbeat / 2).min(std::time::Duration::from_millis(100));
         loop {
             tokio::time::sleep(every).await;
             let st = raft.status();
