@@ -39,7 +39,7 @@ fn node(i: usize) -> NodeRecord {
 
 fn vm(i: usize, zone: &Constraint) -> VmSpec {
     let mut placement = PlacementSpec::default();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         placement.constraints.push(zone.clone());
     }
     if i % 4 == 1 {
