@@ -361,7 +361,8 @@ impl Node {
         let tls = match &cfg.tls_dir {
             Some(dir) => {
                 let t = tls::open(dir, cfg.id).map_err(NodeError::Tls)?;
-                (pool.set_tls(t.clone()), transport.set_tls(t.clone()));
+                pool.set_tls(t.clone());
+                transport.set_tls(t.clone());
                 Some(t)
             }
             None => None,
