@@ -141,7 +141,9 @@ pub async fn connect(addr: &str) -> Result<Conn, ClientError> {
                 let session = ClientSession::new(rand::random::<u128>());
                 return Ok(Conn { endpoints, at, ch, session, tls });
             }
-            Err(e) => why.push(format!("{a} ({e})")),
+            // With TLS the reason matters (a refused certificate, a plaintext node).
+            Err(e) if tls.is_some() => why.push(format!("{a} ({e})")),
+            Err(_) => why.push(a.clone()),
         }
     }
     if tls.is_none() && speaks_tls(&endpoints[0]).await {
