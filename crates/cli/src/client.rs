@@ -77,8 +77,14 @@ async fn dial(addr: &str, tls: &Tls) -> Result<Channel, String> {
         let mut s = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(c) = src {
-            s = format!("{s}: {c}");
+            let c_s = c.to_string();
+            if !s.contains(&c_s) {
+                s = format!("{s}: {c_s}");
+            }
             src = c.source();
+        }
+        if tls.is_some() && s.contains("InvalidContentType") {
+            s.push_str("; the node does not speak TLS (it runs without --tls-dir)");
         }
         s
     })

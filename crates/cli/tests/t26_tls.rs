@@ -53,8 +53,9 @@ impl TlsCluster {
         self.nodes[id as usize - 1].addr.clone()
     }
 
-    /// A 3-node TLS cluster: node 1 bootstraps, 2 and 3 join through it.
-    fn start() -> TlsCluster {
+    /// A 3-node TLS cluster: node 1 bootstraps, 2 and 3 join through it. With `compacted`, node
+    /// 1 compacts its log before they join, so they catch up by snapshot (over TLS).
+    fn start(compacted: bool) -> TlsCluster {
         let tmp = tempfile::tempdir().unwrap();
         let ca = tmp.path().join("ca");
         ok(blixard(&["cert", "init", "--dir", ca.to_str().unwrap()]));
@@ -68,6 +69,9 @@ impl TlsCluster {
             let mut n = TestNode::with_addr(id, &c.tmp.path().join(format!("n{id}")), &addr);
             let tls = c.node_dir(id);
             let mut extra = vec!["--tls-dir", tls.to_str().unwrap()];
+            if compacted {
+                extra.extend(["--snapshot-entries", "10", "--keep-entries", "2"]);
+            }
             let seed = c.nodes.first().map(|n: &TestNode| n.addr.clone());
             if let Some(s) = &seed {
                 extra.extend(["--join", s.as_str()]);
@@ -80,6 +84,9 @@ impl TlsCluster {
                     let v = status(&addr, &client)?;
                     (v["role"] == "leader" && v["members"][0]["memory_mib"].is_u64()).then_some(())
                 });
+                for i in 0..(if compacted { 25 } else { 0 }) {
+                    ok(tls_cli(&addr, &client, &["kv", "put", &format!("early{i}"), "x"]));
+                }
             }
         }
         c.wait_voters();
@@ -183,8 +190,14 @@ fn heartbeat(from: u8, to: u8, term: u8) -> Vec<u8> {
 
 #[test]
 fn a_tls_cluster_serves_certified_clients_and_refuses_everyone_else() {
-    let c = TlsCluster::start();
+    let c = TlsCluster::start(true);
     let leader = c.wait_voters();
+    // Nodes 2 and 3 caught up by snapshot, sent over TLS by node 1.
+    for id in [2, 3] {
+        assert!(c.nodes[id - 1].log().contains("received snapshot"), "node {id} got no snapshot");
+        let got = ok(tls_cli(&c.addr(id as u64), &c.client, &["kv", "get", "early24"]));
+        assert_eq!(got.trim(), "x");
+    }
 
     // Writes through every node (followers forward to the leader over TLS), reads back anywhere.
     for id in 1..=3u64 {
@@ -240,7 +253,7 @@ fn a_tls_cluster_serves_certified_clients_and_refuses_everyone_else() {
 
 #[test]
 fn a_node_certificate_cannot_speak_for_another_node_and_rotated_certificates_are_used() {
-    let c = TlsCluster::start();
+    let c = TlsCluster::start(false);
     let leader = c.wait_voters();
     let ca_pem = c.ca.join("ca.pem");
     // Node 3's real certificate, used to send heartbeats that claim to come from node 1 at a
@@ -306,4 +319,20 @@ fn a_node_certificate_cannot_speak_for_another_node_and_rotated_certificates_are
 fn read_once(s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>) {
     let mut buf = [0u8; 256];
     let _ = s.read(&mut buf);
+}
+
+#[test]
+fn the_cli_with_certificates_against_a_plaintext_node_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    ok(blixard(&["cert", "init", "--dir", ca.to_str().unwrap()]));
+    ok(blixard(&["cert", "client", "--dir", ca.to_str().unwrap(), "--name", "bob"]));
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    wait_until("the plaintext node to answer", Duration::from_secs(60), || {
+        blixard(&["--addr", &n.addr, "cluster", "status"]).status.success().then_some(())
+    });
+    assert!(n.log().contains("notice: serving plaintext on loopback"));
+    let o = tls_cli(&n.addr, &ca.join("client-bob"), &["kv", "get", "x"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("the node does not speak TLS"), "{}", stderr(&o));
 }
