@@ -291,3 +291,28 @@ impl tower_service::Service<tonic::transport::Uri> for GrpcConnector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_prefixed_stream_gives_back_its_first_byte_then_the_rest() {
+        let (a, mut b) = tokio::io::duplex(64);
+        b.write_all(b"ello").await.unwrap();
+        drop(b);
+        let mut p = Prefixed { first: Some(b'h'), inner: a };
+        let mut got = String::new();
+        p.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello");
+    }
+
+    #[test]
+    fn server_names_come_from_the_host_of_an_address() {
+        assert_eq!(server_name("127.0.0.1:7001").unwrap(), ServerName::try_from("127.0.0.1").unwrap());
+        assert_eq!(server_name("[::1]:7001").unwrap(), ServerName::try_from("::1").unwrap());
+        assert_eq!(server_name("node-1.example:7001").unwrap(), ServerName::try_from("node-1.example").unwrap());
+        assert!(server_name("bad host:1").is_err());
+    }
+}
