@@ -335,4 +335,22 @@ fn the_cli_with_certificates_against_a_plaintext_node_says_so() {
     let o = tls_cli(&n.addr, &ca.join("client-bob"), &["kv", "get", "x"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("the node does not speak TLS"), "{}", stderr(&o));
+
+    // A node given another node's certificate refuses to start, before touching its data dir.
+    ok(blixard(&["cert", "node", "--dir", ca.to_str().unwrap(), "--id", "2", "--addr", "127.0.0.1:1"]));
+    let dir = tmp.path().join("n9");
+    let o = blixard(&[
+        "node",
+        "--id",
+        "9",
+        "--bind",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--tls-dir",
+        ca.join("node-2").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("names node 2, but this is node 9"), "{}", stderr(&o));
+    assert!(!dir.exists(), "the data dir was created");
 }

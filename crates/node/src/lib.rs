@@ -331,6 +331,12 @@ impl Node {
         let addr =
             listener.local_addr().map_err(|source| NodeError::Serve { addr: ([0, 0, 0, 0], 0).into(), source })?;
         let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+        // Certificates first: a node that cannot serve must not have claimed its data dir.
+        #[cfg(not(madsim))]
+        let tls = match &cfg.tls_dir {
+            Some(dir) => Some(tls::open(dir, cfg.id).map_err(NodeError::Tls)?),
+            None => None,
+        };
         let mut storage = datadir::open(&cfg.data_dir, cfg.id)?;
         let storage_err = |e| datadir::DataDirError::Storage { dir: cfg.data_dir.clone(), source: e };
         let mut joining = None;
@@ -358,15 +364,10 @@ impl Node {
         let pool = Arc::new(pool::ChannelPool::default());
         let transport = transport::PeerTransport::new(cfg.id, advertise.clone(), storage.db().clone(), pool.clone());
         #[cfg(not(madsim))]
-        let tls = match &cfg.tls_dir {
-            Some(dir) => {
-                let t = tls::open(dir, cfg.id).map_err(NodeError::Tls)?;
-                pool.set_tls(t.clone());
-                transport.set_tls(t.clone());
-                Some(t)
-            }
-            None => None,
-        };
+        if let Some(t) = &tls {
+            pool.set_tls(t.clone());
+            transport.set_tls(t.clone());
+        }
         let (driver, raft) =
             Driver::new(rc, storage, Arc::new(transport::SharedTransport(transport.clone()))).map_err(storage_err)?;
         transport.set_handle(raft.clone());
