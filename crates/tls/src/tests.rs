@@ -98,3 +98,19 @@ fn a_reissued_certificate_is_picked_up_by_reload() {
     assert!(tls.reload(true).is_err());
     let _still = tls.get();
 }
+
+#[test]
+fn a_ca_file_with_two_cas_trusts_both() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    init_ca(&a).unwrap();
+    init_ca(&b).unwrap();
+    let both = d.path().join("both");
+    std::fs::create_dir(&both).unwrap();
+    let bundle = [std::fs::read(a.join(CA_CERT)).unwrap(), std::fs::read(b.join(CA_CERT)).unwrap()].concat();
+    std::fs::write(both.join(CA_CERT), bundle).unwrap();
+    let from_a = issue_client(&a, "x", None, &d.path().join("x")).unwrap();
+    let from_b = issue_client(&b, "y", None, &d.path().join("y")).unwrap();
+    assert!(verifies(&both, &from_a));
+    assert!(verifies(&both, &from_b));
+}
