@@ -58,6 +58,15 @@ pub enum Top {
     /// The cluster CA, and node and client certificates.
     #[command(subcommand)]
     Cert(cmd::cert::CertCmd),
+    /// The fencing watchdog a node starts for itself: kills the node's VMs when its lease
+    /// runs out while the daemon is gone.
+    #[command(hide = true)]
+    FenceWatch {
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        #[arg(long)]
+        daemon_pid: i32,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -90,6 +99,7 @@ fn main() -> ExitCode {
             Top::Image(c) => cmd::image::run(c).await,
             Top::Cert(c) => cmd::cert::run(c),
             Top::Backup(c) => cmd::backup::run(&cli.addr, cli.output, c).await,
+            Top::FenceWatch { data_dir, daemon_pid } => blixard_node::liveness::watchdog::run(&data_dir, daemon_pid),
             Top::Completions { shell } => {
                 clap_complete::generate(shell, &mut Cli::command(), "blixard", &mut std::io::stdout());
                 Ok(())

@@ -310,3 +310,34 @@ fn vms_are_placed_by_capacity_and_impossible_requests_are_refused() {
     let missing = cli(&n.addr, &["vm", "start", "nope"]);
     assert_eq!(stderr(&missing), "error: vm \"nope\" not found\n");
 }
+
+#[test]
+fn node_list_and_get_show_the_registered_node_also_with_daemon_env_vars_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start_with(1, &tmp.path().join("n1"), &["--memory-mib", "2048", "--label", "zone=a"]);
+    n.wait_leader(LEADER_WITHIN);
+    // BLIXARD_IMAGE_CACHE configures the daemon; it must not turn `node list` into one.
+    let o = std::process::Command::new(BIN)
+        .args(["--addr", &n.addr, "node", "list", "-o", "json"])
+        .env("BLIXARD_IMAGE_CACHE", tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{v}");
+    let mut one = cli_json(&n.addr, &["node", "get", "1"]);
+    let mut listed = nodes[0].clone();
+    // The heartbeat's age moves between the two calls.
+    for v in [&mut one, &mut listed] {
+        v.as_object_mut().unwrap().remove("heartbeat_age_ms");
+    }
+    assert_eq!(listed, one);
+    assert_eq!((one["status"].as_str(), one["memory_mib"].as_u64()), (Some("ready"), Some(2048)), "{one}");
+    assert_eq!((one["eligible"].as_bool(), one["labels"]["zone"].as_str()), (Some(true), Some("a")), "{one}");
+    let missing = cli(&n.addr, &["node", "get", "7"]);
+    assert_eq!(
+        (missing.status.code(), stderr(&missing).as_str()),
+        (Some(1), "error: node 7 is not a registered node\n")
+    );
+}

@@ -161,3 +161,91 @@ fn minority_cannot_write_majority_can_and_all_converge_after_healing() {
 fn nix_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
 }
+
+/// The nodes whose data dir holds a running QEMU of VM `vm` (read from /proc).
+fn nodes_running(nodes: &[TestNode], vm: &str) -> Vec<u64> {
+    let mut cmds = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("qemu-system") {
+            cmds.push(cmd);
+        }
+    }
+    nodes
+        .iter()
+        .filter(|n| {
+            let needle = n.dir.join("vmm/vms").join(format!("{vm}.")).to_string_lossy().into_owned();
+            cmds.iter().any(|c| c.contains(&needle))
+        })
+        .map(|n| n.id)
+        .collect()
+}
+
+#[test]
+fn a_node_cut_off_stops_its_vm_before_the_majority_starts_the_replacement() {
+    if !nix_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let net = Net::new(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = vec![spawn_in_ns(&net, 1, &tmp.path().join("n1"), None)];
+    nodes[0].wait_leader(Duration::from_secs(60));
+    let seed = nodes[0].addr.clone();
+    for i in 2..=3 {
+        nodes.push(spawn_in_ns(&net, i, &tmp.path().join(format!("n{i}")), Some(&seed)));
+    }
+    let addr = |i: u64| nodes[i as usize - 1].addr.clone();
+    wait_until("3 ready nodes", Duration::from_secs(120), || {
+        let v = cli_json_opt(&addr(1), &["node", "list"])?;
+        (v["nodes"].as_array()?.iter().filter(|n| n["status"] == "ready").count() == 3).then_some(())
+    });
+    let leader = leader_of(&addr(1)).unwrap();
+    let victim = (1..=3).find(|&i| i != leader).unwrap();
+    let others: Vec<u64> = (1..=3).filter(|&i| i != victim).collect();
+    cli_json(
+        &addr(leader),
+        &["vm", "create", "web", "--memory", "128", "--node", &victim.to_string(), "--restart", "always", "--start"],
+    );
+    wait_until("the VM to run on its node", Duration::from_secs(120), || {
+        let v = cli_json_opt(&addr(leader), &["vm", "get", "web"])?;
+        (v["observed"]["phase"] == "running" && nodes_running(&nodes, "web") == [victim]).then_some(())
+    });
+
+    for &o in &others {
+        net.cut(victim, o, true);
+    }
+    // Watch every QEMU of the VM (polled every few ms) until the replacement runs: at no
+    // observed instant do two nodes run it, and the cut-off node stopped its copy first.
+    let mut fenced = false;
+    let moved_to = wait_until("the VM to run on the majority side", Duration::from_secs(120), || {
+        let running = nodes_running(&nodes, "web");
+        assert!(running.len() <= 1, "two nodes run the VM at once: {running:?}");
+        fenced |= running.is_empty();
+        match running.as_slice() {
+            [n] if *n != victim => Some(*n),
+            _ => None,
+        }
+    });
+    assert!(fenced && others.contains(&moved_to));
+    let v = cli_json(&addr(leader), &["vm", "get", "web"]);
+    assert_eq!(v["node"], moved_to);
+    assert_eq!(cli_json(&addr(leader), &["node", "get", &victim.to_string()])["status"], "down");
+
+    // Healed: the fenced node comes back and never starts the VM that now lives elsewhere.
+    for &o in &others {
+        net.cut(victim, o, false);
+    }
+    wait_until("the cut-off node to be ready again", Duration::from_secs(60), || {
+        let n = cli_json_opt(&addr(leader), &["node", "get", &victim.to_string()])?;
+        (n["status"] == "ready").then_some(())
+    });
+    let v = wait_until("the VM's record to settle", Duration::from_secs(30), || {
+        let v = cli_json_opt(&addr(victim), &["vm", "get", "web"])?;
+        (v["observed"]["phase"] == "running").then_some(v)
+    });
+    assert_eq!(v["node"], moved_to);
+    assert_eq!(nodes_running(&nodes, "web"), [moved_to]);
+    drop(nodes);
+}

@@ -349,3 +349,33 @@ fn directories_named_by_bare_vm_name_are_adopted_or_removed_after_an_upgrade() {
     cli_json(&n.addr, &["vm", "start", "web"]);
     wait_phase(&n.addr, "web", "running");
 }
+
+#[test]
+fn a_daemon_gone_for_good_takes_its_vms_down_when_its_lease_runs_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n =
+        TestNode::start_with(1, &tmp.path().join("n1"), &["--fence-after-ms", "1000", "--down-after-ms", "1500"]);
+    n.wait_leader(UP);
+    cli_json(&n.addr, &["vm", "create", "orphan", "--memory", "96", "--start"]);
+    let v = wait_phase(&n.addr, "orphan", "running");
+    let pid = v["observed"]["pid"].as_u64().unwrap();
+    assert!(alive(pid));
+    // Nothing renews the lease once the daemon is gone: the watchdog kills its QEMU (which
+    // lives in a process group of its own so that a restarted daemon could adopt it).
+    n.kill9();
+    wait_until("the watchdog to kill the VM", Duration::from_secs(30), || (!alive(pid)).then_some(()));
+    wait_until("the watchdog to leave", Duration::from_secs(10), || {
+        let watching = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let cmd =
+                String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).into_owned();
+            cmd.contains("fence-watch") && cmd.contains(&*n.dir.to_string_lossy())
+        });
+        (!watching).then_some(())
+    });
+    // Restarted, the node starts its VM again: it is still assigned here.
+    n.spawn(&["--fence-after-ms", "1000", "--down-after-ms", "1500"]);
+    let v = wait_until("the VM to run again", BOOT, || {
+        phase(&n.addr, "orphan").filter(|v| v["observed"]["phase"] == "running" && v["observed"]["pid"] != pid)
+    });
+    assert!(alive(v["observed"]["pid"].as_u64().unwrap()));
+}

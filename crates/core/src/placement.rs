@@ -61,6 +61,8 @@ impl Constraint {
         };
         let (key, op) = if let Some((k, v)) = s.split_once("!=") {
             (k, Op::Ne(v.trim().to_string()))
+        } else if let Some((k, v)) = s.split_once("==") {
+            (k, Op::Eq(v.trim().to_string()))
         } else if let Some((k, v)) = s.split_once('=') {
             (k, Op::Eq(v.trim().to_string()))
         } else if let Some((k, rest)) = s.split_once(" not in ") {
@@ -212,6 +214,7 @@ mod tests {
         for (c, want) in [
             ("zone=a", true),
             ("zone = b", false),
+            ("zone==a", true),
             ("zone!=b", true),
             ("zone in (a, b)", true),
             ("zone in (c)", false),
@@ -229,7 +232,7 @@ mod tests {
 
     #[test]
     fn bad_constraints_name_the_rule() {
-        for bad in ["zone", "zone in a,b", "zone in ()", "=a", "zo ne=a", "zone in (a,,b)"] {
+        for bad in ["zone", "zone in a,b", "zone in ()", "=a", "zo ne=a", "zone in (a,,b)", "zone==", "zone="] {
             let e = Constraint::parse(bad).unwrap_err();
             assert_eq!(e.field, "constraint", "{bad}");
         }

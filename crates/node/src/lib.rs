@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub liveness: liveness::Timing,
     /// Mutual TLS on the node's port and to its peers: `ca.pem`, `node.pem`, `node-key.pem`.
     pub tls_dir: Option<PathBuf>,
+    /// The `blixard` binary, to start the fencing watchdog with (`fence-watch`); `None`: no
+    /// watchdog (in-process nodes of tests and benchmarks).
+    pub watchdog_exe: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -96,6 +99,7 @@ impl NodeConfig {
             disk_gib: None,
             liveness: liveness::Timing::default(),
             tls_dir: None,
+            watchdog_exe: None,
         }
     }
 }
@@ -172,6 +176,12 @@ async fn run_vms(
     };
     let _ = slot.set(opened.driver.clone());
     tokio::spawn(liveness::fence::run(lease.clone(), opened.driver.clone(), cfg.data_dir.clone()));
+    #[cfg(not(madsim))]
+    if let Some(exe) = &cfg.watchdog_exe {
+        if let Err(e) = liveness::watchdog::spawn(exe, &cfg.data_dir) {
+            tracing::error!("cannot start the fencing watchdog ({}): {e}", exe.display());
+        }
+    }
     register(raft.clone(), registration).await;
     reconciler::Reconciler::new(cfg.id, raft, opened.driver, opened.accel, lease).run().await;
 }

@@ -85,8 +85,11 @@ pub struct NodeArgs {
     /// How this node runs VMs.
     #[arg(long, value_enum, default_value_t = VmBackend::Qemu)]
     pub vm_backend: VmBackend,
-    /// Where the guest image is built and cached (shared by nodes on one host).
-    #[arg(long, env = "BLIXARD_IMAGE_CACHE")]
+    /// Where the guest image is built and cached (shared by nodes on one host; env
+    /// BLIXARD_IMAGE_CACHE).
+    // Not clap's `env`: an argument set from the environment would count as given and turn
+    // `blixard node list` into a daemon invocation missing its --id.
+    #[arg(long)]
     pub image_cache: Option<PathBuf>,
     /// Give every VM a second NIC on this host bridge (a tap device; needs root). The guest
     /// asks for a DHCP lease on it and prints `BLIXARD-NET ethN ADDR` on its console.
@@ -138,7 +141,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     cfg.vcpu_overcommit = a.vcpu_overcommit;
     cfg.reserve_memory_mib = a.reserve_memory_mib;
     cfg.memory_mib = a.memory_mib;
-    cfg.image_cache = a.image_cache;
+    cfg.image_cache = a.image_cache.or_else(|| std::env::var_os("BLIXARD_IMAGE_CACHE").map(PathBuf::from));
     cfg.vm_bridge = a.vm_bridge;
     cfg.vm_backend = match a.vm_backend {
         VmBackend::Qemu => blixard_node::backend::Backend::Qemu,
@@ -157,6 +160,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid --label: {}", e.rule);
     }
     cfg.disk_gib = a.disk_gib;
+    cfg.watchdog_exe = std::env::current_exe().ok();
     cfg.liveness = blixard_node::liveness::Timing {
         heartbeat: Duration::from_millis(a.heartbeat_ms),
         fence_after: Duration::from_millis(a.fence_after_ms),

@@ -7,7 +7,7 @@ use super::*;
 use crate::command::{DrainSpec, Outcome, Response};
 use crate::placement::{OnNodeLoss, PlacementSpec};
 use crate::scheduler::NodeState;
-use crate::spec::{PowerState, RestartPolicy, VmSpec};
+use crate::spec::{Observed, Phase, PowerState, RestartPolicy, VmSpec};
 use crate::store::MemStore;
 use crate::Registration;
 
@@ -104,10 +104,14 @@ fn vms_of_a_node_that_is_down_move_wait_or_are_lost_per_their_policies() {
     run(&mut s, 4, pinned("lost", &|sp| sp.restart_policy = RestartPolicy::Never)).unwrap();
     run(&mut s, 5, pinned("waits", &|sp| sp.placement.on_node_loss = OnNodeLoss::Wait)).unwrap();
     run(&mut s, 6, Command::VmCreate { spec: spec("off", 256), node: Some(1), start: false, queue: false }).unwrap();
+    let running = Observed { phase: Phase::Running, ..Default::default() };
+    run(&mut s, 7, Command::VmReport { name: "moves".into(), incarnation: 3, node: 1, observed: running }).unwrap();
+    assert_eq!(get(&s, "moves").observed.map(|o| o.phase), Some(Phase::Running));
     run(&mut s, 7, Command::NodeSetState { id: 1, state: NodeState::Down }).unwrap();
     let m = get(&s, "moves");
     assert_eq!((m.node, m.placed_index, m.fresh_disk), (Some(2), 7, true));
-    assert_eq!(events(&s, "moves").last().unwrap(), "node 1: node 1 is down; moved to node 2");
+    assert_eq!(m.observed, None, "what node 1 observed is not what node 2 runs");
+    assert_eq!(events(&s, "moves").last().unwrap(), "node 1 is down; moved to node 2");
     let l = get(&s, "lost");
     assert!(l.lost && !l.reserves());
     assert_eq!(events(&s, "lost").last().unwrap(), "node 1 is down: lost (restart policy never)");

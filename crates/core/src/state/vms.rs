@@ -57,6 +57,8 @@ fn place_on(store: &mut impl Store, rec: &mut VmRecord, id: NodeId, index: u64) 
     rec.node = Some(id);
     rec.placed_index = index;
     rec.pending = None;
+    // A new incarnation: what was observed of the old one says nothing about it.
+    rec.observed = None;
     if rec.reserves() {
         if let Some(mut n) = nodes::get(store, id)? {
             n.add(&rec.spec);
@@ -215,7 +217,8 @@ pub fn set_desired(
                 rec.desired = PowerState::Stopped;
                 unplace(store, &mut rec)?;
                 rec.desired = PowerState::Running;
-                replace(store, index, now, &mut rec, old, "its node has no room for it")?;
+                let why = old.map_or("no node had room for it".to_string(), |o| format!("node {o} has no room for it"));
+                replace(store, index, now, &mut rec, old, &why)?;
             }
         }
     }
@@ -233,18 +236,17 @@ fn replace(
     why: &str,
 ) -> Result<(), StoreError> {
     let plan = plan_for(store, &rec.spec, None, index, false)?;
-    let from_s = from.map_or(String::new(), |f| format!("node {f}: "));
     match plan.chosen {
         Some(id) => {
             place_on(store, rec, id, index)?;
             rec.fresh_disk = from.is_some_and(|f| f != id) || rec.fresh_disk;
-            rec.event(now, index, format!("{from_s}{why}; moved to node {id}"));
+            rec.event(now, index, format!("{why}; moved to node {id}"));
         }
         None => {
             let w = plan.why_not();
             // Wherever it goes next, it starts from a fresh disk.
             rec.fresh_disk |= from.is_some();
-            rec.event(now, index, format!("{from_s}{why}; pending: {w}"));
+            rec.event(now, index, format!("{why}; pending: {w}"));
             make_pending(store, rec, w)?;
         }
     }

@@ -32,12 +32,20 @@
 //! knows. With election timeouts of 200–400 ms, the old leader's last answer comes at most
 //! ~0.4 s after `e`, so leases end by `e + 2.4 s`, before `e + 3 s`.
 //!
+//! *A daemon that dies* cannot fence, and its QEMUs (in process groups of their own, so that a
+//! restarted daemon can adopt them) would run on: the watchdog process ([`watchdog`],
+//! `blixard fence-watch`) reads the lease's deadline the daemon writes to `<data-dir>/lease`
+//! and kills them when it passes — on the same monotonic clock, so the argument above holds
+//! for it too, give or take its 100 ms poll.
+//!
 //! The simulation checks the result: at no instant do two nodes run one VM
 //! (`crates/sim`, with the fake driver's global view).
 
 pub mod fence;
 pub mod lease;
 pub mod monitor;
+#[cfg(not(madsim))]
+pub mod watchdog;
 
 use std::time::Duration;
 
