@@ -49,11 +49,12 @@ pub struct PeerInfo {
 pub fn open(dir: &Path, id: u64) -> Result<Arc<NodeTls>, String> {
     let tls = NodeTls::open(dir, id).map_err(|e| format!("--tls-dir: {}", crate::status::chain(&e)))?;
     tracing::info!(dir = %dir.display(), "mutual TLS on; certificates reload on SIGHUP and when they change");
-    tokio::spawn(watch(tls.clone()));
+    tokio::spawn(watch(Arc::downgrade(&tls)));
     Ok(tls)
 }
 
-async fn watch(tls: Arc<NodeTls>) {
+/// Reloads on SIGHUP and on changes, until the node's TLS is dropped (the node stopped).
+async fn watch(tls: std::sync::Weak<NodeTls>) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut last_err = String::new();
     loop {
@@ -61,6 +62,7 @@ async fn watch(tls: Arc<NodeTls>) {
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
             _ = tokio::time::sleep(POLL) => false,
         };
+        let Some(tls) = tls.upgrade() else { return };
         match tls.reload(forced) {
             Ok(true) => {
                 tracing::info!(dir = %tls.dir().display(), sighup = forced, "reloaded the TLS certificates");
