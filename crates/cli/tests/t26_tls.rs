@@ -353,4 +353,12 @@ fn the_cli_with_certificates_against_a_plaintext_node_says_so() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("names node 2, but this is node 9"), "{}", stderr(&o));
     assert!(!dir.exists(), "the data dir was created");
+
+    // Plaintext on an address other than loopback must be asked for.
+    let bind = format!("0.0.0.0:{}", free_port());
+    let o = blixard(&["node", "--id", "9", "--bind", &bind, "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("refusing to serve plaintext on 0.0.0.0"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--insecure"), "{}", stderr(&o));
+    assert!(!dir.exists(), "the data dir was created");
 }
