@@ -9,6 +9,7 @@
 //! of an error (`blixard_proto::rpc`), never by its text.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_core::ClientSession;
@@ -27,6 +28,13 @@ const RETRY_FOR: Duration = Duration::from_secs(30);
 pub enum ClientError {
     #[error("no node reachable at {0}")]
     Unreachable(String),
+    #[error(
+        "the node at {0} requires mutual TLS: give --tls-dir DIR (or BLIXARD_TLS_DIR) with ca.pem, client.pem and \
+         client-key.pem (`blixard cert client`)"
+    )]
+    NeedsTls(String),
+    #[error("--tls-dir: {0}")]
+    Tls(String),
     #[error("invalid --addr {0:?}: expected HOST:PORT[,HOST:PORT...]")]
     BadAddr(String),
     #[error("{}", .0.message())]
@@ -44,10 +52,55 @@ pub fn endpoints(addr: &str) -> Result<Vec<String>, ClientError> {
     Ok(list)
 }
 
-async fn dial(addr: &str) -> Option<Channel> {
-    let ep =
-        Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(CONNECT_TIMEOUT).timeout(ATTEMPT_TIMEOUT);
-    ep.connect().await.ok()
+type Tls = Option<Arc<blixard_tls::rustls::ClientConfig>>;
+
+/// The client TLS configuration of `--tls-dir`, if given.
+fn load_tls() -> Result<Tls, ClientError> {
+    match crate::cmd::cert::TLS_DIR.get().cloned().flatten() {
+        None => Ok(None),
+        Some(d) => blixard_tls::config::client_dir_config(&d)
+            .map(Some)
+            .map_err(|e| ClientError::Tls(blixard_node::status::chain(&e))),
+    }
+}
+
+async fn dial(addr: &str, tls: &Tls) -> Result<Channel, String> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(ATTEMPT_TIMEOUT);
+    let r = match tls {
+        Some(c) => ep.connect_with_connector(blixard_node::tls::GrpcConnector::Client(c.clone())).await,
+        None => ep.connect().await,
+    };
+    r.map_err(|e| {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(c) = src {
+            let c_s = c.to_string();
+            if !s.contains(&c_s) {
+                s = format!("{s}: {c_s}");
+            }
+            src = c.source();
+        }
+        if tls.is_some() && s.contains("InvalidContentType") {
+            s.push_str("; the node does not speak TLS (it runs without --tls-dir)");
+        }
+        s
+    })
+}
+
+/// Whether `addr` answers a plaintext HTTP/2 preface with a TLS alert: a TLS port.
+async fn speaks_tls(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.ok()?;
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).await.ok()?;
+        Some(b == [0x15, 0x03])
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(2), probe).await, Ok(Some(true)))
 }
 
 /// A connection to one of the endpoints, with this process's client session.
@@ -56,6 +109,7 @@ pub struct Conn {
     at: usize,
     ch: Channel,
     session: ClientSession,
+    tls: Tls,
 }
 
 /// What to do about a failed attempt.
@@ -85,13 +139,23 @@ fn classify(s: &Status) -> Next {
 
 pub async fn connect(addr: &str) -> Result<Conn, ClientError> {
     let endpoints = endpoints(addr)?;
+    let tls = load_tls()?;
+    let mut why = Vec::new();
     for (at, a) in endpoints.iter().enumerate() {
-        if let Some(ch) = dial(a).await {
-            let session = ClientSession::new(rand::random::<u128>());
-            return Ok(Conn { endpoints, at, ch, session });
+        match dial(a, &tls).await {
+            Ok(ch) => {
+                let session = ClientSession::new(rand::random::<u128>());
+                return Ok(Conn { endpoints, at, ch, session, tls });
+            }
+            // With TLS the reason matters (a refused certificate, a plaintext node).
+            Err(e) if tls.is_some() => why.push(format!("{a} ({e})")),
+            Err(_) => why.push(a.clone()),
         }
     }
-    Err(ClientError::Unreachable(endpoints.join(", ")))
+    if tls.is_none() && speaks_tls(&endpoints[0]).await {
+        return Err(ClientError::NeedsTls(endpoints[0].clone()));
+    }
+    Err(ClientError::Unreachable(why.join(", ")))
 }
 
 impl Conn {
@@ -104,7 +168,7 @@ impl Conn {
         let n = self.endpoints.len();
         for k in 1..=n {
             let at = (self.at + k) % n;
-            if let Some(ch) = dial(&self.endpoints[at]).await {
+            if let Ok(ch) = dial(&self.endpoints[at], &self.tls).await {
                 self.at = at;
                 self.ch = ch;
                 return;
@@ -132,6 +196,11 @@ impl Conn {
                 Ok(r) => break Ok(r.into_inner()),
                 Err(s) => s,
             };
+            // A plaintext request to a TLS port fails as a broken connection: say so at once.
+            let broken = matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal);
+            if self.tls.is_none() && broken && rpc::reason(&s).is_none() && speaks_tls(&self.endpoints[self.at]).await {
+                break Err(ClientError::NeedsTls(self.endpoints[self.at].clone()));
+            }
             match classify(&s) {
                 Next::Retry { elsewhere, unknown: u } if tokio::time::Instant::now() + backoff < deadline => {
                     unknown_seen |= u && write;

@@ -18,6 +18,11 @@ pub struct Cli {
     /// Address of any node of the cluster: HOST:PORT (port 1–65535).
     #[arg(long, global = true, env = "BLIXARD_ADDR", default_value = "127.0.0.1:7001", value_parser = addr::endpoints)]
     pub addr: String,
+    /// Mutual TLS: a directory with ca.pem, client.pem and client-key.pem (`blixard cert
+    /// client`); for `blixard node`, the node's ca.pem, node.pem and node-key.pem (`blixard cert
+    /// node`).
+    #[arg(long, global = true, env = "BLIXARD_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -50,6 +55,9 @@ pub enum Top {
     /// Backups of the replicated state, and new clusters restored from them.
     #[command(subcommand)]
     Backup(cmd::backup::BackupCmd),
+    /// The cluster CA, and node and client certificates.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCmd),
     /// The fencing watchdog a node starts for itself: kills the node's VMs when its lease
     /// runs out while the daemon is gone.
     #[command(hide = true)]
@@ -68,6 +76,7 @@ pub enum Top {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = cmd::cert::TLS_DIR.set(cli.tls_dir.clone());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
             Top::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
             Top::Vm(c) => cmd::vm::run(&cli.addr, cli.output, c).await,
             Top::Image(c) => cmd::image::run(c).await,
+            Top::Cert(c) => cmd::cert::run(c),
             Top::Backup(c) => cmd::backup::run(&cli.addr, cli.output, c).await,
             Top::FenceWatch { data_dir, daemon_pid } => blixard_node::liveness::watchdog::run(&data_dir, daemon_pid),
             Top::Completions { shell } => {

@@ -85,7 +85,8 @@ impl Drop for Net {
 fn spawn_in_ns(net: &Net, i: u64, dir: &std::path::Path, join: Option<&str>) -> TestNode {
     let addr = format!("{}:7001", net.ip(i));
     let mut n = TestNode::with_addr(i, dir, &addr);
-    let mut args = vec![];
+    // Plaintext between namespaces, not on loopback: it must be asked for.
+    let mut args = vec!["--insecure"];
     if let Some(j) = join {
         args.extend(["--join", j]);
     }

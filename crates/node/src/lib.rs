@@ -15,6 +15,8 @@ pub mod nodes_api;
 pub mod pool;
 pub mod reconciler;
 pub mod status;
+#[cfg(not(madsim))]
+pub mod tls;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -64,6 +66,8 @@ pub struct NodeConfig {
     pub disk_gib: Option<u64>,
     /// Heartbeats, fencing and the down timeout (see [`liveness`]).
     pub liveness: liveness::Timing,
+    /// Mutual TLS on the node's port and to its peers: `ca.pem`, `node.pem`, `node-key.pem`.
+    pub tls_dir: Option<PathBuf>,
     /// The `blixard` binary, to start the fencing watchdog with (`fence-watch`); `None`: no
     /// watchdog (in-process nodes of tests and benchmarks).
     pub watchdog_exe: Option<PathBuf>,
@@ -94,6 +98,7 @@ impl NodeConfig {
             labels: Default::default(),
             disk_gib: None,
             liveness: liveness::Timing::default(),
+            tls_dir: None,
             watchdog_exe: None,
         }
     }
@@ -107,6 +112,8 @@ pub enum NodeError {
     DataDir(#[from] datadir::DataDirError),
     #[error("cannot join the cluster through {seed}: {reason}")]
     Join { seed: String, reason: String },
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot serve on {addr}")]
     Serve {
         addr: SocketAddr,
@@ -212,8 +219,9 @@ async fn register(raft: Handle, r: blixard_core::Registration) {
 async fn accept(
     listener: TcpListener,
     transport: Arc<transport::PeerTransport>,
-    grpc: tokio::sync::mpsc::Sender<std::io::Result<tokio::net::TcpStream>>,
+    grpc: tokio::sync::mpsc::Sender<std::io::Result<tls::Io>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    tls: Option<Arc<tls::NodeTls>>,
 ) {
     loop {
         let s = tokio::select! {
@@ -233,6 +241,16 @@ async fn accept(
         // of writes by 40 ms.
         let _ = s.set_nodelay(true);
         let (transport, grpc, mut stop) = (transport.clone(), grpc.clone(), stop.clone());
+        if let Some(t) = &tls {
+            let route = tls::route(s, t.clone(), transport, grpc);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = route => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let mut first = [0u8; 1];
             let peeked = tokio::select! {
@@ -247,7 +265,7 @@ async fn accept(
                     }
                 }
                 Ok(Ok(1)) => {
-                    let _ = grpc.send(Ok(s)).await;
+                    let _ = grpc.send(Ok(s.into())).await;
                 }
                 _ => {} // closed, failed or silent: drop it
             }
@@ -323,6 +341,12 @@ impl Node {
         let addr =
             listener.local_addr().map_err(|source| NodeError::Serve { addr: ([0, 0, 0, 0], 0).into(), source })?;
         let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+        // Certificates first: a node that cannot serve must not have claimed its data dir.
+        #[cfg(not(madsim))]
+        let tls = match &cfg.tls_dir {
+            Some(dir) => Some(tls::open(dir, cfg.id).map_err(NodeError::Tls)?),
+            None => None,
+        };
         let mut storage = datadir::open(&cfg.data_dir, cfg.id)?;
         let storage_err = |e| datadir::DataDirError::Storage { dir: cfg.data_dir.clone(), source: e };
         let mut joining = None;
@@ -349,6 +373,11 @@ impl Node {
         };
         let pool = Arc::new(pool::ChannelPool::default());
         let transport = transport::PeerTransport::new(cfg.id, advertise.clone(), storage.db().clone(), pool.clone());
+        #[cfg(not(madsim))]
+        if let Some(t) = &tls {
+            pool.set_tls(t.clone());
+            transport.set_tls(t.clone());
+        }
         let (driver, raft) =
             Driver::new(rc, storage, Arc::new(transport::SharedTransport(transport.clone()))).map_err(storage_err)?;
         transport.set_handle(raft.clone());
@@ -397,7 +426,7 @@ impl Node {
         let server = {
             // One port: peer connections go to the transport, the rest to gRPC.
             let (grpc, incoming) = tokio::sync::mpsc::channel(64);
-            tokio::spawn(accept(listener, transport.clone(), grpc, accept_stopped));
+            tokio::spawn(accept(listener, transport.clone(), grpc, accept_stopped, tls));
             tokio::spawn(
                 router.serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(incoming), shutdown),
             )

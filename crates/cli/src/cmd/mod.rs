@@ -1,4 +1,5 @@
 pub mod backup;
+pub mod cert;
 pub mod cluster;
 pub mod image;
 pub mod kv;

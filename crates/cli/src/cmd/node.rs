@@ -111,6 +111,10 @@ pub struct NodeArgs {
     /// (ms); at least 500 ms more than --fence-after-ms.
     #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub down_after_ms: u64,
+    /// Serve plaintext (no --tls-dir) on an address other than loopback: anyone who can reach
+    /// the port can then act as a peer or a client.
+    #[arg(long)]
+    pub insecure: bool,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -128,10 +132,12 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
             a.election_ticks
         );
     }
+    let tls_dir = super::cert::plaintext_check(&a.bind, a.insecure)?;
     let listener = tokio::net::TcpListener::bind(&a.bind).await.with_context(|| format!("cannot bind {}", a.bind))?;
     let mut cfg = NodeConfig::new(a.id, a.data_dir);
     cfg.advertise = a.advertise;
     cfg.join = a.join;
+    cfg.tls_dir = tls_dir;
     cfg.vcpu_overcommit = a.vcpu_overcommit;
     cfg.reserve_memory_mib = a.reserve_memory_mib;
     cfg.memory_mib = a.memory_mib;

@@ -156,6 +156,11 @@ impl TestNode {
         self.child.is_some()
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn spawn(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "node {} already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");

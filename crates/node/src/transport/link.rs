@@ -70,6 +70,11 @@ pub trait Owner: Send + Sync + 'static {
     fn me(&self) -> (u64, &str);
     /// The peer could not be reached (Raft stops pipelining to it).
     fn unreachable(&self, id: u64);
+    /// Mutual TLS for the connection, when the node has a TLS dir.
+    #[cfg(not(madsim))]
+    fn tls(&self) -> Option<Arc<crate::tls::NodeTls>> {
+        None
+    }
 }
 
 impl Link {
@@ -137,7 +142,11 @@ pub async fn run<O: Owner>(link: Arc<Link>, owner: Arc<O>, id: u64) {
             None => format!("no address known for node {id}"),
             Some(addr) => {
                 let (me, my_addr) = owner.me();
-                match connect(&addr, me, my_addr).await {
+                #[cfg(not(madsim))]
+                let connected = connect(&addr, me, my_addr, owner.tls().map(|t| (t, id))).await;
+                #[cfg(madsim)]
+                let connected = connect(&addr, me, my_addr).await;
+                match connected {
                     Err(e) => format!("{addr}: {e}"),
                     Ok(conn) => {
                         backoff = BACKOFF_MIN;
@@ -171,7 +180,7 @@ async fn serve(link: &Link, mut conn: Conn) -> String {
         st.connected = true;
         #[cfg(not(madsim))]
         {
-            st.conn = Some(conn.0.clone());
+            st.conn = conn.fast();
         }
         st.generation
     };
@@ -207,16 +216,36 @@ async fn serve(link: &Link, mut conn: Conn) -> String {
     why
 }
 
-/// An open connection's write side, shared with the Ready loop's fast path.
+/// An open connection's write side. A plaintext one is shared with the Ready loop's fast path;
+/// a TLS one is written by the link's task only (its records are made under a lock of its own).
 #[cfg(not(madsim))]
-struct Conn(Arc<TcpStream>);
+enum Conn {
+    Plain(Arc<TcpStream>),
+    Tls(Box<blixard_tls::tokio_rustls::client::TlsStream<TcpStream>>),
+}
 
 #[cfg(not(madsim))]
 impl Conn {
+    /// The socket the Ready loop may write to directly.
+    fn fast(&self) -> Option<Arc<TcpStream>> {
+        match self {
+            Conn::Plain(s) => Some(s.clone()),
+            Conn::Tls(_) => None,
+        }
+    }
+
     async fn write_all(&mut self, mut b: &[u8]) -> std::io::Result<()> {
+        let s = match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => {
+                use tokio::io::AsyncWriteExt;
+                t.write_all(b).await?;
+                return t.flush().await;
+            }
+        };
         while !b.is_empty() {
-            self.0.writable().await?;
-            match self.0.try_write(b) {
+            s.writable().await?;
+            match s.try_write(b) {
                 Ok(n) => b = &b[n..],
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -226,13 +255,25 @@ impl Conn {
     }
 
     /// Resolves when the peer closes or resets the connection (it never sends anything).
-    async fn closed(&self) -> std::io::Error {
+    async fn closed(&mut self) -> std::io::Error {
         let mut buf = [0u8; 64];
+        let s = match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => loop {
+                use tokio::io::AsyncReadExt;
+                // Reading also takes in the TLS records the other side sends (session tickets).
+                match t.read(&mut buf).await {
+                    Ok(0) => return std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed by the peer"),
+                    Ok(_) => {}
+                    Err(e) => return e,
+                }
+            },
+        };
         loop {
-            if let Err(e) = self.0.readable().await {
+            if let Err(e) = s.readable().await {
                 return e;
             }
-            match self.0.try_read(&mut buf) {
+            match s.try_read(&mut buf) {
                 Ok(0) => return std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed by the peer"),
                 Ok(_) => {} // nothing is expected; ignore it
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -256,12 +297,19 @@ impl Conn {
     }
 
     /// Never resolves: a broken simulated stream shows as a failed write.
-    fn closed(&self) -> std::future::Pending<std::io::Error> {
+    fn closed(&mut self) -> std::future::Pending<std::io::Error> {
         std::future::pending()
     }
 }
 
-async fn connect(addr: &str, me: u64, my_addr: &str) -> std::io::Result<Conn> {
+/// Connects to `addr`, over TLS when given the node's TLS and the peer's id (which its
+/// certificate must name), and sends the preamble.
+async fn connect(
+    addr: &str,
+    me: u64,
+    my_addr: &str,
+    #[cfg(not(madsim))] tls: Option<(Arc<crate::tls::NodeTls>, u64)>,
+) -> std::io::Result<Conn> {
     let s = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(r) => r?,
         Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
@@ -280,7 +328,10 @@ async fn connect(addr: &str, me: u64, my_addr: &str) -> std::io::Result<Conn> {
         )?;
     }
     #[cfg(not(madsim))]
-    let mut conn = Conn(Arc::new(s));
+    let mut conn = match tls {
+        Some((tls, peer)) => Conn::Tls(Box::new(crate::tls::connect_peer(&tls, s, addr, peer).await?)),
+        None => Conn::Plain(Arc::new(s)),
+    };
     #[cfg(madsim)]
     let mut conn = Conn(s);
     conn.write_all(&wire::preamble(me, my_addr)).await?;

@@ -55,6 +55,12 @@ pub struct PeerTransport {
     /// The node's runtime: link and snapshot tasks run there, not on the Ready loop's thread.
     #[cfg(not(madsim))]
     rt: tokio::runtime::Handle,
+    /// Mutual TLS for outgoing links, when the node has a TLS dir.
+    #[cfg(not(madsim))]
+    tls: OnceLock<Arc<crate::tls::NodeTls>>,
+    /// Raft messages dropped because their `from` is not the node their connection's
+    /// certificate names.
+    forged: std::sync::atomic::AtomicU64,
 }
 
 impl PeerTransport {
@@ -70,6 +76,9 @@ impl PeerTransport {
             me: OnceLock::new(),
             #[cfg(not(madsim))]
             rt: tokio::runtime::Handle::current(),
+            #[cfg(not(madsim))]
+            tls: OnceLock::new(),
+            forged: Default::default(),
         });
         let _ = t.me.set(Arc::downgrade(&t));
         t
@@ -89,6 +98,32 @@ impl PeerTransport {
             if l.get(&id).map(String::as_str) != Some(addr) {
                 l.insert(id, addr.to_string());
             }
+        }
+    }
+
+    /// Links connect with TLS from now on.
+    #[cfg(not(madsim))]
+    pub fn set_tls(&self, tls: Arc<crate::tls::NodeTls>) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// How many Raft messages were dropped because they claimed a node other than the one
+    /// their connection's certificate names.
+    pub fn forged_dropped(&self) -> u64 {
+        self.forged.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts `n` dropped messages that claimed `claimed` on a connection of node `cert`.
+    fn drop_forged(&self, cert: u64, claimed: u64, n: u64) {
+        let total = self.forged.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        // Logged at the first drop and then at every doubling, so a flood cannot flood the log.
+        if (total - n).checked_ilog2() != total.checked_ilog2() {
+            tracing::warn!(
+                peer = cert,
+                claimed,
+                forged_dropped = total,
+                "dropped raft messages whose from is not the node its certificate names"
+            );
         }
     }
 
@@ -120,11 +155,23 @@ impl PeerTransport {
     /// Serves one accepted peer connection: reads its preamble, then steps every message of
     /// every frame into the driver, until the peer closes it or sends something malformed.
     pub async fn serve_peer<S: AsyncRead + Unpin>(self: Arc<Self>, stream: S) {
+        self.serve_peer_as(stream, None).await
+    }
+
+    /// [`Self::serve_peer`] for a connection whose certificate names node `cert`: only its
+    /// messages (`from == cert`) are stepped, the others are dropped and counted.
+    pub async fn serve_peer_as<S: AsyncRead + Unpin>(self: &Arc<Self>, stream: S, cert: Option<u64>) {
         let mut r = tokio::io::BufReader::with_capacity(256 * 1024, stream);
         let from = match tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut r)).await {
             Ok(Ok((from, addr))) => {
-                self.learn(from, &addr);
-                from
+                match cert {
+                    Some(c) if c != from => {
+                        tracing::warn!(peer = c, claimed = from, "a peer connection's preamble claims another node")
+                    }
+                    // Only a certificate's own node may say where it is.
+                    _ => self.learn(from, &addr),
+                }
+                cert.unwrap_or(from)
             }
             Ok(Err(e)) => {
                 tracing::debug!("dropping a peer connection: {e}");
@@ -161,8 +208,17 @@ impl PeerTransport {
             }
             match wire::decode_frame(&body) {
                 Ok(msgs) => {
+                    let (mut forged, mut claimed) = (0, 0);
                     for m in msgs {
+                        if cert.is_some_and(|c| c != m.from) {
+                            forged += 1;
+                            claimed = m.from;
+                            continue;
+                        }
                         handle.step(m).await;
+                    }
+                    if forged > 0 {
+                        self.drop_forged(from, claimed, forged);
                     }
                 }
                 Err(e) => {
@@ -191,6 +247,11 @@ impl link::Owner for PeerTransport {
 
     fn me(&self) -> (u64, &str) {
         (self.id, &self.addr)
+    }
+
+    #[cfg(not(madsim))]
+    fn tls(&self) -> Option<Arc<crate::tls::NodeTls>> {
+        self.tls.get().cloned()
     }
 
     fn unreachable(&self, id: u64) {
@@ -288,12 +349,29 @@ fn parse(b: &[u8]) -> Result<Message, Status> {
 #[tonic::async_trait]
 impl RaftTransport for SnapshotService {
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftAck>, Status> {
+        // On a TLS port: the identity the connection's certificate names.
+        #[cfg(not(madsim))]
+        let cert = req.extensions().get::<crate::tls::PeerInfo>().and_then(|p| p.identity.clone());
         let mut stream = req.into_inner();
         let mut msg: Option<Message> = None;
         let mut data = Vec::new();
         while let Some(chunk) = stream.message().await? {
             if msg.is_none() {
                 let m = parse(&chunk.message)?;
+                #[cfg(not(madsim))]
+                if let Some(id) = &cert {
+                    match id {
+                        blixard_tls::Identity::Node(n) if *n == m.from => {}
+                        blixard_tls::Identity::Node(n) => {
+                            self.transport.drop_forged(*n, m.from, 1);
+                            return Err(Status::permission_denied(format!(
+                                "a snapshot from node {} on a connection of node {n}",
+                                m.from
+                            )));
+                        }
+                        _ => return Err(Status::permission_denied("only a node certificate may send snapshots")),
+                    }
+                }
                 self.transport.learn(m.from, &chunk.from_addr);
                 msg = Some(m);
             }
