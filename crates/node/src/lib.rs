@@ -64,6 +64,8 @@ pub struct NodeConfig {
     pub disk_gib: Option<u64>,
     /// Heartbeats, fencing and the down timeout (see [`liveness`]).
     pub liveness: liveness::Timing,
+    /// Connections, handshakes, idle peers and snapshot sizes (see [`transport::limits`]).
+    pub limits: transport::Limits,
 }
 
 impl NodeConfig {
@@ -91,6 +93,7 @@ impl NodeConfig {
             labels: Default::default(),
             disk_gib: None,
             liveness: liveness::Timing::default(),
+            limits: transport::Limits::default(),
         }
     }
 }
@@ -202,7 +205,7 @@ async fn register(raft: Handle, r: blixard_core::Registration) {
 async fn accept(
     listener: TcpListener,
     transport: Arc<transport::PeerTransport>,
-    grpc: tokio::sync::mpsc::Sender<std::io::Result<tokio::net::TcpStream>>,
+    grpc: tokio::sync::mpsc::Sender<std::io::Result<transport::limits::Counted>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -210,8 +213,11 @@ async fn accept(
             r = listener.accept() => r,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let s = match s {
-            Ok((s, _)) => s,
+        let (s, slot) = match s {
+            Ok((s, from)) => match transport.admit(from.ip()) {
+                Some(slot) => (s, slot),
+                None => continue, // too many from there: closed at once
+            },
             Err(e) => {
                 // Out of file descriptors and the like: wait a little instead of spinning.
                 tracing::warn!("accept failed: {e}");
@@ -224,9 +230,10 @@ async fn accept(
         let _ = s.set_nodelay(true);
         let (transport, grpc, mut stop) = (transport.clone(), grpc.clone(), stop.clone());
         tokio::spawn(async move {
+            let _slot = slot; // held while the connection is open, whoever serves it (gRPC: below)
             let mut first = [0u8; 1];
             let peeked = tokio::select! {
-                r = tokio::time::timeout(Duration::from_secs(30), s.peek(&mut first)) => r,
+                r = tokio::time::timeout(transport.limits().handshake_timeout, s.peek(&mut first)) => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             match peeked {
@@ -237,7 +244,7 @@ async fn accept(
                     }
                 }
                 Ok(Ok(1)) => {
-                    let _ = grpc.send(Ok(s)).await;
+                    let _ = grpc.send(Ok(transport::limits::Counted::new(s, _slot))).await;
                 }
                 _ => {} // closed, failed or silent: drop it
             }
@@ -339,6 +346,7 @@ impl Node {
         };
         let pool = Arc::new(pool::ChannelPool::default());
         let transport = transport::PeerTransport::new(cfg.id, advertise.clone(), storage.db().clone(), pool.clone());
+        transport.configure(cfg.limits.clone(), cfg.data_dir.join("snapshot-in"));
         let (driver, raft) =
             Driver::new(rc, storage, Arc::new(transport::SharedTransport(transport.clone()))).map_err(storage_err)?;
         transport.set_handle(raft.clone());

@@ -108,6 +108,20 @@ pub struct NodeArgs {
     /// (ms); at least 500 ms more than --fence-after-ms.
     #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub down_after_ms: u64,
+    /// Largest Raft snapshot this node receives, in MiB (spooled to the data dir as it
+    /// arrives; a larger stream is cut and refused).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_snapshot_mib: u64,
+    /// Open connections from one source address at once; more are closed at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_conns_per_ip: u64,
+    /// A new connection that does not show what it is (a client's first byte, a peer's whole
+    /// preamble) within this many ms is closed.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub handshake_timeout_ms: u64,
+    /// A peer connection without a frame for this many ms is closed (its sender reconnects).
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub peer_idle_timeout_ms: u64,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -151,6 +165,12 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid --label: {}", e.rule);
     }
     cfg.disk_gib = a.disk_gib;
+    cfg.limits = blixard_node::transport::Limits {
+        max_snapshot_bytes: a.max_snapshot_mib.saturating_mul(1024 * 1024),
+        max_conns_per_ip: a.max_conns_per_ip as usize,
+        handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(a.peer_idle_timeout_ms),
+    };
     cfg.liveness = blixard_node::liveness::Timing {
         heartbeat: Duration::from_millis(a.heartbeat_ms),
         fence_after: Duration::from_millis(a.fence_after_ms),
