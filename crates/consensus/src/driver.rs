@@ -89,6 +89,8 @@ pub struct Driver<T: Transport> {
     start: tokio::time::Instant,
     /// Peer messages dropped by [`crate::validate`].
     pub(crate) refused: Arc<std::sync::atomic::AtomicU64>,
+    /// Committed entries skipped because they do not decode (see [`crate::apply`]).
+    pub(crate) undecodable: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Entropy for the driver's generator: the OS in production; under MadSim the simulated clock,
@@ -161,6 +163,7 @@ impl<T: Transport> Driver<T> {
             rng,
             start: tokio::time::Instant::now(),
             refused: Arc::default(),
+            undecodable: Arc::default(),
         };
         d.learn_unapplied_log();
         d.publish();
@@ -174,6 +177,7 @@ impl<T: Transport> Driver<T> {
             waiting: Arc::default(),
             own: Arc::new(Mutex::new(own)),
             refused: d.refused.clone(),
+            undecodable: d.undecodable.clone(),
         };
         Ok((d, handle))
     }

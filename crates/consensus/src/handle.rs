@@ -64,6 +64,8 @@ pub struct Handle {
     pub(crate) own: Arc<Mutex<ClientSession>>,
     /// Peer messages dropped because they broke a rule of [`crate::validate`].
     pub(crate) refused: Arc<std::sync::atomic::AtomicU64>,
+    /// Committed entries skipped because they do not decode.
+    pub(crate) undecodable: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Counts a waiting caller for as long as it lives.
@@ -173,6 +175,12 @@ impl Handle {
     /// How many peer messages were dropped as impossible (see [`crate::validate`]).
     pub fn refused_messages(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// How many committed entries this node skipped because they do not decode (each node
+    /// skips the same ones).
+    pub fn undecodable_entries(&self) -> u64 {
+        self.undecodable.load(Ordering::Relaxed)
     }
 
     pub async fn step(&self, msg: Message) {
