@@ -80,16 +80,16 @@ impl RaftTransport for SnapshotService {
                 .map_err(|e| Status::internal(format!("writing the snapshot spool: {e}")))?;
         }
         let mut m = msg.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let data = tokio::task::block_in_place(|| -> std::io::Result<Vec<u8>> {
+        // Read back in one go (a blocking read of a local file, once per snapshot).
+        let read = |f: &mut std::fs::File| -> std::io::Result<Vec<u8>> {
             use std::io::Seek;
-            let f = &mut spool.file;
             f.flush()?;
             f.seek(std::io::SeekFrom::Start(0))?;
             let mut data = Vec::with_capacity(size as usize);
             f.read_to_end(&mut data)?;
             Ok(data)
-        })
-        .map_err(|e| Status::internal(format!("reading the snapshot spool: {e}")))?;
+        };
+        let data = read(&mut spool.file).map_err(|e| Status::internal(format!("reading the snapshot spool: {e}")))?;
         drop(spool);
         if let Err(e) = blixard_core::state::check_snapshot(&data) {
             tracing::warn!(from = m.from, "refusing a snapshot: {e}");
