@@ -66,6 +66,9 @@ pub struct NodeConfig {
     pub liveness: liveness::Timing,
     /// Connections, handshakes, idle peers and snapshot sizes (see [`transport::limits`]).
     pub limits: transport::Limits,
+    /// Directories whose files VM specs may name as kernel, initrd or rootfs, besides the
+    /// image cache (see `blixard_vmm::host_files`).
+    pub allow_image_dirs: Vec<PathBuf>,
 }
 
 impl NodeConfig {
@@ -94,6 +97,7 @@ impl NodeConfig {
             disk_gib: None,
             liveness: liveness::Timing::default(),
             limits: transport::Limits::default(),
+            allow_image_dirs: Vec::new(),
         }
     }
 }
@@ -148,7 +152,8 @@ async fn run_vms(
 ) {
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
-    let opened = match backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone()).await {
+    let files = blixard_vmm::host_files::HostFiles::new(cache.clone(), cfg.allow_image_dirs.clone());
+    let opened = match backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone(), files).await {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("VM backend {} unavailable; this node will not host VMs: {e}", cfg.vm_backend.as_str());

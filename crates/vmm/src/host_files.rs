@@ -135,6 +135,75 @@ impl HostFiles {
     }
 }
 
+/// What `blixard image import` recorded about an image (`<cache>/imported/NAME.json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Imported {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+    /// The file it was copied from.
+    pub source: PathBuf,
+}
+
+/// Copies the regular file `src` into the image store of `cache` as `name` (written to a
+/// temporary file, synced, then renamed: never half an image) and records its sha256. The
+/// same content again is a no-op; another content under a taken name is refused. Blocking.
+pub fn import(cache: &Path, name: &str, src: &Path) -> Result<Imported> {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    image_ref::validate_image_name(name).map_err(|rule| refused("name", name, rule))?;
+    let given = src.display().to_string();
+    let real = std::fs::canonicalize(src).map_err(|e| refused("path", &given, format!("cannot be resolved: {e}")))?;
+    if let Some(d) = image_ref::never_allowed(&real) {
+        return Err(refused(
+            "path",
+            &given,
+            format!("resolves to {}, under {d}, which is never allowed", real.display()),
+        ));
+    }
+    let mut from = std::fs::File::open(&real).map_err(VmmError::io("open", &real))?;
+    if !from.metadata().map_err(VmmError::io("read", &real))?.file_type().is_file() {
+        return Err(refused("path", &given, format!("{} is not a regular file", real.display())));
+    }
+    let dir = imported_dir(cache);
+    std::fs::create_dir_all(&dir).map_err(VmmError::io("create", &dir))?;
+    let (dest, meta) = (dir.join(name), dir.join(format!("{name}.json")));
+    let tmp = dir.join(format!(".{name}.partial"));
+    let mut to = std::fs::File::create(&tmp).map_err(VmmError::io("create", &tmp))?;
+    let (mut hash, mut bytes, mut buf) = (sha2::Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+    loop {
+        let n = from.read(&mut buf).map_err(VmmError::io("read", &real))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(VmmError::io("write", &tmp))?;
+        bytes += n as u64;
+    }
+    to.sync_all().map_err(VmmError::io("sync", &tmp))?;
+    let sha256 = format!("{:x}", hash.finalize());
+    let rec = Imported { name: name.to_string(), path: dest.clone(), sha256, bytes, source: real };
+    if let Ok(old) = read_imported(cache, name) {
+        let _ = std::fs::remove_file(&tmp);
+        if old.sha256 == rec.sha256 && dest.is_file() {
+            return Ok(old);
+        }
+        return Err(refused("name", name, format!("image {name} exists with another content (sha256 {})", old.sha256)));
+    }
+    std::fs::rename(&tmp, &dest).map_err(VmmError::io("rename", &dest))?;
+    let json = serde_json::to_vec_pretty(&rec).map_err(|source| VmmError::BadFile { path: meta.clone(), source })?;
+    std::fs::write(&meta, json).map_err(VmmError::io("write", &meta))?;
+    Ok(rec)
+}
+
+/// The record of an imported image.
+pub fn read_imported(cache: &Path, name: &str) -> Result<Imported> {
+    let meta = imported_dir(cache).join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&meta).map_err(VmmError::io("read", &meta))?;
+    serde_json::from_str(&text).map_err(|source| VmmError::BadFile { path: meta, source })
+}
+
 /// Backing files deeper than this are refused.
 const MAX_CHAIN: usize = 16;
 
@@ -166,6 +235,26 @@ mod tests {
             Err(VmmError::HostFileRefused { rule, .. }) => rule,
             other => panic!("not refused: {other:?}"),
         }
+    }
+
+    #[test]
+    fn import_copies_records_the_digest_and_resolves_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let src = tmp.path().join("vmlinux");
+        std::fs::write(&src, b"hello").unwrap();
+        let rec = import(&cache, "k1", &src).unwrap();
+        assert_eq!(rec.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!((rec.bytes, std::fs::read(&rec.path).unwrap()), (5, b"hello".to_vec()));
+        assert_eq!(read_imported(&cache, "k1").unwrap(), rec);
+        assert_eq!(import(&cache, "k1", &src).unwrap(), rec, "the same content again");
+        std::fs::write(&src, b"other").unwrap();
+        assert!(rule(import(&cache, "k1", &src).map(|r| r.path)).contains("another content"));
+        assert!(rule(import(&cache, "../x", &src).map(|r| r.path)).contains("[a-z0-9._-]"));
+        assert!(rule(import(&cache, "k2", Path::new("/dev/null")).map(|r| r.path)).contains("under /dev"));
+        assert!(rule(import(&cache, "k2", tmp.path()).map(|r| r.path)).contains("not a regular file"));
+        let h = HostFiles::new(&cache, vec![]);
+        assert_eq!(h.resolve("kernel", "image:k1").unwrap(), rec.path.canonicalize().unwrap());
     }
 
     #[test]

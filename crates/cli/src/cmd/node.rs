@@ -122,6 +122,10 @@ pub struct NodeArgs {
     /// A peer connection without a frame for this many ms is closed (its sender reconnects).
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub peer_idle_timeout_ms: u64,
+    /// A directory whose files VM specs may name as --kernel, --initrd or --rootfs, besides
+    /// the image cache (repeatable). /proc, /sys and /dev are never allowed.
+    #[arg(long = "allow-image-dir", value_name = "DIR")]
+    pub allow_image_dirs: Vec<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -165,6 +169,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid --label: {}", e.rule);
     }
     cfg.disk_gib = a.disk_gib;
+    cfg.allow_image_dirs = a.allow_image_dirs;
     cfg.limits = blixard_node::transport::Limits {
         max_snapshot_bytes: a.max_snapshot_mib.saturating_mul(1024 * 1024),
         max_conns_per_ip: a.max_conns_per_ip as usize,
