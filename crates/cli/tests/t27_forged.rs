@@ -7,6 +7,9 @@
 //! What these cannot cover without peer authentication (mTLS): a message that is possible
 //! for the real leader, sent under the leader's id.
 
+// rust-protobuf messages are built by mutating a default (they carry hidden fields).
+#![allow(clippy::field_reassign_with_default)]
+
 mod common;
 
 use std::io::Write;

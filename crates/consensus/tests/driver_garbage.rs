@@ -2,6 +2,9 @@
 //! change or whose command is junk — are reported and skipped the same way on every start:
 //! the node applies past them, keeps serving, and restarts (again and again) over them.
 
+// rust-protobuf messages are built by mutating a default (they carry hidden fields).
+#![allow(clippy::field_reassign_with_default)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
