@@ -62,6 +62,8 @@ pub(crate) struct Batch {
     pub answers: Vec<(SessionKey, Applied)>,
     /// The last entry that changed more than the key/value table.
     pub touched: Option<u64>,
+    /// Entries skipped because they do not decode.
+    pub undecodable: u64,
 }
 
 /// The one change a configuration-change entry makes, or why it is not one Blixard makes.
@@ -129,6 +131,7 @@ pub(crate) fn apply_entries(
             Err(err) => {
                 // Every node decodes the same bytes the same way: skipping stays deterministic.
                 tracing::error!(index = e.index, "skipping an entry that does not decode: {err}");
+                out.undecodable += 1;
                 continue;
             }
         };
@@ -136,6 +139,9 @@ pub(crate) fn apply_entries(
             out.touched = Some(e.index);
         }
         let result = if conf { apply_conf(raw, st, &e, &env, me)? } else { state::apply(st, e.index, &env)? };
+        if conf && decode_conf_change(&e).is_err() {
+            out.undecodable += 1;
+        }
         if let Some(s) = env.session {
             out.answers.push((s.key(), result));
         }

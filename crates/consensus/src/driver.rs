@@ -87,6 +87,10 @@ pub struct Driver<T: Transport> {
     rng: rand::rngs::StdRng,
     /// The engine's clock starts here.
     start: tokio::time::Instant,
+    /// Peer messages dropped by [`crate::validate`].
+    pub(crate) refused: Arc<std::sync::atomic::AtomicU64>,
+    /// Committed entries skipped because they do not decode (see [`crate::apply`]).
+    pub(crate) undecodable: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Entropy for the driver's generator: the OS in production; under MadSim the simulated clock,
@@ -158,6 +162,8 @@ impl<T: Transport> Driver<T> {
             known: Known::default(),
             rng,
             start: tokio::time::Instant::now(),
+            refused: Arc::default(),
+            undecodable: Arc::default(),
         };
         d.learn_unapplied_log();
         d.publish();
@@ -170,6 +176,8 @@ impl<T: Transport> Driver<T> {
             reply_spin,
             waiting: Arc::default(),
             own: Arc::new(Mutex::new(own)),
+            refused: d.refused.clone(),
+            undecodable: d.undecodable.clone(),
         };
         Ok((d, handle))
     }
@@ -370,8 +378,15 @@ impl<T: Transport> Driver<T> {
                 self.raw.report_snapshot(to, st);
             }
             PeerRequest::Step(m) => {
-                if !self.known.admits(self.raw.store().conf_state(), m.from) {
-                    tracing::debug!(from = m.from, "dropping message from a non-member");
+                if let Err(why) = self.validate(&m) {
+                    let n = self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    // Every refusal is counted; the log shows the 1st, 2nd, 4th, 8th... (a
+                    // flood of forged frames must not become a flood of log lines).
+                    if n.is_power_of_two() {
+                        tracing::warn!(from = m.from, refused = n, "dropping a raft message: {why}");
+                    } else {
+                        tracing::debug!(from = m.from, "dropping a raft message: {why}");
+                    }
                     return;
                 }
                 if let Err(e) = self.raw.step(*m) {
@@ -380,6 +395,31 @@ impl<T: Transport> Driver<T> {
                 self.rejitter();
             }
         }
+    }
+
+    /// Checks a message from a peer against what this node knows (see [`crate::validate`]).
+    fn validate(&self, m: &Message) -> Result<(), crate::validate::Refused> {
+        let r = &self.raw.raft;
+        let cs = self.raw.store().conf_state();
+        let member = |id: u64| self.known.admits(cs, id);
+        // raft-rs answers 0 for an index outside the log; here that is "unknown".
+        let (first, last) = (r.raft_log.first_index(), r.raft_log.last_index());
+        let term_at = |i: u64| if i + 1 < first || i > last { None } else { r.raft_log.term(i).ok() };
+        let leader =
+            if r.state == StateRole::Candidate || r.state == StateRole::PreCandidate { 0 } else { r.leader_id };
+        let local = crate::validate::Local {
+            id: self.cfg.id,
+            term: r.term,
+            leader,
+            in_lease: leader != raft::INVALID_ID && r.election_elapsed < self.cfg.election_ticks,
+            is_leader: r.state == StateRole::Leader,
+            last_index: last,
+            committed: r.raft_log.committed,
+            applied: self.applied,
+            member: &member,
+            term_at: &term_at,
+        };
+        crate::validate::check(m, &local)
     }
 
     /// Carries out what the engine decided.

@@ -62,6 +62,10 @@ pub struct Handle {
     pub(crate) waiting: Arc<AtomicUsize>,
     /// The session of the commands this node makes on its own behalf.
     pub(crate) own: Arc<Mutex<ClientSession>>,
+    /// Peer messages dropped because they broke a rule of [`crate::validate`].
+    pub(crate) refused: Arc<std::sync::atomic::AtomicU64>,
+    /// Committed entries skipped because they do not decode.
+    pub(crate) undecodable: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Counts a waiting caller for as long as it lives.
@@ -168,6 +172,17 @@ impl Handle {
 
     /// Hands a message from a peer to Raft; waits while the Raft queue is full (the caller, a
     /// peer connection, then stops reading: back-pressure instead of loss).
+    /// How many peer messages were dropped as impossible (see [`crate::validate`]).
+    pub fn refused_messages(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// How many committed entries this node skipped because they do not decode (each node
+    /// skips the same ones).
+    pub fn undecodable_entries(&self) -> u64 {
+        self.undecodable.load(Ordering::Relaxed)
+    }
+
     pub async fn step(&self, msg: Message) {
         let _ = self.peers.send(PeerRequest::Step(Box::new(msg))).await;
     }

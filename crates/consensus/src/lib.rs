@@ -29,6 +29,7 @@ pub mod sm;
 pub mod storage;
 pub mod transport;
 pub mod types;
+pub mod validate;
 pub mod wal;
 
 pub use error::StorageError;

@@ -136,6 +136,9 @@ impl<T: Transport> Driver<T> {
             batch
         };
         self.known.applied(self.applied);
+        if batch.undecodable > 0 {
+            self.undecodable.fetch_add(batch.undecodable, std::sync::atomic::Ordering::Relaxed);
+        }
         for (key, applied) in &batch.answers {
             self.engine.on_applied(*key, applied);
         }

@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod command;
+pub mod image_ref;
 pub mod membership;
 pub mod placement;
 pub mod reconcile;

@@ -358,6 +358,7 @@ impl VmSpec {
         for (field, v) in [("kernel", &self.kernel), ("initrd", &self.initrd), ("rootfs", &self.rootfs)] {
             if let Some(v) = v {
                 text(field, v, MAX_PATH_LEN)?;
+                crate::image_ref::parse(field, v)?;
             }
         }
         if let Some(c) = &self.cmdline {

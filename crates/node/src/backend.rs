@@ -37,6 +37,7 @@ pub async fn open(
     _vm_dir: PathBuf,
     _image_cache: PathBuf,
     _bridge: Option<String>,
+    _files: blixard_vmm::host_files::HostFiles,
 ) -> Result<Opened, String> {
     Ok(Opened { driver: Arc::new(blixard_vmm::fake::FakeDriver::new()), accel: "fake".into() })
 }
@@ -50,6 +51,7 @@ pub async fn open(
     vm_dir: PathBuf,
     image_cache: PathBuf,
     bridge: Option<String>,
+    files: blixard_vmm::host_files::HostFiles,
 ) -> Result<Opened, String> {
     match backend {
         Backend::Qemu => {
@@ -65,6 +67,7 @@ pub async fn open(
             tracing::info!(accel = %verdict.accel, why = %verdict.detail, "VM backend qemu");
             let mut cfg = QemuConfig::new(vm_dir, image, verdict.accel);
             cfg.bridge = bridge;
+            cfg.host_files = files;
             let driver = QemuDriver::new(cfg)
                 .map_err(|e| format!("cannot open the VM directory: {}", crate::status::chain(&e)))?;
             let adopted = driver.adopt_all().await.map_err(|e| format!("cannot adopt running VMs: {e}"))?;

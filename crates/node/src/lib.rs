@@ -71,6 +71,11 @@ pub struct NodeConfig {
     /// The `blixard` binary, to start the fencing watchdog with (`fence-watch`); `None`: no
     /// watchdog (in-process nodes of tests and benchmarks).
     pub watchdog_exe: Option<PathBuf>,
+    /// Connections, handshakes, idle peers and snapshot sizes (see [`transport::limits`]).
+    pub limits: transport::Limits,
+    /// Directories whose files VM specs may name as kernel, initrd or rootfs, besides the
+    /// image cache (see `blixard_vmm::host_files`).
+    pub allow_image_dirs: Vec<PathBuf>,
 }
 
 impl NodeConfig {
@@ -100,6 +105,8 @@ impl NodeConfig {
             liveness: liveness::Timing::default(),
             tls_dir: None,
             watchdog_exe: None,
+            limits: transport::Limits::default(),
+            allow_image_dirs: Vec::new(),
         }
     }
 }
@@ -156,7 +163,8 @@ async fn run_vms(
 ) {
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
-    let opened = match backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone()).await {
+    let files = blixard_vmm::host_files::HostFiles::new(cache.clone(), cfg.allow_image_dirs.clone());
+    let opened = match backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone(), files).await {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("VM backend {} unavailable; this node will not host VMs: {e}", cfg.vm_backend.as_str());
@@ -219,7 +227,7 @@ async fn register(raft: Handle, r: blixard_core::Registration) {
 async fn accept(
     listener: TcpListener,
     transport: Arc<transport::PeerTransport>,
-    grpc: tokio::sync::mpsc::Sender<std::io::Result<tls::Io>>,
+    grpc: tokio::sync::mpsc::Sender<std::io::Result<transport::limits::Counted<tls::Io>>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     tls: Option<Arc<tls::NodeTls>>,
 ) {
@@ -228,8 +236,11 @@ async fn accept(
             r = listener.accept() => r,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let s = match s {
-            Ok((s, _)) => s,
+        let (s, slot) = match s {
+            Ok((s, from)) => match transport.admit(from.ip()) {
+                Some(slot) => (s, slot),
+                None => continue, // too many from there: closed at once
+            },
             Err(e) => {
                 // Out of file descriptors and the like: wait a little instead of spinning.
                 tracing::warn!("accept failed: {e}");
@@ -242,7 +253,7 @@ async fn accept(
         let _ = s.set_nodelay(true);
         let (transport, grpc, mut stop) = (transport.clone(), grpc.clone(), stop.clone());
         if let Some(t) = &tls {
-            let route = tls::route(s, t.clone(), transport, grpc);
+            let route = tls::route(s, slot, t.clone(), transport, grpc);
             tokio::spawn(async move {
                 tokio::select! {
                     _ = route => {}
@@ -252,9 +263,10 @@ async fn accept(
             continue;
         }
         tokio::spawn(async move {
+            let _slot = slot; // held while the connection is open, whoever serves it (gRPC: below)
             let mut first = [0u8; 1];
             let peeked = tokio::select! {
-                r = tokio::time::timeout(Duration::from_secs(30), s.peek(&mut first)) => r,
+                r = tokio::time::timeout(transport.limits().handshake_timeout, s.peek(&mut first)) => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             match peeked {
@@ -265,7 +277,7 @@ async fn accept(
                     }
                 }
                 Ok(Ok(1)) => {
-                    let _ = grpc.send(Ok(s.into())).await;
+                    let _ = grpc.send(Ok(transport::limits::Counted::new(s.into(), _slot))).await;
                 }
                 _ => {} // closed, failed or silent: drop it
             }
@@ -378,6 +390,7 @@ impl Node {
             pool.set_tls(t.clone());
             transport.set_tls(t.clone());
         }
+        transport.configure(cfg.limits.clone(), cfg.data_dir.join("snapshot-in"));
         let (driver, raft) =
             Driver::new(rc, storage, Arc::new(transport::SharedTransport(transport.clone()))).map_err(storage_err)?;
         transport.set_handle(raft.clone());

@@ -32,8 +32,6 @@ use crate::transport::PeerTransport;
 
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection may take to send its first byte after the handshake.
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the certificate files are checked for changes.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -188,9 +186,10 @@ impl AsyncWrite for Io {
 /// node certificate only) or gRPC. Anything that fails is dropped with a debug line.
 pub async fn route(
     s: TcpStream,
+    slot: crate::transport::limits::ConnSlot,
     tls: Arc<NodeTls>,
     transport: Arc<PeerTransport>,
-    grpc: tokio::sync::mpsc::Sender<std::io::Result<Io>>,
+    grpc: tokio::sync::mpsc::Sender<std::io::Result<crate::transport::limits::Counted<Io>>>,
 ) {
     let remote = s.peer_addr().ok();
     let acceptor = TlsAcceptor::from(tls.get().server);
@@ -216,18 +215,22 @@ pub async fn route(
         None => return, // the verifier requires one; never here
     };
     let mut first = [0u8; 1];
-    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, t.read(&mut first)).await {
+    match tokio::time::timeout(transport.limits().handshake_timeout, t.read(&mut first)).await {
         Ok(Ok(1)) => {}
         _ => return, // closed, failed or silent
     }
     let stream = Prefixed { first: Some(first[0]), inner: t };
     if first[0] == crate::transport::wire::MAGIC[0] {
         match identity {
-            Identity::Node(n) => transport.serve_peer_as(stream, Some(n)).await,
+            Identity::Node(n) => {
+                let _slot = slot; // held while the connection is open
+                transport.serve_peer_as(stream, Some(n)).await
+            }
             other => tracing::warn!(?remote, "refusing a peer connection from {other}: not a node certificate"),
         }
     } else {
-        let _ = grpc.send(Ok(Io::Tls(Box::new(stream), PeerInfo { remote, identity: Some(identity) }))).await;
+        let io = Io::Tls(Box::new(stream), PeerInfo { remote, identity: Some(identity) });
+        let _ = grpc.send(Ok(crate::transport::limits::Counted::new(io, slot))).await;
     }
 }
 

@@ -50,6 +50,9 @@ pub enum VmmError {
     NixMissing,
     #[error("{0} is not supported")]
     Unsupported(&'static str),
+    /// A spec's kernel, initrd or rootfs names a host file VMs may not use.
+    #[error("{field} {reference:?} refused: {rule}")]
+    HostFileRefused { field: String, reference: String, rule: String },
     /// A failure injected by the fake driver (simulation only).
     #[error("injected failure: {0}")]
     Injected(String),

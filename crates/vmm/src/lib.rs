@@ -18,6 +18,7 @@ pub mod accel;
 pub mod driver;
 mod error;
 pub mod fake;
+pub mod host_files;
 #[cfg(not(madsim))]
 pub mod image;
 pub mod microvm_nix;

@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use blixard_core::{PortForward, VmSpec};
-use blixard_vmm::{Instance, StopOutcome, VmDriver, VmState, BOOT_MARKER};
+use blixard_vmm::qemu::{QemuConfig, QemuDriver};
+use blixard_vmm::{Accel, Instance, StopOutcome, VmDriver, VmState, BOOT_MARKER};
 use common::{free_port, http_get, wait_for, Harness};
 
 const BOOT: Duration = Duration::from_secs(60);
@@ -177,7 +178,9 @@ async fn stop_escalates_to_quit_when_the_guest_ignores_the_power_button() {
 #[tokio::test]
 async fn prepare_makes_a_copy_on_write_overlay_of_a_named_rootfs() {
     let h = Harness::new();
-    let d = h.driver();
+    let mut cfg = QemuConfig::new(h.dir.path(), h.image.clone(), Accel::Tcg);
+    cfg.host_files.allowed_dirs.push(h.dir.path().to_path_buf());
+    let d = QemuDriver::new(cfg).unwrap();
     let base = h.dir.path().join("base.qcow2");
     let made =
         std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("64M").status();
@@ -204,4 +207,40 @@ async fn prepare_makes_a_copy_on_write_overlay_of_a_named_rootfs() {
         d.prepare(&vm("../x"), &VmSpec { name: "../x".into(), ..spec }).await,
         Err(blixard_vmm::VmmError::InvalidName(_))
     ));
+}
+
+/// A spec naming host files outside the image cache and the allowed directories is refused at
+/// prepare, naming the field and the rule, and nothing is created; so is a qcow2 rootfs inside
+/// an allowed directory whose backing file is /etc/shadow.
+#[tokio::test]
+async fn host_files_outside_the_allowed_places_are_refused_at_prepare() {
+    let h = Harness::new();
+    let allowed = h.dir.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let mut cfg = QemuConfig::new(h.dir.path(), h.image.clone(), Accel::Tcg);
+    cfg.host_files.allowed_dirs.push(allowed.clone());
+    let d = QemuDriver::new(cfg).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", allowed.join("innocent")).unwrap();
+    let evil = allowed.join("evil.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw"])
+        .arg(&evil)
+        .arg("64M")
+        .status();
+    assert!(made.unwrap().success());
+    let spec = |name: &str| VmSpec { name: name.into(), vcpus: 1, memory_mib: 96, ..Default::default() };
+    let cases: Vec<(VmSpec, &str, &str)> = vec![
+        (VmSpec { initrd: Some("/etc/shadow".into()), ..spec("a") }, "initrd", "outside the image cache"),
+        (VmSpec { initrd: Some("/proc/self/environ".into()), ..spec("b") }, "initrd", "under /proc"),
+        (VmSpec { rootfs: Some("/dev/vda".into()), ..spec("c") }, "rootfs", "under /dev"),
+        (VmSpec { kernel: Some(allowed.join("innocent").display().to_string()), ..spec("d") }, "kernel", "/etc/shadow"),
+        (VmSpec { rootfs: Some(evil.display().to_string()), ..spec("e") }, "rootfs", "the backing file of"),
+    ];
+    for (s, field, rule) in cases {
+        let e = d.prepare(&vm(&s.name), &s).await.expect_err("refused");
+        let msg = e.to_string();
+        assert!(matches!(&e, blixard_vmm::VmmError::HostFileRefused { field: f, .. } if f == field), "{msg}");
+        assert!(msg.contains(rule), "{}: {msg}", s.name);
+        assert!(!h.dir.path().join(format!("vms/{}.1/disk.qcow2", s.name)).exists());
+    }
 }

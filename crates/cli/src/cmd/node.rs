@@ -115,6 +115,24 @@ pub struct NodeArgs {
     /// the port can then act as a peer or a client.
     #[arg(long)]
     pub insecure: bool,
+    /// Largest Raft snapshot this node receives, in MiB (spooled to the data dir as it
+    /// arrives; a larger stream is cut and refused).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_snapshot_mib: u64,
+    /// Open connections from one source address at once; more are closed at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_conns_per_ip: u64,
+    /// A new connection that does not show what it is (a client's first byte, a peer's whole
+    /// preamble) within this many ms is closed.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub handshake_timeout_ms: u64,
+    /// A peer connection without a frame for this many ms is closed (its sender reconnects).
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub peer_idle_timeout_ms: u64,
+    /// A directory whose files VM specs may name as --kernel, --initrd or --rootfs, besides
+    /// the image cache (repeatable). /proc, /sys and /dev are never allowed.
+    #[arg(long = "allow-image-dir", value_name = "DIR")]
+    pub allow_image_dirs: Vec<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -161,6 +179,13 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     }
     cfg.disk_gib = a.disk_gib;
     cfg.watchdog_exe = std::env::current_exe().ok();
+    cfg.allow_image_dirs = a.allow_image_dirs;
+    cfg.limits = blixard_node::transport::Limits {
+        max_snapshot_bytes: a.max_snapshot_mib.saturating_mul(1024 * 1024),
+        max_conns_per_ip: a.max_conns_per_ip as usize,
+        handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(a.peer_idle_timeout_ms),
+    };
     cfg.liveness = blixard_node::liveness::Timing {
         heartbeat: Duration::from_millis(a.heartbeat_ms),
         fence_after: Duration::from_millis(a.fence_after_ms),

@@ -18,13 +18,15 @@ pub struct CreateArgs {
     /// Size of a per-VM disk, in GiB (1–1024).
     #[arg(long)]
     pub disk_gib: Option<u32>,
-    /// Kernel image reference.
+    /// Kernel: image:NAME (see `blixard image import`) or an absolute path inside an allowed
+    /// directory of the node (--allow-image-dir).
     #[arg(long)]
     pub kernel: Option<String>,
-    /// Initrd image reference.
+    /// Initrd: image:NAME or an absolute path inside an allowed directory of the node.
     #[arg(long)]
     pub initrd: Option<String>,
-    /// Root filesystem base image reference.
+    /// Root filesystem base image (qcow2): image:NAME or an absolute path inside an allowed
+    /// directory of the node; its backing chain must stay inside them too.
     #[arg(long)]
     pub rootfs: Option<String>,
     /// Extra kernel command line.

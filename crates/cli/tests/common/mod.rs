@@ -161,6 +161,13 @@ impl TestNode {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The node process's resident memory in KiB (VmRSS), while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+    }
+
     pub fn spawn(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "node {} already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");

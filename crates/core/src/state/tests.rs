@@ -247,6 +247,11 @@ fn the_same_log_gives_the_same_state_and_snapshots_round_trip() {
     import(&mut c, &data).unwrap();
     assert_eq!(export(&c).unwrap(), data);
     assert_eq!(query(&c, &Query::KvGet { key: b"stale".to_vec() }), Ok(QueryResult::Value(None)));
+    // A snapshot is checked without being applied; junk and other versions are refused.
+    assert_eq!(check_snapshot(&data), Ok(()));
+    assert!(check_snapshot(b"not a snapshot").unwrap_err().0.contains("undecodable"));
+    assert!(check_snapshot(&[]).is_err());
+    assert!(check_snapshot(&data[..data.len() / 2]).is_err());
 }
 
 #[test]

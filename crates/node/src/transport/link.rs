@@ -153,7 +153,15 @@ pub async fn run<O: Owner>(link: Arc<Link>, owner: Arc<O>, id: u64) {
                         if !link.reachable.swap(true, Ordering::Relaxed) {
                             tracing::info!(peer = id, %addr, "peer reachable again");
                         }
-                        format!("{addr}: {}", serve(&link, conn).await)
+                        match serve(&link, conn).await {
+                            Closed::Idle => {
+                                // The peer closed a connection that had nothing to carry (its
+                                // idle timeout): connect again when there is something to send.
+                                tracing::debug!(peer = id, %addr, "idle peer connection closed by the peer");
+                                continue;
+                            }
+                            Closed::Broken(why) => format!("{addr}: {why}"),
+                        }
                     }
                 }
             }
@@ -172,8 +180,15 @@ pub async fn run<O: Owner>(link: Arc<Link>, owner: Arc<O>, id: u64) {
     }
 }
 
+/// Why a connection ended.
+enum Closed {
+    /// The peer closed it while nothing was queued or being written.
+    Idle,
+    Broken(String),
+}
+
 /// Writes queued frames on `conn` until it breaks; returns why.
-async fn serve(link: &Link, mut conn: Conn) -> String {
+async fn serve(link: &Link, mut conn: Conn) -> Closed {
     let generation = {
         let mut st = link.lock();
         st.generation += 1;
@@ -188,7 +203,7 @@ async fn serve(link: &Link, mut conn: Conn) -> String {
         let frames: Vec<Vec<u8>> = {
             let mut st = link.lock();
             if st.generation != generation || !st.connected {
-                break "a write failed".to_string();
+                break Closed::Broken("a write failed".to_string());
             }
             st.writing = !st.queue.is_empty();
             st.queued = 0;
@@ -197,7 +212,10 @@ async fn serve(link: &Link, mut conn: Conn) -> String {
         if frames.is_empty() {
             tokio::select! {
                 _ = link.wake.notified() => continue,
-                e = conn.closed() => break e.to_string(),
+                e = conn.closed() => {
+                    let idle = e.kind() == std::io::ErrorKind::UnexpectedEof && link.lock().queue.is_empty();
+                    break if idle { Closed::Idle } else { Closed::Broken(e.to_string()) };
+                }
             }
         }
         let mut failed = None;
@@ -208,7 +226,7 @@ async fn serve(link: &Link, mut conn: Conn) -> String {
             }
         }
         if let Some(e) = failed {
-            break e;
+            break Closed::Broken(e);
         }
         link.lock().writing = false;
     };

@@ -15,22 +15,24 @@
 //! handler), which measured ~100 µs per hop on the benchmark machine; the direct write and one
 //! reader task cost a fraction of that (docs/BENCHMARKS.md).
 
+pub mod limits;
 pub mod link;
+mod snapshot;
 pub mod wire;
+
+pub use limits::Limits;
+pub use snapshot::SnapshotService;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use blixard_consensus::eraftpb::{Message, MessageType};
 use blixard_consensus::{Handle, Transport};
 use blixard_proto::v1::raft_transport_client::RaftTransportClient;
-use blixard_proto::v1::raft_transport_server::RaftTransport;
-use blixard_proto::v1::{RaftAck, SnapshotChunk};
+use blixard_proto::v1::SnapshotChunk;
 use protobuf::Message as _;
 use redb::Database;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tonic::{Request, Response, Status, Streaming};
 
 use crate::pool::ChannelPool;
 use link::Link;
@@ -38,8 +40,9 @@ use link::Link;
 pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Largest gRPC message the snapshot service accepts (one chunk).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-/// How long an accepted peer connection may take to send its preamble.
-const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frame bytes all peer connections together may hold while a frame arrives: a frame waits
+/// for room before it is read, so many connections announcing large frames claim no more.
+const FRAME_BUDGET: usize = 4 * wire::MAX_FRAME;
 
 pub struct PeerTransport {
     id: u64,
@@ -61,6 +64,14 @@ pub struct PeerTransport {
     /// Raft messages dropped because their `from` is not the node their connection's
     /// certificate names.
     forged: std::sync::atomic::AtomicU64,
+    limits: OnceLock<Limits>,
+    /// Where an incoming snapshot is spooled (see [`snapshot`]).
+    spool: OnceLock<std::path::PathBuf>,
+    /// Held while a snapshot is received: one at a time.
+    snapshot_gate: tokio::sync::Mutex<()>,
+    conns: limits::ConnCounter,
+    /// Room for frames being read (see [`FRAME_BUDGET`]).
+    frame_budget: tokio::sync::Semaphore,
 }
 
 impl PeerTransport {
@@ -79,6 +90,11 @@ impl PeerTransport {
             #[cfg(not(madsim))]
             tls: OnceLock::new(),
             forged: Default::default(),
+            limits: OnceLock::new(),
+            spool: OnceLock::new(),
+            snapshot_gate: tokio::sync::Mutex::new(()),
+            conns: limits::ConnCounter::default(),
+            frame_budget: tokio::sync::Semaphore::new(FRAME_BUDGET),
         });
         let _ = t.me.set(Arc::downgrade(&t));
         t
@@ -114,7 +130,7 @@ impl PeerTransport {
     }
 
     /// Counts `n` dropped messages that claimed `claimed` on a connection of node `cert`.
-    fn drop_forged(&self, cert: u64, claimed: u64, n: u64) {
+    pub(crate) fn drop_forged(&self, cert: u64, claimed: u64, n: u64) {
         let total = self.forged.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
         // Logged at the first drop and then at every doubling, so a flood cannot flood the log.
         if (total - n).checked_ilog2() != total.checked_ilog2() {
@@ -125,6 +141,32 @@ impl PeerTransport {
                 "dropped raft messages whose from is not the node its certificate names"
             );
         }
+    }
+
+    /// Sets the limits and the directory incoming snapshots are spooled in (default: the
+    /// limits' defaults and the system's temp dir).
+    pub fn configure(&self, limits: Limits, spool_dir: std::path::PathBuf) {
+        let _ = self.limits.set(limits);
+        let _ = self.spool.set(spool_dir);
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits.get().cloned().unwrap_or_default()
+    }
+
+    fn spool_dir(&self) -> std::path::PathBuf {
+        self.spool.get().cloned().unwrap_or_else(|| std::env::temp_dir().join(format!("blixard-snapshot-{}", self.id)))
+    }
+
+    /// A place for one more connection from `ip` (see [`Limits::max_conns_per_ip`]); `None`
+    /// means close it.
+    pub fn admit(&self, ip: std::net::IpAddr) -> Option<limits::ConnSlot> {
+        let max = self.limits().max_conns_per_ip;
+        let slot = self.conns.admit(ip, max);
+        if slot.is_none() {
+            tracing::debug!(%ip, max, "closing a connection: too many from one address");
+        }
+        slot
     }
 
     /// Completes the wiring once the driver exists.
@@ -161,8 +203,9 @@ impl PeerTransport {
     /// [`Self::serve_peer`] for a connection whose certificate names node `cert`: only its
     /// messages (`from == cert`) are stepped, the others are dropped and counted.
     pub async fn serve_peer_as<S: AsyncRead + Unpin>(self: &Arc<Self>, stream: S, cert: Option<u64>) {
+        let limits = self.limits();
         let mut r = tokio::io::BufReader::with_capacity(256 * 1024, stream);
-        let from = match tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut r)).await {
+        let from = match tokio::time::timeout(limits.handshake_timeout, read_preamble(&mut r)).await {
             Ok(Ok((from, addr))) => {
                 match cert {
                     Some(c) if c != from => {
@@ -178,16 +221,22 @@ impl PeerTransport {
                 return;
             }
             Err(_) => {
-                tracing::debug!("dropping a peer connection: no preamble within {PREAMBLE_TIMEOUT:?}");
+                tracing::debug!("dropping a peer connection: no preamble within {:?}", limits.handshake_timeout);
                 return;
             }
         };
         let Some(handle) = self.handle.get().cloned() else { return };
+        let idle = limits.idle_timeout;
         let mut body = Vec::new();
         loop {
             let mut prefix = [0u8; 4];
-            if r.read_exact(&mut prefix).await.is_err() {
-                return; // closed
+            match tokio::time::timeout(idle, r.read_exact(&mut prefix)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return, // closed
+                Err(_) => {
+                    tracing::debug!(peer = from, "closing a peer connection: no frame for {idle:?}");
+                    return;
+                }
             }
             let len = match wire::frame_len(prefix) {
                 Ok(n) => n,
@@ -196,15 +245,21 @@ impl PeerTransport {
                     return;
                 }
             };
-            // Grown as the bytes arrive, not reserved up front: a frame's length alone, from
-            // anyone who can connect, must not claim memory.
+            // A frame's bytes are read only once there is room for them among all connections'
+            // (its length alone, from anyone who can connect, must not claim memory), and
+            // within the idle timeout.
+            let Ok(_room) = self.frame_budget.acquire_many(len.max(1) as u32).await else { return };
             if body.capacity() > 4 * 1024 * 1024 {
                 body = Vec::new(); // do not keep a rare large frame's buffer
             }
             body.clear();
-            match (&mut r).take(len as u64).read_to_end(&mut body).await {
-                Ok(n) if n == len => {}
-                _ => return, // closed mid-frame
+            match tokio::time::timeout(idle, (&mut r).take(len as u64).read_to_end(&mut body)).await {
+                Ok(Ok(n)) if n == len => {}
+                Ok(_) => return, // closed mid-frame
+                Err(_) => {
+                    tracing::debug!(peer = from, "closing a peer connection: a frame took over {idle:?}");
+                    return;
+                }
             }
             match wire::decode_frame(&body) {
                 Ok(msgs) => {
@@ -276,13 +331,16 @@ impl Transport for SharedTransport {
                 self.0.spawn(send_snapshot(self.0.clone(), m));
                 continue;
             }
-            match frames.iter_mut().find(|(to, _)| *to == m.to) {
-                Some((_, b)) => b.push(&m),
+            let to = m.to;
+            let b = match frames.iter_mut().position(|(t, _)| *t == to) {
+                Some(i) => &mut frames[i].1,
                 None => {
-                    let mut b = wire::FrameBuilder::default();
-                    b.push(&m);
-                    frames.push((m.to, b));
+                    frames.push((to, wire::FrameBuilder::default()));
+                    &mut frames.last_mut().expect("just pushed").1
                 }
+            };
+            for part in wire::split_proposal(m) {
+                b.push(&part);
             }
         }
         for (to, b) in frames {
@@ -333,54 +391,5 @@ async fn send_snapshot(t: Arc<PeerTransport>, mut m: Message) {
     tracing::info!(to, bytes = data.len(), chunks = n, ok, "snapshot sent");
     if let Some(h) = t.handle.get() {
         h.report_snapshot(to, ok);
-    }
-}
-
-/// The receiving side of snapshots: reassembles the chunks and steps the message.
-pub struct SnapshotService {
-    pub handle: Handle,
-    pub transport: Arc<PeerTransport>,
-}
-
-fn parse(b: &[u8]) -> Result<Message, Status> {
-    Message::parse_from_bytes(b).map_err(|e| Status::invalid_argument(format!("invalid raft message: {e}")))
-}
-
-#[tonic::async_trait]
-impl RaftTransport for SnapshotService {
-    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftAck>, Status> {
-        // On a TLS port: the identity the connection's certificate names.
-        #[cfg(not(madsim))]
-        let cert = req.extensions().get::<crate::tls::PeerInfo>().and_then(|p| p.identity.clone());
-        let mut stream = req.into_inner();
-        let mut msg: Option<Message> = None;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            if msg.is_none() {
-                let m = parse(&chunk.message)?;
-                #[cfg(not(madsim))]
-                if let Some(id) = &cert {
-                    match id {
-                        blixard_tls::Identity::Node(n) if *n == m.from => {}
-                        blixard_tls::Identity::Node(n) => {
-                            self.transport.drop_forged(*n, m.from, 1);
-                            return Err(Status::permission_denied(format!(
-                                "a snapshot from node {} on a connection of node {n}",
-                                m.from
-                            )));
-                        }
-                        _ => return Err(Status::permission_denied("only a node certificate may send snapshots")),
-                    }
-                }
-                self.transport.learn(m.from, &chunk.from_addr);
-                msg = Some(m);
-            }
-            data.extend_from_slice(&chunk.data);
-        }
-        let mut m = msg.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        tracing::info!(from = m.from, bytes = data.len(), "received snapshot");
-        m.mut_snapshot().data = data.into();
-        self.handle.step(m).await;
-        Ok(Response::new(RaftAck {}))
     }
 }

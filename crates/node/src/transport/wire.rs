@@ -19,8 +19,11 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 pub const MAGIC: &[u8; 8] = b"BLXRAFT1";
-/// Largest frame accepted (raft-rs keeps appends to `max_size_per_msg`, 1 MiB, each).
-pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Largest frame accepted. Frames are filled to [`FRAME_TARGET`]; a message alone may be
+/// larger, but raft-rs keeps appends to `max_size_per_msg` (1 MiB) past their first entry, an
+/// entry holds one client request (at most `blixard_proto::MAX_MESSAGE_BYTES`, 4 MiB), and a
+/// large forwarded proposal is split ([`split_proposal`]).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Most bytes one frame is filled with before the next one starts.
 pub const FRAME_TARGET: usize = 8 * 1024 * 1024;
 /// Longest advertised address accepted.
@@ -105,6 +108,28 @@ impl FrameBuilder {
         }
         frames
     }
+}
+
+/// A proposal larger than [`FRAME_TARGET`] as several, in order, each up to the target (or one
+/// entry); any other message as it is.
+pub fn split_proposal(mut m: Message) -> Vec<Message> {
+    use raft::eraftpb::MessageType;
+    if m.get_msg_type() != MessageType::MsgPropose || m.compute_size() as usize <= FRAME_TARGET {
+        return vec![m];
+    }
+    let entries = m.take_entries().into_vec();
+    let mut out: Vec<Message> = Vec::new();
+    let mut size = 0;
+    for e in entries {
+        let n = e.compute_size() as usize + 8;
+        if out.is_empty() || (size + n > FRAME_TARGET && !out.last().is_some_and(|p| p.entries.is_empty())) {
+            out.push(m.clone());
+            size = 0;
+        }
+        size += n;
+        out.last_mut().expect("a part was just ensured").mut_entries().push(e);
+    }
+    out
 }
 
 /// Checks a frame's length prefix.
@@ -197,6 +222,28 @@ mod tests {
         b.push(&msg(2, 3, 10));
         let frames = b.finish();
         assert_eq!(frames.len(), 3);
+    }
+
+    #[test]
+    fn a_large_proposal_is_split_in_order_and_each_part_fits_a_frame() {
+        let mut p = Message::default();
+        p.set_msg_type(MessageType::MsgPropose);
+        p.to = 2;
+        for i in 0..40u64 {
+            let mut e = Entry::default();
+            e.data = vec![i as u8; 1024 * 1024].into();
+            p.mut_entries().push(e);
+        }
+        let parts = split_proposal(p.clone());
+        assert!(parts.len() >= 5, "{} parts", parts.len());
+        let mut got = Vec::new();
+        for part in &parts {
+            assert_eq!(part.to, 2);
+            assert!((part.compute_size() as usize) < MAX_FRAME);
+            got.extend(part.entries.iter().cloned());
+        }
+        assert_eq!(got, p.entries.to_vec());
+        assert_eq!(split_proposal(msg(2, 1, 10)), vec![msg(2, 1, 10)], "other messages are left alone");
     }
 
     #[test]

@@ -5,18 +5,25 @@ use std::path::Path;
 use blixard_core::VmSpec;
 
 use super::args::VmPaths;
+use crate::host_files::HostFiles;
 use crate::{Result, VmmError};
 
 /// Creates `disk.qcow2` if the spec asks for a disk and none exists yet (existing data is kept):
 /// an empty qcow2 of `disk_gib`, or a copy-on-write overlay of the `rootfs` base image.
-pub async fn create_disk(qemu_img: &Path, spec: &VmSpec, paths: &VmPaths) -> Result<()> {
+/// The rootfs (and every file of its backing chain) must be one VMs may use (see
+/// [`crate::host_files`]).
+pub async fn create_disk(qemu_img: &Path, files: &HostFiles, spec: &VmSpec, paths: &VmPaths) -> Result<()> {
     if paths.disk.exists() || (spec.disk_gib.is_none() && spec.rootfs.is_none()) {
         return Ok(());
     }
     let mut cmd = tokio::process::Command::new(qemu_img);
     cmd.args(["create", "-q", "-f", "qcow2"]);
-    if let Some(base) = &spec.rootfs {
-        let base = std::fs::canonicalize(base).map_err(VmmError::io("find the rootfs", base))?;
+    if let Some(given) = &spec.rootfs {
+        let base = files.resolve("rootfs", given)?;
+        let (files, qemu_img, given, checked) = (files.clone(), qemu_img.to_path_buf(), given.clone(), base.clone());
+        tokio::task::spawn_blocking(move || files.check_backing_chain(&qemu_img, "rootfs", &given, &checked))
+            .await
+            .map_err(|e| VmmError::Command { program: "qemu-img info".into(), detail: e.to_string() })??;
         cmd.arg("-b").arg(base).args(["-F", "qcow2"]);
     }
     cmd.arg(&paths.disk);

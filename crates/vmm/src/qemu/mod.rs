@@ -71,18 +71,25 @@ pub struct QemuConfig {
     pub console_cap_bytes: u64,
     /// A host bridge: each VM gets a second NIC, a tap device enslaved to it (needs root).
     pub bridge: Option<String>,
+    /// Which host files a spec's kernel, initrd and rootfs may name.
+    pub host_files: crate::host_files::HostFiles,
 }
 
 impl QemuConfig {
     pub fn new(base_dir: impl Into<PathBuf>, image: GuestImage, accel: Accel) -> Self {
         Self {
             base_dir: base_dir.into(),
-            image,
             accel,
             qemu_binary: "qemu-system-x86_64".into(),
             qemu_img: "qemu-img".into(),
             console_cap_bytes: CONSOLE_CAP_BYTES,
             bridge: None,
+            // The default guest is `<cache>/default/...`: its cache is two levels up.
+            host_files: crate::host_files::HostFiles::new(
+                image.kernel.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default(),
+                Vec::new(),
+            ),
+            image,
         }
     }
 }
@@ -224,13 +231,13 @@ impl QemuDriver {
     }
 
     fn boot_files(&self, spec: &VmSpec) -> Result<GuestImage> {
-        let pick = |given: &Option<String>, default: &Path| match given {
-            Some(p) => std::fs::canonicalize(p).map_err(VmmError::io("find", p)),
+        let pick = |field: &str, given: &Option<String>, default: &Path| match given {
+            Some(p) => self.cfg.host_files.resolve(field, p),
             None => Ok(default.to_path_buf()),
         };
         Ok(GuestImage {
-            kernel: pick(&spec.kernel, &self.cfg.image.kernel)?,
-            initrd: pick(&spec.initrd, &self.cfg.image.initrd)?,
+            kernel: pick("kernel", &spec.kernel, &self.cfg.image.kernel)?,
+            initrd: pick("initrd", &spec.initrd, &self.cfg.image.initrd)?,
         })
     }
 
@@ -411,7 +418,9 @@ impl VmDriver for QemuDriver {
         let _g = lock.lock().await;
         let paths = &slot.paths;
         std::fs::create_dir_all(&paths.dir).map_err(VmmError::io("create", &paths.dir))?;
-        host::create_disk(&self.cfg.qemu_img, spec, paths).await?;
+        // The boot files are checked here too, so a refused spec fails before anything runs.
+        self.boot_files(spec)?;
+        host::create_disk(&self.cfg.qemu_img, &self.cfg.host_files, spec, paths).await?;
         state::write_json(&paths.spec, spec)
     }
 
