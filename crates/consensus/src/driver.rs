@@ -87,6 +87,8 @@ pub struct Driver<T: Transport> {
     rng: rand::rngs::StdRng,
     /// The engine's clock starts here.
     start: tokio::time::Instant,
+    /// The observer (metrics), shared with the handles.
+    pub(crate) observed: crate::observe::Observed,
 }
 
 /// Entropy for the driver's generator: the OS in production; under MadSim the simulated clock,
@@ -158,6 +160,7 @@ impl<T: Transport> Driver<T> {
             known: Known::default(),
             rng,
             start: tokio::time::Instant::now(),
+            observed: crate::observe::Observed::default(),
         };
         d.learn_unapplied_log();
         d.publish();
@@ -170,6 +173,7 @@ impl<T: Transport> Driver<T> {
             reply_spin,
             waiting: Arc::default(),
             own: Arc::new(Mutex::new(own)),
+            observed: d.observed.clone(),
         };
         Ok((d, handle))
     }
@@ -366,6 +370,7 @@ impl<T: Transport> Driver<T> {
             PeerRequest::TransferLeader(to) => self.raw.transfer_leader(to),
             PeerRequest::Unreachable(id) => self.raw.report_unreachable(id),
             PeerRequest::SnapshotDone { to, ok } => {
+                self.observed.with(|o| o.snapshot_sent(ok));
                 let st = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
                 self.raw.report_snapshot(to, st);
             }
