@@ -1,0 +1,129 @@
+//! Operating a node (issue 16): JSON logs are JSON lines; the node tells `$NOTIFY_SOCKET`
+//! READY=1 once it serves and STOPPING=1 on SIGTERM; the systemd unit passes
+//! `systemd-analyze verify` (installed by scripts/setup.sh: a missing tool fails the test).
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn json_logs_parse_as_json_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = TestNode::start_with(1, &tmp.path().join("n1"), &["--log-format", "json"]);
+    n.wait_leader(Duration::from_secs(180));
+    cli_json(&n.addr, &["kv", "put", "k", "v"]);
+    assert!(n.terminate().success());
+    let log = n.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    let mut messages = Vec::new();
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["timestamp"].is_string() && v["target"].is_string(), "{l}");
+        assert!(["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&v["level"].as_str().unwrap()), "{l}");
+        messages.push(v["fields"]["message"].as_str().unwrap_or_else(|| panic!("no message: {l}")).to_string());
+    }
+    assert!(messages.iter().any(|m| m == "serving"), "{messages:?}");
+    assert!(messages.iter().any(|m| m == "shutting down"), "{messages:?}");
+    // Fields stay structured: the node id of the "serving" line is a number, not text.
+    let serving = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["message"] == "serving")
+        .unwrap();
+    assert_eq!(serving["fields"]["id"], 1);
+}
+
+/// Waits for one datagram on `sock`.
+fn recv(sock: &UnixDatagram, what: &str, timeout: Duration) -> String {
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            }
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_node_tells_the_service_manager_ready_once_it_serves_and_stopping_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let dir = tmp.path().join("n1");
+    let log = std::fs::File::create(tmp.path().join("n1.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["node", "--id", "1", "--bind", &addr, "--http-bind", &http, "--data-dir"])
+        .arg(&dir)
+        .env("NOTIFY_SOCKET", &path)
+        .env("BLIXARD_IMAGE_CACHE", image_cache())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child, &'a Path);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            kill_processes_under(self.1);
+        }
+    }
+    let guard = Kill(&mut child, &dir);
+    let ready = recv(&sock, "READY=1", Duration::from_secs(120));
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    // Ready means serving: the API and the HTTP endpoint answer now, without a retry.
+    let st = cli(&addr, &["cluster", "status", "-o", "json"]);
+    assert!(st.status.success(), "{}", stderr(&st));
+    let mut s = std::net::TcpStream::connect(&http).expect("the HTTP endpoint is bound before READY=1");
+    use std::io::{Read, Write};
+    write!(s, "GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let pid = guard.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let stopping = recv(&sock, "STOPPING=1", Duration::from_secs(15));
+    assert_eq!(stopping, "STOPPING=1");
+    let status = wait_until("the node to exit", Duration::from_secs(15), || guard.0.try_wait().ok().flatten());
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let unit = std::fs::read_to_string(repo.join("deploy/blixard.service")).unwrap();
+    for key in ["Type=notify", "Restart=on-failure", "ExecStart=/usr/local/bin/blixard node ", "NoNewPrivileges=yes"] {
+        assert!(unit.lines().any(|l| l.starts_with(key)), "{key} missing");
+    }
+    assert!(!unit.contains("MemoryDenyWriteExecute=yes"), "QEMU's TCG needs writable code pages");
+    // As installed, with the binary where ExecStart expects it (verify checks it is executable).
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("blixard.service");
+    std::fs::write(&file, unit.replace("/usr/local/bin/blixard", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&file)
+        .output()
+        .expect("run systemd-analyze (scripts/setup.sh installs systemd)");
+    // It exits 0 on unknown keys and bad values too, and only says so: nothing may be said.
+    assert!(out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(), "{}{}", stdout(&out), stderr(&out));
+    // And it does catch a mistake.
+    std::fs::write(&file, unit.replace("/usr/local/bin/blixard", BIN).replace("NoNewPrivileges", "NoNewPrivilege"))
+        .unwrap();
+    let bad = Command::new("systemd-analyze").arg("verify").arg(&file).output().unwrap();
+    assert!(stderr(&bad).contains("Unknown key"), "{}", stderr(&bad));
+}
