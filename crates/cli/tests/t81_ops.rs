@@ -127,3 +127,78 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     let bad = Command::new("systemd-analyze").arg("verify").arg(&file).output().unwrap();
     assert!(stderr(&bad).contains("Unknown key"), "{}", stderr(&bad));
 }
+
+/// A raw HTTP exchange with the node's endpoint: what it answers to `request`.
+fn raw_http(addr: &str, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `series -> value` of a scrape in the text format.
+fn scrape(http: &str) -> std::collections::BTreeMap<String, f64> {
+    let text = raw_http(http, b"GET /metrics HTTP/1.0\r\n\r\n");
+    let (_, body) = text.split_once("\r\n\r\n").unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_change_with_load_and_the_endpoint_refuses_what_it_does_not_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let n = TestNode::start_with(1, &tmp.path().join("n1"), &["--http-bind", &http]);
+    n.wait_leader(Duration::from_secs(180));
+    let before = scrape(&http);
+    assert_eq!(write_keys(&n.addr, "load", 40).len(), 40);
+    let after = scrape(&http);
+    let delta = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let put = r#"blixard_api_requests_total{service="blixard.v1.KvService",method="Put",code="OK"}"#;
+    assert_eq!(delta(put), 40.0, "every acknowledged put counted once");
+    assert_eq!(
+        delta(r#"blixard_api_request_duration_seconds_count{service="blixard.v1.KvService",method="Put"}"#),
+        40.0
+    );
+    assert!(delta(r#"blixard_raft_proposal_duration_seconds_count{result="ok"}"#) >= 40.0);
+    assert!(delta("blixard_raft_commit_index") >= 40.0 && delta("blixard_raft_applied_index") >= 40.0);
+    assert!(delta(r#"blixard_raft_wal_append_duration_seconds_count{sync="true"}"#) >= 1.0);
+    assert!(delta("blixard_raft_apply_batch_entries_sum") >= 40.0);
+    assert_eq!(after["blixard_raft_is_leader"], 1.0);
+    assert_eq!(after["blixard_raft_proposals_in_flight"], 0.0);
+    // A failed request is counted under its code.
+    let missing = cli(&n.addr, &["vm", "get", "nope"]);
+    assert!(!missing.status.success());
+    let m = scrape(&http);
+    let nf =
+        m.iter().find(|(k, _)| k.contains(r#"service="blixard.v1.VmService""#) && k.contains(r#"code="NOT_FOUND""#));
+    assert_eq!(nf.map(|(_, v)| *v), Some(1.0), "{m:?}");
+
+    assert!(raw_http(&http, b"POST /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 405"));
+    assert!(raw_http(&http, b"GET /admin HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 404"));
+    let junk = raw_http(&http, b"\x16\x03\x01junk that is not HTTP\r\n\r\n");
+    assert!(!junk.contains("200 OK"), "{junk}");
+    assert!(raw_http(&http, b"GET /healthz HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 200"), "still serving");
+}
+
+#[test]
+fn a_bad_or_taken_http_bind_is_refused_before_the_node_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = TestNode::start_with(1, &tmp.path().join("n1"), &["--http-bind", "not-an-address"]);
+    assert_eq!(n.wait_exit(Duration::from_secs(30)).code(), Some(1));
+    assert!(n.log().contains("cannot bind --http-bind not-an-address"), "{}", n.log());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut n = TestNode::start_with(2, &tmp.path().join("n2"), &["--http-bind", &addr]);
+    assert_eq!(n.wait_exit(Duration::from_secs(30)).code(), Some(1));
+    assert!(n.log().contains(&format!("cannot bind --http-bind {addr}")), "{}", n.log());
+    assert!(!tmp.path().join("n2").exists(), "nothing was written before the refusal");
+}
