@@ -170,11 +170,13 @@ fn a_real_prometheus_scrapes_a_three_node_cluster_and_readyz_follows_the_leader(
         assert_eq!(http_get(h, "/healthz", None).unwrap(), (200, "ok\n".to_string()));
     }
 
-    // Load: writes through a follower, one VM placed (created stopped), and one pending while
-    // no node is eligible for new work.
+    // Load: writes through a follower, one VM running, and one pending while no node is
+    // eligible for new work.
     let follower = c.nodes.iter().find(|n| n.id != leader).unwrap().addr.clone();
     assert_eq!(write_keys(&follower, "m", 50).len(), 50);
-    cli_json(&follower, &["vm", "create", "web", "--memory", "64"]);
+    cli_json(&follower, &["vm", "create", "web", "--memory", "128", "--start"]);
+    let w = cli(&follower, &["vm", "wait", "web", "--state", "running", "--timeout", "120s"]);
+    assert!(w.status.success(), "{}", stderr(&w));
     for id in 1..=3u64 {
         cli_json(&follower, &["node", "eligibility", &id.to_string(), "disable"]);
     }
@@ -257,6 +259,14 @@ fn a_real_prometheus_scrapes_a_three_node_cluster_and_readyz_follows_the_leader(
         let pending = prom.scalar("min(blixard_scheduler_pending_vms)")?;
         (total == 2.0 && pending == 1.0).then_some(())
     });
+    assert_eq!(prom.scalar(r#"min(blixard_cluster_vms{phase="running"})"#), Some(1.0));
+    let host = cli_json(&follower, &["vm", "get", "web"])["node"].as_u64().unwrap();
+    let rss = prom.query(r#"blixard_vm_resident_memory_bytes{vm="web"}"#).unwrap();
+    assert_eq!(rss.len(), 1, "from its host only: {rss:?}");
+    assert_eq!(rss[0].0["instance"], http[host as usize - 1].as_str());
+    assert!(rss[0].1 > 10e6, "QEMU's resident memory: {}", rss[0].1);
+    assert!(prom.scalar(r#"blixard_vm_cpu_seconds_total{vm="web"}"#).unwrap() > 0.0);
+    assert!(prom.scalar(r#"blixard_vm_boot_seconds{vm="web"}"#).unwrap() > 0.0);
     let puts = prom.scalar(r#"sum(blixard_api_requests_total{method="Put",code="OK"})"#).unwrap();
     assert!(puts >= 51.0, "{puts} puts counted");
     assert!(prom.scalar(r#"sum(blixard_raft_proposal_duration_seconds_count{result="ok"})"#).unwrap() >= 51.0);

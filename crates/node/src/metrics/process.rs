@@ -59,12 +59,29 @@ pub fn parse(stat: &str, status: &str, limits: &str, btime: Option<u64>) -> Proc
     }
 }
 
+fn read(p: &str) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn btime() -> Option<u64> {
+    read("/proc/stat").lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
+}
+
 pub fn read_self() -> ProcessStats {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let btime = read("/proc/stat").lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()));
-    let mut s = parse(&read("/proc/self/stat"), &read("/proc/self/status"), &read("/proc/self/limits"), btime);
+    let mut s = parse(&read("/proc/self/stat"), &read("/proc/self/status"), &read("/proc/self/limits"), btime());
     s.open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
     s
+}
+
+/// CPU time and memory of process `pid`, if it is alive and its command line mentions
+/// `marker` (so a reused pid is not taken for a VM's process).
+pub fn read_pid(pid: u32, marker: &str) -> Option<ProcessStats> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if !String::from_utf8_lossy(&cmdline).contains(marker) {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(parse(&stat, &read(&format!("/proc/{pid}/status")), "", None))
 }
 
 #[derive(Debug)]
@@ -117,5 +134,10 @@ mod tests {
         let s = read_self();
         assert!(s.resident_bytes > 0 && s.threads >= 1 && s.open_fds >= 3, "{s:?}");
         assert!(s.start_time_seconds.is_some());
+        let me = std::process::id();
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_str().unwrap();
+        assert!(read_pid(me, name).is_some_and(|s| s.resident_bytes > 0));
+        assert_eq!(read_pid(me, "not-in-this-command-line"), None, "another process's pid");
     }
 }

@@ -78,6 +78,8 @@ pub struct ClusterCounts {
     pub pending: i64,
     /// (name, restarts) of the VMs placed on this node.
     pub local_restarts: Vec<(String, u64)>,
+    /// (name, pid, boot ms) of the VMs this node observed started.
+    pub local_running: Vec<(String, u32, Option<u64>)>,
 }
 
 /// The phase a VM is counted in: what its node last observed; a VM no node observed yet is
@@ -102,6 +104,11 @@ pub fn count(id: u64, raft: &Handle) -> Result<ClusterCounts, blixard_core::Stor
         }
         if v.node == Some(id) {
             c.local_restarts.push((v.spec.name.clone(), v.observed.as_ref().map_or(0, |o| u64::from(o.restarts))));
+            if let Some(o) = v.observed.as_ref().filter(|o| matches!(o.phase, Phase::Starting | Phase::Running)) {
+                if let Some(pid) = o.pid {
+                    c.local_running.push((v.spec.name.clone(), pid, o.boot_ms));
+                }
+            }
         }
     }
     for n in blixard_core::state::nodes(&view)? {
@@ -181,6 +188,33 @@ impl Collector for StateCollector {
                 gauge(&mut e, "blixard_cluster_nodes_draining", "Registered nodes being drained.", c.nodes_draining)?;
                 gauge(&mut e, "blixard_scheduler_pending_vms", "VMs waiting for a node with capacity.", c.pending)?;
                 let restarts = c.local_restarts.into_iter().map(|(vm, n)| ([("vm", vm)], n));
+                let usage: Vec<_> = c
+                    .local_running
+                    .iter()
+                    .filter_map(|(vm, pid, _)| Some((vm.clone(), super::process::read_pid(*pid, vm)?)))
+                    .collect();
+                let mut m = e.encode_descriptor(
+                    "blixard_vm_cpu_seconds",
+                    "CPU time of the process of a VM this node runs (QEMU or its runner), in seconds.",
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                for (vm, u) in &usage {
+                    ConstCounter::new(u.cpu_seconds).encode(m.encode_family(&[("vm", vm.as_str())])?)?;
+                }
+                let rss = usage.iter().map(|(vm, u)| ([("vm", vm.as_str())], u.resident_bytes as i64));
+                gauges(&mut e, "blixard_vm_resident_memory_bytes", "Resident memory of a VM's process.", rss)?;
+                let mut m = e.encode_descriptor(
+                    "blixard_vm_boot_seconds",
+                    "From the start of a VM's process to its guest's boot marker, for the VMs this node runs.",
+                    None,
+                    prometheus_client::metrics::MetricType::Gauge,
+                )?;
+                for (vm, _, boot) in &c.local_running {
+                    if let Some(ms) = boot {
+                        ConstGauge::new(*ms as f64 / 1000.0).encode(m.encode_family(&[("vm", vm.as_str())])?)?;
+                    }
+                }
                 counters(
                     &mut e,
                     "blixard_vm_restarts",
