@@ -202,3 +202,31 @@ fn a_bad_or_taken_http_bind_is_refused_before_the_node_starts() {
     assert!(n.log().contains(&format!("cannot bind --http-bind {addr}")), "{}", n.log());
     assert!(!tmp.path().join("n2").exists(), "nothing was written before the refusal");
 }
+
+#[test]
+fn compactions_and_snapshots_are_counted_on_both_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (h1, h2) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let compact = ["--snapshot-entries", "50", "--keep-entries", "10"];
+    let a1: Vec<&str> = compact.iter().copied().chain(["--http-bind", h1.as_str()]).collect();
+    let n1 = TestNode::start_with(1, &tmp.path().join("n1"), &a1);
+    n1.wait_leader(Duration::from_secs(180));
+    assert_eq!(write_keys(&n1.addr, "s", 300).len(), 300);
+    let seed = n1.addr.clone();
+    let mut c = TestCluster { nodes: vec![n1], tmp };
+    let a2: Vec<&str> = compact.iter().copied().chain(["--http-bind", h2.as_str(), "--join", seed.as_str()]).collect();
+    let dir = c.tmp.path().join("n2");
+    c.nodes.push(TestNode::start_with(2, &dir, &a2));
+    c.wait_voters(2);
+    wait_until("the snapshot counted on both ends", Duration::from_secs(30), || {
+        let (m1, m2) = (scrape(&h1), scrape(&h2));
+        let sent = m1.get(r#"blixard_raft_snapshots_sent_total{result="ok"}"#).copied()?;
+        let installed = m2.get("blixard_raft_snapshots_installed_total").copied()?;
+        let compactions = m1.get("blixard_raft_compactions_total").copied()?;
+        (sent >= 1.0 && installed >= 1.0 && compactions >= 1.0).then_some(())
+    });
+    let m2 = scrape(&h2);
+    assert_eq!(m2["blixard_raft_voters"], 2.0);
+    assert_eq!(m2["blixard_raft_is_leader"], 0.0);
+    assert_eq!(m2["blixard_raft_leader_id"], 1.0);
+}
