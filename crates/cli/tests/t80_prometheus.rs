@@ -253,6 +253,10 @@ fn a_real_prometheus_scrapes_a_three_node_cluster_and_readyz_follows_the_leader(
         (min >= index && min == max).then_some(())
     });
     assert_eq!(prom.scalar("min(blixard_raft_voters)"), Some(3.0));
+    // The leader sends to both followers, and reaches them.
+    let links = prom.query(&format!(r#"blixard_peer_reachable{{instance="{instance}"}}"#)).unwrap();
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert!(links.iter().all(|(_, v)| *v == 1.0), "{links:?}");
     assert_eq!(prom.scalar(r#"min(blixard_cluster_nodes{status="ready"})"#), Some(3.0));
     wait_until("VM counts on every node", Duration::from_secs(30), || {
         let total = prom.scalar("min(sum by (instance) (blixard_cluster_vms))")?;
@@ -312,7 +316,8 @@ fn a_real_prometheus_scrapes_a_three_node_cluster_and_readyz_follows_the_leader(
     wait_until("Prometheus to see nodes 2 and 3 down and node 1 without a leader", Duration::from_secs(30), || {
         let down = prom.query(r#"up{job="blixard"} == 0"#)?;
         let lost = prom.scalar(&format!(r#"blixard_raft_has_leader{{instance="{}"}}"#, http[0]))?;
-        (down.len() == 2 && lost == 0.0).then_some(())
+        let unreachable = prom.query(&format!(r#"blixard_peer_reachable{{instance="{}"}} == 0"#, http[0]))?;
+        (down.len() == 2 && lost == 0.0 && unreachable.len() == 2).then_some(())
     });
     for id in [2u64, 3] {
         let a: Vec<&str> = args[id as usize - 1].iter().map(String::as_str).collect();

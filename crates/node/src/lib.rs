@@ -351,7 +351,7 @@ impl Node {
             Driver::new(rc, storage, Arc::new(transport::SharedTransport(transport.clone()))).map_err(storage_err)?;
         transport.set_handle(raft.clone());
         let driver = spawn_driver(driver);
-        let metrics = metrics::Metrics::new(cfg.id, raft.clone());
+        let metrics = metrics::Metrics::new(cfg.id, raft.clone(), transport.clone());
         let ops = Arc::new(http::Ops { raft: raft.clone(), metrics: metrics.clone(), backend: Default::default() });
 
         let (stop_server, stopped) = oneshot::channel::<()>();

@@ -4,7 +4,7 @@
 //! Three kinds of sources:
 //! - events, counted where they happen: the driver's [`Observer`] callbacks (proposals, WAL
 //!   persists, snapshots, compactions), the gRPC layer ([`api`]) and the leader watcher;
-//! - the Raft status and the replicated tables, read at scrape time ([`state`]);
+//! - the Raft status, the peer links and the replicated tables, read at scrape time ([`state`]);
 //! - the process, read from `/proc/self` at scrape time ([`process`]).
 //!
 //! Names follow Prometheus's conventions: `blixard_` prefix, base units (`_seconds`, `_bytes`),
@@ -105,7 +105,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Builds the registry of node `id`, whose state is read through `raft` at every scrape.
-    pub fn new(id: u64, raft: Handle) -> Arc<Metrics> {
+    pub fn new(id: u64, raft: Handle, peers: Arc<crate::transport::PeerTransport>) -> Arc<Metrics> {
         let mut r = Registry::default();
         let raft_events = Arc::new(RaftEvents {
             proposals: Family::new_with_constructor(latency),
@@ -156,7 +156,7 @@ impl Metrics {
         r.register("blixard_raft_elections", "Terms this node saw begin (each an election)", e.elections.clone());
         let api = api::ApiMetrics::new();
         api.register(&mut r);
-        r.register_collector(Box::new(state::StateCollector { id, raft: raft.clone() }));
+        r.register_collector(Box::new(state::StateCollector { id, raft: raft.clone(), peers }));
         r.register_collector(Box::new(process::ProcessCollector));
         let m = Arc::new(Metrics { registry: r, raft: raft_events, api });
         raft.observe(m.raft.clone());

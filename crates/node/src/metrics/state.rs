@@ -18,6 +18,7 @@ pub const PHASES: [Phase; 7] =
 pub struct StateCollector {
     pub id: u64,
     pub raft: Handle,
+    pub peers: std::sync::Arc<crate::transport::PeerTransport>,
 }
 
 impl std::fmt::Debug for StateCollector {
@@ -174,6 +175,16 @@ impl Collector for StateCollector {
             "Client proposals on this node waiting for their answers.",
             self.raft.proposals_in_flight() as i64,
         )?;
+        let peers = self.peers.peer_stats();
+        let reachable = peers.iter().map(|(p, r, _)| ([("peer", p.to_string())], i64::from(*r)));
+        gauges(
+            &mut e,
+            "blixard_peer_reachable",
+            "Whether the last connection attempt or write to a peer this node sends to succeeded (1) or failed (0).",
+            reachable,
+        )?;
+        let queued = peers.iter().map(|(p, _, q)| ([("peer", p.to_string())], *q as i64));
+        gauges(&mut e, "blixard_peer_send_queue_bytes", "Raft traffic queued for a peer, not yet written.", queued)?;
         match count(self.id, &self.raft) {
             Ok(c) => {
                 let phases = PHASES.iter().zip(c.vms_by_phase).map(|(p, n)| ([("phase", p.as_str())], n));
