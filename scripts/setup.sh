@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: protoc for raft-rs and our .proto (libprotobuf-dev: the well-known types
 # etcd-client's protos import); QEMU + guest-image tools for microVMs;
-# etcd for the side-by-side benchmark; nix-bin to parse generated microvm.nix flakes.
+# etcd for the side-by-side benchmark; nix-bin to parse generated microvm.nix flakes;
+# prometheus (with promtool) to scrape a test cluster and check metrics, alerts and the dashboard;
+# systemd for `systemd-analyze verify` of deploy/blixard.service.
 pkgs=(protobuf-compiler libprotobuf-dev pkg-config qemu-system-x86 qemu-utils busybox-static cpio lz4 kmod
-      etcd-server etcd-client iproute2 curl jq)
+      etcd-server etcd-client iproute2 curl jq prometheus systemd)
 if [ -f scripts/guest/DEPS ]; then
   while read -r p; do [ -n "$p" ] && [ "${p#\#}" = "$p" ] && pkgs+=("$p"); done < scripts/guest/DEPS
 fi

@@ -331,7 +331,7 @@ fn the_cli_with_certificates_against_a_plaintext_node_says_so() {
     wait_until("the plaintext node to answer", Duration::from_secs(60), || {
         blixard(&["--addr", &n.addr, "cluster", "status"]).status.success().then_some(())
     });
-    assert!(n.log().contains("notice: serving plaintext on loopback"));
+    assert!(n.log().contains("serving plaintext on loopback"), "{}", n.log());
     let o = tls_cli(&n.addr, &ca.join("client-bob"), &["kv", "get", "x"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("the node does not speak TLS"), "{}", stderr(&o));

@@ -36,6 +36,7 @@ impl<T: Transport> Driver<T> {
         if cfg!(madsim) {
             self.commit_state(true)?;
             self.raw.mut_store().compact_log(to)?;
+            self.observed.with(|o| o.compacted());
             return Ok(());
         }
         self.commit_state(false)?;
@@ -85,6 +86,7 @@ impl<T: Transport> Driver<T> {
         let changes = cp.overlay.len();
         drop(cp.base);
         self.raw.mut_store().compact_log(cp.compact_to)?;
+        self.observed.with(|o| o.compacted());
         if changes > 0 || cp.overlay.applied.is_some() {
             let open = OpenTxn::begin(&self.db)?;
             {

@@ -91,6 +91,8 @@ pub struct Driver<T: Transport> {
     pub(crate) refused: Arc<std::sync::atomic::AtomicU64>,
     /// Committed entries skipped because they do not decode (see [`crate::apply`]).
     pub(crate) undecodable: Arc<std::sync::atomic::AtomicU64>,
+    /// The observer (metrics), shared with the handles.
+    pub(crate) observed: crate::observe::Observed,
 }
 
 /// Entropy for the driver's generator: the OS in production; under MadSim the simulated clock,
@@ -164,6 +166,7 @@ impl<T: Transport> Driver<T> {
             start: tokio::time::Instant::now(),
             refused: Arc::default(),
             undecodable: Arc::default(),
+            observed: crate::observe::Observed::default(),
         };
         d.learn_unapplied_log();
         d.publish();
@@ -178,6 +181,7 @@ impl<T: Transport> Driver<T> {
             own: Arc::new(Mutex::new(own)),
             refused: d.refused.clone(),
             undecodable: d.undecodable.clone(),
+            observed: d.observed.clone(),
         };
         Ok((d, handle))
     }
@@ -374,6 +378,7 @@ impl<T: Transport> Driver<T> {
             PeerRequest::TransferLeader(to) => self.raw.transfer_leader(to),
             PeerRequest::Unreachable(id) => self.raw.report_unreachable(id),
             PeerRequest::SnapshotDone { to, ok } => {
+                self.observed.with(|o| o.snapshot_sent(ok));
                 let st = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
                 self.raw.report_snapshot(to, st);
             }

@@ -66,6 +66,8 @@ pub struct Handle {
     pub(crate) refused: Arc<std::sync::atomic::AtomicU64>,
     /// Committed entries skipped because they do not decode.
     pub(crate) undecodable: Arc<std::sync::atomic::AtomicU64>,
+    /// The observer (metrics) and the count of proposals waiting for answers.
+    pub(crate) observed: crate::observe::Observed,
 }
 
 /// Counts a waiting caller for as long as it lives.
@@ -124,9 +126,23 @@ impl Handle {
     ) -> Result<Applied, ProposeError> {
         let env = Box::new(Envelope { session: Some(session), now_ms: now_ms(), command });
         let (reply, rx) = oneshot::channel();
+        let _in_flight = crate::observe::InFlight::enter(&self.observed.in_flight);
+        let start = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         self.clients.send(ClientRequest::Write { env, reply, deadline }).await.map_err(|_| ProposeError::Stopped)?;
-        self.answer(rx).await?
+        let r = self.answer(rx).await.and_then(|r| r);
+        self.observed.with(|o| o.proposal(start.elapsed(), r.is_ok()));
+        r
+    }
+
+    /// Sets the observer the driver and every handle report to (once; `false` if one was set).
+    pub fn observe(&self, observer: Arc<dyn crate::Observer>) -> bool {
+        self.observed.observer.set(observer).is_ok()
+    }
+
+    /// Client proposals on this node waiting for their answers right now.
+    pub fn proposals_in_flight(&self) -> usize {
+        self.observed.in_flight.load(Ordering::Relaxed)
     }
 
     /// Proposes a command this node makes on its own behalf (in its own session).

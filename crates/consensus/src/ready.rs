@@ -46,6 +46,7 @@ impl<T: Transport> Driver<T> {
             let meta = rd.snapshot().get_metadata();
             tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
             self.raw.mut_store().install_snapshot(rd.snapshot())?;
+            self.observed.with(|o| o.snapshot_installed());
             self.applied = meta.index;
             self.known.reset();
             self.state_version_tx.send_replace(self.applied);
@@ -70,8 +71,11 @@ impl<T: Transport> Driver<T> {
             self.known.appended(rd.entries());
             // raft-rs says when durability is required (new entries, term or vote); a commit
             // index alone can be relearned after a crash, so it is written without an fsync.
+            let start = std::time::Instant::now();
             crate::LogStore::persist(self.raw.mut_store(), rd.entries(), rd.hs(), rd.must_sync())
                 .map_err(|e| StorageError::Corrupt(format!("cannot persist the log: {e}")))?;
+            let n = rd.entries().len();
+            self.observed.with(|o| o.wal_persist(start.elapsed(), n, rd.must_sync()));
         }
         self.transport.send(rd.take_persisted_messages());
         self.apply_committed(committed, None)?;
@@ -99,6 +103,8 @@ impl<T: Transport> Driver<T> {
         if entries.is_empty() {
             return Ok(());
         }
+        let n = entries.len();
+        self.observed.with(|o| o.applied_batch(n));
         // A configuration change goes into a transaction (with raft's conf state); and the
         // overlay does not grow without bound.
         let too_big = self.checkpoint.as_ref().is_some_and(|c| c.overlay.len() >= crate::checkpoint::MAX_OVERLAY);

@@ -9,11 +9,14 @@ pub mod backup;
 pub mod datadir;
 pub mod drainer;
 pub mod health;
+pub mod http;
 pub mod internal;
 pub mod liveness;
+pub mod metrics;
 pub mod nodes_api;
 pub mod pool;
 pub mod reconciler;
+pub mod sd_notify;
 pub mod status;
 #[cfg(not(madsim))]
 pub mod tls;
@@ -160,6 +163,7 @@ async fn run_vms(
     raft: Handle,
     slot: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>,
     lease: Arc<liveness::lease::Lease>,
+    backend_state: Arc<http::BackendState>,
 ) {
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
@@ -168,6 +172,7 @@ async fn run_vms(
         Ok(o) => o,
         Err(e) => {
             tracing::error!("VM backend {} unavailable; this node will not host VMs: {e}", cfg.vm_backend.as_str());
+            backend_state.failed(format!("{}: {e}", cfg.vm_backend.as_str()));
             return;
         }
     };
@@ -183,6 +188,7 @@ async fn run_vms(
         agent_version: env!("CARGO_PKG_VERSION").into(),
     };
     let _ = slot.set(opened.driver.clone());
+    backend_state.opened();
     tokio::spawn(liveness::fence::run(lease.clone(), opened.driver.clone(), cfg.data_dir.clone()));
     #[cfg(not(madsim))]
     if let Some(exe) = &cfg.watchdog_exe {
@@ -339,6 +345,8 @@ fn spawn_driver<T: blixard_consensus::Transport>(
 pub struct Node {
     pub addr: SocketAddr,
     pub raft: Handle,
+    /// What the operator's HTTP endpoint serves (see [`http::serve`]).
+    pub ops: Arc<http::Ops>,
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     driver: oneshot::Receiver<Result<(), blixard_consensus::StorageError>>,
@@ -395,6 +403,8 @@ impl Node {
             Driver::new(rc, storage, Arc::new(transport::SharedTransport(transport.clone()))).map_err(storage_err)?;
         transport.set_handle(raft.clone());
         let driver = spawn_driver(driver);
+        let metrics = metrics::Metrics::new(cfg.id, raft.clone(), transport.clone());
+        let ops = Arc::new(http::Ops { raft: raft.clone(), metrics: metrics.clone(), backend: Default::default() });
 
         let (stop_server, stopped) = oneshot::channel::<()>();
         let driver_slot = Arc::new(std::sync::OnceLock::new());
@@ -406,6 +416,7 @@ impl Node {
         // Client-facing services agree with their clients on one message size limit.
         let max = blixard_proto::MAX_MESSAGE_BYTES;
         let router = tonic::transport::Server::builder()
+            .layer(metrics::api::ApiLayer(metrics))
             .add_service(
                 cluster_service_server::ClusterServiceServer::new(svc.clone())
                     .max_decoding_message_size(max)
@@ -462,9 +473,9 @@ impl Node {
         }
         tokio::spawn(drainer::run(raft.clone()));
         tokio::spawn(liveness::lease::heartbeat(cfg.id, raft.clone(), pool.clone(), monitor, lease.clone()));
-        tokio::spawn(run_vms(cfg.clone(), raft.clone(), driver_slot, lease));
+        tokio::spawn(run_vms(cfg.clone(), raft.clone(), driver_slot, lease, ops.backend.clone()));
         tracing::info!(id = cfg.id, %addr, "serving");
-        Ok(Node { addr, raft, stop_server: Some(stop_server), server, driver })
+        Ok(Node { addr, raft, ops, stop_server: Some(stop_server), server, driver })
     }
 
     /// Resolves if the driver stops on its own (a storage failure): the node must exit.

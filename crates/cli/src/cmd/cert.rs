@@ -92,11 +92,11 @@ fn check_with(bind: &str, insecure: bool, tls_dir: Option<PathBuf>) -> anyhow::R
         return Ok(Some(d));
     }
     if loopback(bind) {
-        eprintln!("notice: serving plaintext on loopback {bind} (no --tls-dir)");
+        tracing::info!("serving plaintext on loopback {bind} (no --tls-dir)");
     } else if insecure {
-        eprintln!(
-            "WARNING: serving plaintext on {bind} (--insecure): anyone who can reach this port can act as a \
-             peer or a client; use --tls-dir"
+        tracing::warn!(
+            "serving plaintext on {bind} (--insecure): anyone who can reach this port can act as a peer or a \
+             client; use --tls-dir"
         );
     } else {
         anyhow::bail!(

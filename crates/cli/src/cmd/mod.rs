@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod image;
 pub mod kv;
 pub mod node;
+pub mod node_ops;
 pub mod nodes;
 pub mod vm;
 pub mod vm_args;

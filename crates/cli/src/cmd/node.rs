@@ -136,13 +136,18 @@ pub struct NodeArgs {
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Log line format on stderr: text, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = super::node_ops::LogFormat::Text)]
+    pub log_format: super::node_ops::LogFormat,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this address, HOST:PORT
+    /// (e.g. 127.0.0.1:7101; default: not served). It has no authentication: keep it on
+    /// loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    pub http_bind: Option<String>,
 }
 
 pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&a.log))
-        .context("invalid --log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    super::node_ops::init_logging(a.log_format, &a.log)?;
     if a.heartbeat_ticks >= a.election_ticks {
         anyhow::bail!(
             "invalid --heartbeat-ticks: must be less than --election-ticks ({} >= {})",
@@ -152,6 +157,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     }
     let tls_dir = super::cert::plaintext_check(&a.bind, a.insecure)?;
     let listener = tokio::net::TcpListener::bind(&a.bind).await.with_context(|| format!("cannot bind {}", a.bind))?;
+    let http = super::node_ops::bind_http(a.http_bind.as_deref()).await?;
     let mut cfg = NodeConfig::new(a.id, a.data_dir);
     cfg.advertise = a.advertise;
     cfg.join = a.join;
@@ -193,6 +199,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     };
     cfg.liveness.validate().map_err(|e| anyhow::anyhow!("invalid liveness timing: {e}"))?;
     let mut node = Node::start(cfg, listener).await.map_err(|e| anyhow::anyhow!(blixard_node::status::chain(&e)))?;
+    let http = super::node_ops::serve(http, node.ops.clone());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install a SIGTERM handler")?;
@@ -204,6 +211,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     match failed {
         None => {
             tracing::info!("shutting down");
+            super::node_ops::stopping(&http);
             node.shutdown().await;
             Ok(())
         }

@@ -87,6 +87,11 @@ impl Link {
         self.reachable.load(Ordering::Relaxed)
     }
 
+    /// Bytes queued for the link's task (not yet written to the connection).
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().queued
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

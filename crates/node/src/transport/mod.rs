@@ -75,6 +75,17 @@ pub struct PeerTransport {
 }
 
 impl PeerTransport {
+    /// `(peer, reachable, queued bytes)` of every peer this node has sent to, by id.
+    pub fn peer_stats(&self) -> Vec<(u64, bool, usize)> {
+        let links: Vec<(u64, Arc<Link>)> = {
+            let l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            l.iter().map(|(id, link)| (*id, link.clone())).collect()
+        };
+        let mut v: Vec<_> = links.into_iter().map(|(id, l)| (id, l.reachable(), l.queued_bytes())).collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn new(id: u64, addr: String, db: Arc<Database>, pool: Arc<ChannelPool>) -> Arc<Self> {
         let t = Arc::new(PeerTransport {
             id,

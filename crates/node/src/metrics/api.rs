@@ -1,0 +1,288 @@
+//! gRPC requests by service, method and status code, with their durations: one tower layer on
+//! the tonic server (the one place every request passes), so no handler counts for itself.
+//!
+//! The code is read where gRPC puts it: the response headers of a trailers-only answer (an
+//! error before any message), else the trailers. A request's duration runs until its answer's
+//! trailers (the end of a stream), or until the client drops it (`Cancelled`).
+//!
+//! Label values are bounded whatever clients send: a path that names no method of ours
+//! (answered `Unimplemented`) or is not a `/package.Service/Method` path is counted as
+//! `unknown`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub service: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub service: String,
+    pub method: String,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiMetrics {
+    requests: Family<CodeLabels, Counter>,
+    durations: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+/// gRPC's status code names (as in the gRPC spec), by number.
+pub fn code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("UNKNOWN")
+}
+
+const UNIMPLEMENTED: i32 = 12;
+/// Longest service or method name counted under its own name.
+const MAX_NAME: usize = 64;
+
+/// `(service, method)` of a gRPC path `/blixard.v1.KvService/Put`; `None` for anything else.
+pub fn split_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let ok = |s: &str, extra: &[char]| {
+        !s.is_empty() && s.len() <= MAX_NAME && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    };
+    (ok(service, &['.', '_']) && ok(method, &['_'])).then_some((service, method))
+}
+
+impl ApiMetrics {
+    pub fn new() -> Self {
+        ApiMetrics { requests: Family::default(), durations: Family::new_with_constructor(super::latency) }
+    }
+
+    pub(crate) fn register(&self, r: &mut Registry) {
+        r.register(
+            "blixard_api_requests",
+            "gRPC requests answered, by service, method and code",
+            self.requests.clone(),
+        );
+        r.register_with_unit(
+            "blixard_api_request_duration",
+            "gRPC requests from arrival to the end of the answer, by service and method",
+            Unit::Seconds,
+            self.durations.clone(),
+        );
+    }
+
+    /// Counts one answered request.
+    pub fn record(&self, path: &str, code: i32, seconds: f64) {
+        let (service, method) = match split_path(path) {
+            Some(sm) if code != UNIMPLEMENTED => sm,
+            _ => ("unknown", "unknown"),
+        };
+        let m = MethodLabels { service: service.to_string(), method: method.to_string() };
+        self.durations.get_or_create(&m).observe(seconds);
+        let c = CodeLabels { service: m.service, method: m.method, code: code_name(code) };
+        self.requests.get_or_create(&c).inc();
+    }
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The tower layer that records every request in [`ApiMetrics`].
+#[derive(Clone, Debug)]
+pub struct ApiLayer(pub std::sync::Arc<super::Metrics>);
+
+#[cfg(not(madsim))]
+mod layer {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Instant;
+
+    use http_body::{Body, Frame, SizeHint};
+
+    use super::*;
+
+    impl<S> tower_layer::Layer<S> for ApiLayer {
+        type Service = ApiService<S>;
+
+        fn layer(&self, inner: S) -> Self::Service {
+            ApiService { inner, metrics: self.0.clone() }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct ApiService<S> {
+        inner: S,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    }
+
+    /// Records the request once: at its trailers, its end, or when it is dropped unfinished.
+    pub struct Recorder {
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        path: String,
+        start: Instant,
+        done: bool,
+    }
+
+    impl Recorder {
+        fn finish(&mut self, code: i32) {
+            if !self.done {
+                self.done = true;
+                self.metrics.api.record(&self.path, code, self.start.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    impl Drop for Recorder {
+        fn drop(&mut self) {
+            self.finish(1); // CANCELLED: the answer was not carried to its end
+        }
+    }
+
+    fn code_of(h: &http::HeaderMap) -> Option<i32> {
+        h.get("grpc-status")?.to_str().ok()?.parse().ok()
+    }
+
+    /// The answer's body, watched for its trailers.
+    pub struct ApiBody<B> {
+        inner: B,
+        recorder: Recorder,
+    }
+
+    impl<B: Body + Unpin> Body for ApiBody<B> {
+        type Data = B::Data;
+        type Error = B::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            let this = &mut *self;
+            let r = Pin::new(&mut this.inner).poll_frame(cx);
+            match &r {
+                Poll::Ready(Some(Ok(f))) => {
+                    if let Some(code) = f.trailers_ref().and_then(code_of) {
+                        this.recorder.finish(code);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => this.recorder.finish(13), // INTERNAL
+                Poll::Ready(None) => this.recorder.finish(0),
+                Poll::Pending => {}
+            }
+            r
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.inner.size_hint()
+        }
+    }
+
+    type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+    impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for ApiService<S>
+    where
+        S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body + Unpin,
+    {
+        type Response = http::Response<ApiBody<ResBody>>;
+        type Error = S::Error;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+            // The clone that was polled ready serves this request (tower's rule).
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let mut recorder = Recorder {
+                metrics: self.metrics.clone(),
+                path: req.uri().path().chars().take(2 * super::MAX_NAME + 2).collect(),
+                start: Instant::now(),
+                done: false,
+            };
+            Box::pin(async move {
+                let r = inner.call(req).await;
+                match r {
+                    Ok(resp) => {
+                        if let Some(code) = code_of(resp.headers()) {
+                            recorder.finish(code); // trailers-only: an error before any message
+                        }
+                        Ok(resp.map(|inner| ApiBody { inner, recorder }))
+                    }
+                    Err(e) => {
+                        recorder.finish(13);
+                        Err(e)
+                    }
+                }
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_service_and_method_or_are_refused() {
+        assert_eq!(split_path("/blixard.v1.KvService/Put"), Some(("blixard.v1.KvService", "Put")));
+        for bad in ["", "/", "noslash", "/a", "/a/", "//m", "/a/b/c", "/a b/m", "/a/m\u{e9}"] {
+            assert_eq!(split_path(bad), None, "{bad:?}");
+        }
+        assert_eq!(split_path(&format!("/{}/m", "s".repeat(65))), None);
+    }
+
+    #[test]
+    fn unknown_methods_share_one_series_whatever_their_names() {
+        let m = ApiMetrics::new();
+        for i in 0..1000 {
+            m.record(&format!("/blixard.v1.KvService/Nope{i}"), 12, 0.001);
+            m.record(&format!("/x{i}"), 0, 0.001);
+        }
+        m.record("/blixard.v1.KvService/Put", 0, 0.001);
+        m.record("/blixard.v1.KvService/Put", 14, 0.001);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        let series = |p: &str| text.lines().filter(|l| l.starts_with(p)).count();
+        // unknown×{UNIMPLEMENTED, OK} and Put×{OK, UNAVAILABLE}; two methods timed.
+        assert_eq!(series("blixard_api_requests_total{"), 4, "{text}");
+        assert_eq!(series("blixard_api_request_duration_seconds_count{"), 2, "{text}");
+        assert!(text
+            .contains(r#"blixard_api_requests_total{service="unknown",method="unknown",code="UNIMPLEMENTED"} 1000"#));
+        assert_eq!(code_name(14), "UNAVAILABLE");
+        assert_eq!(code_name(99), "UNKNOWN");
+        assert_eq!(code_name(-1), "UNKNOWN");
+    }
+}
