@@ -12,8 +12,19 @@ use blixard_consensus::transport::Loopback;
 use blixard_consensus::{Bootstrap, DiskStorage, Handle, RaftConfig};
 use blixard_core::{ClientSession, Command, Query, QueryResult};
 
+/// Opens the store; after a simulated crash the aborted loop's checkpoint thread may still
+/// hold the database for a moment (in a real crash the process is gone), so this waits for it.
 fn open(dir: &std::path::Path) -> DiskStorage {
-    let db = Arc::new(redb::Database::create(dir.join("db.redb")).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let db = loop {
+        match redb::Database::create(dir.join("db.redb")) {
+            Ok(db) => break Arc::new(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10)); // a poll interval
+            }
+            Err(e) => panic!("open the database: {e}"),
+        }
+    };
     DiskStorage::open(db, &dir.join("log")).unwrap()
 }
 
