@@ -248,3 +248,22 @@ fn a_vm_created_the_moment_the_first_node_starts_is_accepted_and_boots() {
     assert_eq!(created["desired"], "running", "{created}");
     running_on(&n.addr, "early", None);
 }
+
+#[test]
+fn heartbeats_are_taken_only_for_registered_nodes() {
+    use blixard_proto::v1::node_service_client::NodeServiceClient;
+    use blixard_proto::v1::HeartbeatRequest;
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start(1, &tmp.path().join("n1"));
+    n.wait_leader(Duration::from_secs(180));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = NodeServiceClient::connect(format!("http://{}", n.addr)).await.unwrap();
+        // A made-up node would otherwise be remembered by the leader (memory an outsider grows).
+        let e = c.heartbeat(HeartbeatRequest { node_id: 99, seq: 1 }).await.unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "node 99 is not a registered node"));
+        let ok = c.heartbeat(HeartbeatRequest { node_id: 1, seq: 7 }).await.unwrap().into_inner();
+        assert_eq!(ok.seq, 7);
+    });
+    assert_eq!(cli_json(&n.addr, &["node", "list"])["nodes"].as_array().unwrap().len(), 1);
+}

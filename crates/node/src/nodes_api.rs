@@ -76,7 +76,23 @@ impl v1::node_service_server::NodeService for Nodes {
     }
 
     async fn heartbeat(&self, req: Request<v1::HeartbeatRequest>) -> Result<v1::HeartbeatResponse> {
+        // On a TLS port a node heartbeats only for itself: its certificate names it.
+        #[cfg(not(madsim))]
+        if let Some(id) = req.extensions().get::<crate::tls::PeerInfo>().and_then(|p| p.identity.clone()) {
+            if id != blixard_tls::Identity::Node(req.get_ref().node_id) {
+                return Err(Status::permission_denied(format!(
+                    "a heartbeat for node {} from {id}: a node heartbeats for itself",
+                    req.get_ref().node_id
+                )));
+            }
+        }
         let r = req.into_inner();
+        // Only registered nodes are remembered (the leader's table stays as large as the cluster).
+        let view =
+            blixard_consensus::sm::ReadView::begin(self.raft.db()).map_err(|e| Status::internal(e.to_string()))?;
+        if !blixard_core::state::node_exists(&view, r.node_id).map_err(|e| Status::internal(e.to_string()))? {
+            return Err(Status::not_found(format!("node {} is not a registered node", r.node_id)));
+        }
         let st = self.raft.status();
         if !self.monitor.heard(r.node_id, st.role, st.term) {
             return Err(rpc::status(Code::Unavailable, "not the leader", Reason::NotApplied, None));

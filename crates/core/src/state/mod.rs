@@ -22,6 +22,11 @@ use crate::spec::{validate_key, validate_value, VmRecord};
 use crate::store::{ReadStore, Store, StoreError, Table};
 pub use nodes::NodeTable;
 
+/// Whether `id` is a registered node.
+pub fn node_exists(store: &impl ReadStore, id: crate::NodeId) -> Result<bool, StoreError> {
+    Ok(nodes::get(store, id)?.is_some())
+}
+
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }

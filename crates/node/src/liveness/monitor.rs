@@ -68,8 +68,12 @@ impl Monitor {
     /// A heartbeat from `id`; returns whether this node leads in `term` (only a leader records).
     pub fn heard(&self, id: NodeId, role: Role, term: u64) -> bool {
         let mut i = self.lock();
-        if role != Role::Leader || i.term != term {
+        if role != Role::Leader {
             return false;
+        }
+        if i.term != term {
+            // The first word of a new leadership (before `run` saw it): it starts here.
+            *i = Inner { term, since: Some(Instant::now()), last: BTreeMap::new() };
         }
         i.last.insert(id, Instant::now());
         true
