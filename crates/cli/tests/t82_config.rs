@@ -78,6 +78,23 @@ fn a_node_runs_from_its_config_file_alone() {
             .then_some(())
     });
 
+    // The node takes a sane client id and answers with it; an insane one is replaced.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let echoed = |sent: &'static str| {
+        rt.block_on(async {
+            let ch =
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+            let mut c = blixard_proto::v1::cluster_service_client::ClusterServiceClient::new(ch);
+            let mut req = tonic::Request::new(blixard_proto::v1::ClusterStatusRequest::default());
+            req.metadata_mut().insert("x-request-id", sent.parse().unwrap());
+            let r = c.status(req).await.unwrap();
+            r.metadata().get("x-request-id").unwrap().to_str().unwrap().to_string()
+        })
+    };
+    assert_eq!(echoed("ops-ticket.42_a"), "ops-ticket.42_a");
+    let made = echoed("not/sane");
+    assert!(made.len() == 16 && made.chars().all(|c| c.is_ascii_hexdigit()), "{made}");
+
     // The client config gives the address; a flag still wins over it.
     std::fs::create_dir_all(xdg.join("blixard")).unwrap();
     std::fs::write(xdg.join("blixard/config.toml"), format!("addr = \"{addr}\"\noutput = \"json\"\n")).unwrap();
