@@ -146,3 +146,19 @@ fn the_example_file_has_every_key_and_its_defaults_are_the_defaults() {
         assert!(seen.contains(&k.name()), "the example lacks {}", k.name());
     }
 }
+
+#[test]
+fn the_tls_dir_comes_from_the_global_flag_or_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("node.toml");
+    std::fs::write(&p, "[tls]\ndir = \"tls\"\n").unwrap();
+    let m = node_command().try_get_matches_from(["--config", p.to_str().unwrap()]).unwrap();
+    let r = resolve(&m, &top(&[]), &|_| None).unwrap();
+    assert_eq!(r.tls_dir(), Some(dir.path().join("tls")));
+    assert!(matches!(r.get("tls.dir").unwrap().source, Source::File(_)));
+    let r = resolve(&m, &top(&["--tls-dir", "/etc/x"]), &|_| None).unwrap();
+    assert_eq!(r.tls_dir(), Some(PathBuf::from("/etc/x")));
+    assert_eq!(r.get("tls.dir").unwrap().source, Source::Flag);
+    let r = resolve(&m, &top(&[]), &|k| (k == "BLIXARD_TLS_DIR").then(|| "/e".to_string())).unwrap();
+    assert_eq!(r.tls_dir(), Some(PathBuf::from("/e")));
+}
