@@ -52,6 +52,19 @@ pub fn endpoints(addr: &str) -> Result<Vec<String>, ClientError> {
     Ok(list)
 }
 
+/// This invocation's request id, sent with every request (`x-request-id`) and printed by `-v`.
+pub fn request_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// Marks a request with this invocation's request id.
+pub fn tag<R>(r: &mut tonic::Request<R>) {
+    if let Ok(v) = request_id().parse() {
+        r.metadata_mut().insert(blixard_node::request_id::HEADER, v);
+    }
+}
+
 type Tls = Option<Arc<blixard_tls::rustls::ClientConfig>>;
 
 /// The client TLS configuration of `--tls-dir`, if given.
@@ -192,6 +205,7 @@ impl Conn {
             if let Some(s) = &session {
                 rpc::set_session(r.metadata_mut(), s);
             }
+            tag(&mut r);
             let s = match f(self.ch.clone(), r).await {
                 Ok(r) => break Ok(r.into_inner()),
                 Err(s) => s,

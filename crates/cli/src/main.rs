@@ -1,16 +1,18 @@
 //! `blixard`: `blixard node ...` runs the daemon; every other subcommand is a gRPC client.
 //!
-//! Exit codes: 0 success; 1 an error, with one line on stderr; 2 a usage error (clap).
+//! Exit codes: 0 success; 1 an error, with one line on stderr; 2 a usage error (clap, or a bad
+//! configuration file or environment variable).
 
 mod addr;
 mod client;
 mod cmd;
+mod config;
 mod output;
 mod page;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "blixard", version, about = "Blixard: a microVM orchestrator in one binary")]
@@ -26,11 +28,14 @@ pub struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Print this invocation's request id on stderr (the node logs it with the request).
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Top,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Table,
     Json,
@@ -58,6 +63,9 @@ pub enum Top {
     /// The cluster CA, and node and client certificates.
     #[command(subcommand)]
     Cert(cmd::cert::CertCmd),
+    /// The node's configuration (`blixard node --config FILE`).
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCmd),
     /// The fencing watchdog a node starts for itself: kills the node's VMs when its lease
     /// runs out while the daemon is gone.
     #[command(hide = true)]
@@ -74,9 +82,13 @@ pub enum Top {
     },
 }
 
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let _ = cmd::cert::TLS_DIR.set(cli.tls_dir.clone());
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -84,20 +96,52 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let client_cmd = match &cli.command {
+        Top::Node(top) => top.cmd.is_some(),
+        Top::Cluster(_) | Top::Kv(_) | Top::Vm(_) | Top::Backup(_) => true,
+        _ => false,
+    };
     let result = rt.block_on(async {
+        if client_cmd {
+            // The client config: flags and environment variables win over it.
+            let c = config::client::load(&env)?;
+            let default = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue);
+            if let Some(a) = c.addr.filter(|_| default("addr")) {
+                cli.addr = a;
+            }
+            if let Some(o) = c.output.filter(|_| default("output")) {
+                cli.output = o;
+            }
+            let _ = cmd::cert::TLS_DIR.set(cli.tls_dir.clone().or(c.tls_dir));
+            if cli.verbose {
+                eprintln!("request-id: {}", client::request_id());
+            }
+        }
         match cli.command {
-            Top::Node(top) => match (top.cmd, top.daemon) {
-                (Some(c), _) => cmd::nodes::run(&cli.addr, cli.output, c).await,
-                (None, Some(a)) => cmd::node::run(a).await,
-                (None, None) => Err(anyhow::anyhow!(
-                    "blixard node needs --id and --data-dir (or a subcommand: list, get, drain, eligibility)"
-                )),
+            Top::Node(top) => match top.cmd {
+                Some(c) => cmd::nodes::run(&cli.addr, cli.output, c).await,
+                None => {
+                    let m = matches.subcommand_matches("node").expect("the node subcommand");
+                    let r = config::node::resolve(m, &matches, &env)?;
+                    r.require()?;
+                    let _ = cmd::cert::TLS_DIR.set(r.tls_dir());
+                    cmd::node::run(r.args).await
+                }
             },
+            Top::Config(cmd::config::ConfigCmd::Show { .. }) => {
+                let m = matches.subcommand_matches("config").and_then(|m| m.subcommand_matches("show"));
+                let r = config::node::resolve(m.expect("config show"), &matches, &env)?;
+                cmd::config::show(cli.output, &r);
+                Ok(())
+            }
             Top::Cluster(c) => cmd::cluster::run(&cli.addr, cli.output, c).await,
             Top::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
             Top::Vm(c) => cmd::vm::run(&cli.addr, cli.output, c).await,
             Top::Image(c) => cmd::image::run(c).await,
-            Top::Cert(c) => cmd::cert::run(c),
+            Top::Cert(c) => {
+                let _ = cmd::cert::TLS_DIR.set(cli.tls_dir.clone());
+                cmd::cert::run(c)
+            }
             Top::Backup(c) => cmd::backup::run(&cli.addr, cli.output, c).await,
             Top::FenceWatch { data_dir, daemon_pid } => blixard_node::liveness::watchdog::run(&data_dir, daemon_pid),
             Top::Completions { shell } => {
@@ -108,6 +152,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<config::ConfigError>().is_some() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

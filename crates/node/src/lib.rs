@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nodes_api;
 pub mod pool;
 pub mod reconciler;
+pub mod request_id;
 pub mod sd_notify;
 pub mod status;
 #[cfg(not(madsim))]
@@ -417,6 +418,7 @@ impl Node {
         let max = blixard_proto::MAX_MESSAGE_BYTES;
         let router = tonic::transport::Server::builder()
             .layer(metrics::api::ApiLayer(metrics))
+            .layer(request_id::RequestIdLayer)
             .add_service(
                 cluster_service_server::ClusterServiceServer::new(svc.clone())
                     .max_decoding_message_size(max)

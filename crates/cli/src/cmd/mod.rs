@@ -1,6 +1,7 @@
 pub mod backup;
 pub mod cert;
 pub mod cluster;
+pub mod config;
 pub mod image;
 pub mod kv;
 pub mod node;

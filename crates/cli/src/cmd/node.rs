@@ -24,15 +24,19 @@ pub struct NodeTop {
 
 #[derive(clap::Args)]
 pub struct NodeArgs {
+    /// A TOML file with any of these settings (see deploy/node.example.toml); flags and
+    /// BLIXARD_<SECTION>_<KEY> environment variables win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// This node's id: a positive integer, unique in the cluster, fixed for its data dir.
     #[arg(long)]
-    pub id: u64,
+    pub id: Option<u64>,
     /// Address to serve the API and peer traffic on.
     #[arg(long, default_value = "127.0.0.1:7001")]
     pub bind: String,
     /// Where the Raft log and state live. Created when missing; never wiped.
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// Address other nodes and clients use to reach this one: HOST:PORT (default: the bound
     /// address).
     #[arg(long, value_parser = crate::addr::endpoint)]
@@ -86,7 +90,7 @@ pub struct NodeArgs {
     #[arg(long, value_enum, default_value_t = VmBackend::Qemu)]
     pub vm_backend: VmBackend,
     /// Where the guest image is built and cached (shared by nodes on one host; env
-    /// BLIXARD_IMAGE_CACHE).
+    /// BLIXARD_VM_IMAGE_CACHE or BLIXARD_IMAGE_CACHE).
     // Not clap's `env`: an argument set from the environment would count as given and turn
     // `blixard node list` into a daemon invocation missing its --id.
     #[arg(long)]
@@ -158,14 +162,17 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     let tls_dir = super::cert::plaintext_check(&a.bind, a.insecure)?;
     let listener = tokio::net::TcpListener::bind(&a.bind).await.with_context(|| format!("cannot bind {}", a.bind))?;
     let http = super::node_ops::bind_http(a.http_bind.as_deref()).await?;
-    let mut cfg = NodeConfig::new(a.id, a.data_dir);
+    let (Some(id), Some(data_dir)) = (a.id, a.data_dir) else {
+        anyhow::bail!("blixard node needs --id and --data-dir (or a --config file setting them)");
+    };
+    let mut cfg = NodeConfig::new(id, data_dir);
     cfg.advertise = a.advertise;
     cfg.join = a.join;
     cfg.tls_dir = tls_dir;
     cfg.vcpu_overcommit = a.vcpu_overcommit;
     cfg.reserve_memory_mib = a.reserve_memory_mib;
     cfg.memory_mib = a.memory_mib;
-    cfg.image_cache = a.image_cache.or_else(|| std::env::var_os("BLIXARD_IMAGE_CACHE").map(PathBuf::from));
+    cfg.image_cache = a.image_cache; // BLIXARD_IMAGE_CACHE is read by crate::config::node
     cfg.vm_bridge = a.vm_bridge;
     cfg.vm_backend = match a.vm_backend {
         VmBackend::Qemu => blixard_node::backend::Backend::Qemu,

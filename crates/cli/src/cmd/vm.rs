@@ -197,11 +197,10 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             use std::io::Write;
             let (tx, rx) = tokio::sync::mpsc::channel::<v1::ConsoleInput>(16);
             tx.send(v1::ConsoleInput { name: name.clone(), data: Vec::new() }).await?;
-            let mut out = vm(conn.channel())
-                .vm_console(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner();
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            crate::client::tag(&mut req);
+            let mut out =
+                vm(conn.channel()).vm_console(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                 eprintln!("connected to the console of vm {name:?}; Ctrl-D leaves");
             }
