@@ -64,6 +64,8 @@ pub struct NodeConfig {
     pub disk_gib: Option<u64>,
     /// Heartbeats, fencing and the down timeout (see [`liveness`]).
     pub liveness: liveness::Timing,
+    /// A VM driver to use instead of opening `vm_backend` (the simulation's recording fake).
+    pub vm_driver: Option<backend::Injected>,
 }
 
 impl NodeConfig {
@@ -91,6 +93,7 @@ impl NodeConfig {
             labels: Default::default(),
             disk_gib: None,
             liveness: liveness::Timing::default(),
+            vm_driver: None,
         }
     }
 }
@@ -145,7 +148,11 @@ async fn run_vms(
 ) {
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
-    let opened = match backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone()).await {
+    let opened = match cfg.vm_driver.clone() {
+        Some(injected) => Ok(backend::Opened { driver: injected.driver, accel: injected.accel }),
+        None => backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone()).await,
+    };
+    let opened = match opened {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("VM backend {} unavailable; this node will not host VMs: {e}", cfg.vm_backend.as_str());
