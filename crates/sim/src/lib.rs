@@ -45,7 +45,7 @@ pub fn addr(i: u64) -> String {
 /// One host's daemon: node `id`, joining through node 1 unless it is node 1, with the fake VM
 /// driver reporting to `view` (a fresh one each time the host boots: a host's death takes its
 /// VMs with it).
-async fn run_node(id: u64, dir: PathBuf, view: running::Running) {
+async fn run_node(id: u64, dir: PathBuf, view: running::Running, tweak: fn(&mut NodeConfig)) {
     let listener = tokio::net::TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("ip"), PORT))
         .await
         .expect("bind the node's port");
@@ -59,6 +59,7 @@ async fn run_node(id: u64, dir: PathBuf, view: running::Running) {
     cfg.disk_gib = Some(100);
     let driver = std::sync::Arc::new(running::RecordingDriver::new(id, view));
     cfg.vm_driver = Some(blixard_node::backend::Injected { driver, accel: "fake".into() });
+    tweak(&mut cfg);
     let node = Node::start(cfg, listener).await.expect("node starts");
     std::future::pending::<()>().await;
     drop(node);
@@ -74,6 +75,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(n: u64, dir: &std::path::Path) -> Cluster {
+        Cluster::start_with(n, dir, |_| {})
+    }
+
+    /// The same, with every node's configuration changed by `tweak` first.
+    pub fn start_with(n: u64, dir: &std::path::Path, tweak: fn(&mut NodeConfig)) -> Cluster {
         let h = Handle::current();
         let view = running::Running::new();
         let mut nodes = BTreeMap::new();
@@ -84,7 +90,7 @@ impl Cluster {
                 .create_node()
                 .name(format!("n{id}"))
                 .ip(ip(id))
-                .init(move || run_node(id, d.clone(), v.clone()))
+                .init(move || run_node(id, d.clone(), v.clone(), tweak))
                 .build();
             nodes.insert(id, node);
         }

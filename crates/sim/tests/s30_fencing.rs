@@ -224,3 +224,33 @@ fn a_flapping_node_never_runs_a_vm_another_node_runs() {
 fn the_leader_dies_while_it_reschedules_a_dead_nodes_vms() {
     go("leader change", leader_change);
 }
+
+/// The checker catches what fencing prevents: with a lease longer than the down timeout (a
+/// timing `blixard node` refuses), a node cut off keeps its VMs running after the leader
+/// declared it down and started them elsewhere, and the view reports it.
+#[test]
+fn without_fencing_in_time_the_view_catches_a_vm_on_two_nodes() {
+    let seed = seed();
+    let violations = run(seed, move |dir| async move {
+        let cluster = Cluster::start_with(4, &dir, |cfg| {
+            cfg.liveness.fence_after = Duration::from_secs(20);
+        });
+        let host = cluster.client_host();
+        host.spawn(async move {
+            let mut h = Vec::new();
+            let (_, victim, _, _) = setup(&cluster, seed, &mut h).await;
+            cluster.isolate(victim);
+            for _ in 0..100 {
+                if !cluster.view.violations().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            cluster.view.violations()
+        })
+        .await
+        .expect("client host")
+    });
+    assert!(!violations.is_empty(), "seed {seed}: a node that never fences must show as a VM on two nodes");
+    eprintln!("seed {seed}: caught: {}", violations[0]);
+}
