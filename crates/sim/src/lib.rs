@@ -9,6 +9,7 @@
 //! and the nemesis's verbs (kill, restart, cut off, heal).
 #![cfg(madsim)]
 
+pub mod chaos;
 pub mod running;
 pub mod vmload;
 
@@ -71,6 +72,7 @@ pub struct Cluster {
     pub ids: BTreeMap<u64, madsim::task::NodeId>,
     /// Which node runs which VM, at every instant (see [`running`]).
     pub view: running::Running,
+    dead: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Cluster {
@@ -95,7 +97,7 @@ impl Cluster {
             nodes.insert(id, node);
         }
         let ids = nodes.iter().map(|(k, n)| (*k, n.id())).collect();
-        Cluster { nodes, ids, view }
+        Cluster { nodes, ids, view, dead: Default::default() }
     }
 
     pub fn size(&self) -> u64 {
@@ -111,11 +113,21 @@ impl Cluster {
     pub fn kill(&self, id: u64) {
         Handle::current().kill(self.ids[&id]);
         self.view.host_died(id);
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+    }
+
+    /// The hosts killed and not restarted since.
+    pub fn dead(&self) -> Vec<u64> {
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
     }
 
     /// Starts the daemon again from its data dir.
+    /// (A running host is killed first: its VMs die with it.)
     pub fn restart(&self, id: u64) {
         Handle::current().restart(self.ids[&id]);
+        if !self.dead.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            self.view.host_died(id);
+        }
     }
 
     /// Cuts `id` off from every other node, both ways (clients still reach it).
@@ -411,7 +423,11 @@ where
     Fut: std::future::Future<Output = Vec<String>> + 'static,
 {
     std::thread::spawn(move || {
-        let dir = tempfile::tempdir().expect("tempdir");
+        // Data dirs in memory when the host has a tmpfs: the nodes fsync for real, and on a
+        // disk that is most of a run's wall time (not of its simulated time).
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
+        let dir = dir.expect("tempdir");
         let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
         let path = dir.path().to_path_buf();
         rt.block_on(scenario(path))

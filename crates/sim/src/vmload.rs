@@ -90,20 +90,25 @@ async fn converged(view: &Running, nodes: &[u64]) -> Result<BTreeMap<String, u64
         }
     }
     let recs = first.unwrap_or_default();
+    check_running(view, &recs)?;
+    Ok(recs.into_iter().map(|(k, (n, _))| (k, n)).collect())
+}
+
+/// What runs is exactly what the records (name → node, desired) say: each VM desired running
+/// runs once, on its node, and nothing else runs.
+pub fn check_running(view: &Running, recs: &BTreeMap<String, (u64, String)>) -> Result<(), String> {
     let running = view.snapshot();
-    let mut placed = BTreeMap::new();
-    for (name, (node, desired)) in &recs {
+    for (name, (node, desired)) in recs {
         let on = running.get(name).cloned().unwrap_or_default();
         let want: Vec<u64> = if desired == "running" && *node != 0 { vec![*node] } else { vec![] };
         if on != want {
             return Err(format!("{name} (on node {node}, desired {desired}) runs on {on:?}"));
         }
-        placed.insert(name.clone(), *node);
     }
     if let Some(stray) = running.keys().find(|k| !recs.contains_key(*k)) {
         return Err(format!("{stray} runs but has no record"));
     }
-    Ok(placed)
+    Ok(())
 }
 
 impl Client {
