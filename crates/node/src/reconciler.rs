@@ -126,17 +126,21 @@ impl Reconciler {
         blixard_core::state::vms(&view).map_err(|e| e.to_string())
     }
 
-    /// VMs moving away from this node whose instance here is gone: tell the cluster, so the
-    /// new node may start them.
+    /// VMs moving away from this node (or deleted) whose instance here is gone: tell the
+    /// cluster, so the node they go to (or a VM created under the name) may start them.
     async fn hand_off(&self, found: &[Instance]) -> Result<(), String> {
-        for rec in self.records()?.into_iter().filter(|v| v.handoff_from == Some(self.id)) {
-            if found.iter().any(|i| i.name == rec.spec.name) {
+        let names = {
+            let view = ReadView::begin(self.raft.db()).map_err(|e| e.to_string())?;
+            blixard_core::state::handing_off(&view, self.id).map_err(|e| e.to_string())?
+        };
+        for name in names {
+            if found.iter().any(|i| i.name == name) {
                 continue;
             }
-            let cmd = Command::VmHandoff { name: rec.spec.name.clone(), node: self.id };
+            let cmd = Command::VmHandoff { name: name.clone(), node: self.id };
             match crate::internal::propose(&self.raft, cmd).await {
-                Ok(_) => tracing::info!(vm = %rec.spec.name, "stopped here; handed over to node {:?}", rec.node),
-                Err(s) => tracing::debug!(vm = %rec.spec.name, "handoff not accepted yet: {}", s.message()),
+                Ok(_) => tracing::info!(vm = %name, "stopped here; handed over"),
+                Err(s) => tracing::debug!(vm = %name, "handoff not accepted yet: {}", s.message()),
             }
         }
         Ok(())

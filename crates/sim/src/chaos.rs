@@ -61,13 +61,16 @@ struct KeyState {
 }
 
 /// One client: writes through node `c` first, its own keys and VMs only.
-async fn client(c: u64, stop: Arc<AtomicBool>) -> (Vec<String>, BTreeMap<String, KeyState>, Vec<String>) {
+async fn client(
+    c: u64,
+    stop: Arc<AtomicBool>,
+    t0: tokio::time::Instant,
+) -> (Vec<String>, BTreeMap<String, KeyState>, Vec<String>) {
     let mut cl = Client::new(0xC4A0_5000 + u128::from(c), NODES);
     let mut log = Vec::new();
     let mut bad = Vec::new();
-    let mut keys: BTreeMap<String, KeyState> = (0..4)
-        .map(|k| (format!("c{c}/k{k}"), KeyState { allowed: vec![None], retired: false }))
-        .collect();
+    let mut keys: BTreeMap<String, KeyState> =
+        (0..4).map(|k| (format!("c{c}/k{k}"), KeyState { allowed: vec![None], retired: false })).collect();
     let names: Vec<String> = (0..2).map(|v| format!("c{c}-vm{v}")).collect();
     let mut exists = [false, false];
     let mut j = 0u64;
@@ -95,7 +98,8 @@ async fn client(c: u64, stop: Arc<AtomicBool>) -> (Vec<String>, BTreeMap<String,
                     st.retired = true;
                 }
             }
-            log.push(format!("c{c} {j} {} {key} via {via}: {}", if value.is_some() { "put" } else { "del" }, ok(&r)));
+            let op = if value.is_some() { "put" } else { "del" };
+            log.push(format!("c{c} {j} @{} {op} {key} via {via}: {}", t0.elapsed().as_millis(), ok(&r)));
         } else if roll < 7 {
             let key = format!("c{c}/k{}", thread_rng().gen_range(0..4));
             if let Ok(got) = cl.get(via, &key, OP_DEADLINE).await {
@@ -123,7 +127,7 @@ async fn client(c: u64, stop: Arc<AtomicBool>) -> (Vec<String>, BTreeMap<String,
                 (Err(e), "create") => e.contains("AlreadyExists"),
                 (Err(e), _) => !e.contains("NotFound"),
             };
-            log.push(format!("c{c} {j} vm {what} {name} via {via}: {}", ok(&r)));
+            log.push(format!("c{c} {j} @{} vm {what} {name} via {via}: {}", t0.elapsed().as_millis(), ok(&r)));
         }
         tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..200))).await;
     }
@@ -156,7 +160,7 @@ async fn sample_leaders(leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>, stop:
 }
 
 /// Injects `ROUNDS` random faults, each healed before the next.
-async fn nemesis(cluster: &Cluster, h: &mut Vec<String>) {
+async fn nemesis(cluster: &Cluster, h: &mut Vec<String>, t0: tokio::time::Instant) {
     let net = NetSim::current();
     for round in 0..ROUNDS {
         tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
@@ -208,7 +212,7 @@ async fn nemesis(cluster: &Cluster, h: &mut Vec<String>) {
                 format!("paused {victim} for {} ms", pause.as_millis())
             }
         };
-        h.push(format!("round {round}: {what}, held {} ms", hold.as_millis()));
+        h.push(format!("round {round}: {what}, held {} ms (at {} ms)", hold.as_millis(), t0.elapsed().as_millis()));
         tokio::time::sleep(hold).await;
         heal_everything(cluster);
     }
@@ -264,8 +268,9 @@ pub async fn scenario(dir: std::path::PathBuf) -> Outcome {
         let stop = Arc::new(AtomicBool::new(false));
         let leaders = Arc::new(Mutex::new(BTreeMap::new()));
         let sampler = tokio::spawn(sample_leaders(leaders.clone(), stop.clone()));
-        let clients: Vec<_> = (1..=NODES).map(|c| tokio::spawn(client(c, stop.clone()))).collect();
-        nemesis(&cluster, &mut history).await;
+        let t0 = tokio::time::Instant::now();
+        let clients: Vec<_> = (1..=NODES).map(|c| tokio::spawn(client(c, stop.clone(), t0))).collect();
+        nemesis(&cluster, &mut history, t0).await;
         stop.store(true, Ordering::Relaxed);
         let mut allowed = BTreeMap::new();
         let mut bad_reads = Vec::new();

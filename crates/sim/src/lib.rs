@@ -329,7 +329,8 @@ impl Client {
                         let mut req = tonic::Request::new(VmNameRequest { name: name.to_string() });
                         rpc::set_session(req.metadata_mut(), &s);
                         let mut c = VmServiceClient::new(ch);
-                        let r = if matches!(w, Write::VmStart(_)) { c.start_vm(req).await } else { c.stop_vm(req).await };
+                        let r =
+                            if matches!(w, Write::VmStart(_)) { c.start_vm(req).await } else { c.stop_vm(req).await };
                         r.map(|r| r.into_inner().vm.map_or(0, |v| v.restart_generation))
                     }
                     Write::VmDelete(name) => {
@@ -425,10 +426,12 @@ where
     std::thread::spawn(move || {
         // Data dirs in memory when the host has a tmpfs: the nodes fsync for real, and on a
         // disk that is most of a run's wall time (not of its simulated time).
+        // The runtime first: it seeds std's hash keys for this thread, which only works before
+        // anything on the thread made a `HashMap` (the temp dir's name generator does).
+        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
         let shm = std::path::Path::new("/dev/shm");
         let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
         let dir = dir.expect("tempdir");
-        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
         let path = dir.path().to_path_buf();
         rt.block_on(scenario(path))
     })

@@ -28,6 +28,8 @@ struct Inner {
     /// Every start and stop, as `"<ms> n<node> start|stop <name>.<incarnation>"`.
     log: Vec<String>,
     violations: Vec<String>,
+    /// The VM name of the first violation.
+    first: Option<String>,
     starts: u64,
 }
 
@@ -66,11 +68,14 @@ impl Running {
             .into_iter()
             .flatten()
             .filter(|(n, incs)| **n != node && !incs.is_empty())
-            .map(|(n, incs)| format!("node {n} ({})", incs.iter().map(|x| format!("{}.{x}", vm.name)).collect::<Vec<_>>().join(", ")))
+            .map(|(n, incs)| {
+                format!("node {n} ({})", incs.iter().map(|x| format!("{}.{x}", vm.name)).collect::<Vec<_>>().join(", "))
+            })
             .collect();
         if !others.is_empty() {
             let v = format!("at {ms} ms node {node} started {vm} while {} runs it", others.join(" and "));
             i.violations.push(v);
+            i.first.get_or_insert_with(|| vm.name.clone());
         }
         i.on.entry(vm.name.clone()).or_default().entry(node).or_default().insert(vm.incarnation);
         i.log.push(format!("{ms} n{node} start {vm}"));
@@ -109,7 +114,9 @@ impl Running {
     pub fn snapshot(&self) -> BTreeMap<String, Vec<u64>> {
         let i = self.lock();
         i.on.iter()
-            .map(|(name, m)| (name.clone(), m.iter().filter(|(_, s)| !s.is_empty()).map(|(n, _)| *n).collect::<Vec<_>>()))
+            .map(|(name, m)| {
+                (name.clone(), m.iter().filter(|(_, s)| !s.is_empty()).map(|(n, _)| *n).collect::<Vec<_>>())
+            })
             .filter(|(_, ns)| !ns.is_empty())
             .collect()
     }
@@ -122,9 +129,11 @@ impl Running {
     pub fn assert_ok(&self, seed: u64) {
         let i = self.lock();
         if let Some(first) = i.violations.first() {
-            let tail: Vec<&String> = i.log.iter().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            let name = i.first.clone().unwrap_or_default();
+            let tail: Vec<&String> =
+                i.log.iter().filter(|l| l.contains(&format!(" {name}.")) || l.contains(" died")).collect();
             panic!(
-                "seed {seed}: a VM ran on two nodes at once ({} violations); first: {first}\nall:\n  {}\nlast driver events:\n  {}",
+                "seed {seed}: a VM ran on two nodes at once ({} violations); first: {first}\nall:\n  {}\ndriver events of {name} (and host deaths):\n  {}",
                 i.violations.len(),
                 i.violations.join("\n  "),
                 tail.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  ")

@@ -53,10 +53,7 @@ pub async fn wait_running(view: &Running, names: &[String], not_on: &[u64], boun
             return t0.elapsed();
         }
         if t0.elapsed() > bound {
-            panic!(
-                "seed {seed}: not every VM runs once outside {not_on:?} within {bound:?}: {:?}",
-                view.snapshot()
-            );
+            panic!("seed {seed}: not every VM runs once outside {not_on:?} within {bound:?}: {:?}", view.snapshot());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
