@@ -150,6 +150,7 @@ impl Reconciler {
         let mut assigned = self.assigned()?;
         let found: Vec<Instance> =
             self.driver.list().await.map_err(|e| e.to_string())?.into_iter().map(|o| o.instance).collect();
+        self.lease.retain_fenced(&found);
         let legacy = self.driver.list_legacy().await.map_err(|e| e.to_string())?;
         let mut unsettled: BTreeSet<String> = legacy.iter().cloned().collect();
         let suspects = orphans::suspects(&assigned.iter().map(instance_of).collect(), &found, &legacy);
@@ -241,10 +242,16 @@ impl Reconciler {
         } else {
             obs
         };
+        let fenced = self.lease.was_fenced(&vm);
+        if fenced && obs.state != VmState::Stopped {
+            self.lease.forget_fenced(&vm);
+        }
         let seen = match &obs.state {
             VmState::NotFound => Seen::Absent,
             VmState::Running => Seen::Running,
             _ if local.unhealthy.is_some() => Seen::Failed,
+            // Killed by fencing: a failure, not the guest's own power-off.
+            VmState::Stopped if fenced => Seen::Failed,
             VmState::Stopped => Seen::Stopped { on_its_own: local.started_here && !local.stopped_by_us },
             VmState::Failed(_) => Seen::Failed,
         };
@@ -257,6 +264,7 @@ impl Reconciler {
         if matches!(seen, Seen::Failed | Seen::Stopped { on_its_own: true }) {
             let why = match (&local.unhealthy, &obs.state) {
                 (Some(u), _) => Some(u.clone()),
+                (None, VmState::Stopped) if fenced => Some("fenced: this node lost its lease".to_string()),
                 (None, VmState::Failed(r)) => Some(r.clone()),
                 (None, _) => obs.exit_reason.clone(),
             };

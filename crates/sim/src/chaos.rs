@@ -252,7 +252,25 @@ async fn finals(cluster: &Cluster) -> Result<BTreeMap<u64, NodeFinal>, String> {
     if let Some((n, f)) = out.iter().find(|(_, f)| **f != first) {
         return Err(format!("node {n} differs from node 1: {f:?} vs {first:?}"));
     }
-    crate::vmload::check_running(&cluster.view, &first.vms)?;
+    if let Err(e) = crate::vmload::check_running(&cluster.view, &first.vms) {
+        // What the records say about the VMs that do not run as they should.
+        let all = vms(1).await.unwrap_or_default();
+        let detail: Vec<String> = all
+            .values()
+            .filter(|v| e.contains(&format!("{} ", v.spec.as_ref().map_or("", |s| s.name.as_str()))))
+            .map(|v| {
+                let events: Vec<&str> = v.events.iter().rev().take(6).map(|e| e.what.as_str()).collect();
+                format!(
+                    "node {} handoff_from {} pending {:?} observed {:?} events (newest first) {events:?}",
+                    v.node,
+                    v.handoff_from,
+                    v.pending,
+                    v.observed.as_ref().map(|o| (&o.phase, &o.reason))
+                )
+            })
+            .collect();
+        return Err(format!("{e}; {}", detail.join("; ")));
+    }
     Ok(out)
 }
 
