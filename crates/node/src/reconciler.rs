@@ -121,6 +121,17 @@ impl Reconciler {
         Ok(self.records()?.into_iter().filter(|v| v.node == Some(self.id)).collect())
     }
 
+    /// Whether the replicated state, read now, still wants `rec`'s instance running here.
+    fn still_here(&self, rec: &VmRecord) -> bool {
+        let Ok(all) = self.records() else { return false };
+        all.iter().any(|r| {
+            r.spec.name == rec.spec.name
+                && r.node == Some(self.id)
+                && r.placed_index == rec.placed_index
+                && wanted(r) == PowerState::Running
+        })
+    }
+
     fn records(&self) -> Result<Vec<VmRecord>, String> {
         let view = ReadView::begin(self.raft.db()).map_err(|e| e.to_string())?;
         blixard_core::state::vms(&view).map_err(|e| e.to_string())
@@ -325,6 +336,10 @@ impl Reconciler {
                 local.error = Some("fenced: waiting for a lease from the leader before starting it".into());
                 return;
             }
+            // The pass read its records before this node held the lease (and had applied what the
+            // lease needs): the VM may have been moved away or deleted since. Start it only if the
+            // state now, read after the lease check, still puts this instance here.
+            Action::Start | Action::Restart if !self.still_here(rec) => return,
             Action::Start | Action::Restart => {
                 if action == Action::Restart {
                     local.stopped_by_us = true;
