@@ -29,6 +29,20 @@ pub struct Opened {
     pub accel: String,
 }
 
+/// A driver handed to the node instead of one it opens ([`crate::NodeConfig::vm_driver`]): the
+/// simulation's fake that records every start and stop in a view shared by all hosts.
+#[derive(Clone)]
+pub struct Injected {
+    pub driver: Arc<dyn VmDriver>,
+    pub accel: String,
+}
+
+impl std::fmt::Debug for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Injected({} driver, accel {})", self.driver.backend(), self.accel)
+    }
+}
+
 /// Under simulation every node runs the fake driver: there are no processes to boot there. It is
 /// never selectable in a real build.
 #[cfg(madsim)]

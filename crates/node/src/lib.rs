@@ -80,6 +80,8 @@ pub struct NodeConfig {
     /// Directories whose files VM specs may name as kernel, initrd or rootfs, besides the
     /// image cache (see `blixard_vmm::host_files`).
     pub allow_image_dirs: Vec<PathBuf>,
+    /// A VM driver to use instead of opening `vm_backend` (the simulation's recording fake).
+    pub vm_driver: Option<backend::Injected>,
 }
 
 impl NodeConfig {
@@ -111,6 +113,7 @@ impl NodeConfig {
             watchdog_exe: None,
             limits: transport::Limits::default(),
             allow_image_dirs: Vec::new(),
+            vm_driver: None,
         }
     }
 }
@@ -169,7 +172,11 @@ async fn run_vms(
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
     let files = blixard_vmm::host_files::HostFiles::new(cache.clone(), cfg.allow_image_dirs.clone());
-    let opened = match backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone(), files).await {
+    let opened = match cfg.vm_driver.clone() {
+        Some(injected) => Ok(backend::Opened { driver: injected.driver, accel: injected.accel }),
+        None => backend::open(cfg.vm_backend, vm_dir, cache, cfg.vm_bridge.clone(), files).await,
+    };
+    let opened = match opened {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("VM backend {} unavailable; this node will not host VMs: {e}", cfg.vm_backend.as_str());

@@ -121,22 +121,37 @@ impl Reconciler {
         Ok(self.records()?.into_iter().filter(|v| v.node == Some(self.id)).collect())
     }
 
+    /// Whether the replicated state, read now, still wants `rec`'s instance running here.
+    fn still_here(&self, rec: &VmRecord) -> bool {
+        let Ok(all) = self.records() else { return false };
+        all.iter().any(|r| {
+            r.spec.name == rec.spec.name
+                && r.node == Some(self.id)
+                && r.placed_index == rec.placed_index
+                && wanted(r) == PowerState::Running
+        })
+    }
+
     fn records(&self) -> Result<Vec<VmRecord>, String> {
         let view = ReadView::begin(self.raft.db()).map_err(|e| e.to_string())?;
         blixard_core::state::vms(&view).map_err(|e| e.to_string())
     }
 
-    /// VMs moving away from this node whose instance here is gone: tell the cluster, so the
-    /// new node may start them.
+    /// VMs moving away from this node (or deleted) whose instance here is gone: tell the
+    /// cluster, so the node they go to (or a VM created under the name) may start them.
     async fn hand_off(&self, found: &[Instance]) -> Result<(), String> {
-        for rec in self.records()?.into_iter().filter(|v| v.handoff_from == Some(self.id)) {
-            if found.iter().any(|i| i.name == rec.spec.name) {
+        let names = {
+            let view = ReadView::begin(self.raft.db()).map_err(|e| e.to_string())?;
+            blixard_core::state::handing_off(&view, self.id).map_err(|e| e.to_string())?
+        };
+        for name in names {
+            if found.iter().any(|i| i.name == name) {
                 continue;
             }
-            let cmd = Command::VmHandoff { name: rec.spec.name.clone(), node: self.id };
+            let cmd = Command::VmHandoff { name: name.clone(), node: self.id };
             match crate::internal::propose(&self.raft, cmd).await {
-                Ok(_) => tracing::info!(vm = %rec.spec.name, "stopped here; handed over to node {:?}", rec.node),
-                Err(s) => tracing::debug!(vm = %rec.spec.name, "handoff not accepted yet: {}", s.message()),
+                Ok(_) => tracing::info!(vm = %name, "stopped here; handed over"),
+                Err(s) => tracing::debug!(vm = %name, "handoff not accepted yet: {}", s.message()),
             }
         }
         Ok(())
@@ -146,6 +161,7 @@ impl Reconciler {
         let mut assigned = self.assigned()?;
         let found: Vec<Instance> =
             self.driver.list().await.map_err(|e| e.to_string())?.into_iter().map(|o| o.instance).collect();
+        self.lease.retain_fenced(&found);
         let legacy = self.driver.list_legacy().await.map_err(|e| e.to_string())?;
         let mut unsettled: BTreeSet<String> = legacy.iter().cloned().collect();
         let suspects = orphans::suspects(&assigned.iter().map(instance_of).collect(), &found, &legacy);
@@ -237,10 +253,16 @@ impl Reconciler {
         } else {
             obs
         };
+        let fenced = self.lease.was_fenced(&vm);
+        if fenced && obs.state != VmState::Stopped {
+            self.lease.forget_fenced(&vm);
+        }
         let seen = match &obs.state {
             VmState::NotFound => Seen::Absent,
             VmState::Running => Seen::Running,
             _ if local.unhealthy.is_some() => Seen::Failed,
+            // Killed by fencing: a failure, not the guest's own power-off.
+            VmState::Stopped if fenced => Seen::Failed,
             VmState::Stopped => Seen::Stopped { on_its_own: local.started_here && !local.stopped_by_us },
             VmState::Failed(_) => Seen::Failed,
         };
@@ -253,6 +275,7 @@ impl Reconciler {
         if matches!(seen, Seen::Failed | Seen::Stopped { on_its_own: true }) {
             let why = match (&local.unhealthy, &obs.state) {
                 (Some(u), _) => Some(u.clone()),
+                (None, VmState::Stopped) if fenced => Some("fenced: this node lost its lease".to_string()),
                 (None, VmState::Failed(r)) => Some(r.clone()),
                 (None, _) => obs.exit_reason.clone(),
             };
@@ -313,6 +336,10 @@ impl Reconciler {
                 local.error = Some("fenced: waiting for a lease from the leader before starting it".into());
                 return;
             }
+            // The pass read its records before this node held the lease (and had applied what the
+            // lease needs): the VM may have been moved away or deleted since. Start it only if the
+            // state now, read after the lease check, still puts this instance here.
+            Action::Start | Action::Restart if !self.still_here(rec) => return,
             Action::Start | Action::Restart => {
                 if action == Action::Restart {
                     local.stopped_by_us = true;

@@ -9,6 +9,10 @@
 //! and the nemesis's verbs (kill, restart, cut off, heal).
 #![cfg(madsim)]
 
+pub mod chaos;
+pub mod running;
+pub mod vmload;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -22,8 +26,8 @@ use blixard_proto::v1::error_detail::Reason;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{
-    ClusterStatusRequest, CreateVmRequest, DeleteRequest, GetRequest, GetVmRequest, ListRequest, PutRequest,
-    ReadOptions, VmNameRequest, VmSpec,
+    ClusterStatusRequest, CreateVmRequest, DeleteRequest, DeleteVmRequest, GetRequest, GetVmRequest, ListRequest,
+    ListVmsRequest, PutRequest, ReadOptions, VmNameRequest, VmSpec,
 };
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle, Runtime};
@@ -39,8 +43,10 @@ pub fn addr(i: u64) -> String {
     format!("10.0.0.{i}:{PORT}")
 }
 
-/// One host's daemon: node `id`, joining through node 1 unless it is node 1.
-async fn run_node(id: u64, dir: PathBuf) {
+/// One host's daemon: node `id`, joining through node 1 unless it is node 1, with the fake VM
+/// driver reporting to `view` (a fresh one each time the host boots: a host's death takes its
+/// VMs with it).
+async fn run_node(id: u64, dir: PathBuf, view: running::Running, tweak: fn(&mut NodeConfig)) {
     let listener = tokio::net::TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("ip"), PORT))
         .await
         .expect("bind the node's port");
@@ -49,6 +55,12 @@ async fn run_node(id: u64, dir: PathBuf) {
     if id != 1 {
         cfg.join = Some(addr(1));
     }
+    // Fixed capacity, so placement does not depend on the machine the simulation runs on.
+    cfg.memory_mib = Some(8 * 1024);
+    cfg.disk_gib = Some(100);
+    let driver = std::sync::Arc::new(running::RecordingDriver::new(id, view));
+    cfg.vm_driver = Some(blixard_node::backend::Injected { driver, accel: "fake".into() });
+    tweak(&mut cfg);
     let node = Node::start(cfg, listener).await.expect("node starts");
     std::future::pending::<()>().await;
     drop(node);
@@ -58,19 +70,38 @@ async fn run_node(id: u64, dir: PathBuf) {
 pub struct Cluster {
     pub nodes: BTreeMap<u64, NodeHandle>,
     pub ids: BTreeMap<u64, madsim::task::NodeId>,
+    /// Which node runs which VM, at every instant (see [`running`]).
+    pub view: running::Running,
+    dead: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Cluster {
     pub fn start(n: u64, dir: &std::path::Path) -> Cluster {
+        Cluster::start_with(n, dir, |_| {})
+    }
+
+    /// The same, with every node's configuration changed by `tweak` first.
+    pub fn start_with(n: u64, dir: &std::path::Path, tweak: fn(&mut NodeConfig)) -> Cluster {
         let h = Handle::current();
+        let view = running::Running::new();
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             let d = dir.join(format!("n{id}"));
-            let node = h.create_node().name(format!("n{id}")).ip(ip(id)).init(move || run_node(id, d.clone())).build();
+            let v = view.clone();
+            let node = h
+                .create_node()
+                .name(format!("n{id}"))
+                .ip(ip(id))
+                .init(move || run_node(id, d.clone(), v.clone(), tweak))
+                .build();
             nodes.insert(id, node);
         }
         let ids = nodes.iter().map(|(k, n)| (*k, n.id())).collect();
-        Cluster { nodes, ids }
+        Cluster { nodes, ids, view, dead: Default::default() }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.ids.len() as u64
     }
 
     /// A host for clients (it reaches every node).
@@ -78,14 +109,25 @@ impl Cluster {
         Handle::current().create_node().name("client").ip(ip(100)).build()
     }
 
-    /// `kill -9` of the host's daemon (its data dir stays).
+    /// The host dies (its daemon and its VMs; its data dir stays).
     pub fn kill(&self, id: u64) {
         Handle::current().kill(self.ids[&id]);
+        self.view.host_died(id);
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+    }
+
+    /// The hosts killed and not restarted since.
+    pub fn dead(&self) -> Vec<u64> {
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
     }
 
     /// Starts the daemon again from its data dir.
+    /// (A running host is killed first: its VMs die with it.)
     pub fn restart(&self, id: u64) {
         Handle::current().restart(self.ids[&id]);
+        if !self.dead.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            self.view.host_died(id);
+        }
     }
 
     /// Cuts `id` off from every other node, both ways (clients still reach it).
@@ -99,12 +141,58 @@ impl Cluster {
         }
     }
 
+    /// Nothing `id` sends reaches another node (it still hears them).
+    pub fn cut_outbound(&self, id: u64) {
+        let net = NetSim::current();
+        for (&o, &other) in &self.ids {
+            if o != id {
+                net.clog_link(self.ids[&id], other);
+            }
+        }
+    }
+
+    /// Nothing another node sends reaches `id` (it can still send).
+    pub fn cut_inbound(&self, id: u64) {
+        let net = NetSim::current();
+        for (&o, &other) in &self.ids {
+            if o != id {
+                net.clog_link(other, self.ids[&id]);
+            }
+        }
+    }
+
+    /// Undoes any cut of `id`'s links to and from the other nodes.
     pub fn heal(&self, id: u64) {
         let net = NetSim::current();
         for (&o, &other) in &self.ids {
             if o != id {
                 net.unclog_link(self.ids[&id], other);
                 net.unclog_link(other, self.ids[&id]);
+            }
+        }
+    }
+
+    /// Splits the nodes into `side` and the rest, both ways.
+    pub fn split(&self, side: &[u64]) {
+        let net = NetSim::current();
+        for (&a, &na) in &self.ids {
+            for (&b, &nb) in &self.ids {
+                if side.contains(&a) && !side.contains(&b) {
+                    net.clog_link(na, nb);
+                    net.clog_link(nb, na);
+                }
+            }
+        }
+    }
+
+    /// Undoes every cut between nodes.
+    pub fn heal_all(&self) {
+        let net = NetSim::current();
+        for &a in self.ids.values() {
+            for &b in self.ids.values() {
+                if a != b {
+                    net.unclog_link(a, b);
+                }
             }
         }
     }
@@ -178,8 +266,13 @@ pub enum Write<'a> {
     Delete(&'a str),
     /// A VM (128 MiB, 1 vCPU) placed by the scheduler and started.
     VmCreate(&'a str),
+    /// The same, placed on the given node.
+    VmCreateOn(&'a str, u64),
     /// Bumps the VM's restart generation: applied twice, it would count twice.
     VmRestart(&'a str),
+    VmStart(&'a str),
+    VmStop(&'a str),
+    VmDelete(&'a str),
 }
 
 impl Client {
@@ -212,11 +305,12 @@ impl Client {
                         rpc::set_session(req.metadata_mut(), &s);
                         KvServiceClient::new(ch).delete(req).await.map(|r| r.into_inner().index)
                     }
-                    Write::VmCreate(name) => {
+                    Write::VmCreate(name) | Write::VmCreateOn(name, _) => {
                         let spec = VmSpec { name: name.to_string(), vcpus: 1, memory_mib: 128, ..Default::default() };
+                        let node = if let Write::VmCreateOn(_, n) = &w { Some(*n) } else { None };
                         let mut req = tonic::Request::new(CreateVmRequest {
                             spec: Some(spec),
-                            node: None,
+                            node,
                             start: true,
                             ..Default::default()
                         });
@@ -230,6 +324,19 @@ impl Client {
                             .restart_vm(req)
                             .await
                             .map(|r| r.into_inner().vm.map_or(0, |v| v.restart_generation))
+                    }
+                    Write::VmStart(name) | Write::VmStop(name) => {
+                        let mut req = tonic::Request::new(VmNameRequest { name: name.to_string() });
+                        rpc::set_session(req.metadata_mut(), &s);
+                        let mut c = VmServiceClient::new(ch);
+                        let r =
+                            if matches!(w, Write::VmStart(_)) { c.start_vm(req).await } else { c.stop_vm(req).await };
+                        r.map(|r| r.into_inner().vm.map_or(0, |v| v.restart_generation))
+                    }
+                    Write::VmDelete(name) => {
+                        let mut req = tonic::Request::new(DeleteVmRequest { name: name.to_string() });
+                        rpc::set_session(req.metadata_mut(), &s);
+                        VmServiceClient::new(ch).delete_vm(req).await.map(|r| r.into_inner().index)
                     }
                 }
             };
@@ -292,6 +399,21 @@ pub async fn restart_generation(i: u64, name: &str) -> Option<u64> {
     r.vm.map(|v| v.restart_generation)
 }
 
+/// Node `i`'s view of one VM (a stale read).
+pub async fn vm(i: u64, name: &str) -> Option<blixard_proto::v1::Vm> {
+    let mut c = VmServiceClient::new(channel(i));
+    let req = GetVmRequest { name: name.to_string(), read: Some(ReadOptions { stale: true }) };
+    tokio::time::timeout(Duration::from_secs(2), c.get_vm(req)).await.ok()?.ok()?.into_inner().vm
+}
+
+/// Node `i`'s view of every VM (a stale read), by name.
+pub async fn vms(i: u64) -> Option<BTreeMap<String, blixard_proto::v1::Vm>> {
+    let mut c = VmServiceClient::new(channel(i));
+    let req = ListVmsRequest { read: Some(ReadOptions { stale: true }), limit: 10_000, ..Default::default() };
+    let r = tokio::time::timeout(Duration::from_secs(2), c.list_vms(req)).await.ok()?.ok()?.into_inner();
+    Some(r.vms.into_iter().filter_map(|v| Some((v.spec.clone()?.name, v))).collect())
+}
+
 /// Runs `scenario` in a fresh simulation with `seed`, on a fresh OS thread: thread-local
 /// generators (`rand::thread_rng`, which raft-rs uses for election timeouts, and std's hash keys)
 /// are seeded on first use from MadSim's seeded `getrandom`, so a reused thread would carry
@@ -302,8 +424,14 @@ where
     Fut: std::future::Future<Output = Vec<String>> + 'static,
 {
     std::thread::spawn(move || {
-        let dir = tempfile::tempdir().expect("tempdir");
+        // Data dirs in memory when the host has a tmpfs: the nodes fsync for real, and on a
+        // disk that is most of a run's wall time (not of its simulated time).
+        // The runtime first: it seeds std's hash keys for this thread, which only works before
+        // anything on the thread made a `HashMap` (the temp dir's name generator does).
         let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
+        let dir = dir.expect("tempdir");
         let path = dir.path().to_path_buf();
         rt.block_on(scenario(path))
     })

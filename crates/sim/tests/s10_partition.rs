@@ -16,7 +16,7 @@ use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
 use blixard_proto::v1::{ClusterStatusRequest, ListRequest, PutRequest, ReadOptions};
 use madsim::net::NetSim;
-use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::runtime::{Handle, NodeHandle};
 use tonic::transport::{Channel, Endpoint};
 
 const PORT: u16 = 7001;
@@ -196,18 +196,9 @@ async fn scenario(dir: PathBuf) -> Vec<String> {
         .expect("client task")
 }
 
-/// One simulation on a fresh OS thread: thread-local generators (`rand::thread_rng`, which
-/// raft-rs uses for election timeouts, and std's hash keys) are seeded on first use from
-/// MadSim's seeded `getrandom`, so a reused thread would carry state over from the last run.
+/// One simulation (see [`blixard_sim::run`]: a fresh thread, data dirs in memory).
 fn run(seed: u64) -> Vec<String> {
-    std::thread::spawn(move || {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        let path = dir.path().to_path_buf();
-        rt.block_on(scenario(path))
-    })
-    .join()
-    .expect("simulation thread")
+    blixard_sim::run(seed, scenario)
 }
 
 fn seed() -> u64 {

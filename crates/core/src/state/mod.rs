@@ -188,6 +188,12 @@ pub fn query(store: &impl ReadStore, q: &Query) -> Result<QueryResult, StoreErro
     })
 }
 
+/// The VM names `node` holds a handoff mark for: VMs moved or deleted while it may still run
+/// them, which start elsewhere (under their name) only once it reports them stopped.
+pub fn handing_off(store: &impl ReadStore, node: crate::NodeId) -> Result<Vec<String>, StoreError> {
+    vms::handing_off_from(store, node)
+}
+
 pub(crate) fn vm(store: &impl ReadStore, name: &str) -> Result<Option<VmRecord>, StoreError> {
     match store.get(Table::Vms, name.as_bytes())? {
         None => Ok(None),

@@ -201,3 +201,49 @@ fn a_node_declared_down_mid_handoff_releases_it() {
     run(&mut s, 6, Command::NodeSetState { id: 1, state: NodeState::Down }).unwrap();
     assert_eq!(get(&s, "a").handoff_from, None, "a down node has fenced itself");
 }
+
+#[test]
+fn a_vm_created_again_under_a_deleted_name_waits_for_the_node_that_may_still_run_it() {
+    let mut s = member_node(1, 8, 4096);
+    add_node(&mut s, 2, 8, 4096);
+    run(&mut s, 3, Command::VmCreate { spec: spec("a", 256), node: Some(1), start: true, queue: false }).unwrap();
+    run(&mut s, 4, Command::VmDelete { name: "a".into() }).unwrap();
+    assert_eq!(vms::handing_off_from(&s, 1).unwrap(), ["a"], "node 1 may still run it");
+    run(&mut s, 5, Command::VmCreate { spec: spec("a", 256), node: Some(2), start: true, queue: false }).unwrap();
+    let v = get(&s, "a");
+    assert_eq!((v.node, v.handoff_from), (Some(2), Some(1)));
+    assert_eq!(events(&s, "a"), ["placed on node 2", "starts once node 1 stopped the VM deleted under this name"]);
+    run(&mut s, 6, Command::VmHandoff { name: "a".into(), node: 1 }).unwrap();
+    assert_eq!(get(&s, "a").handoff_from, None);
+    assert!(vms::handing_off_from(&s, 1).unwrap().is_empty());
+
+    // Deleted, then its old node reports it stopped: the name is free, nothing is left behind.
+    run(&mut s, 7, Command::VmDelete { name: "a".into() }).unwrap();
+    assert_eq!(vms::handing_off_from(&s, 2).unwrap(), ["a"]);
+    run(&mut s, 8, Command::VmHandoff { name: "a".into(), node: 2 }).unwrap();
+    assert!(vms::handing_off_from(&s, 2).unwrap().is_empty());
+    assert!(s.scan(Table::Placements, b"", usize::MAX).unwrap().is_empty(), "no mark left");
+    run(&mut s, 9, Command::VmCreate { spec: spec("a", 256), node: Some(1), start: true, queue: false }).unwrap();
+    assert_eq!(get(&s, "a").handoff_from, None);
+
+    // A node declared down fenced itself: a VM deleted there leaves no wait behind.
+    run(&mut s, 10, Command::VmDelete { name: "a".into() }).unwrap();
+    run(&mut s, 11, Command::NodeSetState { id: 1, state: NodeState::Down }).unwrap();
+    assert!(s.scan(Table::Placements, b"", usize::MAX).unwrap().iter().all(|(k, _)| k[8] == b'p'));
+    run(&mut s, 12, Command::VmCreate { spec: spec("a", 256), node: Some(2), start: true, queue: false }).unwrap();
+    assert_eq!(get(&s, "a").handoff_from, None);
+}
+
+#[test]
+fn a_stopped_vm_started_again_where_it_no_longer_fits_waits_for_its_old_node() {
+    let mut s = member_node(1, 8, 1024);
+    add_node(&mut s, 2, 8, 4096);
+    run(&mut s, 3, Command::VmCreate { spec: spec("a", 512), node: Some(1), start: true, queue: false }).unwrap();
+    run(&mut s, 4, Command::VmSetDesired { name: "a".into(), desired: PowerState::Stopped }).unwrap();
+    run(&mut s, 5, Command::VmCreate { spec: spec("b", 1024), node: Some(1), start: true, queue: false }).unwrap();
+    run(&mut s, 6, Command::VmSetDesired { name: "a".into(), desired: PowerState::Running }).unwrap();
+    let v = get(&s, "a");
+    assert_eq!((v.node, v.handoff_from), (Some(2), Some(1)), "node 1 may not have stopped it yet");
+    run(&mut s, 7, Command::VmHandoff { name: "a".into(), node: 1 }).unwrap();
+    assert_eq!(get(&s, "a").handoff_from, None);
+}

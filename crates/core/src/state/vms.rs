@@ -4,6 +4,15 @@
 //!
 //! `Table::Placements` indexes which VMs are on which node (`node | 'p' | name`) and which are
 //! moving away from it (`node | 'h' | name`), so a node's VMs are found without a scan.
+//!
+//! **A name runs on one node at a time.** A node may run a VM for a while after the cluster
+//! moved it away (it applies the log late, or cannot hear at all, until its lease runs out), so
+//! whenever a VM leaves a node that is still ready — moved by a drain, started again where it no
+//! longer fits, or deleted — that node keeps a handoff mark (`node | 'h' | name`), and the VM's
+//! next placement, under the same name, starts only once that node reported it stopped there
+//! ([`handoff`]) or was declared down (which fenced it). For a deleted VM the mark has a
+//! reverse entry, `0 | 't' | name` → node (no node has id 0), so a create under the name finds
+//! it without a scan.
 
 use super::{decode, encode, nodes, vm};
 use crate::command::{CommandError, Outcome, Response};
@@ -82,6 +91,26 @@ fn unplace(store: &mut impl Store, rec: &mut VmRecord) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Whether node `id` is registered and ready (not declared down: a down node fenced itself).
+fn ready(store: &impl ReadStore, id: NodeId) -> Result<bool, StoreError> {
+    Ok(nodes::get(store, id)?.is_some_and(|n| n.state == NodeState::Ready))
+}
+
+/// `rec` leaves node `from`: unless it is still handing off from another node (so `from` never
+/// started it), it starts elsewhere only once `from` stopped it, if `from` is ready.
+fn hand_off_from(store: &mut impl Store, rec: &mut VmRecord, from: NodeId) -> Result<(), StoreError> {
+    if rec.handoff_from.is_none() && ready(store, from)? {
+        rec.handoff_from = Some(from);
+        store.put(Table::Placements, &key(from, b'h', &rec.spec.name), &[])?;
+    }
+    Ok(())
+}
+
+/// The reverse entry of a deleted VM's handoff mark: its name → the node that may still run it.
+fn tombstone_key(name: &str) -> Vec<u8> {
+    key(0, b't', name)
+}
+
 fn pending_key(rec: &VmRecord) -> [u8; 8] {
     rec.create_index.to_be_bytes()
 }
@@ -141,6 +170,14 @@ pub fn create(
         fresh_disk: false,
         events: Vec::new(),
     };
+    // A VM of this name was deleted while its node may still run it: this one waits for it.
+    let tombstone = store.get(Table::Placements, &tombstone_key(&spec.name))?;
+    let tombstone = tombstone.map(|t| <[u8; 8]>::try_from(t.as_slice()).map(NodeId::from_be_bytes).ok());
+    if let Some(Some(f)) = tombstone {
+        if ready(store, f)? {
+            rec.handoff_from = Some(f);
+        }
+    }
     match plan.chosen {
         Some(id) => {
             place_on(store, &mut rec, id, index)?;
@@ -156,6 +193,18 @@ pub fn create(
             make_pending(store, &mut rec, why)?;
         }
     }
+    if let Some(t) = tombstone {
+        store.delete(Table::Placements, &tombstone_key(&spec.name))?;
+        match (t, rec.handoff_from) {
+            (Some(f), Some(_)) => {
+                rec.event(now, index, format!("starts once node {f} stopped the VM deleted under this name"))
+            }
+            (Some(f), None) => {
+                store.delete(Table::Placements, &key(f, b'h', &spec.name))?;
+            }
+            (None, _) => {}
+        }
+    }
     put(store, &rec)?;
     Ok(Ok(Response::Vm(Box::new(rec))))
 }
@@ -168,8 +217,13 @@ pub fn delete(store: &mut impl Store, index: u64, now: u64, name: &str) -> Resul
     let node = rec.node;
     unplace(store, &mut rec)?;
     store.delete(Table::Pending, &pending_key(&rec))?;
+    if let Some(n) = node {
+        hand_off_from(store, &mut rec, n)?;
+    }
+    // The node that may still run it keeps its mark until it reports the VM stopped, and a VM
+    // created under the name waits for that.
     if let Some(from) = rec.handoff_from {
-        store.delete(Table::Placements, &key(from, b'h', name))?;
+        store.put(Table::Placements, &tombstone_key(name), &from.to_be_bytes())?;
     }
     store.delete(Table::Vms, name.as_bytes())?;
     if let Some(id) = node {
@@ -236,6 +290,9 @@ fn replace(
     why: &str,
 ) -> Result<(), StoreError> {
     let plan = plan_for(store, &rec.spec, None, index, false)?;
+    if let Some(f) = from.filter(|f| plan.chosen != Some(*f)) {
+        hand_off_from(store, rec, f)?;
+    }
     match plan.chosen {
         Some(id) => {
             place_on(store, rec, id, index)?;
@@ -321,7 +378,15 @@ pub fn move_vm(store: &mut impl Store, index: u64, now: u64, name: &str) -> Resu
 
 /// The node a VM was moving from has stopped it (or was declared down, which fenced it).
 pub fn handoff(store: &mut impl Store, index: u64, now: u64, name: &str, node: NodeId) -> Result<Outcome, StoreError> {
-    let Some(mut rec) = vm(store, name)? else { return Ok(not_found(name)) };
+    let Some(mut rec) = vm(store, name)? else {
+        // A deleted VM's mark: the name is free of `node` now.
+        let t = store.get(Table::Placements, &tombstone_key(name))?;
+        if t.as_deref() == Some(&node.to_be_bytes()[..]) {
+            store.delete(Table::Placements, &tombstone_key(name))?;
+        }
+        store.delete(Table::Placements, &key(node, b'h', name))?;
+        return Ok(Ok(Response::Done));
+    };
     if rec.handoff_from != Some(node) {
         return Ok(Ok(Response::Done));
     }

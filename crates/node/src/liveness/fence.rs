@@ -35,11 +35,14 @@ fn write_deadline(path: &std::path::Path, until: Instant) {
     }
 }
 
-/// Kills every running VM of this node; returns how many.
-pub async fn kill_all(driver: &dyn VmDriver) -> usize {
+/// Kills every running VM of this node; returns how many. Each is noted in the lease as fenced,
+/// so the reconciler counts it as failed (restarted per its policy once a lease is held again),
+/// not as a guest that powered itself off.
+pub async fn kill_all(driver: &dyn VmDriver, lease: &Lease) -> usize {
     let Ok(all) = driver.list().await else { return 0 };
     let mut n = 0;
     for o in all.into_iter().filter(|o| o.state == VmState::Running) {
+        lease.note_fenced(&o.instance);
         match driver.stop(&o.instance, Duration::ZERO).await {
             Ok(_) => n += 1,
             Err(e) => tracing::error!(vm = %o.instance, "fencing: cannot stop the VM: {e}"),
@@ -81,7 +84,7 @@ pub async fn run(lease: Arc<Lease>, driver: Arc<dyn VmDriver>, data_dir: PathBuf
         }
         if lease.until().is_some_and(|u| Instant::now() >= u) && !fenced {
             fenced = true;
-            let n = kill_all(driver.as_ref()).await;
+            let n = kill_all(driver.as_ref(), &lease).await;
             tracing::warn!(killed = n, "lease ran out (the leader is unreachable): fenced, every VM here stopped");
         }
         let _ = changed.changed().await;

@@ -32,6 +32,8 @@ struct State {
 pub struct Lease {
     fence_after: std::time::Duration,
     state: Mutex<State>,
+    /// The instances fencing killed and nothing has started again since.
+    fenced: Mutex<std::collections::BTreeSet<blixard_vmm::Instance>>,
     /// Changes whenever the lease is granted (the fencer re-arms on it).
     changed: watch::Sender<u64>,
 }
@@ -41,7 +43,12 @@ impl Lease {
     /// `fence_after` while this one reaches the leader; none may be started.
     pub fn new(timing: Timing) -> Arc<Lease> {
         let state = State { until: Some(Instant::now() + timing.fence_after), ..State::default() };
-        Arc::new(Lease { fence_after: timing.fence_after, state: Mutex::new(state), changed: watch::channel(0).0 })
+        Arc::new(Lease {
+            fence_after: timing.fence_after,
+            state: Mutex::new(state),
+            fenced: Mutex::default(),
+            changed: watch::channel(0).0,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -72,6 +79,26 @@ impl Lease {
     pub fn valid(&self, applied: u64) -> bool {
         let s = *self.lock();
         s.granted && s.until.is_some_and(|u| Instant::now() < u) && applied >= s.commit
+    }
+
+    /// Fencing killed `vm`.
+    pub fn note_fenced(&self, vm: &blixard_vmm::Instance) {
+        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).insert(vm.clone());
+    }
+
+    /// Whether fencing killed `vm` and it has not run since.
+    pub fn was_fenced(&self, vm: &blixard_vmm::Instance) -> bool {
+        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).contains(vm)
+    }
+
+    /// `vm` runs again (or is gone): forget that fencing killed it.
+    pub fn forget_fenced(&self, vm: &blixard_vmm::Instance) {
+        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).remove(vm);
+    }
+
+    /// Forgets every fenced instance the driver no longer has (so the set stays bounded).
+    pub fn retain_fenced(&self, present: &[blixard_vmm::Instance]) {
+        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).retain(|vm| present.contains(vm));
     }
 
     pub fn watch(&self) -> watch::Receiver<u64> {
