@@ -197,8 +197,10 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             use std::io::Write;
             let (tx, rx) = tokio::sync::mpsc::channel::<v1::ConsoleInput>(16);
             tx.send(v1::ConsoleInput { name: name.clone(), data: Vec::new() }).await?;
+            let mut input = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            crate::client::authorize(&mut input);
             let mut out = vm(conn.channel())
-                .vm_console(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .vm_console(input)
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
                 .into_inner();
