@@ -1,0 +1,240 @@
+//! Roles and tokens on real processes: a node started with `--auth` writes its first admin
+//! token to `<data-dir>/admin.token`; every request needs a token of a sufficient role; a
+//! revocation is refused by every node once applied; expired tokens and missing tokens are
+//! refused; rate limits answer `ResourceExhausted`; the audit log names the token.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// A node's log without terminal colours.
+fn plain_log(n: &TestNode) -> String {
+    let mut out = String::new();
+    let log = n.log();
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The CLI with a token (or none).
+fn as_(addr: &str, token: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut a: Vec<&str> = Vec::new();
+    if let Some(t) = token {
+        a.extend(["--token", t]);
+    }
+    a.extend_from_slice(args);
+    cli(addr, &a)
+}
+
+fn ok(o: &std::process::Output, what: &str) -> String {
+    assert!(o.status.success(), "{what} failed: {}", stderr(o));
+    stdout(o)
+}
+
+fn refused(o: &std::process::Output, what: &str, needle: &str) {
+    assert!(!o.status.success(), "{what} succeeded but must be refused");
+    let e = stderr(o);
+    assert!(e.contains(needle), "{what}: expected {needle:?} in {e:?}");
+}
+
+/// The admin token a new `--auth` node writes, once it is there.
+fn admin_token(dir: &Path) -> String {
+    let path = dir.join("admin.token");
+    let t = wait_until("the first admin token", Duration::from_secs(60), || {
+        std::fs::read_to_string(&path).ok().filter(|s| s.ends_with('\n'))
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin.token must be readable by its owner only");
+    t.trim().to_string()
+}
+
+fn create(addr: &str, admin: &str, role: &str, name: &str, extra: &[&str]) -> String {
+    let mut a = vec!["token", "create", "--role", role, "--name", name];
+    a.extend_from_slice(extra);
+    let secret = ok(&as_(addr, Some(admin), &a), "token create").trim().to_string();
+    assert!(secret.starts_with("blx_") && secret.len() == 68, "{secret:?}");
+    secret
+}
+
+/// Starts an `--auth` node; returns it and the admin token.
+fn auth_node(dir: &Path, extra: &[&str]) -> (TestNode, String) {
+    let mut args = vec!["--auth"];
+    args.extend_from_slice(extra);
+    let n = TestNode::start_with(1, dir, &args);
+    let admin = admin_token(dir);
+    (n, admin)
+}
+
+#[test]
+fn roles_decide_who_may_do_what_and_the_audit_log_names_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, admin) = auth_node(&tmp.path().join("n1"), &[]);
+    let a = n.addr.as_str();
+
+    // No token at all, or a made-up one: Unauthenticated, with the way out in the message.
+    refused(&as_(a, None, &["kv", "get", "k"]), "a read without a token", "needs a token");
+    refused(&as_(a, None, &["cluster", "status"]), "status without a token", "needs a token");
+    refused(&as_(a, Some("blx_forged"), &["kv", "get", "k"]), "a forged token", "unknown or revoked token");
+
+    let viewer = create(a, &admin, "viewer", "ro", &[]);
+    let operator = create(a, &admin, "operator", "ops", &[]);
+
+    // A viewer reads and cannot write.
+    ok(&as_(a, Some(&operator), &["kv", "put", "k", "v1"]), "an operator's put");
+    assert_eq!(ok(&as_(a, Some(&viewer), &["kv", "get", "k"]), "a viewer's get").trim(), "v1");
+    refused(&as_(a, Some(&viewer), &["kv", "put", "k", "v2"]), "a viewer's put", "needs role operator");
+    refused(&as_(a, Some(&viewer), &["kv", "delete", "k"]), "a viewer's delete", "token:ro has role viewer");
+
+    // An operator cannot change membership or manage tokens.
+    refused(
+        &as_(a, Some(&operator), &["cluster", "leave", "--node-id", "1"]),
+        "an operator's leave",
+        "needs role admin",
+    );
+    refused(
+        &as_(a, Some(&operator), &["token", "create", "--role", "admin"]),
+        "an operator minting an admin token",
+        "needs role admin",
+    );
+    refused(&as_(a, Some(&viewer), &["token", "list"]), "a viewer listing tokens", "needs role admin");
+
+    // An admin lists (no secrets) and revokes; the revoked token is refused at once.
+    let list = ok(&as_(a, Some(&admin), &["token", "list", "-o", "json"]), "token list");
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = v.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 3, "{list}");
+    for want in ["admin", "ro", "ops"] {
+        assert!(names.contains(&want), "{want} missing from {list}");
+    }
+    assert!(!list.contains(&viewer) && !list.contains("secret"), "a listing shows no secret: {list}");
+    ok(&as_(a, Some(&admin), &["token", "revoke", "ops"]), "revoke");
+    refused(&as_(a, Some(&operator), &["kv", "put", "k", "v3"]), "a revoked token", "unknown or revoked token");
+    refused(&as_(a, Some(&admin), &["token", "revoke", "ops"]), "revoking twice", "not found");
+
+    // The audit log says who did what to which key, and who was refused.
+    let log = wait_until("audit lines", Duration::from_secs(10), || {
+        let l = plain_log(&n);
+        l.contains("token:ro").then_some(l)
+    });
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains("audit") && l.contains("who=")).collect();
+    let put = audit.iter().find(|l| l.contains("KvService/Put") && l.contains("\"token:ops\"") && l.contains("OK"));
+    assert!(put.is_some_and(|l| l.contains("name=\"k\"")), "the operator's put is audited with its key: {audit:#?}");
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("KvService/Put") && l.contains("\"token:ro\"") && l.contains("PERMISSION_DENIED")),
+        "the viewer's refused put is audited: {audit:#?}"
+    );
+    assert!(
+        audit.iter().any(|l| l.contains("RevokeToken") && l.contains("\"token:admin\"") && l.contains("name=\"ops\"")),
+        "the revocation is audited: {audit:#?}"
+    );
+    assert!(!audit.iter().any(|l| l.contains("KvService/Get")), "reads are not audited: {audit:#?}");
+    assert!(!log.contains(&admin[4..]) && !log.contains(&viewer[4..]), "no secret reaches the log");
+}
+
+#[test]
+fn an_expired_token_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, admin) = auth_node(&tmp.path().join("n1"), &[]);
+    let short = create(&n.addr, &admin, "viewer", "short", &["--ttl", "2s"]);
+    ok(&as_(&n.addr, Some(&short), &["kv", "list"]), "a fresh token");
+    wait_until("the token to expire", Duration::from_secs(20), || {
+        let o = as_(&n.addr, Some(&short), &["kv", "list"]);
+        (!o.status.success()).then_some(())
+    });
+    refused(&as_(&n.addr, Some(&short), &["kv", "list"]), "an expired token", "expired");
+    refused(&as_(&n.addr, Some(&admin), &["token", "create", "--role", "viewer", "--ttl", "0s"]), "a zero ttl", "ttl");
+}
+
+#[test]
+fn rate_limits_answer_resource_exhausted_with_a_retry_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (n, admin) = auth_node(&tmp.path().join("n1"), &["--rate-requests", "5"]);
+    // Each CLI run makes one or two requests: a few dozen in a row exceed 5 per second.
+    let hit = (0..40).find_map(|_| {
+        let o = as_(&n.addr, Some(&admin), &["kv", "get", "x"]);
+        let e = stderr(&o);
+        (!o.status.success() && e.contains("rate limit")).then_some(e)
+    });
+    let e = hit.expect("the rate limit was never hit");
+    assert!(e.contains("requests per second") && e.contains("token:admin") && e.contains("retry in"), "{e}");
+    // The limit is per caller: anonymous requests from the same address have their own bucket
+    // (and are refused for want of a token, not for the rate).
+    refused(&as_(&n.addr, None, &["kv", "get", "x"]), "no token", "needs a token");
+}
+
+#[test]
+fn a_revoked_token_is_refused_by_every_node_of_a_three_node_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d1 = tmp.path().join("n1");
+    let (n1, admin) = auth_node(&d1, &[]);
+    // Joining nodes present the admin token (plaintext: no node certificate to go by).
+    let mut nodes = vec![n1];
+    for id in 2..=3u64 {
+        let seed = nodes[0].addr.clone();
+        let n = TestNode::start_with(
+            id,
+            &tmp.path().join(format!("n{id}")),
+            &["--auth", "--join", &seed, "--token", &admin],
+        );
+        nodes.push(n);
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    wait_until("3 voters", Duration::from_secs(120), || {
+        let o = as_(&addrs[0], Some(&admin), &["cluster", "status", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        let voters = v["members"].as_array()?.iter().filter(|m| m["membership"] == "voter").count();
+        (voters == 3).then_some(())
+    });
+    for n in &nodes[1..] {
+        assert!(!n.dir.join("admin.token").exists(), "only a new cluster's first node writes an admin token");
+    }
+    let op = create(&addrs[0], &admin, "operator", "everywhere", &[]);
+    for a in &addrs {
+        // The create is applied on every node in a moment.
+        wait_until("the token on every node", Duration::from_secs(20), || {
+            as_(a, Some(&op), &["kv", "list", "--stale"]).status.success().then_some(())
+        });
+    }
+    ok(&as_(&addrs[2], Some(&op), &["kv", "put", "x", "1"]), "a put through a follower");
+    ok(&as_(&addrs[1], Some(&admin), &["token", "revoke", "everywhere"]), "revoke through a follower");
+    for a in &addrs {
+        wait_until("the revocation on every node", Duration::from_secs(20), || {
+            let o = as_(a, Some(&op), &["kv", "list", "--stale"]);
+            (!o.status.success() && stderr(&o).contains("unknown or revoked token")).then_some(())
+        });
+        refused(&as_(a, Some(&op), &["kv", "put", "x", "2"]), "a revoked token's write", "unknown or revoked token");
+    }
+}
+
+#[test]
+fn without_auth_nothing_changes_but_writes_are_still_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = TestNode::start_with(1, &tmp.path().join("n1"), &[]);
+    n.wait_leader(Duration::from_secs(60));
+    assert!(!n.dir.join("admin.token").exists(), "no admin token without --auth");
+    ok(&as_(&n.addr, None, &["kv", "put", "open", "1"]), "a put without a token");
+    let log = wait_until("an audit line", Duration::from_secs(10), || {
+        let l = plain_log(&n);
+        l.contains("KvService/Put").then_some(l)
+    });
+    assert!(
+        log.lines().any(|l| l.contains("audit") && l.contains("anonymous@127.0.0.1") && l.contains("name=\"open\"")),
+        "{log}"
+    );
+}
