@@ -99,17 +99,11 @@ pub fn rule(path: &str) -> Option<&'static Rule> {
 }
 
 /// Authorization and admission settings (`blixard node --auth`, `--rate-*`, `--max-concurrent`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct AuthConfig {
     /// Refuse requests without a sufficient role.
     pub enforce: bool,
     pub rates: limits::Rates,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig { enforce: false, rates: limits::Rates::default() }
-    }
 }
 
 #[cfg(test)]
