@@ -238,3 +238,66 @@ fn without_auth_nothing_changes_but_writes_are_still_audited() {
         "{log}"
     );
 }
+
+#[test]
+fn with_mutual_tls_a_client_certificate_carries_the_role_and_nodes_go_by_theirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let cas = ca.to_str().unwrap();
+    let run = |args: &[&str]| ok(&std::process::Command::new(BIN).args(args).output().unwrap(), "blixard cert");
+    run(&["cert", "init", "--dir", cas]);
+    run(&["cert", "client", "--dir", cas, "--name", "alice", "--role", "admin"]);
+    run(&["cert", "client", "--dir", cas, "--name", "vera", "--role", "viewer"]);
+    run(&["cert", "client", "--dir", cas, "--name", "nora"]);
+    let addrs: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    for (i, a) in addrs.iter().enumerate() {
+        run(&["cert", "node", "--dir", cas, "--id", &(i + 1).to_string(), "--addr", a]);
+    }
+    let tls = |who: &str| ca.join(who).to_str().unwrap().to_string();
+    let with = |who: &str, token: Option<&str>, args: &[&str]| {
+        let mut a = vec!["--tls-dir".to_string(), tls(who)];
+        if let Some(t) = token {
+            a.extend(["--token".to_string(), t.to_string()]);
+        }
+        a.extend(args.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        cli(&addrs[0], &a)
+    };
+    let mut n1 = TestNode::with_addr(1, &tmp.path().join("n1"), &addrs[0]);
+    n1.spawn(&["--auth", "--tls-dir", &tls("node-1")]);
+    let admin = admin_token(&n1.dir);
+    // The second node joins by its node certificate alone (no token).
+    let mut n2 = TestNode::with_addr(2, &tmp.path().join("n2"), &addrs[1]);
+    n2.spawn(&["--auth", "--tls-dir", &tls("node-2"), "--join", &addrs[0]]);
+    // Both reachable: the status asks each member for its own (a peer-only method, served to
+    // the node's certificate).
+    wait_until("2 voters, both reachable", Duration::from_secs(120), || {
+        let o = with("client-alice", None, &["cluster", "status", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        let ms = v["members"].as_array()?;
+        (ms.iter().filter(|m| m["membership"] == "voter" && m["reachable"] == true).count() == 2).then_some(())
+    });
+    ok(&with("client-alice", None, &["kv", "put", "k", "1"]), "an admin certificate's put");
+    assert_eq!(ok(&with("client-vera", None, &["kv", "get", "k"]), "a viewer certificate's get").trim(), "1");
+    refused(
+        &with("client-vera", None, &["kv", "put", "k", "2"]),
+        "a viewer certificate's put",
+        "cert:vera has role viewer",
+    );
+    // The certificate's role counts instead of a token: a viewer certificate with an admin token stays a viewer.
+    refused(
+        &with("client-vera", Some(&admin), &["kv", "put", "k", "2"]),
+        "viewer cert + admin token",
+        "needs role operator",
+    );
+    // A certificate without a role needs a token.
+    refused(&with("client-nora", None, &["kv", "get", "k"]), "a role-less certificate", "needs a token");
+    ok(&with("client-nora", Some(&admin), &["kv", "put", "k", "3"]), "a role-less certificate with a token");
+    let log = wait_until("an audit line naming the certificate", Duration::from_secs(10), || {
+        let l = plain_log(&n1) + &plain_log(&n2);
+        l.contains("\"cert:alice\"").then_some(l)
+    });
+    assert!(log
+        .lines()
+        .any(|l| l.contains("KvService/Put") && l.contains("\"cert:vera\"") && l.contains("PERMISSION_DENIED")));
+}
