@@ -176,6 +176,15 @@ fn rate_limits_answer_resource_exhausted_with_a_retry_hint() {
     // The limit is per caller: anonymous requests from the same address have their own bucket
     // (and are refused for want of a token, not for the rate).
     refused(&as_(&n.addr, None, &["kv", "get", "x"]), "no token", "needs a token");
+
+    // Written bytes: a 16 KiB value against 1 KiB per second is admitted once (15 s of debt), then
+    // the next write of that caller waits.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let (m, admin2) = auth_node(&tmp2.path().join("n1"), &["--rate-write-bytes", "1024"]);
+    let big = "v".repeat(16 * 1024);
+    ok(&as_(&m.addr, Some(&admin2), &["kv", "put", "big", &big]), "the first big write");
+    let o = as_(&m.addr, Some(&admin2), &["kv", "put", "big2", &big]);
+    refused(&o, "a write while in debt", "written bytes per second");
 }
 
 #[test]

@@ -341,6 +341,15 @@ mod tests {
     }
 
     #[test]
+    fn an_exhausted_answer_carries_a_retry_hint() {
+        let s = exhausted("rate limit".into(), Duration::from_micros(1500));
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(s.metadata().get("retry-after-ms").unwrap().to_str().unwrap(), "1");
+        let s = exhausted("cap".into(), Duration::from_millis(250));
+        assert_eq!(s.metadata().get("retry-after-ms").unwrap().to_str().unwrap(), "250");
+    }
+
+    #[test]
     fn bearer_tokens_are_parsed_strictly() {
         let mut h = http::HeaderMap::new();
         assert_eq!(bearer(&h).unwrap(), None);
