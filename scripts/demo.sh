@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up what is missing, builds blixard, starts a local 3-node cluster with mutual TLS (a CA,
-# a certificate per node and one for the CLI) and boots a real microVM through it: shows the
-# cluster, the VM's console output and an HTTP answer from inside the guest. Everything lives
+# a certificate per node and one for the CLI) and roles enforced (--auth), and boots a real
+# microVM through it: shows the cluster, the VM's console output and an HTTP answer from inside
+# the guest. Everything lives
 # under .blixard/demo; the VM and the nodes are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ for id in 1 2 3; do
   port=$((BASE_PORT + id - 1))
   join=()
   [ "$id" = 1 ] || join=(--join "127.0.0.1:$BASE_PORT")
-  "$B" node --id "$id" --bind "127.0.0.1:$port" --data-dir "$DIR/n$id" --tls-dir "$DIR/ca/node-$id" "${join[@]}" \
+  "$B" node --id "$id" --bind "127.0.0.1:$port" --data-dir "$DIR/n$id" --tls-dir "$DIR/ca/node-$id" --auth "${join[@]}" \
     2> "$DIR/n$id.log" &
   PIDS+=($!)
   if [ "$id" = 1 ]; then
@@ -59,6 +60,10 @@ done
 
 run() { echo; echo "\$ blixard $*"; "$B" "$@"; }
 run cluster status
+# Roles are enforced (--auth): the client certificate above carries the admin role; tokens are
+# the other way in (the first admin token is in $DIR/n1/admin.token).
+run token create --role viewer --name demo-viewer --ttl 1h >/dev/null
+run token list
 run --addr "127.0.0.1:$((BASE_PORT + 1))" vm create demo-web --memory 128 --port "$HTTP_PORT:80" \
   --cmdline "blixard.http=80" --restart always --start
 run vm wait demo-web --state running --timeout 120s

@@ -67,6 +67,16 @@ pub fn tag<R>(r: &mut tonic::Request<R>) {
 
 type Tls = Option<Arc<blixard_tls::rustls::ClientConfig>>;
 
+/// The global `--token` / BLIXARD_TOKEN (set once by `main`).
+pub static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Adds `authorization: Bearer TOKEN` to a request when a token was given.
+pub fn authorize<T>(r: &mut tonic::Request<T>) {
+    if let Some(v) = TOKEN.get().cloned().flatten().and_then(|t| format!("Bearer {}", t.trim()).parse().ok()) {
+        r.metadata_mut().insert("authorization", v);
+    }
+}
+
 /// The client TLS configuration of `--tls-dir`, if given.
 fn load_tls() -> Result<Tls, ClientError> {
     match crate::cmd::cert::TLS_DIR.get().cloned().flatten() {
@@ -202,6 +212,7 @@ impl Conn {
         let mut unknown_seen = false;
         let result = loop {
             let mut r = tonic::Request::new(req.clone());
+            authorize(&mut r);
             if let Some(s) = &session {
                 rpc::set_session(r.metadata_mut(), s);
             }

@@ -25,6 +25,11 @@ pub struct Cli {
     /// node`).
     #[arg(long, global = true, env = "BLIXARD_TLS_DIR", value_name = "DIR")]
     pub tls_dir: Option<std::path::PathBuf>,
+    /// An API token (`blixard token create`; a new cluster's first one is in
+    /// <data-dir>/admin.token), sent as `authorization: Bearer TOKEN`. For `blixard node`: the
+    /// token it joins with.
+    #[arg(long, global = true, env = "BLIXARD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -66,6 +71,9 @@ pub enum Top {
     /// The node's configuration (`blixard node --config FILE`).
     #[command(subcommand)]
     Config(cmd::config::ConfigCmd),
+    /// API tokens and their roles (viewer, operator, admin).
+    #[command(subcommand)]
+    Token(cmd::token::TokenCmd),
     /// The fencing watchdog a node starts for itself: kills the node's VMs when its lease
     /// runs out while the daemon is gone.
     #[command(hide = true)]
@@ -89,6 +97,7 @@ fn env(k: &str) -> Option<String> {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let _ = client::TOKEN.set(cli.token.clone());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -142,6 +151,7 @@ fn main() -> ExitCode {
                 let _ = cmd::cert::TLS_DIR.set(cli.tls_dir.clone());
                 cmd::cert::run(c)
             }
+            Top::Token(c) => cmd::token::run(&cli.addr, cli.output, c).await,
             Top::Backup(c) => cmd::backup::run(&cli.addr, cli.output, c).await,
             Top::FenceWatch { data_dir, daemon_pid } => blixard_node::liveness::watchdog::run(&data_dir, daemon_pid),
             Top::Completions { shell } => {

@@ -94,6 +94,18 @@ pub enum Command {
     RemoveMember {
         id: NodeId,
     },
+    /// Records an API token by the SHA-256 of its secret; it expires `ttl_ms` after the cluster
+    /// time of its apply (never when `None`).
+    TokenCreate {
+        name: String,
+        role: String,
+        hash: Vec<u8>,
+        ttl_ms: Option<u64>,
+    },
+    /// Revokes the token with this name or id.
+    TokenRevoke {
+        which: String,
+    },
 }
 
 /// What a node tells the cluster about itself when it starts.
@@ -206,6 +218,7 @@ pub enum Query {
     },
     Members,
     Nodes,
+    Tokens,
     Node {
         id: NodeId,
     },
@@ -232,6 +245,7 @@ pub enum QueryResult {
     },
     Members(Vec<crate::state::Member>),
     Nodes(Vec<NodeRecord>),
+    Tokens(Vec<crate::state::tokens::TokenRecord>),
     Node(Option<Box<NodeRecord>>),
     Plan(Plan),
 }

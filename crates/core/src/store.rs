@@ -26,10 +26,12 @@ pub enum Table {
     Pending,
     /// `slot → node id`: the nodes in a dense order the scheduler samples from.
     NodeSlots,
+    /// `SHA-256 of a token's secret → token record` (see [`crate::state::tokens`]).
+    Tokens,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Kv,
         Table::Vms,
         Table::Members,
@@ -40,6 +42,7 @@ impl Table {
         Table::Placements,
         Table::Pending,
         Table::NodeSlots,
+        Table::Tokens,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Table {
             Table::Placements => "sm_placements",
             Table::Pending => "sm_pending",
             Table::NodeSlots => "sm_node_slots",
+            Table::Tokens => "sm_tokens",
         }
     }
 }

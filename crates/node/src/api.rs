@@ -197,10 +197,22 @@ impl Api {
 /// The request re-wrapped for the leader, marked as forwarded; it keeps its session.
 fn forwarded<T>(req: Request<T>) -> Request<T> {
     let session = req.metadata().get(rpc::SESSION_HEADER).cloned();
+    let auth = req.metadata().get(AUTHORIZATION).cloned();
     let mut r = Request::new(req.into_inner());
     r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     if let Some(s) = session {
         r.metadata_mut().insert(rpc::SESSION_HEADER, s);
+    }
+    with_auth(r, auth)
+}
+
+/// The caller's token goes along with a request relayed to another node (which checks it
+/// again; with mTLS the relaying node's certificate is enough).
+const AUTHORIZATION: &str = "authorization";
+
+fn with_auth<T>(mut r: Request<T>, auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>) -> Request<T> {
+    if let Some(a) = auth {
+        r.metadata_mut().insert(AUTHORIZATION, a);
     }
     r
 }
@@ -535,6 +547,7 @@ impl v1::vm_service_server::VmService for Api {
 
     async fn vm_console(&self, req: Request<tonic::Streaming<v1::ConsoleInput>>) -> Result<LogStream> {
         let was_forwarded = req.metadata().contains_key(FORWARDED);
+        let auth = req.metadata().get(AUTHORIZATION).cloned();
         let mut input = req.into_inner();
         let first = input.message().await?.ok_or_else(|| Status::invalid_argument("empty console stream"))?;
         let name = first.name.clone();
@@ -548,7 +561,7 @@ impl v1::vm_service_server::VmService for Api {
             let rest = futures::StreamExt::filter_map(input, |m| std::future::ready(m.ok()));
             let upstream = futures::StreamExt::chain(futures::stream::once(std::future::ready(first)), rest);
             let mut c = v1::vm_service_client::VmServiceClient::new(self.pool.get(&addr)?);
-            let out = c.vm_console(forwarded(Request::new(upstream))).await?.into_inner();
+            let out = c.vm_console(forwarded(with_auth(Request::new(upstream), auth))).await?.into_inner();
             return Ok(tonic::Response::new(Box::pin(out)));
         }
         let driver =
@@ -579,6 +592,7 @@ impl v1::vm_service_server::VmService for Api {
 
     async fn vm_logs(&self, req: Request<v1::VmLogsRequest>) -> Result<LogStream> {
         let was_forwarded = req.metadata().contains_key(FORWARDED);
+        let auth = req.metadata().get(AUTHORIZATION).cloned();
         let r = req.into_inner();
         validate_name(&r.name).map_err(invalid)?;
         let node = self.vm_node(&r.name).await?;
@@ -591,7 +605,7 @@ impl v1::vm_service_server::VmService for Api {
         // Hosted elsewhere: relay the hosting node's stream.
         let addr = self.addr_of(node).ok_or_else(|| Status::unavailable(format!("no address for node {}", node)))?;
         let mut c = v1::vm_service_client::VmServiceClient::new(self.pool.get(&addr)?);
-        let stream = c.vm_logs(forwarded(Request::new(r))).await?.into_inner();
+        let stream = c.vm_logs(forwarded(with_auth(Request::new(r), auth))).await?.into_inner();
         Ok(tonic::Response::new(Box::pin(stream)))
     }
 

@@ -4,6 +4,7 @@
 //! tests bind `127.0.0.1:0` and never race for ports.
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod backup;
 pub mod datadir;
@@ -21,6 +22,7 @@ pub mod sd_notify;
 pub mod status;
 #[cfg(not(madsim))]
 pub mod tls;
+pub mod tokens_api;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -82,6 +84,11 @@ pub struct NodeConfig {
     pub allow_image_dirs: Vec<PathBuf>,
     /// A VM driver to use instead of opening `vm_backend` (the simulation's recording fake).
     pub vm_driver: Option<backend::Injected>,
+    /// Roles and tokens, rate limits and the concurrency cap (see [`auth`]).
+    pub auth: auth::AuthConfig,
+    /// The token this node presents when it joins a cluster that enforces roles (plaintext
+    /// ports; with mTLS the node certificate is enough).
+    pub token: Option<String>,
 }
 
 impl NodeConfig {
@@ -114,6 +121,8 @@ impl NodeConfig {
             limits: transport::Limits::default(),
             allow_image_dirs: Vec::new(),
             vm_driver: None,
+            auth: Default::default(),
+            token: None,
         }
     }
 }
@@ -137,14 +146,17 @@ pub enum NodeError {
 }
 
 /// Asks the cluster (through any member) to add this node, retrying while it elects a leader.
-async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str) -> Result<(), NodeError> {
+async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str, token: Option<&str>) -> Result<(), NodeError> {
     use blixard_proto::v1::{cluster_service_client::ClusterServiceClient, JoinRequest};
     let fail = |reason: String| NodeError::Join { seed: seed.to_string(), reason };
     let ch = pool.get(seed).map_err(|s| fail(s.message().to_string()))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut backoff = Duration::from_millis(50);
     loop {
-        let req = JoinRequest { node_id: id, addr: addr.to_string() };
+        let mut req = tonic::Request::new(JoinRequest { node_id: id, addr: addr.to_string() });
+        if let Some(v) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+            req.metadata_mut().insert("authorization", v);
+        }
         match ClusterServiceClient::new(ch.clone()).join(req).await {
             Ok(r) => {
                 tracing::info!(index = r.into_inner().index, "joined as a learner; waiting to catch up");
@@ -378,6 +390,7 @@ impl Node {
         let mut storage = datadir::open(&cfg.data_dir, cfg.id)?;
         let storage_err = |e| datadir::DataDirError::Storage { dir: cfg.data_dir.clone(), source: e };
         let mut joining = None;
+        let mut fresh = false;
         if storage.is_initialized() {
             tracing::info!(id = cfg.id, "restarting from {}", cfg.data_dir.display());
         } else if let Some(seed) = &cfg.join {
@@ -387,6 +400,7 @@ impl Node {
         } else {
             tracing::info!(id = cfg.id, %advertise, "bootstrapping a new one-node cluster");
             storage.bootstrap(&Bootstrap { id: cfg.id, addr: advertise.clone() }).map_err(storage_err)?;
+            fresh = true;
         }
         let rc = RaftConfig {
             tick: cfg.tick,
@@ -423,9 +437,15 @@ impl Node {
         use blixard_proto::v1::*;
         // Client-facing services agree with their clients on one message size limit.
         let max = blixard_proto::MAX_MESSAGE_BYTES;
+        #[cfg(not(madsim))]
+        let auth_layer = auth::layer::AuthLayer(auth::layer::Auth::new(cfg.auth.clone(), raft.clone(), tls.is_some()));
+        #[cfg(madsim)]
+        let auth_layer = ();
+        let tokens_svc = tokens_api::Tokens { api: svc.clone() };
         let router = tonic::transport::Server::builder()
             .layer(metrics::api::ApiLayer(metrics))
             .layer(request_id::RequestIdLayer)
+            .layer(auth_layer)
             .add_service(
                 cluster_service_server::ClusterServiceServer::new(svc.clone())
                     .max_decoding_message_size(max)
@@ -443,6 +463,7 @@ impl Node {
             )
             .add_service(backup_service_server::BackupServiceServer::new(backup::Backups { raft: raft.clone() }))
             .add_service(node_service_server::NodeServiceServer::new(nodes_svc))
+            .add_service(token_service_server::TokenServiceServer::new(tokens_svc))
             .add_service(
                 raft_transport_server::RaftTransportServer::new(transport::SnapshotService {
                     handle: raft.clone(),
@@ -474,8 +495,15 @@ impl Node {
             tokio::spawn(router.serve_with_shutdown(addr, shutdown))
         };
         if let Some(seed) = joining {
-            join(&pool, &seed, cfg.id, &advertise).await?;
+            join(&pool, &seed, cfg.id, &advertise, cfg.token.as_deref()).await?;
         }
+        #[cfg(not(madsim))]
+        if fresh && cfg.auth.enforce {
+            let secret = auth::secret::generate();
+            let hash = auth::secret::hash(&secret);
+            tokio::spawn(tokens_api::first_admin(raft.clone(), cfg.data_dir.clone(), secret, hash));
+        }
+        let _ = fresh;
         {
             let (m, r) = (monitor.clone(), raft.clone());
             tokio::spawn(async move { m.run(r).await });

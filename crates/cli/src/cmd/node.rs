@@ -137,6 +137,21 @@ pub struct NodeArgs {
     /// the image cache (repeatable). /proc, /sys and /dev are never allowed.
     #[arg(long = "allow-image-dir", value_name = "DIR")]
     pub allow_image_dirs: Vec<PathBuf>,
+    /// Enforce roles: every request needs a token (--token / BLIXARD_TOKEN) or a client
+    /// certificate with a role. A new cluster's first admin token is written to
+    /// <data-dir>/admin.token. See SECURITY.md.
+    #[arg(long)]
+    pub auth: bool,
+    /// Requests per second per caller (token, client certificate or source address); 0: no
+    /// limit.
+    #[arg(long, default_value_t = 200_000)]
+    pub rate_requests: u64,
+    /// Bytes of mutating requests per second per caller; 0: no limit.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub rate_write_bytes: u64,
+    /// Requests served at once by this node, all callers together; 0: no cap.
+    #[arg(long, default_value_t = 8192)]
+    pub max_concurrent: usize,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -193,6 +208,15 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     cfg.disk_gib = a.disk_gib;
     cfg.watchdog_exe = std::env::current_exe().ok();
     cfg.allow_image_dirs = a.allow_image_dirs;
+    cfg.auth = blixard_node::auth::AuthConfig {
+        enforce: a.auth,
+        rates: blixard_node::auth::limits::Rates {
+            requests_per_s: a.rate_requests,
+            write_bytes_per_s: a.rate_write_bytes,
+            max_concurrent: a.max_concurrent,
+        },
+    };
+    cfg.token = crate::client::TOKEN.get().cloned().flatten();
     cfg.limits = blixard_node::transport::Limits {
         max_snapshot_bytes: a.max_snapshot_mib.saturating_mul(1024 * 1024),
         max_conns_per_ip: a.max_conns_per_ip as usize,

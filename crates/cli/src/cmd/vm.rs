@@ -199,6 +199,7 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
             tx.send(v1::ConsoleInput { name: name.clone(), data: Vec::new() }).await?;
             let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
             crate::client::tag(&mut req);
+            crate::client::authorize(&mut req);
             let mut out =
                 vm(conn.channel()).vm_console(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {

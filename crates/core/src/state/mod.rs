@@ -15,6 +15,7 @@ use crate::command::{Applied, Command, CommandError, Envelope, Outcome, Query, Q
 use crate::membership::{self, MembershipChange};
 pub use crate::membership::{members, Member};
 mod nodes;
+pub mod tokens;
 mod vms;
 
 use crate::session::{self, Check};
@@ -152,6 +153,11 @@ pub fn run(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outcome
             nodes::remove(store, index, env.now_ms, *id)?;
             Ok(Response::Deleted { existed: store.delete(Table::Members, &id.to_be_bytes())? })
         }
+        Command::TokenCreate { name, role, hash, ttl_ms } => {
+            let now = session::advance_clock(store, env.now_ms)?;
+            tokens::create(store, now, name, role, hash, *ttl_ms)?
+        }
+        Command::TokenRevoke { which } => tokens::revoke(store, which)?,
     })
 }
 
@@ -183,6 +189,7 @@ pub fn query(store: &impl ReadStore, q: &Query) -> Result<QueryResult, StoreErro
         }
         Query::Members => QueryResult::Members(members(store)?),
         Query::Nodes => QueryResult::Nodes(nodes(store)?),
+        Query::Tokens => QueryResult::Tokens(tokens::tokens(store)?),
         Query::Node { id } => QueryResult::Node(nodes::get(store, *id)?.map(Box::new)),
         Query::Explain { spec, pinned } => QueryResult::Plan(vms::explain(store, spec, *pinned)?),
     })
