@@ -6,6 +6,10 @@
 # the whole history through the linearizability checker (so no acknowledged write is lost).
 #
 #   scripts/chaos.sh [--duration 60s|10m|N] [--nodes 5] [--seed N] [--keep-history FILE]
+#                    [--inject-violation]
+#
+# --inject-violation appends a read of a value nobody wrote to the history before checking: the
+# run must then report a violation and exit 1 (the check of the checking).
 #
 # Needs root (network namespaces). Exit status: 0 no violation; 1 a violation (or a fault the
 # cluster did not recover from); 2 bad usage or setup failure. Everything it creates
@@ -18,7 +22,11 @@ duration=60
 nodes=5
 seed=$(( $(date +%s) % 100000 ))
 keep_history=""
-usage() { echo "usage: scripts/chaos.sh [--duration 60s|10m|N] [--nodes N] [--seed N] [--keep-history FILE]" >&2; exit 2; }
+inject=0
+usage() {
+  echo "usage: scripts/chaos.sh [--duration 60s|10m|N] [--nodes N] [--seed N] [--keep-history FILE] [--inject-violation]" >&2
+  exit 2
+}
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) [ $# -ge 2 ] || usage
@@ -30,6 +38,7 @@ while [ $# -gt 0 ]; do
     --nodes) [ $# -ge 2 ] || usage; nodes=$2; shift 2 ;;
     --seed) [ $# -ge 2 ] || usage; seed=$2; shift 2 ;;
     --keep-history) [ $# -ge 2 ] || usage; keep_history=$2; shift 2 ;;
+    --inject-violation) inject=1; shift ;;
     -h|--help) usage ;;
     *) echo "chaos.sh: unknown argument $1" >&2; usage ;;
   esac
@@ -151,7 +160,7 @@ unrecovered=0
 # One fault, held for a while, then healed; records the time until a write through the
 # affected node succeeds again.
 fault() {
-  local kind=$1 victim=$2 hold=$(( 2 + RANDOM % 5 ))
+  local kind=$1 victim=$2 hold=$(( 1 + RANDOM % 4 ))
   local others=() group=() j a b t
   case "$kind" in
     kill|kill-leader)
@@ -200,7 +209,7 @@ client_pid=$!
 
 end=$(( $(date +%s) + duration - 5 ))
 while [ "$(date +%s)" -lt "$end" ]; do
-  sleep $(( 1 + RANDOM % 3 )) # the gap between faults: part of the seeded schedule
+  sleep $(( RANDOM % 3 )) # the gap between faults: part of the seeded schedule
   [ "$(date +%s)" -lt "$end" ] || break
   victim=$(( 1 + RANDOM % nodes ))
   case $(( RANDOM % 5 )) in
@@ -225,6 +234,11 @@ else
 fi
 if ! "$CLIENT" final --addrs "$addrs" --keys 8 --timeout-secs 60 --out "$history" 2>"$work/final.err"; then
   violations=$(( violations + 1 )); log "VIOLATION: the final reads failed"; cat "$work/final.err"
+fi
+if [ "$inject" = 1 ]; then
+  t=$(date +%s%N)
+  echo "{\"client\":2000000000,\"invoke\":$t,\"complete\":$((t + 1000)),\"op\":{\"get\":{\"key\":\"k0\"}},\"result\":{\"ok\":{\"value\":\"never-written\"}}}" >>"$history"
+  log "injected a read of a value nobody wrote"
 fi
 "$CHECK" "$history" >"$work/check.out" 2>&1; check_rc=$?
 case $check_rc in
