@@ -70,12 +70,14 @@ addr() { echo "$subnet.$1:7001"; }
 
 cleanup() {
   trap - EXIT INT TERM
-  for i in "${!pid[@]}"; do
-    kill -CONT "${pid[$i]}" 2>/dev/null
-    kill -9 "${pid[$i]}" 2>/dev/null
-  done
-  [ -n "$client_pid" ] && kill -9 "$client_pid" 2>/dev/null
-  wait 2>/dev/null
+  {
+    for i in "${!pid[@]}"; do
+      kill -CONT "${pid[$i]}"
+      kill -9 "${pid[$i]}"
+    done
+    [ -n "$client_pid" ] && kill -9 "$client_pid"
+    wait
+  } 2>/dev/null
   for i in $(seq 1 "$nodes"); do ip netns del "$(ns "$i")" 2>/dev/null; done
   ip netns del "${tag}sw" 2>/dev/null
   ip link del "${tag}br" 2>/dev/null
@@ -164,7 +166,7 @@ fault() {
   local others=() group=() j a b t
   case "$kind" in
     kill|kill-leader)
-      kill -9 "${pid[$victim]}" 2>/dev/null; wait "${pid[$victim]}" 2>/dev/null
+      { kill -9 "${pid[$victim]}"; wait "${pid[$victim]}"; } 2>/dev/null
       sleep "$hold" # how long it stays down: the schedule, not a wait for an outcome
       start_node "$victim" ;;
     pause)

@@ -11,8 +11,8 @@
 //!
 //! `run`: every node gets `--clients-per-node` clients, each talking to that node only, one
 //! operation at a time (puts of unique values, linearizable gets, deletes over `--keys` keys),
-//! until the duration has passed. A write that failed with the typed reason `NOT_APPLIED` is
-//! `fail`; any other error of a write (timeout, lost connection, lost leader) is `unknown`,
+//! until the duration has passed. A write that failed with the typed reason `NOT_APPLIED`, or
+//! whose connection was refused, is `fail`; any other error of a write (timeout, lost connection, lost leader) is `unknown`,
 //! and its client continues under a new client id (the checker's clients are sequential). A
 //! failed get is `fail`: a read has no effect. Each request is a single attempt (no retries),
 //! so no write can be applied twice by this client.
@@ -115,9 +115,22 @@ fn value_text(found: bool, value: Vec<u8>) -> Option<String> {
     found.then(|| String::from_utf8_lossy(&value).into_owned())
 }
 
+/// Whether the request surely never reached a node: its connection was refused (a typed
+/// `io::ErrorKind` in the error's source chain, not its text).
+fn refused(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// One request; `Err(true)` when it surely had no effect, `Err(false)` when unknown.
 async fn call(kv: &mut KvServiceClient<Channel>, input: &KvInput) -> Result<KvOutput, bool> {
-    let not_applied = |s: tonic::Status| rpc::reason(&s) == Some(Reason::NotApplied);
+    let not_applied = |s: tonic::Status| rpc::reason(&s) == Some(Reason::NotApplied) || refused(&s);
     match input {
         KvInput::Put { key, value } => kv
             .put(PutRequest { key: key.clone().into_bytes(), value: value.clone().into_bytes() })
