@@ -146,16 +146,24 @@ fn remove(store: &mut impl Store, client: u128, bucket: u64) -> Result<(), Store
 /// The least recently active session: its bucket and client.
 fn oldest(store: &impl Store) -> Result<Option<(u64, u128)>, StoreError> {
     let Some((k, _)) = store.scan(Table::SessionTimes, b"", 1)?.into_iter().next() else { return Ok(None) };
-    let bucket = u64::from_be_bytes(k[..8].try_into().map_err(|_| StoreError("bad session time key".into()))?);
-    let client = u128::from_be_bytes(k[8..].try_into().map_err(|_| StoreError("bad session time key".into()))?);
-    Ok(Some((bucket, client)))
+    // A damaged store (or an imported snapshot) may hold any key here: check its length
+    // before slicing it.
+    let k: [u8; 24] = k
+        .as_slice()
+        .try_into()
+        .map_err(|_| StoreError(format!("bad session time key of {} bytes (must be 24)", k.len())))?;
+    let mut bucket = [0; 8];
+    bucket.copy_from_slice(&k[..8]);
+    let mut client = [0; 16];
+    client.copy_from_slice(&k[8..]);
+    Ok(Some((u64::from_be_bytes(bucket), u128::from_be_bytes(client))))
 }
 
 /// Removes a few sessions idle past their time to live.
 pub fn sweep(store: &mut impl Store, now_ms: u64) -> Result<(), StoreError> {
     for _ in 0..SWEEP_PER_APPLY {
         match oldest(store)? {
-            Some((bucket, client)) if bucket + TIME_BUCKET_MS + SESSION_TTL_MS <= now_ms => {
+            Some((bucket, client)) if bucket.saturating_add(TIME_BUCKET_MS + SESSION_TTL_MS) <= now_ms => {
                 remove(store, client, bucket)?
             }
             _ => break,
@@ -172,7 +180,9 @@ pub fn check(store: &mut impl Store, s: &Session, now_ms: u64) -> Result<Check, 
         }
         if count(store)? >= MAX_SESSIONS {
             match oldest(store)? {
-                Some((bucket, client)) if bucket + MIN_IDLE_EVICT_MS <= now_ms => remove(store, client, bucket)?,
+                Some((bucket, client)) if bucket.saturating_add(MIN_IDLE_EVICT_MS) <= now_ms => {
+                    remove(store, client, bucket)?
+                }
                 _ => {
                     return Ok(Check::Refuse(CommandError::Exhausted(format!(
                         "too many client sessions (at most {MAX_SESSIONS}, all active within a minute)"
