@@ -26,10 +26,18 @@ pub enum Table {
     Pending,
     /// `slot → node id`: the nodes in a dense order the scheduler samples from.
     NodeSlots,
+    /// `submit index → task record`.
+    Tasks,
+    /// `submit index`: tasks waiting for capacity, oldest first.
+    TaskQueue,
+    /// `(node, submit index)`: the tasks with an open attempt on each node.
+    TaskPlacements,
+    /// `(finished index, submit index)`: finished tasks, oldest first (retention).
+    TaskDone,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 14] = [
         Table::Kv,
         Table::Vms,
         Table::Members,
@@ -40,6 +48,10 @@ impl Table {
         Table::Placements,
         Table::Pending,
         Table::NodeSlots,
+        Table::Tasks,
+        Table::TaskQueue,
+        Table::TaskPlacements,
+        Table::TaskDone,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +66,10 @@ impl Table {
             Table::Placements => "sm_placements",
             Table::Pending => "sm_pending",
             Table::NodeSlots => "sm_node_slots",
+            Table::Tasks => "sm_tasks",
+            Table::TaskQueue => "sm_task_queue",
+            Table::TaskPlacements => "sm_task_placements",
+            Table::TaskDone => "sm_task_done",
         }
     }
 }
