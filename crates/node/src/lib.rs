@@ -18,6 +18,7 @@ pub mod pool;
 pub mod reconciler;
 pub mod sd_notify;
 pub mod status;
+pub mod tasks;
 #[cfg(not(madsim))]
 pub mod tls;
 pub mod transport;
@@ -165,6 +166,17 @@ async fn run_vms(
     lease: Arc<liveness::lease::Lease>,
     backend_state: Arc<http::BackendState>,
 ) {
+    #[cfg(not(madsim))]
+    tokio::spawn(
+        tasks::Runner::new(
+            cfg.id,
+            raft.clone(),
+            lease.clone(),
+            Arc::new(tasks::exec::ProcessExecutor::default()),
+            cfg.data_dir.join("tasks"),
+        )
+        .run(),
+    );
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
     let files = blixard_vmm::host_files::HostFiles::new(cache.clone(), cfg.allow_image_dirs.clone());

@@ -245,11 +245,6 @@ pub fn report(
             if let Err(e) = result.validate() {
                 return Ok(Err(e.into()));
             }
-            if matches!(result, AttemptResult::Lost) {
-                return Ok(Err(
-                    crate::ValidationError::new("result", "lost is decided by the cluster, not reported").into()
-                ));
-            }
             end_attempt(store, index, now, &mut rec, result.clone(), bounded(stdout_tail), bounded(stderr_tail))?;
             put(store, &rec)?;
             vms::place_pending(store, index, now)?;
