@@ -19,6 +19,7 @@ pub mod reconciler;
 pub mod sd_notify;
 pub mod status;
 pub mod tasks;
+pub mod tasks_api;
 #[cfg(not(madsim))]
 pub mod tls;
 pub mod transport;
@@ -440,9 +441,17 @@ impl Node {
                     .max_encoding_message_size(max),
             )
             .add_service(
-                vm_service_server::VmServiceServer::new(svc)
+                vm_service_server::VmServiceServer::new(svc.clone())
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
+            )
+            .add_service(
+                task_service_server::TaskServiceServer::new(tasks_api::Tasks {
+                    api: svc.clone(),
+                    dir: cfg.data_dir.join("tasks"),
+                })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             )
             .add_service(backup_service_server::BackupServiceServer::new(backup::Backups { raft: raft.clone() }))
             .add_service(node_service_server::NodeServiceServer::new(nodes_svc))
