@@ -1,7 +1,7 @@
 //! Batch tasks with real processes: results with stdout, stderr and exit codes; failures,
 //! timeouts (SIGTERM, then SIGKILL for a process ignoring it), retries, cancel, literal shell
-//! characters, bounded output, pending with reasons; and in a 3-node cluster, a worker killed
-//! with kill -9 (daemon and task) whose task is run again on another node.
+//! characters, bounded output, pending with reasons; and in a 3-node cluster, a worker whose
+//! daemon is killed with kill -9: its watchdog kills the task, which runs again on another node.
 
 mod common;
 
@@ -14,6 +14,11 @@ const DONE: Duration = Duration::from_secs(120);
 /// Kills every process working in a directory under `dir` (task attempts run in
 /// `<data dir>/tasks/<attempt>/work`, in their own process group, so they outlive a kill -9 of
 /// their daemon).
+fn tasks_running_under(dir: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.flatten().any(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(dir)))
+}
+
 fn kill_tasks_under(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir("/proc") else { return };
     for e in entries.flatten() {
@@ -158,7 +163,12 @@ fn a_task_whose_worker_dies_runs_again_on_another_node() {
     assert_ne!(worker, leader, "{v}");
     let dir = c.node(worker).dir.clone();
     c.node_mut(worker).kill9();
-    kill_tasks_under(&dir);
+    // Its fencing watchdog kills the task's process group once the lease runs out.
+    wait_until("the dead worker's task process to be killed", Duration::from_secs(30), || {
+        (!tasks_running_under(&dir)).then_some(())
+    });
+    let log = c.node(worker).log();
+    assert!(log.contains("killed task attempt"), "the watchdog did not say it killed the task: {log}");
     let v = finished(&addr, &id);
     assert_eq!(v["state"], "succeeded", "{v}");
     let attempts = v["attempts"].as_array().unwrap();

@@ -129,14 +129,31 @@ fn signal_group(pgid: u32, sig: rustix::process::Signal) {
     }
 }
 
-/// Kills what is left of an attempt's process group recorded in `dir` (after a daemon restart).
+/// The process group of the attempt in `dir` while its leader still runs there: the id in its
+/// `pgid` file, checked against `/proc` (the leader's working directory is the attempt's), so a
+/// reused id never names another process.
+#[cfg(not(madsim))]
+pub fn live_group(dir: &std::path::Path) -> Option<u32> {
+    let pgid = std::fs::read_to_string(dir.join("pgid")).ok()?.trim().parse::<u32>().ok().filter(|p| *p > 1)?;
+    let cwd = std::fs::read_link(format!("/proc/{pgid}/cwd")).ok()?;
+    let work = std::fs::canonicalize(dir.join("work")).ok()?;
+    cwd.starts_with(&work).then_some(pgid)
+}
+
+/// Kills what is left of the attempt in `dir` (after a daemon restart, or by the watchdog when
+/// the lease ran out without a daemon). Returns whether there was a group to kill.
 #[cfg(not(madsim))]
 pub fn kill_leftover(dir: &std::path::Path) -> bool {
-    let Some(pgid) = std::fs::read_to_string(dir.join("pgid")).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
-        return false;
-    };
+    let Some(pgid) = live_group(dir) else { return false };
     signal_group(pgid, rustix::process::Signal::KILL);
     true
+}
+
+/// The attempt directories under `tasks_dir` whose process group still runs.
+#[cfg(not(madsim))]
+pub fn live_attempts(tasks_dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(dirs) = std::fs::read_dir(tasks_dir) else { return Vec::new() };
+    dirs.flatten().map(|d| d.path()).filter(|d| live_group(d).is_some()).collect()
 }
 
 #[cfg(not(madsim))]
