@@ -177,3 +177,28 @@ fn a_task_whose_worker_dies_runs_again_on_another_node() {
     assert_eq!(attempts.last().unwrap()["stdout_tail"], "again\n");
     kill_tasks_under(c.tmp.path());
 }
+
+#[test]
+fn a_restarted_daemon_reports_its_running_attempt_lost_and_the_task_runs_again() {
+    let mut c = one_node();
+    let addr = c.node(1).addr.clone();
+    let marker = c.tmp.path().join("ran-once");
+    let script = format!("if [ -e {m} ]; then echo again; else touch {m}; sleep 600; fi", m = marker.display());
+    let id = submit(&addr, &["--", "sh", "-c", &script]);
+    wait_until("it to run", DONE, || {
+        let v = cli_json_opt(&addr, &["task", "get", &id])?;
+        (v["state"] == "running" && marker.exists()).then_some(())
+    });
+    c.node_mut(1).kill9();
+    c.node_mut(1).spawn(&[]);
+    let v = finished(&addr, &id);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let attempts = v["attempts"].as_array().unwrap();
+    assert_eq!((attempts.len(), attempts[0]["result"].as_str()), (2, Some("lost")), "{v}");
+    assert_eq!(attempts[1]["stdout_tail"], "again\n");
+    assert_eq!(v["retries_used"], 0);
+    wait_until("the first attempt's process to be gone", Duration::from_secs(30), || {
+        (!tasks_running_under(&c.node(1).dir)).then_some(())
+    });
+    kill_tasks_under(c.tmp.path());
+}
