@@ -6,9 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(not(madsim))]
 use blixard_core::task::MAX_TAIL;
 use blixard_core::{AttemptResult, TaskSpec};
 use futures::future::BoxFuture;
+#[cfg(not(madsim))]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -71,12 +73,14 @@ impl Default for ProcessExecutor {
     }
 }
 
+#[cfg(not(madsim))]
 fn start_failed(error: String) -> Finished {
     let mut error = error;
     error.truncate(blixard_core::task::MAX_ERROR_LEN);
     Finished { result: AttemptResult::StartFailed { error }, stdout_tail: Vec::new(), stderr_tail: Vec::new() }
 }
 
+#[cfg(not(madsim))]
 /// Copies `from` into `file` up to `limit` bytes (then the marker, and the rest is drained),
 /// returning the last [`MAX_TAIL`] bytes of the whole stream.
 async fn copy_bounded(mut from: impl AsyncRead + Unpin, file: PathBuf, limit: u64) -> Vec<u8> {
