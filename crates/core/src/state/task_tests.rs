@@ -239,3 +239,25 @@ fn the_executor_query_lists_the_open_attempts_of_a_node() {
     let QueryResult::Tasks { tasks, .. } = query(&s, &Query::TasksOnNode { node: 2 }).unwrap() else { panic!() };
     assert!(tasks.is_empty());
 }
+
+#[test]
+fn at_most_max_finished_tasks_are_kept_the_oldest_pruned_first() {
+    let mut s = member_node(1, 64, 1 << 20);
+    let n = tasks::MAX_FINISHED + 3;
+    for i in 0..n {
+        let t = submit(&mut s, 10 + 2 * i, spec(1));
+        report(&mut s, 11 + 2 * i, &t, finished(AttemptResult::Exited { code: 0 })).unwrap();
+    }
+    // The three oldest went; the newest are all there.
+    for i in 0..3 {
+        assert!(tasks::get(&s, 10 + 2 * i).unwrap().is_none(), "task {i} kept");
+    }
+    assert!(tasks::get(&s, 10 + 2 * 3).unwrap().is_some());
+    assert!(tasks::get(&s, 10 + 2 * (n - 1)).unwrap().is_some());
+    let QueryResult::Tasks { tasks, more } =
+        query(&s, &Query::TaskList { state: None, start_after: None, limit: usize::MAX }).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((tasks.len() as u64, more), (tasks::MAX_FINISHED, false));
+}
