@@ -59,6 +59,9 @@ pub enum Top {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(cmd::vm::VmCmd),
+    /// Batch tasks: commands run to completion on a node.
+    #[command(subcommand)]
+    Task(cmd::task::TaskCmd),
     /// The guest image.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
@@ -146,6 +149,7 @@ fn main() -> ExitCode {
             Top::Cluster(c) => cmd::cluster::run(&cli.addr, cli.output, c).await,
             Top::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
             Top::Vm(c) => cmd::vm::run(&cli.addr, cli.output, c).await,
+            Top::Task(c) => cmd::task::run(&cli.addr, cli.output, c).await,
             Top::Image(c) => cmd::image::run(c).await,
             Top::Cert(c) => {
                 let _ = cmd::cert::TLS_DIR.set(cli.tls_dir.clone());

@@ -76,6 +76,26 @@ pub enum Command {
         id: NodeId,
         drain: Option<DrainSpec>,
     },
+    /// Records a task and places it (or queues it, pending, with the scheduler's reasons).
+    TaskSubmit {
+        spec: Box<crate::task::TaskSpec>,
+    },
+    /// The node running attempt `attempt` of task `id` reports on it; refused unless that is
+    /// the task's current attempt on that node (a fenced node's late result is stale).
+    TaskReport {
+        id: u64,
+        attempt: u64,
+        node: NodeId,
+        update: crate::state::TaskUpdate,
+    },
+    /// Cancels a task: at once when pending, else its node stops the attempt and reports.
+    TaskCancel {
+        id: u64,
+    },
+    /// Deletes the finished tasks beyond the newest `keep`.
+    TaskPrune {
+        keep: u64,
+    },
     /// The first member of a new cluster (applied by the bootstrap itself, never from the log).
     Bootstrap {
         id: NodeId,
@@ -159,6 +179,8 @@ pub enum Response {
     Done,
     Deleted { existed: bool },
     Vm(Box<VmRecord>),
+    Task(Box<crate::task::TaskRecord>),
+    Pruned { count: u64 },
 }
 
 /// A command that was applied but refused. It changed nothing.
@@ -222,6 +244,19 @@ pub enum Query {
     Node {
         id: NodeId,
     },
+    TaskGet {
+        id: u64,
+    },
+    /// Tasks in submit order after `start_after`, at most `limit`, with `state` when given.
+    TaskList {
+        state: Option<crate::task::TaskState>,
+        start_after: Option<u64>,
+        limit: usize,
+    },
+    /// The tasks with an open attempt on a node (what its executor runs).
+    TasksOnNode {
+        node: NodeId,
+    },
     /// Where a VM of this spec would go now, and why not elsewhere (every node looked at).
     Explain {
         spec: Box<VmSpec>,
@@ -248,4 +283,9 @@ pub enum QueryResult {
     Tokens(Vec<crate::state::tokens::TokenRecord>),
     Node(Option<Box<NodeRecord>>),
     Plan(Plan),
+    Task(Option<Box<crate::task::TaskRecord>>),
+    Tasks {
+        tasks: Vec<crate::task::TaskRecord>,
+        more: bool,
+    },
 }

@@ -16,6 +16,7 @@ pub mod session;
 pub mod spec;
 pub mod state;
 pub mod store;
+pub mod task;
 
 pub use command::{Applied, Command, CommandError, Envelope, Outcome, Query, QueryResult, Response};
 pub use command::{DrainSpec, Registration};
@@ -26,7 +27,9 @@ pub use spec::{
     quoted, HealthCheck, HealthKind, Observed, Phase, PortForward, PowerState, RestartPolicy, ValidationError, VmEvent,
     VmRecord, VmSpec,
 };
+pub use state::TaskUpdate;
 pub use store::{MemStore, Page, PageLimit, ReadStore, Store, StoreError, Table};
+pub use task::{Attempt, AttemptResult, Isolation, TaskRecord, TaskSpec, TaskState};
 
 /// Identifier of a node in the cluster. Never 0 (raft-rs reserves 0 for "none").
 pub type NodeId = u64;

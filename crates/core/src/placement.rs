@@ -81,7 +81,7 @@ impl Constraint {
         Ok(c)
     }
 
-    fn validate(&self) -> Result<(), ValidationError> {
+    pub(crate) fn validate(&self) -> Result<(), ValidationError> {
         if !crate::spec::label_key_ok(&self.key) {
             return Err(ValidationError::new(
                 "constraint",

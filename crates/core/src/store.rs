@@ -28,10 +28,18 @@ pub enum Table {
     NodeSlots,
     /// `SHA-256 of a token's secret → token record` (see [`crate::state::tokens`]).
     Tokens,
+    /// `submit index → task record`.
+    Tasks,
+    /// `submit index`: tasks waiting for capacity, oldest first.
+    TaskQueue,
+    /// `(node, submit index)`: the tasks with an open attempt on each node.
+    TaskPlacements,
+    /// `(finished index, submit index)`: finished tasks, oldest first (retention).
+    TaskDone,
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 15] = [
         Table::Kv,
         Table::Vms,
         Table::Members,
@@ -43,6 +51,10 @@ impl Table {
         Table::Pending,
         Table::NodeSlots,
         Table::Tokens,
+        Table::Tasks,
+        Table::TaskQueue,
+        Table::TaskPlacements,
+        Table::TaskDone,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +70,10 @@ impl Table {
             Table::Pending => "sm_pending",
             Table::NodeSlots => "sm_node_slots",
             Table::Tokens => "sm_tokens",
+            Table::Tasks => "sm_tasks",
+            Table::TaskQueue => "sm_task_queue",
+            Table::TaskPlacements => "sm_task_placements",
+            Table::TaskDone => "sm_task_done",
         }
     }
 }

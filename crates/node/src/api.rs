@@ -18,7 +18,7 @@ use crate::pool::ChannelPool;
 use crate::status;
 
 /// Set on a request a follower forwarded to the leader, so it is never forwarded twice.
-const FORWARDED: &str = "x-blixard-forwarded";
+pub(crate) const FORWARDED: &str = "x-blixard-forwarded";
 
 /// How long a write may wait to be applied before its outcome is answered "unknown" (the client
 /// may then retry it with the same session).
@@ -168,6 +168,26 @@ impl Api {
         }
     }
 
+    /// A write of another service's command, with its answer.
+    pub async fn write_response(
+        &self,
+        session: Option<Session>,
+        cmd: Command,
+    ) -> std::result::Result<(u64, Response), Status> {
+        self.write(session, cmd).await
+    }
+
+    /// The address of member `id` and a channel to it (for relaying to the node that hosts
+    /// something).
+    pub fn channel_to(&self, id: u64) -> std::result::Result<Channel, Status> {
+        let addr = self.addr_of(id).ok_or_else(|| Status::unavailable(format!("no address for node {id}")))?;
+        self.pool.get(&addr)
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.raft.status().id
+    }
+
     /// A write of another service's command (its answer's index).
     pub async fn write_command(&self, session: Option<Session>, cmd: Command) -> std::result::Result<u64, Status> {
         self.write(session, cmd).await.map(|(i, _)| i)
@@ -195,7 +215,7 @@ impl Api {
 }
 
 /// The request re-wrapped for the leader, marked as forwarded; it keeps its session.
-fn forwarded<T>(req: Request<T>) -> Request<T> {
+pub(crate) fn forwarded<T>(req: Request<T>) -> Request<T> {
     let session = req.metadata().get(rpc::SESSION_HEADER).cloned();
     let auth = req.metadata().get(AUTHORIZATION).cloned();
     let mut r = Request::new(req.into_inner());
@@ -208,9 +228,12 @@ fn forwarded<T>(req: Request<T>) -> Request<T> {
 
 /// The caller's token goes along with a request relayed to another node (which checks it
 /// again; with mTLS the relaying node's certificate is enough).
-const AUTHORIZATION: &str = "authorization";
+pub(crate) const AUTHORIZATION: &str = "authorization";
 
-fn with_auth<T>(mut r: Request<T>, auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>) -> Request<T> {
+pub(crate) fn with_auth<T>(
+    mut r: Request<T>,
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> Request<T> {
     if let Some(a) = auth {
         r.metadata_mut().insert(AUTHORIZATION, a);
     }

@@ -20,6 +20,8 @@ pub mod reconciler;
 pub mod request_id;
 pub mod sd_notify;
 pub mod status;
+pub mod tasks;
+pub mod tasks_api;
 #[cfg(not(madsim))]
 pub mod tls;
 pub mod tokens_api;
@@ -181,6 +183,17 @@ async fn run_vms(
     lease: Arc<liveness::lease::Lease>,
     backend_state: Arc<http::BackendState>,
 ) {
+    #[cfg(not(madsim))]
+    tokio::spawn(
+        tasks::Runner::new(
+            cfg.id,
+            raft.clone(),
+            lease.clone(),
+            Arc::new(tasks::exec::ProcessExecutor::default()),
+            cfg.data_dir.join("tasks"),
+        )
+        .run(),
+    );
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
     let files = blixard_vmm::host_files::HostFiles::new(cache.clone(), cfg.allow_image_dirs.clone());
@@ -457,9 +470,17 @@ impl Node {
                     .max_encoding_message_size(max),
             )
             .add_service(
-                vm_service_server::VmServiceServer::new(svc)
+                vm_service_server::VmServiceServer::new(svc.clone())
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
+            )
+            .add_service(
+                task_service_server::TaskServiceServer::new(tasks_api::Tasks {
+                    api: svc.clone(),
+                    dir: cfg.data_dir.join("tasks"),
+                })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             )
             .add_service(backup_service_server::BackupServiceServer::new(backup::Backups { raft: raft.clone() }))
             .add_service(node_service_server::NodeServiceServer::new(nodes_svc))

@@ -18,6 +18,7 @@ pub mod v1 {
 
 pub mod orchestration;
 pub mod rpc;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 

@@ -7,6 +7,7 @@ pub mod kv;
 pub mod node;
 pub mod node_ops;
 pub mod nodes;
+pub mod task;
 pub mod token;
 pub mod vm;
 pub mod vm_args;

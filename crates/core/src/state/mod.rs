@@ -15,6 +15,7 @@ use crate::command::{Applied, Command, CommandError, Envelope, Outcome, Query, Q
 use crate::membership::{self, MembershipChange};
 pub use crate::membership::{members, Member};
 mod nodes;
+pub mod tasks;
 pub mod tokens;
 mod vms;
 
@@ -22,6 +23,7 @@ use crate::session::{self, Check};
 use crate::spec::{validate_key, validate_value, VmRecord};
 use crate::store::{ReadStore, Store, StoreError, Table};
 pub use nodes::NodeTable;
+pub use tasks::TaskUpdate;
 
 /// Whether `id` is a registered node.
 pub fn node_exists(store: &impl ReadStore, id: crate::NodeId) -> Result<bool, StoreError> {
@@ -127,6 +129,12 @@ pub fn run(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outcome
         }
         Command::VmMove { name } => vms::move_vm(store, index, env.now_ms, name)?,
         Command::VmHandoff { name, node } => vms::handoff(store, index, env.now_ms, name, *node)?,
+        Command::TaskSubmit { spec } => tasks::submit(store, index, env.now_ms, spec)?,
+        Command::TaskReport { id, attempt, node, update } => {
+            tasks::report(store, index, env.now_ms, *id, *attempt, *node, update)?
+        }
+        Command::TaskCancel { id } => tasks::cancel(store, index, env.now_ms, *id)?,
+        Command::TaskPrune { keep } => tasks::prune(store, *keep)?,
         Command::NodeRegister { node } => nodes::register(store, index, env.now_ms, node)?,
         Command::NodeSetState { id, state } => nodes::set_state(store, index, env.now_ms, *id, *state)?,
         Command::NodeEligibility { id, eligible } => nodes::eligibility(store, index, env.now_ms, *id, *eligible)?,
@@ -191,6 +199,18 @@ pub fn query(store: &impl ReadStore, q: &Query) -> Result<QueryResult, StoreErro
         Query::Nodes => QueryResult::Nodes(nodes(store)?),
         Query::Tokens => QueryResult::Tokens(tokens::tokens(store)?),
         Query::Node { id } => QueryResult::Node(nodes::get(store, *id)?.map(Box::new)),
+        Query::TaskGet { id } => QueryResult::Task(tasks::get(store, *id)?.map(Box::new)),
+        Query::TaskList { state, start_after, limit } => {
+            let (tasks, more) = tasks::list(store, *state, *start_after, *limit)?;
+            QueryResult::Tasks { tasks, more }
+        }
+        Query::TasksOnNode { node } => {
+            let mut out = Vec::new();
+            for id in tasks::on_node(store, *node)? {
+                out.extend(tasks::get(store, id)?);
+            }
+            QueryResult::Tasks { tasks: out, more: false }
+        }
         Query::Explain { spec, pinned } => QueryResult::Plan(vms::explain(store, spec, *pinned)?),
     })
 }
@@ -274,5 +294,7 @@ pub fn import(store: &mut impl Store, data: &[u8]) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod orchestration_tests;
+#[cfg(test)]
+mod task_tests;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use super::{decode, encode, vms};
+use super::{decode, encode, tasks, vms};
 use crate::command::{CommandError, DrainSpec, Outcome, Registration, Response};
 use crate::scheduler::{Drain, NodeRecord, NodeState, Nodes};
 use crate::spec::validate_labels;
@@ -120,6 +120,8 @@ pub fn set_state(
                 // A node declared down has fenced itself: it runs nothing any more.
                 let _ = vms::handoff(store, index, now, &name, id)?;
             }
+            tasks::node_lost(store, index, now, id)?;
+            vms::place_pending(store, index, now)?;
         }
         NodeState::Ready => {
             vms::place_pending(store, index, now)?;
@@ -191,6 +193,7 @@ pub fn remove(store: &mut impl Store, index: u64, now: u64, id: NodeId) -> Resul
     for name in vms::handing_off_from(store, id)? {
         let _ = vms::handoff(store, index, now, &name, id)?;
     }
+    tasks::node_lost(store, index, now, id)?;
     let last = count(store)?.saturating_sub(1);
     if n.slot != last {
         if let Some(moved) = store.get(Table::NodeSlots, &last.to_be_bytes())? {

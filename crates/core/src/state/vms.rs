@@ -457,7 +457,8 @@ pub fn place_pending(store: &mut impl Store, index: u64, now: u64) -> Result<(),
             }
         }
     }
-    Ok(())
+    // Tasks wait in their own queue, after the VMs.
+    super::tasks::place_pending(store, index, now)
 }
 
 /// Every VM off its node and waiting (after a restore into a new cluster).

@@ -6,8 +6,8 @@
 //!
 //! A daemon restarted before its lease runs out (2 s by default) keeps its VMs; one restarted
 //! later finds them stopped and starts those still assigned to it. One watchdog runs per data
-//! dir (an exclusive lock); it leaves once the daemon that started it is gone and no VM of the
-//! data dir runs any more.
+//! dir (an exclusive lock); it leaves once the daemon that started it is gone and no VM (nor
+//! task attempt: `<data-dir>/tasks/*/pgid`) of the data dir runs any more.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,7 +77,8 @@ pub fn run(data_dir: &Path, daemon_pid: i32) -> anyhow::Result<()> {
     }
     loop {
         let vms = vm_processes(data_dir);
-        if vms.is_empty() && !alive(daemon_pid) {
+        let tasks = crate::tasks::exec::live_attempts(&data_dir.join("tasks"));
+        if vms.is_empty() && tasks.is_empty() && !alive(daemon_pid) {
             return Ok(());
         }
         if !data_dir.exists() {
@@ -90,6 +91,15 @@ pub fn run(data_dir: &Path, daemon_pid: i32) -> anyhow::Result<()> {
                 if rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok() {
                     eprintln!(
                         "blixard fence-watch: lease of {} ran out: killed VM {}",
+                        data_dir.display(),
+                        dir.display()
+                    );
+                }
+            }
+            for dir in &tasks {
+                if crate::tasks::exec::kill_leftover(dir) {
+                    eprintln!(
+                        "blixard fence-watch: lease of {} ran out: killed task attempt {}",
                         data_dir.display(),
                         dir.display()
                     );

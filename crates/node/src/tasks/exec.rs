@@ -1,0 +1,246 @@
+//! Running one attempt: the [`Executor`] boundary and its real implementation, a child process
+//! in its own process group, environment cleared except `PATH` and the task's own, working
+//! directory `<attempt dir>/work`, stdout and stderr to bounded files (with a truncation
+//! marker), SIGTERM to the group on timeout or stop and SIGKILL after a grace period.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[cfg(not(madsim))]
+use blixard_core::task::MAX_TAIL;
+use blixard_core::{AttemptResult, TaskSpec};
+use futures::future::BoxFuture;
+#[cfg(not(madsim))]
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Each output file's bound.
+pub const OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
+/// What ends an output file cut at its bound.
+pub const TRUNCATED: &str = "\n[blixard: output truncated: the limit is reached]\n";
+/// Time a process group has between SIGTERM and SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// Why an attempt must stop before it ends on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Run,
+    /// The user cancelled the task.
+    Cancel,
+    /// The node lost its lease, or the attempt is no longer the task's current one.
+    Fence,
+}
+
+/// One attempt to run.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub spec: TaskSpec,
+    /// The attempt's directory (created by the executor): `work/`, `stdout`, `stderr`.
+    pub dir: PathBuf,
+}
+
+/// How it ended, with the last bytes of each stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub result: AttemptResult,
+    pub stdout_tail: Vec<u8>,
+    pub stderr_tail: Vec<u8>,
+}
+
+/// Runs attempts: the real process executor here, a simulated one for the simulator.
+pub trait Executor: Send + Sync + 'static {
+    /// Runs `job` to its end; `stop` changing from [`Stop::Run`] stops it. Whatever goes wrong
+    /// is in the result (`StartFailed`), never a panic.
+    fn run(&self, job: Job, stop: watch::Receiver<Stop>) -> BoxFuture<'static, Finished>;
+}
+
+/// Real processes.
+#[derive(Clone, Debug)]
+pub struct ProcessExecutor {
+    pub output_limit: u64,
+    pub grace: Duration,
+    /// The `PATH` tasks get (the daemon's own).
+    pub path: String,
+}
+
+impl Default for ProcessExecutor {
+    fn default() -> Self {
+        ProcessExecutor {
+            output_limit: OUTPUT_LIMIT,
+            grace: GRACE,
+            path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        }
+    }
+}
+
+#[cfg(not(madsim))]
+fn start_failed(error: String) -> Finished {
+    let mut error = error;
+    error.truncate(blixard_core::task::MAX_ERROR_LEN);
+    Finished { result: AttemptResult::StartFailed { error }, stdout_tail: Vec::new(), stderr_tail: Vec::new() }
+}
+
+#[cfg(not(madsim))]
+/// Copies `from` into `file` up to `limit` bytes (then the marker, and the rest is drained),
+/// returning the last [`MAX_TAIL`] bytes of the whole stream.
+async fn copy_bounded(mut from: impl AsyncRead + Unpin, file: PathBuf, limit: u64) -> Vec<u8> {
+    let mut out = match tokio::fs::File::create(&file).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!("cannot create {}: {e}", file.display());
+            None
+        }
+    };
+    let mut written = 0u64;
+    let mut marked = false;
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        tail.extend_from_slice(chunk);
+        if tail.len() > 2 * MAX_TAIL {
+            tail.drain(..tail.len() - MAX_TAIL);
+        }
+        if let Some(f) = out.as_mut() {
+            let room = limit.saturating_sub(written) as usize;
+            let take = room.min(n);
+            if take > 0 && f.write_all(&chunk[..take]).await.is_err() {
+                out = None;
+                continue;
+            }
+            written += take as u64;
+            if take < n && !marked {
+                marked = true;
+                let _ = f.write_all(TRUNCATED.as_bytes()).await;
+            }
+        }
+    }
+    if let Some(mut f) = out {
+        let _ = f.flush().await;
+    }
+    let cut = tail.len().saturating_sub(MAX_TAIL);
+    tail.split_off(cut)
+}
+
+#[cfg(not(madsim))]
+fn signal_group(pgid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pgid as i32) {
+        let _ = rustix::process::kill_process_group(p, sig);
+    }
+}
+
+/// The process group of the attempt in `dir` while its leader still runs there: the id in its
+/// `pgid` file, checked against `/proc` (the leader's working directory is the attempt's), so a
+/// reused id never names another process.
+#[cfg(not(madsim))]
+pub fn live_group(dir: &std::path::Path) -> Option<u32> {
+    let pgid = std::fs::read_to_string(dir.join("pgid")).ok()?.trim().parse::<u32>().ok().filter(|p| *p > 1)?;
+    let cwd = std::fs::read_link(format!("/proc/{pgid}/cwd")).ok()?;
+    let work = std::fs::canonicalize(dir.join("work")).ok()?;
+    cwd.starts_with(&work).then_some(pgid)
+}
+
+/// Kills what is left of the attempt in `dir` (after a daemon restart, or by the watchdog when
+/// the lease ran out without a daemon). Returns whether there was a group to kill.
+#[cfg(not(madsim))]
+pub fn kill_leftover(dir: &std::path::Path) -> bool {
+    let Some(pgid) = live_group(dir) else { return false };
+    signal_group(pgid, rustix::process::Signal::KILL);
+    true
+}
+
+/// The attempt directories under `tasks_dir` whose process group still runs.
+#[cfg(not(madsim))]
+pub fn live_attempts(tasks_dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(dirs) = std::fs::read_dir(tasks_dir) else { return Vec::new() };
+    dirs.flatten().map(|d| d.path()).filter(|d| live_group(d).is_some()).collect()
+}
+
+#[cfg(not(madsim))]
+impl ProcessExecutor {
+    async fn go(self, job: Job, mut stop: watch::Receiver<Stop>) -> Finished {
+        use std::os::unix::process::ExitStatusExt;
+        use std::process::Stdio;
+        let work = job.dir.join("work");
+        if let Err(e) = tokio::fs::create_dir_all(&work).await {
+            return start_failed(format!("cannot create {}: {e}", work.display()));
+        }
+        let spec = &job.spec;
+        let mut cmd = tokio::process::Command::new(&spec.command);
+        cmd.args(&spec.args)
+            .env_clear()
+            .env("PATH", &self.path)
+            .envs(&spec.env)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return start_failed(format!("cannot start {:?}: {e}", spec.command)),
+        };
+        let pgid = child.id().unwrap_or(0);
+        let _ = tokio::fs::write(job.dir.join("pgid"), pgid.to_string()).await;
+        let out = child.stdout.take().map(|o| tokio::spawn(copy_bounded(o, job.dir.join("stdout"), self.output_limit)));
+        let err = child.stderr.take().map(|e| tokio::spawn(copy_bounded(e, job.dir.join("stderr"), self.output_limit)));
+        let timeout = tokio::time::sleep(Duration::from_millis(spec.timeout_ms));
+        tokio::pin!(timeout);
+        let why = tokio::select! {
+            s = child.wait() => Err(s),
+            _ = &mut timeout => Ok(Stop::Run),
+            _ = async { while *stop.borrow_and_update() == Stop::Run { if stop.changed().await.is_err() { futures::future::pending::<()>().await } } } => Ok(*stop.borrow()),
+        };
+        let result = match why {
+            Err(status) => match status {
+                Ok(s) => match (s.code(), s.signal()) {
+                    (Some(code), _) => AttemptResult::Exited { code },
+                    (None, Some(signal)) => AttemptResult::Signaled { signal },
+                    (None, None) => AttemptResult::Exited { code: -1 },
+                },
+                Err(e) => AttemptResult::StartFailed { error: format!("cannot wait for it: {e}") },
+            },
+            Ok(reason) => {
+                signal_group(pgid, rustix::process::Signal::TERM);
+                let killed = match tokio::time::timeout(self.grace, child.wait()).await {
+                    Ok(_) => false,
+                    Err(_) => {
+                        signal_group(pgid, rustix::process::Signal::KILL);
+                        let _ = child.wait().await;
+                        true
+                    }
+                };
+                match reason {
+                    Stop::Run => AttemptResult::TimedOut { killed },
+                    Stop::Cancel | Stop::Fence => AttemptResult::Cancelled { killed },
+                }
+            }
+        };
+        // Whatever the task left behind in its group ends with it (and lets go of the pipes).
+        signal_group(pgid, rustix::process::Signal::KILL);
+        let _ = tokio::fs::remove_file(job.dir.join("pgid")).await;
+        let tail = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
+            match h {
+                Some(h) => {
+                    tokio::time::timeout(Duration::from_secs(5), h).await.ok().and_then(Result::ok).unwrap_or_default()
+                }
+                None => Vec::new(),
+            }
+        };
+        let stdout_tail = tail(out).await;
+        let stderr_tail = tail(err).await;
+        Finished { result, stdout_tail, stderr_tail }
+    }
+}
+
+#[cfg(not(madsim))]
+impl Executor for ProcessExecutor {
+    fn run(&self, job: Job, stop: watch::Receiver<Stop>) -> BoxFuture<'static, Finished> {
+        Box::pin(self.clone().go(job, stop))
+    }
+}

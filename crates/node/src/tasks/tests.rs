@@ -1,0 +1,126 @@
+//! The process executor with real processes.
+
+use std::time::{Duration, Instant};
+
+use blixard_core::{AttemptResult, TaskSpec};
+use tokio::sync::watch;
+
+use super::exec::{Executor, Finished, Job, ProcessExecutor, Stop, TRUNCATED};
+
+fn spec(command: &str, args: &[&str]) -> TaskSpec {
+    TaskSpec {
+        command: command.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        timeout_ms: 30_000,
+        ..Default::default()
+    }
+}
+
+async fn run_with(ex: &ProcessExecutor, s: TaskSpec, dir: &std::path::Path) -> Finished {
+    let (_tx, rx) = watch::channel(Stop::Run);
+    ex.run(Job { spec: s, dir: dir.to_path_buf() }, rx).await
+}
+
+async fn run(s: TaskSpec) -> (Finished, tempfile::TempDir) {
+    let d = tempfile::tempdir().unwrap();
+    let f = run_with(&ProcessExecutor::default(), s, d.path()).await;
+    (f, d)
+}
+
+#[tokio::test]
+async fn exit_code_stdout_and_stderr_are_recorded() {
+    let (f, d) = run(spec("sh", &["-c", "echo out; echo err >&2; exit 3"])).await;
+    assert_eq!(f.result, AttemptResult::Exited { code: 3 });
+    assert_eq!((f.stdout_tail.as_slice(), f.stderr_tail.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    assert_eq!(std::fs::read(d.path().join("stdout")).unwrap(), b"out\n");
+    assert_eq!(std::fs::read(d.path().join("stderr")).unwrap(), b"err\n");
+}
+
+#[tokio::test]
+async fn shell_characters_are_literal_arguments() {
+    let (f, _d) = run(spec("echo", &[";", "$(id)", "a b", "`x`"])).await;
+    assert_eq!(f.result, AttemptResult::Exited { code: 0 });
+    assert_eq!(f.stdout_tail, b"; $(id) a b `x`\n");
+}
+
+#[tokio::test]
+async fn the_environment_is_only_path_and_the_tasks_own_and_cwd_is_the_attempt_dir() {
+    let mut s = spec("sh", &["-c", "env | sort; pwd"]);
+    s.env.insert("GREETING".into(), "hi there".into());
+    std::env::set_var("BLIXARD_SECRET_TEST", "leak");
+    let (f, d) = run(s).await;
+    let out = String::from_utf8(f.stdout_tail).unwrap();
+    let vars: Vec<&str> = out.lines().filter(|l| l.contains('=')).map(|l| l.split('=').next().unwrap()).collect();
+    // sh itself adds PWD (and maybe SHLVL, OLDPWD, _); nothing of the daemon's environment.
+    assert!(vars.iter().all(|v| ["GREETING", "PATH", "PWD", "SHLVL", "OLDPWD", "_"].contains(v)), "{out}");
+    assert!(out.contains("GREETING=hi there") && !out.contains("leak"), "{out}");
+    let work = d.path().join("work").canonicalize().unwrap();
+    assert!(out.lines().any(|l| l == work.to_str().unwrap()), "{out}");
+}
+
+#[tokio::test]
+async fn a_missing_program_fails_to_start() {
+    let (f, _d) = run(spec("/nonexistent/program", &[])).await;
+    assert!(matches!(f.result, AttemptResult::StartFailed { ref error } if error.contains("nonexistent")), "{f:?}");
+}
+
+#[tokio::test]
+async fn a_signal_is_reported_as_such() {
+    let (f, _d) = run(spec("sh", &["-c", "kill -9 $$"])).await;
+    assert_eq!(f.result, AttemptResult::Signaled { signal: 9 });
+}
+
+#[tokio::test]
+async fn a_timeout_sends_term_and_a_process_that_exits_on_it_is_not_killed() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = ProcessExecutor { grace: Duration::from_secs(5), ..Default::default() };
+    let s = TaskSpec { timeout_ms: 1_000, ..spec("sleep", &["30"]) };
+    let t0 = Instant::now();
+    let f = run_with(&ex, s, d.path()).await;
+    assert_eq!(f.result, AttemptResult::TimedOut { killed: false });
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn a_process_ignoring_term_is_killed_after_the_grace_with_its_children() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = ProcessExecutor { grace: Duration::from_millis(500), ..Default::default() };
+    // The child (sleep) keeps stdout open: it must die with the group for the run to end.
+    let s =
+        TaskSpec { timeout_ms: 1_000, ..spec("sh", &["-c", "trap '' TERM; echo started; sleep 60 & sleep 60; wait"]) };
+    let t0 = Instant::now();
+    let f = run_with(&ex, s, d.path()).await;
+    assert_eq!(f.result, AttemptResult::TimedOut { killed: true });
+    assert_eq!(f.stdout_tail, b"started\n");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn cancel_stops_the_group() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = ProcessExecutor::default();
+    let (tx, rx) = watch::channel(Stop::Run);
+    let h = tokio::spawn(ex.run(Job { spec: spec("sleep", &["60"]), dir: d.path().to_path_buf() }, rx));
+    // Wait until it runs (its pgid file appears), then cancel.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.path().join("pgid").exists() {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tx.send(Stop::Cancel).unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(10), h).await.unwrap().unwrap();
+    assert_eq!(f.result, AttemptResult::Cancelled { killed: false });
+}
+
+#[tokio::test]
+async fn output_beyond_the_bound_is_cut_with_a_marker_and_the_tail_is_bounded() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = ProcessExecutor { output_limit: 1000, ..Default::default() };
+    let f = run_with(&ex, spec("sh", &["-c", "head -c 100000 /dev/zero | tr '\\0' x; echo END"]), d.path()).await;
+    assert_eq!(f.result, AttemptResult::Exited { code: 0 });
+    let file = std::fs::read(d.path().join("stdout")).unwrap();
+    assert_eq!(file.len(), 1000 + TRUNCATED.len());
+    assert!(file.ends_with(TRUNCATED.as_bytes()));
+    assert_eq!(f.stdout_tail.len(), blixard_core::task::MAX_TAIL);
+    assert!(f.stdout_tail.ends_with(b"xEND\n"));
+}
