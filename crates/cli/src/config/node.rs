@@ -108,6 +108,10 @@ sections! {
         max_snapshot_mib => "max_snapshot_mib" Int, max_conns_per_ip => "max_conns_per_ip" Int,
         handshake_timeout_ms => "handshake_timeout_ms" Int, peer_idle_timeout_ms => "peer_idle_timeout_ms" Int,
     }
+    auth: AuthSec {
+        enforce => "auth" Bool, rate_requests => "rate_requests" Int, rate_write_bytes => "rate_write_bytes" Int,
+        max_concurrent => "max_concurrent" Int,
+    }
     log: LogSec { level => "log" Str, format => "log_format" Str }
 }
 

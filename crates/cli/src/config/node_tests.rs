@@ -162,3 +162,15 @@ fn the_tls_dir_comes_from_the_global_flag_or_the_file() {
     let r = resolve(&m, &top(&[]), &|k| (k == "BLIXARD_TLS_DIR").then(|| "/e".to_string())).unwrap();
     assert_eq!(r.tls_dir(), Some(PathBuf::from("/e")));
 }
+
+#[test]
+fn every_daemon_flag_has_a_key() {
+    // A flag without a key would be dropped when the arguments are rebuilt from the sources.
+    for a in node_command().get_arguments() {
+        let id = a.get_id().as_str();
+        if ["config", "help"].contains(&id) || a.get_long().is_none() {
+            continue;
+        }
+        assert!(KEYS.iter().any(|k| k.arg == id), "`blixard node --{}` has no config key", a.get_long().unwrap());
+    }
+}
