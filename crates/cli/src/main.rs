@@ -108,10 +108,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Exhaustive on purpose: a new subcommand must say whether it is a client of the cluster
+    // (and so gets the client config and --tls-dir).
     let client_cmd = match &cli.command {
         Top::Node(top) => top.cmd.is_some(),
-        Top::Cluster(_) | Top::Kv(_) | Top::Vm(_) | Top::Backup(_) => true,
-        _ => false,
+        Top::Cluster(_) | Top::Kv(_) | Top::Vm(_) | Top::Backup(_) | Top::Task(_) | Top::Token(_) => true,
+        Top::Config(_) | Top::Image(_) | Top::Cert(_) | Top::FenceWatch { .. } | Top::Completions { .. } => false,
     };
     let result = rt.block_on(async {
         if client_cmd {

@@ -207,6 +207,9 @@ fn a_tls_cluster_serves_certified_clients_and_refuses_everyone_else() {
         let got = ok(tls_cli(&c.addr(4 - id), &c.client, &["kv", "get", &format!("k{id}")]));
         assert_eq!(got.trim(), format!("v{id}"));
     }
+    // Every client command speaks TLS, the later ones too (tasks, tokens).
+    ok(tls_cli(&c.addr(1), &c.client, &["task", "list"]));
+    ok(tls_cli(&c.addr(2), &c.client, &["token", "list"]));
 
     // The CLI without certificates: a clear error, at once.
     let started = std::time::Instant::now();
