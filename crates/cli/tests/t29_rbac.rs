@@ -29,6 +29,26 @@ fn plain_log(n: &TestNode) -> String {
     out
 }
 
+/// The node's audit log (`<data-dir>/audit.log`), one JSON object per line; every line must
+/// parse and carry every field.
+fn audit_log(n: &TestNode) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(n.dir.join("audit.log")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}"));
+            for f in ["ts", "who", "method", "name", "code", "request_id"] {
+                assert!(v[f].is_string(), "audit line without {f}: {l}");
+            }
+            v
+        })
+        .collect()
+}
+
+/// Whether audit event `e` is of `method` (its last path element), by `who`, answered `code`.
+fn is(e: &serde_json::Value, method: &str, who: &str, code: &str) -> bool {
+    e["method"].as_str().is_some_and(|m| m.ends_with(&format!("/{method}"))) && e["who"] == who && e["code"] == code
+}
+
 /// The CLI with a token (or none).
 fn as_(addr: &str, token: Option<&str>, args: &[&str]) -> std::process::Output {
     let mut a: Vec<&str> = Vec::new();
@@ -126,25 +146,26 @@ fn roles_decide_who_may_do_what_and_the_audit_log_names_the_token() {
     refused(&as_(a, Some(&admin), &["token", "revoke", "ops"]), "revoking twice", "not found");
 
     // The audit log says who did what to which key, and who was refused.
-    let log = wait_until("audit lines", Duration::from_secs(10), || {
-        let l = plain_log(&n);
-        l.contains("token:ro").then_some(l)
+    let audit = wait_until("audit lines", Duration::from_secs(10), || {
+        let a = audit_log(&n);
+        // The second revocation is the last audited request: once it is written, so is all before it.
+        let revokes = a.iter().filter(|e| e["method"].as_str().is_some_and(|m| m.ends_with("/RevokeToken"))).count();
+        (revokes >= 2).then_some(a)
     });
-    let audit: Vec<&str> = log.lines().filter(|l| l.contains("audit") && l.contains("who=")).collect();
-    let put = audit.iter().find(|l| l.contains("KvService/Put") && l.contains("\"token:ops\"") && l.contains("OK"));
-    assert!(put.is_some_and(|l| l.contains("name=\"k\"")), "the operator's put is audited with its key: {audit:#?}");
+    let put = audit.iter().find(|e| is(e, "Put", "token:ops", "OK"));
+    assert!(put.is_some_and(|e| e["name"] == "k"), "the operator's put is audited with its key: {audit:#?}");
+    assert!(put.is_some_and(|e| e["request_id"].as_str().is_some_and(|r| !r.is_empty())), "{audit:#?}");
     assert!(
-        audit
-            .iter()
-            .any(|l| l.contains("KvService/Put") && l.contains("\"token:ro\"") && l.contains("PERMISSION_DENIED")),
+        audit.iter().any(|e| is(e, "Put", "token:ro", "PERMISSION_DENIED")),
         "the viewer's refused put is audited: {audit:#?}"
     );
     assert!(
-        audit.iter().any(|l| l.contains("RevokeToken") && l.contains("\"token:admin\"") && l.contains("name=\"ops\"")),
+        audit.iter().any(|e| is(e, "RevokeToken", "token:admin", "OK") && e["name"] == "ops"),
         "the revocation is audited: {audit:#?}"
     );
-    assert!(!audit.iter().any(|l| l.contains("KvService/Get")), "reads are not audited: {audit:#?}");
-    assert!(!log.contains(&admin[4..]) && !log.contains(&viewer[4..]), "no secret reaches the log");
+    assert!(!audit.iter().any(|e| e["method"].as_str().is_some_and(|m| m.ends_with("/Get"))), "reads are not audited");
+    let log = plain_log(&n) + &std::fs::read_to_string(n.dir.join("audit.log")).unwrap();
+    assert!(!log.contains(&admin[4..]) && !log.contains(&viewer[4..]), "no secret reaches the logs");
 }
 
 #[test]
@@ -238,14 +259,9 @@ fn without_auth_nothing_changes_but_writes_are_still_audited() {
     n.wait_leader(Duration::from_secs(60));
     assert!(!n.dir.join("admin.token").exists(), "no admin token without --auth");
     ok(&as_(&n.addr, None, &["kv", "put", "open", "1"]), "a put without a token");
-    let log = wait_until("an audit line", Duration::from_secs(10), || {
-        let l = plain_log(&n);
-        l.contains("KvService/Put").then_some(l)
+    wait_until("an audit line", Duration::from_secs(10), || {
+        audit_log(&n).iter().any(|e| is(e, "Put", "anonymous@127.0.0.1", "OK") && e["name"] == "open").then_some(())
     });
-    assert!(
-        log.lines().any(|l| l.contains("audit") && l.contains("anonymous@127.0.0.1") && l.contains("name=\"open\"")),
-        "{log}"
-    );
 }
 
 #[test]
@@ -302,11 +318,9 @@ fn with_mutual_tls_a_client_certificate_carries_the_role_and_nodes_go_by_theirs(
     // A certificate without a role needs a token.
     refused(&with("client-nora", None, &["kv", "get", "k"]), "a role-less certificate", "needs a token");
     ok(&with("client-nora", Some(&admin), &["kv", "put", "k", "3"]), "a role-less certificate with a token");
-    let log = wait_until("an audit line naming the certificate", Duration::from_secs(10), || {
-        let l = plain_log(&n1) + &plain_log(&n2);
-        l.contains("\"cert:alice\"").then_some(l)
+    let audit = wait_until("an audit line naming the certificate", Duration::from_secs(10), || {
+        let a: Vec<_> = audit_log(&n1).into_iter().chain(audit_log(&n2)).collect();
+        a.iter().any(|e| e["who"] == "cert:alice").then_some(a)
     });
-    assert!(log
-        .lines()
-        .any(|l| l.contains("KvService/Put") && l.contains("\"cert:vera\"") && l.contains("PERMISSION_DENIED")));
+    assert!(audit.iter().any(|e| is(e, "Put", "cert:vera", "PERMISSION_DENIED")), "{audit:#?}");
 }

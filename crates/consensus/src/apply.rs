@@ -174,7 +174,7 @@ fn apply_conf(
     };
     match state::begin(st, e.index, env, Some(&change))? {
         Begun::Done(a) => Ok(a),
-        Begun::Go => {
+        Begun::Go(pending) => {
             let txn = st.txn().ok_or_else(|| {
                 StorageError::Corrupt("a configuration change cannot be applied during a checkpoint".into())
             })?;
@@ -189,7 +189,7 @@ fn apply_conf(
                 // raft-rs refuses the same way on every node.
                 Err(err) => Err(CommandError::FailedPrecondition(format!("membership change refused: {err}"))),
             };
-            Ok(state::finish(st, e.index, env, outcome)?)
+            Ok(state::finish(st, e.index, env, pending, outcome)?)
         }
     }
 }

@@ -14,9 +14,9 @@ fn conf(store: &mut MemStore, index: u64, command: Command, change: MembershipCh
     let e = env(command);
     match begin(store, index, &e, Some(&change)).unwrap() {
         Begun::Done(a) => a.outcome,
-        Begun::Go => {
+        Begun::Go(p) => {
             let o = run(store, index, &e).unwrap();
-            finish(store, index, &e, o).unwrap().outcome
+            finish(store, index, &e, p, o).unwrap().outcome
         }
     }
 }

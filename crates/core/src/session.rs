@@ -74,10 +74,17 @@ struct Row {
     results: Vec<(u64, u64, Outcome)>,
 }
 
+/// What [`check`] read of the client's session, handed to [`record`] so that a command reads
+/// and decodes its session row once.
+#[derive(Debug, Default)]
+pub struct Prior {
+    row: Option<Row>,
+}
+
 /// What the session table says about a command before it is applied.
 pub enum Check {
-    /// Apply it (and [`record`] the outcome).
-    Apply,
+    /// Apply it (and [`record`] the outcome with this).
+    Apply(Prior),
     /// Already applied at `index`: answer with the recorded outcome.
     Duplicate { index: u64, outcome: Outcome },
     /// Refuse it without applying.
@@ -190,7 +197,7 @@ pub fn check(store: &mut impl Store, s: &Session, now_ms: u64) -> Result<Check, 
                 }
             }
         }
-        return Ok(Check::Apply);
+        return Ok(Check::Apply(Prior { row: None }));
     };
     if s.seq < r.acked {
         return Ok(Check::Refuse(CommandError::FailedPrecondition(format!(
@@ -207,20 +214,22 @@ pub fn check(store: &mut impl Store, s: &Session, now_ms: u64) -> Result<Check, 
             "too many requests in flight for one client session (at most {MAX_OUTSTANDING})"
         ))));
     }
-    Ok(Check::Apply)
+    Ok(Check::Apply(Prior { row: Some(r) }))
 }
 
 /// Records the outcome of a command of session `s` applied at `index`, and forgets the outcomes
-/// the client has seen.
+/// the client has seen. `prior` is what [`check`] read of the session (nothing but the command
+/// itself ran since, and commands never touch sessions).
 pub fn record(
     store: &mut impl Store,
     s: &Session,
     index: u64,
     outcome: &Outcome,
     now_ms: u64,
+    prior: Prior,
 ) -> Result<(), StoreError> {
     let bucket = now_ms - now_ms % TIME_BUCKET_MS;
-    let mut r = match row(store, s.client)? {
+    let mut r = match prior.row {
         Some(r) => r,
         None => {
             set_meta_u64(store, META_SESSIONS, count(store)? + 1)?;

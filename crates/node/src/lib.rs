@@ -139,6 +139,12 @@ pub enum NodeError {
     Join { seed: String, reason: String },
     #[error("{0}")]
     Tls(String),
+    #[error("cannot open the audit log {path}: {source}")]
+    Audit {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot serve on {addr}")]
     Serve {
         addr: SocketAddr,
@@ -451,7 +457,21 @@ impl Node {
         // Client-facing services agree with their clients on one message size limit.
         let max = blixard_proto::MAX_MESSAGE_BYTES;
         #[cfg(not(madsim))]
-        let auth_layer = auth::layer::AuthLayer(auth::layer::Auth::new(cfg.auth.clone(), raft.clone(), tls.is_some()));
+        let auth_layer = {
+            let sink = match (&cfg.auth.audit_off, &cfg.auth.audit_log) {
+                (true, _) => auth::audit::Sink::Off,
+                (false, Some(p)) => auth::audit::Sink::File(p.clone()),
+                (false, None) => auth::audit::Sink::File(cfg.data_dir.join("audit.log")),
+            };
+            let audit = auth::audit::AuditLog::open(&sink).map_err(|source| NodeError::Audit {
+                path: match &sink {
+                    auth::audit::Sink::File(p) => p.clone(),
+                    auth::audit::Sink::Off => Default::default(),
+                },
+                source,
+            })?;
+            auth::layer::AuthLayer(auth::layer::Auth::new(cfg.auth.clone(), raft.clone(), tls.is_some(), audit))
+        };
         #[cfg(madsim)]
         let auth_layer = ();
         let tokens_svc = tokens_api::Tokens { api: svc.clone() };

@@ -18,6 +18,10 @@ pub fn accept(v: Option<&[u8]>) -> Option<String> {
     ok.then(|| v.to_string())
 }
 
+/// A request's id, in its extensions (for the audit log).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub std::sync::Arc<str>);
+
 /// The tower layer that serves every request in its `request` span.
 #[derive(Clone, Debug, Default)]
 pub struct RequestIdLayer;
@@ -66,13 +70,14 @@ mod layer {
             self.inner.poll_ready(cx)
         }
 
-        fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
             let clone = self.inner.clone();
             let mut inner = std::mem::replace(&mut self.inner, clone);
             let id = accept(req.headers().get(HEADER).map(|v| v.as_bytes()))
                 .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
             let method: String = req.uri().path().chars().take(2 * MAX_LEN).collect();
             let span = tracing::info_span!("request", request_id = %id, method = %method);
+            req.extensions_mut().insert(RequestId(std::sync::Arc::from(id.as_str())));
             Box::pin(
                 async move {
                     let mut r = inner.call(req).await;

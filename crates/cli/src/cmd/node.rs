@@ -152,6 +152,10 @@ pub struct NodeArgs {
     /// Requests served at once by this node, all callers together; 0: no cap.
     #[arg(long, default_value_t = 8192)]
     pub max_concurrent: usize,
+    /// The audit log (one JSON line per mutating request): a file, or `off`. Default:
+    /// <data-dir>/audit.log (rotated at 64 MiB, the previous file kept as audit.log.1).
+    #[arg(long, value_name = "PATH|off")]
+    pub audit_log: Option<String>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -215,6 +219,8 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
             write_bytes_per_s: a.rate_write_bytes,
             max_concurrent: a.max_concurrent,
         },
+        audit_off: a.audit_log.as_deref() == Some("off"),
+        audit_log: a.audit_log.as_deref().filter(|p| *p != "off").map(PathBuf::from),
     };
     cfg.token = crate::client::TOKEN.get().cloned().flatten();
     cfg.limits = blixard_node::transport::Limits {

@@ -110,7 +110,7 @@ sections! {
     }
     auth: AuthSec {
         enforce => "auth" Bool, rate_requests => "rate_requests" Int, rate_write_bytes => "rate_write_bytes" Int,
-        max_concurrent => "max_concurrent" Int,
+        max_concurrent => "max_concurrent" Int, audit_log => "audit_log" Str,
     }
     log: LogSec { level => "log" Str, format => "log_format" Str }
 }

@@ -45,11 +45,18 @@ pub(crate) fn decode<T: for<'a> Deserialize<'a>>(table: Table, key: &[u8], bytes
 pub fn apply(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Applied, StoreError> {
     match begin(store, index, env, None)? {
         Begun::Done(a) => Ok(a),
-        Begun::Go => {
+        Begun::Go(p) => {
             let outcome = run(store, index, env)?;
-            finish(store, index, env, outcome)
+            finish(store, index, env, p, outcome)
         }
     }
+}
+
+/// What [`begin`] found, for [`finish`]: the cluster time and the session it read.
+#[derive(Debug)]
+pub struct Pending {
+    now: u64,
+    prior: session::Prior,
 }
 
 /// What [`begin`] decided.
@@ -58,7 +65,7 @@ pub enum Begun {
     /// Answered without running the command (a duplicate, or refused).
     Done(Applied),
     /// Run it ([`run`], or raft-rs's configuration change then [`run`]), then [`finish`].
-    Go,
+    Go(Pending),
 }
 
 /// The checks before a command runs. `change` is the configuration change of the entry that
@@ -75,26 +82,32 @@ pub fn begin(
     if let Err(e) = membership::check_carrier(&env.command, change) {
         return refused(e);
     }
+    let mut pending = Pending { now, prior: session::Prior::default() };
     if let Some(s) = &env.session {
         match session::check(store, s, now)? {
-            Check::Apply => {}
+            Check::Apply(prior) => pending.prior = prior,
             Check::Duplicate { index, outcome } => return Ok(Begun::Done(Applied { index, outcome, duplicate: true })),
             Check::Refuse(e) => return refused(e),
         }
     }
     if change.is_some() {
         if let Err(e) = membership::validate(store, &env.command) {
-            return finish(store, index, env, Err(e)).map(Begun::Done);
+            return finish(store, index, env, pending, Err(e)).map(Begun::Done);
         }
     }
-    Ok(Begun::Go)
+    Ok(Begun::Go(pending))
 }
 
 /// Records the outcome in the client's session and returns it.
-pub fn finish(store: &mut impl Store, index: u64, env: &Envelope, outcome: Outcome) -> Result<Applied, StoreError> {
+pub fn finish(
+    store: &mut impl Store,
+    index: u64,
+    env: &Envelope,
+    pending: Pending,
+    outcome: Outcome,
+) -> Result<Applied, StoreError> {
     if let Some(s) = &env.session {
-        let now = session::advance_clock(store, env.now_ms)?;
-        session::record(store, s, index, &outcome, now)?;
+        session::record(store, s, index, &outcome, pending.now, pending.prior)?;
     }
     Ok(Applied { index, outcome, duplicate: false })
 }

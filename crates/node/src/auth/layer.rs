@@ -14,8 +14,10 @@ use blixard_tls::Identity;
 use http_body_util::BodyExt;
 use tonic::Status;
 
+use super::audit::{AuditLog, Event};
 use super::limits::Limiter;
 use super::{AuthConfig, Need, Rule};
+use crate::request_id::RequestId;
 use crate::tls::PeerInfo;
 
 /// Who is calling.
@@ -39,6 +41,7 @@ pub struct Auth {
     tls: bool,
     limiter: Limiter,
     concurrent: Option<Arc<tokio::sync::Semaphore>>,
+    audit: AuditLog,
 }
 
 /// The bearer token of `authorization: Bearer SECRET`, if any.
@@ -56,14 +59,14 @@ fn now_ms() -> u64 {
 }
 
 impl Auth {
-    pub fn new(cfg: AuthConfig, raft: Handle, tls: bool) -> Arc<Auth> {
+    pub fn new(cfg: AuthConfig, raft: Handle, tls: bool, audit: AuditLog) -> Arc<Auth> {
         let limiter = Limiter::new(cfg.rates.clone());
         let concurrent =
             (cfg.rates.max_concurrent > 0).then(|| Arc::new(tokio::sync::Semaphore::new(cfg.rates.max_concurrent)));
         if cfg.enforce {
             tracing::info!("authorization on: every request needs a token or a client certificate with a role");
         }
-        Arc::new(Auth { cfg, raft, tls, limiter, concurrent })
+        Arc::new(Auth { cfg, raft, tls, limiter, concurrent, audit })
     }
 
     /// The token whose secret is `secret`, as this node's applied state has it now.
@@ -199,8 +202,18 @@ fn target_of(body: &[u8]) -> Option<String> {
     first_name(&body[5..], 1)
 }
 
-fn audit(caller: &str, path: &str, target: Option<&str>, code: &str) {
-    tracing::info!(target: "audit", who = caller, method = path, name = target.unwrap_or(""), code, "audit");
+impl Auth {
+    /// Writes one audit line (off the request's path: see [`super::audit`]).
+    fn audit(&self, who: &str, path: &str, name: Option<String>, code: &'static str, id: Option<&RequestId>) {
+        self.audit.record(Event {
+            at_ms: super::audit::now_ms(),
+            who: who.to_string(),
+            method: path.to_string(),
+            name,
+            code,
+            request_id: id.map(|r| r.0.to_string()),
+        });
+    }
 }
 
 /// The layer (see the module doc).
@@ -251,9 +264,10 @@ where
                 return Ok(Status::unimplemented(format!("no method {path:?}")).into_http());
             };
             let peer = req.extensions().get::<PeerInfo>().cloned();
+            let id = req.extensions().get::<RequestId>().cloned();
             let refuse = |who: &str, s: Status| {
                 if rule.mutating {
-                    audit(who, &path, None, crate::metrics::api::code_name(s.code() as i32));
+                    auth.audit(who, &path, None, crate::metrics::api::code_name(s.code() as i32), id.as_ref());
                 }
                 Ok(s.into_http())
             };
@@ -289,7 +303,7 @@ where
             if let Err((wait, what)) = auth.limiter.admit(&caller.key, bytes, Instant::now()) {
                 let s = exhausted(format!("rate limit of {what} reached for {}; retry in {wait:?}", caller.who), wait);
                 if rule.mutating {
-                    audit(&caller.who, &path, target.as_deref(), "RESOURCE_EXHAUSTED");
+                    auth.audit(&caller.who, &path, target, "RESOURCE_EXHAUSTED", id.as_ref());
                 }
                 return Ok(s.into_http());
             }
@@ -318,7 +332,7 @@ where
                         .unwrap_or("OK"),
                     Err(_) => "INTERNAL",
                 };
-                audit(&caller.who, &path, target.as_deref(), code);
+                auth.audit(&caller.who, &path, target, code, id.as_ref());
             }
             r
         })

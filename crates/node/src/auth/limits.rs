@@ -65,7 +65,11 @@ impl Limiter {
             all.retain(|_, b| now.duration_since(b.at) < Duration::from_secs(1));
         }
         let key = if all.contains_key(caller) || all.len() < MAX_BUCKETS { caller } else { OVERFLOW };
-        let b = all.entry(key.to_string()).or_insert(Bucket { requests: rq, bytes: rb, at: now });
+        // The key is copied only for a new bucket, never per request.
+        if !all.contains_key(key) {
+            all.insert(key.to_string(), Bucket { requests: rq, bytes: rb, at: now });
+        }
+        let Some(b) = all.get_mut(key) else { return Ok(()) };
         let dt = now.saturating_duration_since(b.at).as_secs_f64();
         b.at = now;
         b.requests = (b.requests + dt * rq).min(rq);

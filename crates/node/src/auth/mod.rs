@@ -12,6 +12,8 @@
 //! still rate-limited and audited, under the caller's token name if it sent a valid one).
 
 #[cfg(not(madsim))]
+pub mod audit;
+#[cfg(not(madsim))]
 pub mod layer;
 pub mod limits;
 #[cfg(not(madsim))]
@@ -110,6 +112,10 @@ pub struct AuthConfig {
     /// Refuse requests without a sufficient role.
     pub enforce: bool,
     pub rates: limits::Rates,
+    /// Where audit lines go (`--audit-log`); `None`: `<data-dir>/audit.log`.
+    pub audit_log: Option<std::path::PathBuf>,
+    /// No audit log at all (`--audit-log off`).
+    pub audit_off: bool,
 }
 
 #[cfg(test)]

@@ -17,14 +17,14 @@ use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    pub service: String,
-    pub method: String,
+    pub service: &'static str,
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
-    pub service: String,
-    pub method: String,
+    pub service: &'static str,
+    pub method: &'static str,
     pub code: &'static str,
 }
 
@@ -90,16 +90,14 @@ impl ApiMetrics {
         );
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request. The labels are the method table's own strings (no
+    /// allocation per request), so only methods of ours get a label of their own.
     pub fn record(&self, path: &str, code: i32, seconds: f64) {
-        let (service, method) = match split_path(path) {
-            Some(sm) if code != UNIMPLEMENTED => sm,
-            _ => ("unknown", "unknown"),
-        };
-        let m = MethodLabels { service: service.to_string(), method: method.to_string() };
+        let known = crate::auth::rule(path).filter(|_| code != UNIMPLEMENTED).and_then(|r| split_path(r.path));
+        let (service, method) = known.unwrap_or(("unknown", "unknown"));
+        let m = MethodLabels { service, method };
         self.durations.get_or_create(&m).observe(seconds);
-        let c = CodeLabels { service: m.service, method: m.method, code: code_name(code) };
-        self.requests.get_or_create(&c).inc();
+        self.requests.get_or_create(&CodeLabels { service, method, code: code_name(code) }).inc();
     }
 }
 
