@@ -3,7 +3,7 @@
 //! and down) applied to two stores give equal states and equal answers; a third store restored
 //! from a snapshot of the first at a random point and fed the remaining commands ends equal.
 
-use blixard_core::state::{apply, export, import};
+use blixard_core::state::{apply, export, import, vms, vms_on};
 use blixard_core::{Command, Envelope, MemStore, NodeState, PowerState, Registration, Session, VmSpec};
 use proptest::prelude::*;
 
@@ -77,6 +77,12 @@ proptest! {
         let answers_b = run(&mut b, 1, &envs);
         prop_assert_eq!(&answers_a, &answers_b);
         prop_assert_eq!(&a, &b);
+        // The per-node index the reconcilers read is exactly the VMs whose record names the node.
+        let all = vms(&a).expect("vms");
+        for node in 0..=4 {
+            let scanned: Vec<_> = all.iter().filter(|v| v.node == Some(node)).cloned().collect();
+            prop_assert_eq!(vms_on(&a, node).expect("vms_on"), scanned, "node {}", node);
+        }
 
         let cut = cut.index(envs.len() + 1);
         let mut first = MemStore::default();

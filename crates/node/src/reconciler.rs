@@ -117,24 +117,19 @@ impl Reconciler {
         }
     }
 
+    /// The VMs placed on this node, read through the per-node index (never a walk over every
+    /// VM of the cluster: with ~47,000 VMs that walk on every applied change cut the cluster's
+    /// write rate to a third).
     fn assigned(&self) -> Result<Vec<VmRecord>, String> {
-        Ok(self.records()?.into_iter().filter(|v| v.node == Some(self.id)).collect())
+        let view = ReadView::begin(self.raft.db()).map_err(|e| e.to_string())?;
+        blixard_core::state::vms_on(&view, self.id).map_err(|e| e.to_string())
     }
 
     /// Whether the replicated state, read now, still wants `rec`'s instance running here.
     fn still_here(&self, rec: &VmRecord) -> bool {
-        let Ok(all) = self.records() else { return false };
-        all.iter().any(|r| {
-            r.spec.name == rec.spec.name
-                && r.node == Some(self.id)
-                && r.placed_index == rec.placed_index
-                && wanted(r) == PowerState::Running
-        })
-    }
-
-    fn records(&self) -> Result<Vec<VmRecord>, String> {
-        let view = ReadView::begin(self.raft.db()).map_err(|e| e.to_string())?;
-        blixard_core::state::vms(&view).map_err(|e| e.to_string())
+        let Ok(view) = ReadView::begin(self.raft.db()) else { return false };
+        let Ok(Some(r)) = blixard_core::state::vm_named(&view, &rec.spec.name) else { return false };
+        r.node == Some(self.id) && r.placed_index == rec.placed_index && wanted(&r) == PowerState::Running
     }
 
     /// VMs moving away from this node (or deleted) whose instance here is gone: tell the

@@ -241,6 +241,23 @@ pub(crate) fn vm(store: &impl ReadStore, name: &str) -> Result<Option<VmRecord>,
     }
 }
 
+/// The VM named `name`, if any.
+pub fn vm_named(store: &impl ReadStore, name: &str) -> Result<Option<VmRecord>, StoreError> {
+    vm(store, name)
+}
+
+/// The VMs placed on `node` (those whose record names it), by name, found through the
+/// `Placements` index: a node's reconciler reads its own VMs, not every VM of the cluster.
+pub fn vms_on(store: &impl ReadStore, node: crate::NodeId) -> Result<Vec<VmRecord>, StoreError> {
+    let mut out = Vec::new();
+    for name in vms::on_node(store, node)? {
+        if let Some(r) = vm(store, &name)?.filter(|r| r.node == Some(node)) {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 /// Every VM record, by name.
 pub fn vms(store: &impl ReadStore) -> Result<Vec<VmRecord>, StoreError> {
     store.scan(Table::Vms, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Vms, k, v)).collect()
