@@ -119,7 +119,7 @@ failover_series() {
       etcd_start "$WORK/etcd-failover-$r-$RANDOM" "$@"
       eps="$(join_eps "${ETCD_EPS[@]}")" pids="$ETCD_PIDMAP"
     else
-      blixard_start "$WORK/blixard-failover-$r" 3
+      blixard_start "$WORK/$(basename "$out" .jsonl)-$r" 3 # a fresh data dir per series and run
       eps="$(join_eps "${BLIXARD_EPS[@]}")" pids="$BLIXARD_PIDMAP"
     fi
     bench_tls "$target"
