@@ -440,6 +440,71 @@ mod tests {
     }
 
     #[test]
+    fn report_takes_plaintext_rounds_and_labels_with_the_old_defaults() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(["blixard-bench", "report"].iter().chain(args)) {
+            Ok(Cli { cmd: Cmd::Report(r), .. }) => r,
+            _ => panic!("does not parse: {args:?}"),
+        };
+        let r = parse(&["--blixard", "b1", "--etcd", "e1"]);
+        assert_eq!((r.blixard_label.as_str(), r.etcd_label.as_str()), ("blixard", "etcd"));
+        assert!(r.blixard_plain.is_empty());
+        let r = parse(&[
+            "--blixard",
+            "t1",
+            "--blixard-plain",
+            "p1",
+            "--blixard",
+            "t2",
+            "--blixard-plain",
+            "p2",
+            "--etcd-label",
+            "etcd (TLS)",
+        ]);
+        assert_eq!(r.blixard_plain, vec![PathBuf::from("p1"), PathBuf::from("p2")]);
+        assert_eq!((r.etcd_label.as_str(), r.plain_label.as_str()), ("etcd (TLS)", "blixard (plaintext)"));
+    }
+
+    #[test]
+    fn write_and_failover_take_the_tls_flags() {
+        let w =
+            Cli::try_parse_from(["blixard-bench", "write", "--target", "etcd", "--endpoints", "a:1", "--tls-dir", "d"]);
+        assert!(
+            matches!(w, Ok(Cli { cmd: Cmd::Write(ref a), .. }) if a.cluster.tls.tls_dir == Some(PathBuf::from("d")))
+        );
+        let f = Cli::try_parse_from([
+            "blixard-bench",
+            "failover",
+            "--target",
+            "blixard",
+            "--endpoints",
+            "a:1",
+            "--pids",
+            "a:1=1",
+            "--tls-ca",
+            "ca",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ]);
+        assert!(
+            matches!(f, Ok(Cli { cmd: Cmd::Failover(ref a), .. }) if a.cluster.tls.tls_key == Some(PathBuf::from("k")))
+        );
+        // Half a client certificate is refused.
+        assert!(Cli::try_parse_from([
+            "blixard-bench",
+            "write",
+            "--target",
+            "etcd",
+            "--endpoints",
+            "a:1",
+            "--tls-cert",
+            "c"
+        ])
+        .is_err());
+    }
+
+    #[test]
     fn single_via_parses_lists_and_repeats() {
         let parse = |args: &[&str]| {
             let mut v = vec!["blixard-bench", "write", "--target", "etcd", "--endpoints", "a:1,b:2"];
