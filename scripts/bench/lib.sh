@@ -1,6 +1,11 @@
 # Shared by the benchmark scripts (sourced, not run): starting and stopping 3-node etcd and
 # blixard clusters on 127.0.0.1, and waiting for them. The caller sets BLIXARD, PORT_BASE, WORK,
 # READY_TIMEOUT and NODE_ARGS (an array), and defines log().
+#
+# TLS (optional): ETCD_TLS_CA and BLIXARD_TLS_CA name a directory made by `blixard cert init`
+# (see bench_certs); when set (at the time a cluster is started or waited for), etcd members serve
+# client TLS with --client-cert-auth and --peer-auto-tls, and blixard nodes mutual TLS; the
+# waiting helpers connect with the client certificate. Unset or empty: plaintext.
 # shellcheck shell=bash
 
 PIDS=()
@@ -41,39 +46,69 @@ show_logs() {
   for f in "$1"/*.log; do [ -f "$f" ] && { log "--- $f"; tail -n 10 "$f" >&2; }; done
 }
 
+# ---- TLS ----
+
+# Certificates for both systems from one fresh CA in $1 (`blixard cert`): node-N (N = 1..3) for
+# blixard node N at PORT_BASE+200+N; etcd-N for etcd member N's client port PORT_BASE+N (a node
+# certificate: an IP SAN for 127.0.0.1, usable as a server certificate by any TLS server);
+# client-bench, the client certificate of the benchmark and of the waiting helpers.
+bench_certs() {
+  local ca="$1" i
+  "$BLIXARD" cert init --dir "$ca" >/dev/null
+  for i in 1 2 3; do
+    "$BLIXARD" cert node --dir "$ca" --id "$i" --addr "127.0.0.1:$((PORT_BASE + 200 + i))" >/dev/null
+    "$BLIXARD" cert node --dir "$ca" --id "$((100 + i))" --addr "127.0.0.1:$((PORT_BASE + i))" --out "$ca/etcd-$i" >/dev/null
+  done
+  "$BLIXARD" cert client --dir "$ca" --name bench >/dev/null
+}
+
 # ---- etcd ----
 
 ETCD_EPS=() ETCD_PIDMAP=""
 etcd_start() { # $1: run directory; any further arguments go to every etcd
-  local dir="$1" cluster="" token="bench-$RANDOM$RANDOM" i
+  local dir="$1" cluster="" token="bench-$RANDOM$RANDOM" i scheme=http ca="${ETCD_TLS_CA:-}" health_tls=()
   shift
   ETCD_EPS=() ETCD_PIDMAP=""
-  for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://127.0.0.1:$((PORT_BASE + 100 + i))"; done
+  if [ -n "$ca" ]; then
+    scheme=https
+    health_tls=(--cacert "$ca/client-bench/ca.pem" --cert "$ca/client-bench/client.pem" --key "$ca/client-bench/client-key.pem")
+  fi
+  for i in 1 2 3; do cluster+="${cluster:+,}e$i=$scheme://127.0.0.1:$((PORT_BASE + 100 + i))"; done
   for i in 1 2 3; do
-    local cport=$((PORT_BASE + i)) pport=$((PORT_BASE + 100 + i))
+    local cport=$((PORT_BASE + i)) pport=$((PORT_BASE + 100 + i)) tls=()
+    [ -z "$ca" ] || tls=(--cert-file "$ca/etcd-$i/node.pem" --key-file "$ca/etcd-$i/node-key.pem"
+      --trusted-ca-file "$ca/etcd-$i/ca.pem" --client-cert-auth --peer-auto-tls)
     mkdir -p "$dir/e$i"
     etcd --name "e$i" --data-dir "$dir/e$i" \
-      --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
-      --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+      --listen-client-urls "$scheme://127.0.0.1:$cport" --advertise-client-urls "$scheme://127.0.0.1:$cport" \
+      --listen-peer-urls "$scheme://127.0.0.1:$pport" --initial-advertise-peer-urls "$scheme://127.0.0.1:$pport" \
       --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "$token" \
-      --logger zap --log-outputs stderr "$@" 2>"$dir/e$i.log" &
+      --logger zap --log-outputs stderr "${tls[@]}" "$@" 2>"$dir/e$i.log" &
     PIDS+=($!)
     disown $! # no "Killed" job notice when the failover kills it; the shell still reaps it
     ETCD_EPS+=("127.0.0.1:$cport")
     ETCD_PIDMAP+="${ETCD_PIDMAP:+,}127.0.0.1:$cport=$!"
   done
   local eps; eps="$(IFS=,; echo "${ETCD_EPS[*]}")"
+  [ -z "$ca" ] || eps="$(printf 'https://%s\n' "${ETCD_EPS[@]}" | paste -sd,)"
   # Healthy means every member answers a quorum read, which needs an elected leader.
-  wait_for "etcd to be healthy" etcdctl --endpoints="$eps" --command-timeout=1s endpoint health \
+  wait_for "etcd to be healthy" etcdctl --endpoints="$eps" "${health_tls[@]}" --command-timeout=1s endpoint health \
     || { show_logs "$dir"; return 1; }
 }
 
 # ---- blixard ----
 
+# `blixard cluster status -o json` at $1, with the client certificate under TLS.
+blixard_status() {
+  local tls=()
+  [ -z "${BLIXARD_TLS_CA:-}" ] || tls=(--tls-dir "$BLIXARD_TLS_CA/client-bench")
+  "$BLIXARD" cluster status -o json --addr "$1" "${tls[@]}"
+}
+
 # Whether `blixard cluster status` at $1 shows a leader and exactly $2 voters, each done starting
 # (its VM backend open and its capacity registered), so no start-up work overlaps a measurement.
 blixard_ready() {
-  "$BLIXARD" cluster status -o json --addr "$1" \
+  blixard_status "$1" \
     | jq -e --argjson n "$2" '.leader_id != 0 and ([.members[] | select(.membership == "voter" and .memory_mib != null)] | length) == $n'
 }
 
@@ -83,9 +118,10 @@ blixard_start() { # $1: run directory, $2: number of nodes (1 or 3)
   BLIXARD_EPS=() BLIXARD_PIDMAP=""
   mkdir -p "$dir"
   for i in $(seq "$n"); do
-    local addr="127.0.0.1:$((PORT_BASE + 200 + i))" join=()
+    local addr="127.0.0.1:$((PORT_BASE + 200 + i))" join=() tls=()
     [ "$i" -gt 1 ] && join=(--join "127.0.0.1:$((PORT_BASE + 201))")
-    "$BLIXARD" node --id "$i" --bind "$addr" --data-dir "$dir/n$i" "${join[@]}" "${NODE_ARGS[@]}" 2>"$dir/n$i.log" &
+    [ -z "${BLIXARD_TLS_CA:-}" ] || tls=(--tls-dir "$BLIXARD_TLS_CA/node-$i")
+    "$BLIXARD" node --id "$i" --bind "$addr" --data-dir "$dir/n$i" "${join[@]}" "${tls[@]}" "${NODE_ARGS[@]}" 2>"$dir/n$i.log" &
     PIDS+=($!)
     disown $!
     BLIXARD_EPS+=("$addr")

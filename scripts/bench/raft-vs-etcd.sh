@@ -13,13 +13,22 @@
 # follow the rounds.
 #
 #   scripts/bench/raft-vs-etcd.sh
+#   TLS=1 scripts/bench/raft-vs-etcd.sh      # both with TLS
+#   TLS=both scripts/bench/raft-vs-etcd.sh   # both with TLS, and blixard without TLS too
+#
+# TLS=1: blixard with mutual TLS (certificates from `blixard cert`, a fresh CA per run under the
+# run directory) against etcd with client TLS (--client-cert-auth, server certificates from the
+# same CA) and --peer-auto-tls; the benchmark client presents a client certificate to both.
+# TLS=both: the same, and every round also runs blixard without TLS next to its TLS run (round
+# order etcd, blixard with TLS, blixard without; reversed in even rounds), and the report adds a
+# table of blixard's own TLS cost. TLS=0 (the default): plaintext, as before.
 #
 # Knobs (environment): ROUNDS (3), DURATION (10s per case), WARMUP (2s), CLIENTS (1,16,64,256),
 # FAILOVER_RUNS (5), PORT_BASE (24000), BENCH_DIR (.blixard/bench: data dirs and results),
 # CARGO_TARGET_DIR (target), QUIET_WAIT (0: seconds to wait, after building, for the 1-minute
 # load average to drop below 1 on a shared machine), BLIXARD_NODE_ARGS (extra `blixard node`
-# flags, e.g. "--idle-spin-us 0", for an ablation; the recorded runs use none). Every process it
-# starts is killed on exit.
+# flags, e.g. "--idle-spin-us 0", for an ablation; the recorded runs use none), TLS (0, 1 or
+# both, above). Every process it starts is killed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -33,9 +42,11 @@ PORT_BASE="${PORT_BASE:-24000}"
 BENCH_DIR="${BENCH_DIR:-$ROOT/.blixard/bench}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 QUIET_WAIT="${QUIET_WAIT:-0}"
+TLS="${TLS:-0}"
 read -r -a NODE_ARGS <<<"${BLIXARD_NODE_ARGS:-}"
 READY_TIMEOUT=30 # seconds a cluster gets to elect a leader and gather its voters
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: error: ROUNDS must be a positive integer, not '$ROUNDS'" >&2; exit 1; }
+[[ "$TLS" =~ ^(0|1|both)$ ]] || { echo "bench: error: TLS must be 0, 1 or both, not '$TLS'" >&2; exit 1; }
 
 log() { echo "bench: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -65,13 +76,35 @@ mkdir -p "$RESULTS"
 # shellcheck source=scripts/bench/lib.sh
 source "$ROOT/scripts/bench/lib.sh"
 
+# Names in the report, and TLS: one fresh CA for both systems (lib.sh's bench_certs).
+ETCD_NAME=etcd BX_NAME=blixard PLAIN_NAME="blixard (plaintext)"
+ETCD_TLS_CA="" BLIXARD_TLS_CA="" CA=""
+if [ "$TLS" != 0 ]; then
+  unset BLIXARD_TLS_DIR # each blixard command gets --tls-dir (or none) explicitly
+  CA="$WORK/ca"
+  bench_certs "$CA"
+  ETCD_TLS_CA="$CA" BLIXARD_TLS_CA="$CA"
+  ETCD_NAME="etcd (TLS)" BX_NAME="blixard (mTLS)"
+  log "TLS: certificates from a fresh CA in $CA; etcd: client TLS (--client-cert-auth) and --peer-auto-tls; blixard: mutual TLS"
+fi
+
 # ---- the runs ----
+
+# The benchmark client's TLS flags for $1 (etcd or blixard) as its cluster is set up now, into
+# BENCH_TLS (empty: plaintext).
+bench_tls() {
+  local ca="$BLIXARD_TLS_CA"
+  [ "$1" = etcd ] && ca="$ETCD_TLS_CA"
+  BENCH_TLS=()
+  [ -z "$ca" ] || BENCH_TLS=(--tls-dir "$ca/client-bench")
+}
 
 bench_write() { # $1: target, $2: endpoints, $3: output file, then more `blixard-bench write` flags
   local target="$1" eps="$2" out="$3"
   shift 3
+  bench_tls "$target"
   "$BENCH" write --target "$target" --endpoints "$eps" --clients "$CLIENTS" --duration "$DURATION" --warmup "$WARMUP" \
-    --keys 100000 --value-size 64 --server-pids "$(join_eps "${PIDS[@]}")" "$@" --json >"$out"
+    --keys 100000 --value-size 64 --server-pids "$(join_eps "${PIDS[@]}")" "${BENCH_TLS[@]}" "$@" --json >"$out"
 }
 
 # FAILOVER_RUNS fresh clusters; for each, kill the leader and time the first write.
@@ -86,10 +119,11 @@ failover_series() {
       etcd_start "$WORK/etcd-failover-$r-$RANDOM" "$@"
       eps="$(join_eps "${ETCD_EPS[@]}")" pids="$ETCD_PIDMAP"
     else
-      blixard_start "$WORK/blixard-failover-$r" 3
+      blixard_start "$WORK/$(basename "$out" .jsonl)-$r" 3 # a fresh data dir per series and run
       eps="$(join_eps "${BLIXARD_EPS[@]}")" pids="$BLIXARD_PIDMAP"
     fi
-    "$BENCH" failover --target "$target" --endpoints "$eps" --pids "$pids" --json | tee -a "$out" >&2
+    bench_tls "$target"
+    "$BENCH" failover --target "$target" --endpoints "$eps" --pids "$pids" "${BENCH_TLS[@]}" --json | tee -a "$out" >&2
     stop_all
   done
 }
@@ -118,27 +152,34 @@ etcd_round() { # $1: round
   stop_all
 }
 ELECTIONS_TOTAL=0 TERMS=""
-blixard_round() { # $1: round
-  log "blixard: round $1/$ROUNDS: 3 nodes, write benchmark"
-  blixard_start "$WORK/blixard-write-$1" 3
-  local before after
-  before=$("$BLIXARD" cluster status -o json --addr "${BLIXARD_EPS[0]}" | jq .term)
-  bench_write blixard "$(join_eps "${BLIXARD_EPS[@]}")" "$RESULTS/blixard-write-$1.json"
-  after=$("$BLIXARD" cluster status -o json --addr "${BLIXARD_EPS[0]}" | jq .term)
+blixard_round() { # $1: round; $2: "plain" for blixard without TLS in a TLS=both run
+  local name=blixard file=blixard label="" before after
+  if [ "${2:-}" = plain ]; then
+    name="blixard (plaintext)" file=blixard-plain label=" (plaintext)"
+    BLIXARD_TLS_CA=""
+  fi
+  log "$name: round $1/$ROUNDS: 3 nodes, write benchmark"
+  blixard_start "$WORK/$file-write-$1" 3
+  before=$(blixard_status "${BLIXARD_EPS[0]}" | jq .term)
+  bench_write blixard "$(join_eps "${BLIXARD_EPS[@]}")" "$RESULTS/$file-write-$1.json"
+  after=$(blixard_status "${BLIXARD_EPS[0]}" | jq .term)
   # Elections under full write load show as term changes.
-  log "blixard: round $1: Raft term $before → $after ($((after - before)) elections)"
+  log "$name: round $1: Raft term $before → $after ($((after - before)) elections)"
   ELECTIONS_TOTAL=$((ELECTIONS_TOTAL + after - before))
-  TERMS+="${TERMS:+, }round $1: $before → $after"
+  TERMS+="${TERMS:+, }round $1$label: $before → $after"
   stop_all
+  BLIXARD_TLS_CA="$CA"
 }
 
 # The write benchmark: ROUNDS rounds, each system on a fresh cluster per round, alternating
-# which goes first.
+# which goes first (with TLS=both, blixard without TLS runs right next to blixard with it).
 for r in $(seq "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then
     etcd_round "$r"
     blixard_round "$r"
+    [ "$TLS" != both ] || blixard_round "$r" plain
   else
+    [ "$TLS" != both ] || blixard_round "$r" plain
     blixard_round "$r"
     etcd_round "$r"
   fi
@@ -151,20 +192,38 @@ failover_series etcd "$RESULTS/etcd-failover.jsonl"
 failover_series etcd "$RESULTS/etcd-failover-matched.jsonl" \
   --heartbeat-interval "$BX_HB_MS" --election-timeout "$BX_EL_MS"
 failover_series blixard "$RESULTS/blixard-failover.jsonl"
+if [ "$TLS" = both ]; then
+  BLIXARD_TLS_CA=""
+  failover_series blixard "$RESULTS/blixard-plain-failover.jsonl"
+  BLIXARD_TLS_CA="$CA"
+fi
 
 report_args=()
 for r in $(seq "$ROUNDS"); do
   report_args+=(--blixard "$RESULTS/blixard-write-$r.json" --etcd "$RESULTS/etcd-write-$r.json")
+  [ "$TLS" != both ] || report_args+=(--blixard-plain "$RESULTS/blixard-plain-write-$r.json")
 done
-if [ -f "$RESULTS/blixard-failover.jsonl" ]; then
-  report_args+=(--failover "blixard (defaults: heartbeat $BX_HB_MS ms, election $BX_EL_MS ms)=$RESULTS/blixard-failover.jsonl")
+if [ "$TLS" != 0 ]; then
+  report_args+=(--blixard-label "$BX_NAME" --etcd-label "$ETCD_NAME" --plain-label "$PLAIN_NAME")
 fi
-report_args+=(--failover "etcd (defaults: heartbeat 100 ms, election 1000 ms)=$RESULTS/etcd-failover.jsonl"
-  --failover "etcd with blixard's timers (heartbeat $BX_HB_MS ms, election $BX_EL_MS ms)=$RESULTS/etcd-failover-matched.jsonl")
+if [ -f "$RESULTS/blixard-failover.jsonl" ]; then
+  report_args+=(--failover "$BX_NAME (defaults: heartbeat $BX_HB_MS ms, election $BX_EL_MS ms)=$RESULTS/blixard-failover.jsonl")
+fi
+if [ -f "$RESULTS/blixard-plain-failover.jsonl" ]; then
+  report_args+=(--failover "$PLAIN_NAME (defaults: heartbeat $BX_HB_MS ms, election $BX_EL_MS ms)=$RESULTS/blixard-plain-failover.jsonl")
+fi
+report_args+=(--failover "$ETCD_NAME (defaults: heartbeat 100 ms, election 1000 ms)=$RESULTS/etcd-failover.jsonl"
+  --failover "$ETCD_NAME with blixard's timers (heartbeat $BX_HB_MS ms, election $BX_EL_MS ms)=$RESULTS/etcd-failover-matched.jsonl")
 {
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(machine); $(etcd --version | head -n1)."
   echo "Per case: $WARMUP warm-up, $DURATION measured; 64-byte values, 8-byte keys drawn from 100000;"
   echo "$ROUNDS rounds, each a fresh cluster per system, alternating which system goes first (etcd in round 1)."
+  if [ "$TLS" != 0 ]; then
+    echo "TLS=$TLS: blixard with mutual TLS (certificates from \`blixard cert\`, a fresh CA per run); etcd with client"
+    echo "TLS (--client-cert-auth, server certificates from the same CA) and --peer-auto-tls; the benchmark client"
+    echo "presents a client certificate to both, through tonic's rustls (ring) TLS."
+  fi
+  [ "$TLS" != both ] || echo "Each round also ran blixard without TLS, next to its TLS run (etcd, blixard (mTLS), blixard (plaintext); reversed in even rounds)."
   [ ${#NODE_ARGS[@]} = 0 ] || echo "blixard nodes ran with: ${NODE_ARGS[*]}"
   echo
   "$BENCH" report "${report_args[@]}"

@@ -39,6 +39,8 @@ pub struct FailoverConfig {
     pub give_up_after: Duration,
     pub value_size: usize,
     pub keys: u64,
+    /// Client TLS for every connection (`None`: plaintext).
+    pub tls: crate::tls::Tls,
 }
 
 /// Parses `HOST:PORT=PID,...`.
@@ -59,7 +61,7 @@ pub async fn run(
     pids: &HashMap<String, i32>,
     cfg: &FailoverConfig,
 ) -> anyhow::Result<FailoverResult> {
-    let (leader_ep, leader_id) = find_leader(target, endpoints).await.context("cannot find the leader")?;
+    let (leader_ep, leader_id) = find_leader(target, endpoints, &cfg.tls).await.context("cannot find the leader")?;
     let Some(&pid) = pids.get(&leader_ep) else { bail!("no pid given for the leader's endpoint {leader_ep}") };
     let survivors: Vec<String> = endpoints.iter().filter(|e| **e != leader_ep).cloned().collect();
     if survivors.is_empty() {
@@ -72,7 +74,7 @@ pub async fn run(
     let val = value(&mut rng, cfg.value_size);
     let mut writers = Vec::new();
     for ep in &survivors {
-        let mut w = Writer::connect(target, ep).await?;
+        let mut w = Writer::connect(target, ep, &cfg.tls).await?;
         tokio::time::timeout(Duration::from_secs(5), w.put(key(0), val.clone()))
             .await
             .with_context(|| format!("warm-up put through {ep} timed out"))?

@@ -9,6 +9,8 @@ mod load;
 mod place;
 mod report;
 mod target;
+mod tls;
+mod tlscost;
 mod vmstart;
 
 use std::path::PathBuf;
@@ -72,6 +74,8 @@ struct Cluster {
     /// Client endpoints (HOST:PORT), comma-separated; clients are spread over them round-robin.
     #[arg(long, value_delimiter = ',', required = true)]
     endpoints: Vec<String>,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 #[derive(Args)]
@@ -150,9 +154,19 @@ struct ReportArgs {
     /// A failover row: LABEL=FILE, FILE holding `failover --json` lines. Repeatable.
     #[arg(long = "failover", value_name = "LABEL=FILE")]
     failovers: Vec<String>,
-    /// Column title for blixard, e.g. "blixard (1 node)".
+    /// Column title for blixard, e.g. "blixard (1 node)", "blixard (mTLS)".
     #[arg(long, default_value = "blixard")]
     blixard_label: String,
+    /// Column title for etcd, e.g. "etcd (TLS)".
+    #[arg(long, default_value = "etcd")]
+    etcd_label: String,
+    /// `write --json` output of blixard without TLS, one file per round in the same round order as
+    /// --blixard (which then holds the TLS rounds): adds a table of blixard's own TLS cost.
+    #[arg(long)]
+    blixard_plain: Vec<PathBuf>,
+    /// Column title for --blixard-plain.
+    #[arg(long, default_value = "blixard (plaintext)")]
+    plain_label: String,
 }
 
 /// `10s`, `200ms`, `1.5s`, `2m`, `500us`.
@@ -186,14 +200,15 @@ fn pick_endpoints(via: Via, n: usize, leader: Option<usize>) -> anyhow::Result<V
 }
 
 /// Where the current leader is, as an index into `endpoints`.
-async fn leader_index(target: Target, endpoints: &[String]) -> anyhow::Result<usize> {
-    let (leader, _) = target::find_leader(target, endpoints).await.context("cannot find the leader")?;
+async fn leader_index(target: Target, endpoints: &[String], tls: &tls::Tls) -> anyhow::Result<usize> {
+    let (leader, _) = target::find_leader(target, endpoints, tls).await.context("cannot find the leader")?;
     endpoints.iter().position(|e| *e == leader).with_context(|| format!("the leader {leader} is not an endpoint"))
 }
 
 async fn write(a: WriteArgs) -> anyhow::Result<()> {
     let target = a.cluster.target;
     let endpoints = &a.cluster.endpoints;
+    let tls = a.cluster.tls.load()?;
     if a.clients.contains(&0) {
         bail!("invalid --clients: every count must be at least 1");
     }
@@ -211,7 +226,11 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
     }
     let mut writers = Vec::new();
     for ep in endpoints {
-        writers.push(if a.vm_creates { Writer::vm_creates(ep).await? } else { Writer::connect(target, ep).await? });
+        writers.push(if a.vm_creates {
+            Writer::vm_creates(ep, &tls).await?
+        } else {
+            Writer::connect(target, ep, &tls).await?
+        });
     }
     let mut cases = Vec::new();
     for &clients in &a.clients {
@@ -220,7 +239,7 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
             // Looked up before every case that needs it, in case leadership moved.
             let leader = match via {
                 Via::All => None,
-                Via::Leader | Via::Follower => Some(leader_index(target, endpoints).await?),
+                Via::Leader | Via::Follower => Some(leader_index(target, endpoints, &tls).await?),
             };
             let picked = pick_endpoints(via, endpoints.len(), leader)?;
             let ws: Vec<Writer> = picked.iter().map(|&i| writers[i].clone()).collect();
@@ -243,7 +262,7 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
             };
             let r = load::run_case(target, &ws, &eps, &cfg).await;
             if let Some(before) = leader {
-                match leader_index(target, endpoints).await {
+                match leader_index(target, endpoints, &tls).await {
                     Ok(after) if after == before => {}
                     Ok(after) => eprintln!(
                         "{}: warning: the leader moved from {} to {} during the case",
@@ -286,7 +305,7 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
             Target::Blixard => (one, &[]),
             Target::Etcd => (&[], one),
         };
-        print!("{}", report::table(b, e, "blixard", &[]));
+        print!("{}", report::table(b, e, ("blixard", "etcd"), &[]));
     }
     Ok(())
 }
@@ -328,6 +347,7 @@ async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
         probe_every: a.probe_every.max(Duration::from_millis(1)),
         value_size: a.value_size,
         keys: a.keys.max(1),
+        tls: a.cluster.tls.load()?,
     };
     let r = failover::run(a.cluster.target, &a.cluster.endpoints, &pids, &cfg).await?;
     if a.json {
@@ -355,7 +375,12 @@ fn report(a: ReportArgs) -> anyhow::Result<()> {
         let (label, file) = f.rsplit_once('=').with_context(|| format!("--failover {f:?}: expected LABEL=FILE"))?;
         rows.push((label.to_string(), report::read_failovers(std::path::Path::new(file))?));
     }
-    print!("{}", report::table(&b, &e, &a.blixard_label, &rows));
+    print!("{}", report::table(&b, &e, (&a.blixard_label, &a.etcd_label), &rows));
+    if !a.blixard_plain.is_empty() {
+        let p = a.blixard_plain.iter().map(|p| report::read_write(p)).collect::<anyhow::Result<Vec<_>>>()?;
+        println!();
+        print!("{}", tlscost::table(&b, &p, &a.blixard_label, &a.plain_label));
+    }
     Ok(())
 }
 
@@ -412,6 +437,71 @@ mod tests {
         assert_eq!(pick_endpoints(Via::Follower, 3, Some(1)).unwrap(), vec![0]);
         assert!(pick_endpoints(Via::Follower, 1, Some(0)).is_err());
         assert!(pick_endpoints(Via::Leader, 3, None).is_err());
+    }
+
+    #[test]
+    fn report_takes_plaintext_rounds_and_labels_with_the_old_defaults() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(["blixard-bench", "report"].iter().chain(args)) {
+            Ok(Cli { cmd: Cmd::Report(r), .. }) => r,
+            _ => panic!("does not parse: {args:?}"),
+        };
+        let r = parse(&["--blixard", "b1", "--etcd", "e1"]);
+        assert_eq!((r.blixard_label.as_str(), r.etcd_label.as_str()), ("blixard", "etcd"));
+        assert!(r.blixard_plain.is_empty());
+        let r = parse(&[
+            "--blixard",
+            "t1",
+            "--blixard-plain",
+            "p1",
+            "--blixard",
+            "t2",
+            "--blixard-plain",
+            "p2",
+            "--etcd-label",
+            "etcd (TLS)",
+        ]);
+        assert_eq!(r.blixard_plain, vec![PathBuf::from("p1"), PathBuf::from("p2")]);
+        assert_eq!((r.etcd_label.as_str(), r.plain_label.as_str()), ("etcd (TLS)", "blixard (plaintext)"));
+    }
+
+    #[test]
+    fn write_and_failover_take_the_tls_flags() {
+        let w =
+            Cli::try_parse_from(["blixard-bench", "write", "--target", "etcd", "--endpoints", "a:1", "--tls-dir", "d"]);
+        assert!(
+            matches!(w, Ok(Cli { cmd: Cmd::Write(ref a), .. }) if a.cluster.tls.tls_dir == Some(PathBuf::from("d")))
+        );
+        let f = Cli::try_parse_from([
+            "blixard-bench",
+            "failover",
+            "--target",
+            "blixard",
+            "--endpoints",
+            "a:1",
+            "--pids",
+            "a:1=1",
+            "--tls-ca",
+            "ca",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ]);
+        assert!(
+            matches!(f, Ok(Cli { cmd: Cmd::Failover(ref a), .. }) if a.cluster.tls.tls_key == Some(PathBuf::from("k")))
+        );
+        // Half a client certificate is refused.
+        assert!(Cli::try_parse_from([
+            "blixard-bench",
+            "write",
+            "--target",
+            "etcd",
+            "--endpoints",
+            "a:1",
+            "--tls-cert",
+            "c"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub fn read_failovers(path: &Path) -> anyhow::Result<Vec<FailoverResult>> {
         .collect()
 }
 
-fn ms(us: f64) -> String {
+pub(crate) fn ms(us: f64) -> String {
     let ms = us / 1000.0;
     if ms < 10.0 {
         format!("{ms:.2}")
@@ -146,7 +146,7 @@ pub fn ratio_range(b: &[Option<f64>], e: &[Option<f64>]) -> Option<(f64, f64)> {
     Some((min, max))
 }
 
-fn fmt_range(r: Option<(f64, f64)>) -> String {
+pub(crate) fn fmt_range(r: Option<(f64, f64)>) -> String {
     match r {
         None => "–".into(),
         Some((lo, hi)) if format!("{lo:.2}") == format!("{hi:.2}") => format!("{lo:.2}"),
@@ -154,7 +154,7 @@ fn fmt_range(r: Option<(f64, f64)>) -> String {
     }
 }
 
-fn fmt_ratio(b: Option<f64>, e: Option<f64>) -> String {
+pub(crate) fn fmt_ratio(b: Option<f64>, e: Option<f64>) -> String {
     match (b, e) {
         (Some(b), Some(e)) if e > 0.0 => format!("{:.2}", b / e),
         _ => "–".into(),
@@ -162,7 +162,7 @@ fn fmt_ratio(b: Option<f64>, e: Option<f64>) -> String {
 }
 
 /// Every (clients, via) that either system has, in table order.
-fn case_keys(blixard: &[WriteReport], etcd: &[WriteReport]) -> Vec<(usize, String)> {
+pub(crate) fn case_keys(blixard: &[WriteReport], etcd: &[WriteReport]) -> Vec<(usize, String)> {
     let mut keys: Vec<(usize, String)> =
         blixard.iter().chain(etcd).flat_map(|r| r.cases.iter().map(|c| (c.clients, c.via.clone()))).collect();
     keys.sort_by(|a, b| (a.0, via_rank(&a.1), &a.1).cmp(&(b.0, via_rank(&b.1), &b.1)));
@@ -173,11 +173,11 @@ fn case_keys(blixard: &[WriteReport], etcd: &[WriteReport]) -> Vec<(usize, Strin
 /// `blixard` and `etcd` hold one report per round (empty: not run yet, shown as "pending");
 /// round i of one is paired with round i of the other for the per-round ratio range.
 /// `blixard_label` names the blixard column (e.g. "blixard (1 node)" when the 3-node run is
-/// pending); `failovers` are (row label, runs) pairs.
+/// pending, "blixard (mTLS)"), `etcd_label` etcd's; `failovers` are (row label, runs) pairs.
 pub fn table(
     blixard: &[WriteReport],
     etcd: &[WriteReport],
-    blixard_label: &str,
+    (blixard_label, etcd_label): (&str, &str),
     failovers: &[(String, Vec<FailoverResult>)],
 ) -> String {
     let keys = case_keys(blixard, etcd);
@@ -189,19 +189,21 @@ pub fn table(
     if blixard.len() > 1 || etcd.len() > 1 {
         let _ = writeln!(
             out,
-            "Medians over {} rounds of {bl} and {} of etcd: ops/s and each latency percentile are the \
-             median of the per-round values; \"per-round ratio\" is the range of the {bl}/etcd ratios \
+            "Medians over {} rounds of {bl} and {} of {et}: ops/s and each latency percentile are the \
+             median of the per-round values; \"per-round ratio\" is the range of the {bl}/{et} ratios \
              of round 1, round 2, ... (round i of one system paired with round i of the other).\n",
             blixard.len(),
             etcd.len(),
-            bl = blixard_label
+            bl = blixard_label,
+            et = etcd_label
         );
     }
     let _ = writeln!(
         out,
-        "| clients | {bl} ops/s | etcd ops/s | ratio {bl}/etcd | per-round ratio (min–max) | \
-         {bl} p50 / p99 / p99.9 (ms) | etcd p50 / p99 / p99.9 (ms) | other CPU load, cores ({bl} / etcd run) |",
-        bl = blixard_label
+        "| clients | {bl} ops/s | {et} ops/s | ratio {bl}/{et} | per-round ratio (min–max) | \
+         {bl} p50 / p99 / p99.9 (ms) | {et} p50 / p99 / p99.9 (ms) | other CPU load, cores ({bl} / {et} run) |",
+        bl = blixard_label,
+        et = etcd_label
     );
     out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (n, via, b, e) in &aggs {
@@ -240,8 +242,9 @@ pub fn table(
         out.push('\n');
         let _ = writeln!(
             out,
-            "| sequential (1 client) | {bl} p50 (ms) | etcd p50 (ms) | ratio {bl}/etcd (goal ≤ 0.6) | per-round ratio (min–max) |",
-            bl = blixard_label
+            "| sequential (1 client) | {bl} p50 (ms) | {et} p50 (ms) | ratio {bl}/{et} (goal ≤ 0.6) | per-round ratio (min–max) |",
+            bl = blixard_label,
+            et = etcd_label
         );
         out.push_str("|---|---:|---:|---:|---:|\n");
         for (_, via, b, e) in sequential {
@@ -397,7 +400,7 @@ mod tests {
     #[test]
     fn table_rows_in_order_with_medians_and_ranges() {
         let (b, e) = rounds();
-        let t = table(&b, &e, "blixard", &[]);
+        let t = table(&b, &e, ("blixard", "etcd"), &[]);
         let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("| ")).collect();
         assert!(t.starts_with("Medians over 3 rounds of blixard and 3 of etcd"), "{t}");
         assert_eq!(
@@ -416,7 +419,7 @@ mod tests {
     #[test]
     fn pending_side_and_single_round() {
         let (b, _) = rounds();
-        let t = table(&b[..1], &[], "blixard", &[]);
+        let t = table(&b[..1], &[], ("blixard", "etcd"), &[]);
         assert!(!t.contains("Medians over"), "{t}");
         assert!(t.contains("| 16 | 4000 | pending | – | – | 3.00 / 6.00 / 12.0 | pending | 0.01 / – |"), "{t}");
     }
@@ -430,7 +433,7 @@ mod tests {
         let r: WriteReport = serde_json::from_str(old).unwrap();
         assert_eq!(r.cases[0].via, "all");
         assert_eq!(r.cases[0].single_endpoint, None);
-        let t = table(&[], &[r], "blixard", &[]);
+        let t = table(&[], &[r], ("blixard", "etcd"), &[]);
         assert!(t.contains("| 1 | pending | 1071 | – | – | pending | 0.90 / 1.62 / 4.57 | – / 0.00 |"), "{t}");
         assert!(t.contains("| via the first endpoint | pending | 0.90 | – | – |"), "{t}");
     }

@@ -1,6 +1,7 @@
 //! The two systems under test behind one `put`: a blixard node (our gRPC API) or an etcd member
 //! (the v3 KV API through `etcd-client`). Both are tonic clients over one HTTP/2 connection per
-//! endpoint, so the client side costs the same.
+//! endpoint, so the client side costs the same; with TLS, both through tonic's `ClientTlsConfig`
+//! (see [`crate::tls`]).
 
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use blixard_proto::v1::kv_service_client::KvServiceClient;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{ClusterStatusRequest, CreateVmRequest, PutRequest, VmSpec};
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::Tls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -74,38 +77,47 @@ impl Clone for Writer {
     }
 }
 
-fn blixard_endpoint(addr: &str) -> anyhow::Result<Endpoint> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(url)
+fn blixard_endpoint(addr: &str, tls: &Tls) -> anyhow::Result<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
+    let ep = Endpoint::from_shared(url)
         .with_context(|| format!("invalid endpoint {addr:?}"))?
-        .connect_timeout(CONNECT_TIMEOUT))
+        .connect_timeout(CONNECT_TIMEOUT);
+    Ok(match tls {
+        Some(t) => ep.tls_config(t.config()).with_context(|| format!("TLS configuration for {addr}"))?,
+        None => ep,
+    })
 }
 
-async fn blixard_channel(addr: &str) -> anyhow::Result<Channel> {
-    blixard_endpoint(addr)?.connect().await.with_context(|| format!("cannot connect to blixard at {addr}"))
+async fn blixard_channel(addr: &str, tls: &Tls) -> anyhow::Result<Channel> {
+    blixard_endpoint(addr, tls)?.connect().await.with_context(|| format!("cannot connect to blixard at {addr}"))
 }
 
-async fn etcd_client(addr: &str) -> anyhow::Result<etcd_client::Client> {
-    let opts = etcd_client::ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+async fn etcd_client(addr: &str, tls: &Tls) -> anyhow::Result<etcd_client::Client> {
+    let mut opts = etcd_client::ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+    if let Some(t) = tls {
+        // etcd-client turns HOST:PORT into https://HOST:PORT when given TLS options.
+        opts = opts.with_tls(t.config());
+    }
     etcd_client::Client::connect([addr], Some(opts)).await.with_context(|| format!("cannot connect to etcd at {addr}"))
 }
 
 impl Writer {
     /// Connects to `addr` (HOST:PORT) now, so connection setup is never part of a measurement.
-    pub async fn connect(target: Target, addr: &str) -> anyhow::Result<Writer> {
+    pub async fn connect(target: Target, addr: &str, tls: &Tls) -> anyhow::Result<Writer> {
         Ok(match target {
             Target::Blixard => Writer::Blixard {
-                kv: KvServiceClient::new(blixard_channel(addr).await?),
+                kv: KvServiceClient::new(blixard_channel(addr, tls).await?),
                 session: ClientSession::new(rand::random::<u128>()),
             },
-            Target::Etcd => Writer::Etcd(Box::new(etcd_client(addr).await?.kv_client())),
+            Target::Etcd => Writer::Etcd(Box::new(etcd_client(addr, tls).await?.kv_client())),
         })
     }
 
     /// A writer whose every `put` is a `vm create` of a new stopped VM (1 vCPU, 64 MiB).
-    pub async fn vm_creates(addr: &str) -> anyhow::Result<Writer> {
+    pub async fn vm_creates(addr: &str, tls: &Tls) -> anyhow::Result<Writer> {
         Ok(Writer::BlixardVm {
-            vm: VmServiceClient::new(blixard_channel(addr).await?),
+            vm: VmServiceClient::new(blixard_channel(addr, tls).await?),
             session: ClientSession::new(rand::random::<u128>()),
             prefix: rand::random::<u64>(),
             n: 0,
@@ -153,12 +165,12 @@ fn code_name(c: tonic::Code) -> String {
 }
 
 /// The endpoint (one of `endpoints`) of the current leader, and its id in that system.
-pub async fn find_leader(target: Target, endpoints: &[String]) -> anyhow::Result<(String, u64)> {
+pub async fn find_leader(target: Target, endpoints: &[String], tls: &Tls) -> anyhow::Result<(String, u64)> {
     match target {
         Target::Blixard => {
             let mut last = None;
             for ep in endpoints {
-                let ch = match blixard_channel(ep).await {
+                let ch = match blixard_channel(ep, tls).await {
                     Ok(c) => c,
                     Err(e) => {
                         last = Some(e);
@@ -194,7 +206,7 @@ pub async fn find_leader(target: Target, endpoints: &[String]) -> anyhow::Result
             // Each member reports its own id and the leader's: the leader is the one whose are equal.
             let mut leader = 0;
             for ep in endpoints {
-                let Ok(mut c) = etcd_client(ep).await else { continue };
+                let Ok(mut c) = etcd_client(ep, tls).await else { continue };
                 let Ok(s) = c.status().await else { continue };
                 let me = s.header().map(|h| h.member_id()).unwrap_or(0);
                 if s.leader() != 0 {
