@@ -2,28 +2,32 @@
 //! the request id), in a file of its own (`--audit-log`, default `<data-dir>/audit.log`), as
 //! kube-apiserver's `--audit-log-path` does.
 //!
-//! **Off the request path.** A request hands its event to a bounded queue and goes on; one
-//! thread formats the events and appends them in batches (one `write` per batch, not per
-//! event). An audit line per write used to be a `tracing` event on the process log: formatting
-//! it (timestamp, span context, field visitors) and one `write(2)` each cost ~6 % of a leader's
-//! CPU under the write benchmark, the largest single cost of the request layers.
+//! **Off the request path.** A request appends its event to a shared, bounded list under a
+//! mutex (no system call, no wake-up); a thread of its own takes the list every
+//! [`FLUSH_EVERY`], formats it and appends it to the file with one `write`. An audit line per
+//! write used to be a `tracing` event on the process log: formatting it (timestamp, span
+//! context, field visitors) and one `write(2)` each cost ~6 % of a leader's CPU under the write
+//! benchmark, the largest single cost of the request layers; a channel that woke the writer
+//! per event cost as much again in wake-ups.
 //!
 //! **Bounds.** The file is rotated at [`MAX_FILE_BYTES`] (the previous one is kept as
-//! `audit.log.1`, so at most twice that on disk). When the queue is full (the disk cannot keep
-//! up) events are dropped and counted, never waited for: a request is never held by its audit
-//! line. Drops and write errors are reported on the process log, at most once a minute.
-//! Lines are written, not fsynced: a crash may lose the last ones.
+//! `audit.log.1`, so at most twice that on disk). Past [`QUEUE`] waiting events (the disk
+//! cannot keep up) events are dropped and counted, never waited for: a request is never held by
+//! its audit line. Drops and write errors are reported on the process log, at most once a
+//! minute. Lines are written, not fsynced: a crash may lose the last ones (at most
+//! [`FLUSH_EVERY`] of them, plus what the kernel had not written); a clean stop writes them all.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Events waiting to be written, at most.
 const QUEUE: usize = 65_536;
+/// How often the writer takes the waiting events.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// The file is rotated past this size.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// The longest text of one field written (longer is cut, with `…`).
@@ -54,37 +58,60 @@ pub enum Sink {
     File(PathBuf),
 }
 
-/// The sending side, shared by every request.
+#[derive(Default)]
+struct Shared {
+    waiting: Mutex<Vec<Event>>,
+    dropped: AtomicU64,
+    stop: AtomicBool,
+    wake: Condvar,
+}
+
+/// The sending side, shared by every request. Dropping it writes what waits, then stops the
+/// writer.
 pub struct AuditLog {
-    tx: Option<SyncSender<Event>>,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AuditLog {
     /// Opens the sink (the file is created now, so a bad path fails at start) and starts the
     /// writing thread.
     pub fn open(sink: &Sink) -> std::io::Result<AuditLog> {
-        let dropped = Arc::new(AtomicU64::new(0));
-        let Sink::File(path) = sink else { return Ok(AuditLog { tx: None, dropped }) };
+        let shared = Arc::new(Shared::default());
+        let Sink::File(path) = sink else { return Ok(AuditLog { shared, writer: None }) };
         let file = open_append(path)?;
-        let (tx, rx) = sync_channel(QUEUE);
         let writer = Writer { path: path.clone(), size: file.metadata().map(|m| m.len()).unwrap_or(0), out: file };
-        let d = dropped.clone();
-        std::thread::Builder::new().name("audit".into()).spawn(move || writer.run(rx, d))?;
-        Ok(AuditLog { tx: Some(tx), dropped })
+        let s = shared.clone();
+        let handle = std::thread::Builder::new().name("audit".into()).spawn(move || writer.run(&s))?;
+        Ok(AuditLog { shared, writer: Some(handle) })
     }
 
-    /// Hands one event to the writer; never waits.
+    /// Queues one event for the writer; never waits for the disk.
     pub fn record(&self, e: Event) {
-        let Some(tx) = &self.tx else { return };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(e) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        if self.writer.is_none() {
+            return;
+        }
+        let mut w = self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= QUEUE {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            w.push(e);
         }
     }
 
     /// Events dropped so far (queue full or the file not writable).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_all();
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -103,33 +130,44 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Event>, dropped: Arc<AtomicU64>) {
+    fn run(mut self, shared: &Shared) {
         let mut buf = Vec::with_capacity(64 * 1024);
-        let mut last_report = Instant::now();
+        let mut batch = Vec::new();
+        let mut last_report: Option<Instant> = None;
         let mut reported = 0u64;
-        while let Ok(first) = rx.recv() {
-            buf.clear();
-            line(&mut buf, &first);
-            // Whatever else is queued goes into the same write.
-            while buf.len() < 1024 * 1024 {
-                match rx.try_recv() {
-                    Ok(e) => line(&mut buf, &e),
-                    Err(_) => break,
+        loop {
+            let stopping = {
+                let w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                let (mut w, _) = shared
+                    .wake
+                    .wait_timeout_while(w, FLUSH_EVERY, |_| !shared.stop.load(Ordering::Relaxed))
+                    .unwrap_or_else(|p| p.into_inner());
+                std::mem::swap(&mut *w, &mut batch);
+                shared.stop.load(Ordering::Relaxed)
+            };
+            if !batch.is_empty() {
+                buf.clear();
+                for e in batch.drain(..) {
+                    line(&mut buf, &e);
+                }
+                if let Err(e) = self.write(&buf) {
+                    let lost = buf.iter().filter(|b| **b == b'\n').count() as u64;
+                    shared.dropped.fetch_add(lost, Ordering::Relaxed);
+                    if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(path = %self.path.display(), error = %e, "cannot write the audit log");
+                        last_report = Some(Instant::now());
+                        reported = shared.dropped.load(Ordering::Relaxed);
+                    }
                 }
             }
-            if let Err(e) = self.write(&buf) {
-                dropped.fetch_add(buf.iter().filter(|b| **b == b'\n').count() as u64, Ordering::Relaxed);
-                if last_report.elapsed() >= Duration::from_secs(60) || reported == 0 {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot write the audit log");
-                    last_report = Instant::now();
-                    reported += 1;
-                }
-            }
-            let d = dropped.load(Ordering::Relaxed);
-            if d > reported && last_report.elapsed() >= Duration::from_secs(60) {
+            let d = shared.dropped.load(Ordering::Relaxed);
+            if d > reported && last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 tracing::warn!(dropped = d, path = %self.path.display(), "audit events dropped (the log could not keep up)");
                 reported = d;
-                last_report = Instant::now();
+                last_report = Some(Instant::now());
+            }
+            if stopping {
+                return;
             }
         }
     }
@@ -275,6 +313,20 @@ mod tests {
         w.write(b"{\"next\":1}\n").unwrap();
         assert!(std::fs::read_to_string(dir.path().join("audit.log.1")).unwrap().contains("\"one\""));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"next\":1}\n");
+    }
+
+    #[test]
+    fn a_dropped_log_writes_what_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&Sink::File(path.clone())).unwrap();
+        for i in 0..1000 {
+            log.record(ev(Some(&format!("k{i}"))));
+        }
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1000);
+        assert!(text.lines().last().unwrap().contains("\"k999\""));
     }
 
     #[test]
