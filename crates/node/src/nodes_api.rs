@@ -16,7 +16,7 @@ use crate::liveness::monitor::Monitor;
 /// Drains take this long unless told otherwise.
 const DEFAULT_DRAIN: Duration = Duration::from_secs(300);
 /// How long `vm get` and `node get` wait for the usage of VMs on another node.
-const USAGE_TIMEOUT: Duration = Duration::from_secs(2);
+const USAGE_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn usage_to_wire(u: crate::metrics::usage::VmUsage) -> v1::VmUsage {
     v1::VmUsage {
