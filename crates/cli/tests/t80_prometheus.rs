@@ -298,7 +298,8 @@ fn a_real_prometheus_scrapes_a_three_node_cluster_and_readyz_follows_the_leader(
     assert!(prom.scalar(r#"min(blixard_scheduler_rejections_total{stage="status"})"#).unwrap() >= 3.0);
     let running = prom.query(r#"blixard_cluster_node_vms{phase="running"}"#).unwrap();
     assert_eq!(running.len(), 3, "from every node: {running:?}");
-    assert!(running.iter().all(|(l, v)| l["node"] == host.to_string() && *v == 1.0), "{running:?}");
+    let host_label = host.to_string();
+    assert!(running.iter().all(|(l, v)| l["node"] == host_label.as_str() && *v == 1.0), "{running:?}");
     assert_eq!(prom.scalar(r#"min(blixard_cluster_tasks{state="succeeded"})"#), Some(1.0));
     let started = prom.scalar(r#"sum(blixard_reconciler_actions_total{action="start",result="ok"})"#).unwrap();
     assert!(started >= 1.0, "{started}");
