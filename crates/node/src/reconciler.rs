@@ -336,7 +336,9 @@ impl Reconciler {
                     let why = format!("unhealthy: {} health checks failed in a row (last: {e})", local.health_failures);
                     tracing::warn!(vm = %rec.spec.name, "{why}; stopping it");
                     local.stopped_by_us = true;
-                    if let Err(e) = self.driver.stop(&instance_of(rec), STOP_TIMEOUT).await {
+                    let r = self.driver.stop(&instance_of(rec), STOP_TIMEOUT).await;
+                    self.work.action("stop", r.is_ok());
+                    if let Err(e) = r {
                         tracing::warn!(vm = %rec.spec.name, "stopping the unhealthy VM failed: {e}");
                     }
                     local.last_exit = Some(why.clone());
