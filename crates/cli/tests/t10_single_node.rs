@@ -135,7 +135,11 @@ fn vm_records_create_get_list_delete_and_duplicates_are_rejected() {
     // Not overwritten (the node may have reported an observed state meanwhile).
     let mut now = cli_json(&n.addr, &["vm", "get", "web"]);
     let mut was = created.clone();
-    now.as_object_mut().unwrap().remove("observed");
+    // `vm get` adds the usage of its process (none: the test backend runs no process).
+    assert_eq!((&now["usage"], &now["usage_unavailable"]), (&serde_json::Value::Null, &serde_json::Value::Null));
+    for k in ["observed", "usage", "usage_unavailable"] {
+        now.as_object_mut().unwrap().remove(k);
+    }
     was.as_object_mut().unwrap().remove("observed");
     assert_eq!(now, was);
 
@@ -328,9 +332,14 @@ fn node_list_and_get_show_the_registered_node_also_with_daemon_env_vars_set() {
     assert_eq!(nodes.len(), 1, "{v}");
     let mut one = cli_json(&n.addr, &["node", "get", "1"]);
     let mut listed = nodes[0].clone();
-    // The heartbeat's age moves between the two calls.
+    // The heartbeat's age moves between the two calls; `node get` adds the usage of its VMs
+    // (none run).
+    assert_eq!(one["usage"], serde_json::json!({"vms": 0, "cpu_seconds": 0.0, "memory_rss_bytes": 0}), "{one}");
+    assert_eq!(one["usage_unavailable"], serde_json::Value::Null);
     for v in [&mut one, &mut listed] {
-        v.as_object_mut().unwrap().remove("heartbeat_age_ms");
+        for k in ["heartbeat_age_ms", "usage", "usage_unavailable"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
     }
     assert_eq!(listed, one);
     assert_eq!((one["status"].as_str(), one["memory_mib"].as_u64()), (Some("ready"), Some(2048)), "{one}");

@@ -186,7 +186,8 @@ fn in_a_three_node_cluster_a_vm_created_through_a_follower_runs_on_its_node_and_
 #[test]
 fn an_unhealthy_vm_is_restarted_and_why_is_visible_while_a_healthy_one_is_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut n = TestNode::start(1, &tmp.path().join("n1"));
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut n = TestNode::start_with(1, &tmp.path().join("n1"), &["--http-bind", &http]);
     n.wait_leader(UP);
     let (p1, p2) = (free_port().to_string(), free_port().to_string());
     cli_json(
@@ -223,12 +224,36 @@ fn an_unhealthy_vm_is_restarted_and_why_is_visible_while_a_healthy_one_is_left_a
         })
     });
     let pid = h["observed"]["pid"].as_u64().unwrap();
+    // The node's metrics counted it all: failed checks, restarts by reason, boots.
+    let text = metrics_text(&http);
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} in\n{text}"))
+    };
+    assert!(value("blixard_vm_health_check_failures_total") >= 2.0);
+    assert!(value(r#"blixard_reconciler_restarts_total{reason="unhealthy"}"#) >= 1.0);
+    assert_eq!(value(r#"blixard_reconciler_restarts_total{reason="requested"}"#), 1.0);
+    assert_eq!(value(r#"blixard_reconciler_actions_total{action="restart",result="ok"}"#), 1.0);
+    assert!(value(r#"blixard_reconciler_actions_total{action="stop",result="ok"}"#) >= 1.0, "the sick one");
+    assert!(value("blixard_vm_boot_duration_seconds_count") >= 3.0, "healthy twice, sick at least once");
     n.kill9();
     n.spawn(&[]);
     n.wait_leader(UP);
     cli_json(&n.addr, &["vm", "create", "later", "--memory", "96", "--start"]);
     wait_phase(&n.addr, "later", "running");
     assert_eq!(cli_json(&n.addr, &["vm", "get", "healthy"])["observed"]["pid"], pid);
+}
+
+/// This node's `/metrics` (Prometheus's text format).
+fn metrics_text(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("the HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"), "{out}");
+    out
 }
 
 /// Live (not zombie) process?

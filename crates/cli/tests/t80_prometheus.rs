@@ -177,6 +177,8 @@ fn a_real_prometheus_scrapes_a_three_node_cluster_and_readyz_follows_the_leader(
     cli_json(&follower, &["vm", "create", "web", "--memory", "128", "--start"]);
     let w = cli(&follower, &["vm", "wait", "web", "--state", "running", "--timeout", "120s"]);
     assert!(w.status.success(), "{}", stderr(&w));
+    let t = cli(&follower, &["task", "submit", "--wait", "--", "true"]);
+    assert!(t.status.success(), "{}{}", stdout(&t), stderr(&t));
     for id in 1..=3u64 {
         cli_json(&follower, &["node", "eligibility", &id.to_string(), "disable"]);
     }
@@ -265,6 +267,48 @@ fn a_real_prometheus_scrapes_a_three_node_cluster_and_readyz_follows_the_leader(
     });
     assert_eq!(prom.scalar(r#"min(blixard_cluster_vms{phase="running"})"#), Some(1.0));
     let host = cli_json(&follower, &["vm", "get", "web"])["node"].as_u64().unwrap();
+    // `vm get` and `node get` show the usage measured on the VM's node, from any node: asked of
+    // the host by another node, and answered by the host itself.
+    let other = c.nodes.iter().find(|n| n.id != host).unwrap().addr.clone();
+    let on_host = c.node(host).addr.clone();
+    for addr in [&other, &on_host] {
+        let v = cli_json(addr, &["vm", "get", "web"]);
+        assert_eq!(v["usage_unavailable"], serde_json::Value::Null, "{v}");
+        assert!(v["usage"]["memory_rss_bytes"].as_u64().unwrap() > 10_000_000, "{v}");
+        assert!(v["usage"]["cpu_seconds"].as_f64().unwrap() > 0.0, "{v}");
+        let n = cli_json(addr, &["node", "get", &host.to_string()]);
+        assert_eq!(n["usage"]["vms"], 1, "{n}");
+        assert!(n["usage"]["memory_rss_bytes"].as_u64().unwrap() > 10_000_000, "{n}");
+        let table = stdout(&cli(addr, &["-o", "table", "vm", "get", "web"]));
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2, "{table}");
+        let (head, row): (Vec<&str>, Vec<&str>) =
+            (lines[0].split_whitespace().collect(), lines[1].split(' ').collect());
+        assert_eq!(head[head.len() - 2..], ["CPU", "RSS"], "{table}");
+        assert!(row.last() == Some(&"MiB") && lines[1].contains(" s "), "{table}");
+    }
+    let idle = c.nodes.iter().find(|n| n.id != host).unwrap().id;
+    let n = cli_json(&on_host, &["node", "get", &idle.to_string()]);
+    assert_eq!((n["usage"]["vms"].as_u64(), n["usage"]["memory_rss_bytes"].as_u64()), (Some(0), Some(0)), "{n}");
+    // The scheduler, the reconciler and the task runner counted their work.
+    assert!(prom.scalar(r#"min(blixard_scheduler_placements_total{kind="vm",outcome="placed"})"#).unwrap() >= 1.0);
+    assert!(prom.scalar(r#"min(blixard_scheduler_placements_total{kind="vm",outcome="pending"})"#).unwrap() >= 1.0);
+    assert!(prom.scalar(r#"min(blixard_scheduler_placements_total{kind="task",outcome="placed"})"#).unwrap() >= 1.0);
+    // "later" met three ineligible nodes.
+    assert!(prom.scalar(r#"min(blixard_scheduler_rejections_total{stage="status"})"#).unwrap() >= 3.0);
+    let running = prom.query(r#"blixard_cluster_node_vms{phase="running"}"#).unwrap();
+    assert_eq!(running.len(), 3, "from every node: {running:?}");
+    let host_label = host.to_string();
+    assert!(running.iter().all(|(l, v)| l["node"] == host_label.as_str() && *v == 1.0), "{running:?}");
+    assert_eq!(prom.scalar(r#"min(blixard_cluster_tasks{state="succeeded"})"#), Some(1.0));
+    let started = prom.scalar(r#"sum(blixard_reconciler_actions_total{action="start",result="ok"})"#).unwrap();
+    assert!(started >= 1.0, "{started}");
+    assert!(prom.scalar("sum(blixard_vm_boot_duration_seconds_count)").unwrap() >= 1.0);
+    let boots = prom.scalar("sum(blixard_vm_boot_duration_seconds_sum)").unwrap();
+    assert!(boots > 0.0 && boots < 300.0, "{boots}");
+    let attempts = r#"sum(blixard_task_attempt_duration_seconds_count{result="succeeded"})"#;
+    assert_eq!(prom.scalar(attempts), Some(1.0));
+    assert_eq!(prom.scalar("sum(blixard_vm_health_check_failures_total)"), Some(0.0));
     let rss = prom.query(r#"blixard_vm_resident_memory_bytes{vm="web"}"#).unwrap();
     assert_eq!(rss.len(), 1, "from its host only: {rss:?}");
     assert_eq!(rss[0].0["instance"], http[host as usize - 1].as_str());

@@ -64,6 +64,8 @@ pub(crate) struct Batch {
     pub touched: Option<u64>,
     /// Entries skipped because they do not decode.
     pub undecodable: u64,
+    /// The scheduler's counts of these entries.
+    pub tally: blixard_core::scheduler::Tally,
 }
 
 /// The one change a configuration-change entry makes, or why it is not one Blixard makes.
@@ -145,6 +147,9 @@ pub(crate) fn apply_entries(
         if let Some(s) = env.session {
             out.answers.push((s.key(), result));
         }
+    }
+    if let Some(t) = st.tally() {
+        out.tally = std::mem::take(t);
     }
     // Keep "commit >= applied" true even for commits learned from a light ready.
     raw.mut_store().set_commit(last_index);

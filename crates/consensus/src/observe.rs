@@ -22,6 +22,8 @@ pub trait Observer: Send + Sync + 'static {
     fn applied_batch(&self, entries: usize);
     /// The log was compacted (after a checkpoint).
     fn compacted(&self);
+    /// What the scheduler did in an applied batch (only called when it did something).
+    fn scheduled(&self, _tally: &blixard_core::scheduler::Tally) {}
 }
 
 /// The observer slot shared by a driver and its handles, and the proposals waiting for answers.

@@ -36,6 +36,8 @@ impl Overlay {
 pub(crate) struct OverlayStore<'a> {
     pub base: &'a ReadView,
     pub overlay: &'a mut Overlay,
+    /// The scheduler's counts of what applied into it (for the node's metrics).
+    pub tally: blixard_core::scheduler::Tally,
 }
 
 impl OverlayStore<'_> {
@@ -152,6 +154,10 @@ impl Store for OverlayStore<'_> {
         // Only a snapshot install clears tables, and it waits for the checkpoint first.
         Err(StoreError("a table cannot be cleared while a checkpoint is being made durable".into()))
     }
+
+    fn tally(&mut self) -> Option<&mut blixard_core::scheduler::Tally> {
+        Some(&mut self.tally)
+    }
 }
 
 #[cfg(test)]
@@ -177,7 +183,7 @@ mod tests {
         txn.commit().unwrap();
         let view = ReadView::begin(&db).unwrap();
         let mut ov = Overlay::default();
-        let mut st = OverlayStore { base: &view, overlay: &mut ov };
+        let mut st = OverlayStore { base: &view, overlay: &mut ov, tally: Default::default() };
         for (k, v) in [("b/2", None), ("b/3", Some("new")), ("b/1", Some("changed")), ("d", Some("new")), ("zz", None)]
         {
             match v {

@@ -112,7 +112,7 @@ impl<T: Transport> Driver<T> {
             self.finish_checkpoint()?;
         }
         let batch = if let Some(cp) = self.checkpoint.as_mut() {
-            let mut st = OverlayStore { base: &cp.base, overlay: &mut cp.overlay };
+            let mut st = OverlayStore { base: &cp.base, overlay: &mut cp.overlay, tally: Default::default() };
             let batch = crate::apply::apply_entries(&mut self.raw, &mut st, entries, &mut self.applied)?;
             cp.version = batch.touched.or(cp.version);
             if batch.touched.is_some() {
@@ -144,6 +144,9 @@ impl<T: Transport> Driver<T> {
         self.known.applied(self.applied);
         if batch.undecodable > 0 {
             self.undecodable.fetch_add(batch.undecodable, std::sync::atomic::Ordering::Relaxed);
+        }
+        if !batch.tally.is_empty() {
+            self.observed.with(|o| o.scheduled(&batch.tally));
         }
         for (key, applied) in &batch.answers {
             self.engine.on_applied(*key, applied);

@@ -26,11 +26,13 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 pub struct TxnStore<'a> {
     txn: &'a WriteTransaction,
     open: [Option<redb::Table<'a, &'static [u8], &'static [u8]>>; Table::ALL.len()],
+    /// The scheduler's counts of what applied into it (for the node's metrics).
+    pub(crate) tally: blixard_core::scheduler::Tally,
 }
 
 impl<'a> TxnStore<'a> {
     pub fn new(txn: &'a WriteTransaction) -> Self {
-        TxnStore { txn, open: Default::default() }
+        TxnStore { txn, open: Default::default(), tally: Default::default() }
     }
 
     pub fn txn(&self) -> &'a WriteTransaction {
@@ -135,6 +137,10 @@ impl Store for TxnStore<'_> {
         self.txn.delete_table(def(table)).map_err(err)?;
         self.txn.open_table(def(table)).map_err(err)?;
         Ok(())
+    }
+
+    fn tally(&mut self) -> Option<&mut blixard_core::scheduler::Tally> {
+        Some(&mut self.tally)
     }
 }
 

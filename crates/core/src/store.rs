@@ -173,6 +173,11 @@ pub trait Store: ReadStore {
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError>;
     /// Removes every key of the table (used when installing a snapshot).
     fn clear(&mut self, table: Table) -> Result<(), StoreError>;
+    /// Where the scheduler's counts go while commands apply into this store (`None`: not
+    /// counted). Counting is all it does: nothing of it is stored.
+    fn tally(&mut self) -> Option<&mut crate::scheduler::Tally> {
+        None
+    }
 }
 
 /// An in-memory store for tests and simulation.

@@ -243,6 +243,18 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state, in declaration order.
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Pending,
+        TaskState::Assigned,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::TimedOut,
+        TaskState::Cancelled,
+        TaskState::Lost,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Pending => "pending",

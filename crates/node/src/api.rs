@@ -163,7 +163,9 @@ impl Api {
     /// A write whose answer is the VM record.
     async fn vm_write(&self, session: Option<Session>, cmd: Command) -> Result<v1::GetVmResponse> {
         match self.write(session, cmd).await? {
-            (_, Response::Vm(rec)) => Ok(tonic::Response::new(v1::GetVmResponse { vm: Some((*rec).into()) })),
+            (_, Response::Vm(rec)) => {
+                Ok(tonic::Response::new(v1::GetVmResponse { vm: Some((*rec).into()), ..Default::default() }))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -514,10 +516,27 @@ impl v1::vm_service_server::VmService for Api {
     }
 
     async fn get_vm(&self, req: Request<v1::GetVmRequest>) -> Result<v1::GetVmResponse> {
+        let auth = req.metadata().get(AUTHORIZATION).cloned();
         let r = req.into_inner();
         validate_name(&r.name).map_err(invalid)?;
         match self.read(r.read, Query::VmGet { name: r.name.clone() }).await? {
-            QueryResult::Vm(Some(rec)) => Ok(tonic::Response::new(v1::GetVmResponse { vm: Some((*rec).into()) })),
+            QueryResult::Vm(Some(rec)) => {
+                // A VM that runs: its usage, measured on its node.
+                let (mut usage, mut unavailable) = (None, String::new());
+                if let Some(node) = rec.node.filter(|n| crate::metrics::usage::process_of(*n, &rec).is_some()) {
+                    match crate::nodes_api::usage_on(self, &self.raft, node, Some(&r.name), auth).await {
+                        Ok(vms) => {
+                            usage = vms.into_iter().find(|u| u.incarnation == rec.placed_index);
+                            if usage.is_none() {
+                                unavailable = format!("its process was not found on node {node}");
+                            }
+                        }
+                        Err(why) => unavailable = why,
+                    }
+                }
+                let vm = Some((*rec).into());
+                Ok(tonic::Response::new(v1::GetVmResponse { vm, usage, usage_unavailable: unavailable }))
+            }
             QueryResult::Vm(None) => Err(Status::not_found(format!("vm {:?} not found", r.name))),
             other => Err(unexpected(other)),
         }

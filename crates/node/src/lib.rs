@@ -187,8 +187,9 @@ async fn run_vms(
     raft: Handle,
     slot: Arc<std::sync::OnceLock<Arc<dyn blixard_vmm::VmDriver>>>,
     lease: Arc<liveness::lease::Lease>,
-    backend_state: Arc<http::BackendState>,
+    ops: Arc<http::Ops>,
 ) {
+    let (backend_state, work) = (&ops.backend, ops.metrics.work.clone());
     #[cfg(not(madsim))]
     tokio::spawn(
         tasks::Runner::new(
@@ -198,6 +199,7 @@ async fn run_vms(
             Arc::new(tasks::exec::ProcessExecutor::default()),
             cfg.data_dir.join("tasks"),
         )
+        .with_work(work.clone())
         .run(),
     );
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
@@ -236,7 +238,7 @@ async fn run_vms(
         }
     }
     register(raft.clone(), registration).await;
-    reconciler::Reconciler::new(cfg.id, raft, opened.driver, opened.accel, lease).run().await;
+    reconciler::Reconciler::new(cfg.id, raft, opened.driver, opened.accel, lease).with_work(work).run().await;
 }
 
 /// The address of member `id`, from the replicated member table.
@@ -551,7 +553,7 @@ impl Node {
         }
         tokio::spawn(drainer::run(raft.clone()));
         tokio::spawn(liveness::lease::heartbeat(cfg.id, raft.clone(), pool.clone(), monitor, lease.clone()));
-        tokio::spawn(run_vms(cfg.clone(), raft.clone(), driver_slot, lease, ops.backend.clone()));
+        tokio::spawn(run_vms(cfg.clone(), raft.clone(), driver_slot, lease, ops.clone()));
         tracing::info!(id = cfg.id, %addr, "serving");
         Ok(Node { addr, raft, ops, stop_server: Some(stop_server), server, driver })
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_consensus::Handle;
-use blixard_core::{Command, DrainSpec, NodeId, Query, QueryResult};
+use blixard_core::{Command, DrainSpec, NodeId, NodeState, Query, QueryResult};
 use blixard_proto::rpc;
 use blixard_proto::v1::{self, error_detail::Reason};
 use tonic::{Code, Request, Response, Status};
@@ -15,6 +15,49 @@ use crate::liveness::monitor::Monitor;
 
 /// Drains take this long unless told otherwise.
 const DEFAULT_DRAIN: Duration = Duration::from_secs(300);
+/// How long `vm get` and `node get` wait for the usage of VMs on another node.
+const USAGE_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn usage_to_wire(u: crate::metrics::usage::VmUsage) -> v1::VmUsage {
+    v1::VmUsage {
+        vm: u.name,
+        incarnation: u.incarnation,
+        pid: u.pid,
+        cpu_seconds: u.cpu_seconds,
+        memory_rss_bytes: u.resident_bytes,
+    }
+}
+
+/// The usage of the VMs node `node` runs (only `vm` when given), measured now on that node:
+/// here, or asked of it with the caller's token (`auth`). `Err` says why it is unknown.
+pub async fn usage_on(
+    api: &Api,
+    raft: &Handle,
+    node: NodeId,
+    vm: Option<&str>,
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> std::result::Result<Vec<v1::VmUsage>, String> {
+    if node == raft.status().id {
+        let local = crate::metrics::usage::local(node, raft, vm).map_err(|e| e.to_string())?;
+        return Ok(local.into_iter().map(usage_to_wire).collect());
+    }
+    let ch = api.channel_to(node).map_err(|s| s.message().to_string())?;
+    let req = crate::api::with_auth(Request::new(v1::UsageRequest { vm: vm.unwrap_or_default().into() }), auth);
+    match tokio::time::timeout(USAGE_TIMEOUT, v1::node_service_client::NodeServiceClient::new(ch).usage(req)).await {
+        Ok(Ok(r)) => Ok(r.into_inner().vms),
+        Ok(Err(s)) => Err(format!("node {node} did not answer: {}", s.message())),
+        Err(_) => Err(format!("node {node} did not answer within {USAGE_TIMEOUT:?}")),
+    }
+}
+
+/// The sum of `vms`' usage.
+pub fn node_usage(vms: &[v1::VmUsage]) -> v1::NodeUsage {
+    v1::NodeUsage {
+        vms: vms.len() as u32,
+        cpu_seconds: vms.iter().map(|u| u.cpu_seconds).sum(),
+        memory_rss_bytes: vms.iter().map(|u| u.memory_rss_bytes).fold(0, u64::saturating_add),
+    }
+}
 
 #[derive(Clone)]
 pub struct Nodes {
@@ -53,8 +96,29 @@ impl v1::node_service_server::NodeService for Nodes {
     }
 
     async fn get_node(&self, req: Request<v1::GetNodeRequest>) -> Result<v1::NodeInfo> {
+        let auth = req.metadata().get(crate::api::AUTHORIZATION).cloned();
         let r = req.into_inner();
-        Ok(Response::new(self.one(r.id, r.read).await?))
+        let mut info = self.one(r.id, r.read).await?;
+        if info.status == NodeState::Down.as_str() {
+            info.usage_unavailable = format!("node {} is down", r.id);
+        } else {
+            match usage_on(&self.api, &self.raft, r.id, None, auth).await {
+                Ok(vms) => info.usage = Some(node_usage(&vms)),
+                Err(why) => info.usage_unavailable = why,
+            }
+        }
+        Ok(Response::new(info))
+    }
+
+    async fn usage(&self, req: Request<v1::UsageRequest>) -> Result<v1::UsageResponse> {
+        let vm = req.into_inner().vm;
+        if !vm.is_empty() {
+            blixard_core::spec::validate_name(&vm).map_err(crate::status::invalid)?;
+        }
+        let node = self.raft.status().id;
+        let vms = crate::metrics::usage::local(node, &self.raft, Some(vm.as_str()).filter(|v| !v.is_empty()))
+            .map_err(crate::status::store)?;
+        Ok(Response::new(v1::UsageResponse { node, vms: vms.into_iter().map(usage_to_wire).collect() }))
     }
 
     async fn drain(&self, req: Request<v1::DrainRequest>) -> Result<v1::NodeInfo> {

@@ -76,6 +76,8 @@ struct Local {
     /// Set when failed checks made us stop it; it counts as failed until it runs again.
     unhealthy: Option<String>,
     last_report: Option<Observed>,
+    /// We started it and have not seen its guest boot yet (for the boot duration metric).
+    boot_pending: bool,
 }
 
 pub struct Reconciler {
@@ -85,6 +87,8 @@ pub struct Reconciler {
     pub accel: String,
     /// VMs start only while the node holds a lease from the leader (see `crate::liveness`).
     pub lease: Arc<crate::liveness::lease::Lease>,
+    /// What it does, counted for the node's metrics.
+    pub work: Arc<crate::metrics::work::Work>,
     vms: BTreeMap<String, Local>,
 }
 
@@ -102,7 +106,13 @@ impl Reconciler {
         accel: String,
         lease: Arc<crate::liveness::lease::Lease>,
     ) -> Self {
-        Reconciler { id, raft, driver, accel, lease, vms: BTreeMap::new() }
+        Reconciler { id, raft, driver, accel, lease, work: Default::default(), vms: BTreeMap::new() }
+    }
+
+    /// Counts its work into `work` (the node's metrics).
+    pub fn with_work(mut self, work: Arc<crate::metrics::work::Work>) -> Self {
+        self.work = work;
+        self
     }
 
     /// Runs passes until the process ends; wakes early when the replicated state of VMs, nodes
@@ -196,7 +206,9 @@ impl Reconciler {
         match c {
             Cleanup::Delete(vm) => {
                 tracing::info!(vm = %vm.name, incarnation = vm.incarnation, "removing a VM no longer assigned to this node");
-                if let Err(e) = self.driver.delete(&vm).await {
+                let r = self.driver.delete(&vm).await;
+                self.work.action("remove", r.is_ok());
+                if let Err(e) = r {
                     tracing::warn!(vm = %vm.name, incarnation = vm.incarnation, "cannot remove: {e}");
                 }
                 if self.vms.get(&vm.name).is_some_and(|l| l.create_index == vm.incarnation) {
@@ -280,9 +292,20 @@ impl Reconciler {
         }
         let waiting = automatic && local.not_before.is_some_and(|t| Instant::now() < t);
         if !waiting {
-            self.act(rec, &mut local, action, automatic).await;
+            // Why it is restarted, for the metrics.
+            let reason = match (&local.unhealthy, &obs.state) {
+                (Some(_), _) => "unhealthy",
+                (None, VmState::Stopped) if fenced => "fenced",
+                (None, VmState::Failed(_)) => "failed",
+                _ => "exited",
+            };
+            self.act(rec, &mut local, action, automatic.then_some(reason)).await;
         }
         let obs = self.driver.status(&vm).await.unwrap_or(obs);
+        if let Some(ms) = obs.boot_ms.filter(|_| local.boot_pending && obs.state == VmState::Running) {
+            local.boot_pending = false;
+            self.work.booted(ms);
+        }
         self.report(rec, &mut local, &obs).await;
         self.vms.insert(name, local);
     }
@@ -301,13 +324,16 @@ impl Reconciler {
         match crate::health::probe(&h.kind, port, interval.min(Duration::from_secs(2))).await {
             Ok(()) => local.health_failures = 0,
             Err(e) => {
+                self.work.health_check_failed();
                 local.health_failures += 1;
                 tracing::debug!(vm = %rec.spec.name, failures = local.health_failures, "health check failed: {e}");
                 if local.health_failures >= h.threshold {
                     let why = format!("unhealthy: {} health checks failed in a row (last: {e})", local.health_failures);
                     tracing::warn!(vm = %rec.spec.name, "{why}; stopping it");
                     local.stopped_by_us = true;
-                    if let Err(e) = self.driver.stop(&instance_of(rec), STOP_TIMEOUT).await {
+                    let r = self.driver.stop(&instance_of(rec), STOP_TIMEOUT).await;
+                    self.work.action("stop", r.is_ok());
+                    if let Err(e) = r {
                         tracing::warn!(vm = %rec.spec.name, "stopping the unhealthy VM failed: {e}");
                     }
                     local.last_exit = Some(why.clone());
@@ -318,14 +344,17 @@ impl Reconciler {
         }
     }
 
-    async fn act(&self, rec: &VmRecord, local: &mut Local, action: Action, automatic: bool) {
+    /// Carries out `action`; `automatic` is the reason of a restart per the restart policy.
+    async fn act(&self, rec: &VmRecord, local: &mut Local, action: Action, automatic: Option<&'static str>) {
         let name = &rec.spec.name;
         let vm = instance_of(rec);
         let result = match action {
             Action::Nothing => return,
             Action::Stop => {
                 local.stopped_by_us = true;
-                self.driver.stop(&vm, STOP_TIMEOUT).await.map(|how| tracing::info!(vm = %name, ?how, "stopped"))
+                let r = self.driver.stop(&vm, STOP_TIMEOUT).await;
+                self.work.action("stop", r.is_ok());
+                r.map(|how| tracing::info!(vm = %name, ?how, "stopped"))
             }
             Action::Start | Action::Restart if !self.lease.valid(self.raft.status().applied) => {
                 local.error = Some("fenced: waiting for a lease from the leader before starting it".into());
@@ -336,9 +365,12 @@ impl Reconciler {
             // state now, read after the lease check, still puts this instance here.
             Action::Start | Action::Restart if !self.still_here(rec) => return,
             Action::Start | Action::Restart => {
+                let what = if action == Action::Restart { "restart" } else { "start" };
                 if action == Action::Restart {
+                    self.work.restart("requested");
                     local.stopped_by_us = true;
                     if let Err(e) = self.driver.stop(&vm, STOP_TIMEOUT).await {
+                        self.work.action(what, false);
                         local.error = Some(format!("restart: stop failed: {e}"));
                         return;
                     }
@@ -351,10 +383,12 @@ impl Reconciler {
                             rec.spec.memory_mib
                         ));
                         local.not_before = Some(Instant::now() + Duration::from_secs(5));
+                        self.work.action(what, false);
                         return;
                     }
                 }
-                if automatic {
+                if let Some(reason) = automatic {
+                    self.work.restart(reason);
                     local.streak += 1;
                     local.restarts += 1;
                     local.not_before = Some(Instant::now() + Duration::from_millis(backoff_ms(local.streak + 1)));
@@ -366,7 +400,9 @@ impl Reconciler {
                     Ok(()) => self.driver.start(&vm).await,
                     Err(e) => Err(e),
                 };
+                self.work.action(what, r.is_ok());
                 if r.is_ok() {
+                    local.boot_pending = true;
                     local.unhealthy = None;
                     local.health_failures = 0;
                     local.next_check = None;

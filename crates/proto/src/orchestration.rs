@@ -115,5 +115,7 @@ pub fn node_to_wire(n: NodeRecord, addr: String, heartbeat_age_ms: Option<u64>) 
         labels: n.labels.into_iter().collect(),
         agent_version: n.agent_version,
         heartbeat_age_ms,
+        usage: None,
+        usage_unavailable: String::new(),
     }
 }

@@ -71,6 +71,11 @@ struct NodeOut {
     backend: String,
     labels: std::collections::BTreeMap<String, String>,
     agent_version: String,
+    /// `node get` only: the usage of the VMs it runs, measured there now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<super::vm_out::UsageOut>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_unavailable: Option<Option<String>>,
 }
 
 fn out(n: v1::NodeInfo) -> NodeOut {
@@ -94,7 +99,37 @@ fn out(n: v1::NodeInfo) -> NodeOut {
         backend: n.backend,
         labels: n.labels.into_iter().collect(),
         agent_version: n.agent_version,
+        usage: None,
+        usage_unavailable: None,
     }
+}
+
+/// `node get`'s shape: with the usage of its VMs.
+fn get_out(mut n: v1::NodeInfo) -> NodeOut {
+    let usage = n.usage.take().map(|u| super::vm_out::UsageOut {
+        vms: Some(u.vms),
+        cpu_seconds: u.cpu_seconds,
+        memory_rss_bytes: u.memory_rss_bytes,
+    });
+    let unavailable = Some(std::mem::take(&mut n.usage_unavailable)).filter(|s| !s.is_empty());
+    NodeOut { usage: Some(usage), usage_unavailable: Some(unavailable), ..out(n) }
+}
+
+/// `node get`'s table: the node's row with the usage of its VMs.
+fn get_table(n: &NodeOut) -> Table {
+    let mut t = table(std::slice::from_ref(n));
+    t.header.extend(["VM CPU", "VM RSS"]);
+    let (usage, why) =
+        (n.usage.as_ref().and_then(Option::as_ref), n.usage_unavailable.as_ref().and_then(Option::as_ref));
+    if let Some(r) = t.rows.first_mut() {
+        r.extend(super::vm_out::usage_cells(usage, why));
+    }
+    if let Some(why) = why {
+        let mut note = vec![String::new(); t.header.len()];
+        note[0] = format!("(usage unknown: {why})");
+        t.rows.push(note);
+    }
+    t
 }
 
 fn table(ns: &[NodeOut]) -> Table {
@@ -133,7 +168,10 @@ pub async fn run(addr: &str, fmt: Format, c: NodeCmd) -> anyhow::Result<()> {
         }
         NodeCmd::Get { id, stale } => {
             let req = GetNodeRequest { id, read: Some(ReadOptions { stale }) };
-            conn.read(req, |ch, r| async move { client(ch).get_node(r).await }).await?
+            let n = conn.read(req, |ch, r| async move { client(ch).get_node(r).await }).await?;
+            let o = get_out(n);
+            emit(fmt, &o, || get_table(&o));
+            return Ok(());
         }
         NodeCmd::Drain { id, deadline, parallel, cancel } => {
             let req = DrainRequest { id, deadline_ms: deadline.as_millis() as u64, parallel, cancel };

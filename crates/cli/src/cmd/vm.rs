@@ -155,8 +155,8 @@ pub async fn run(addr: &str, fmt: Format, c: VmCmd) -> anyhow::Result<()> {
         VmCmd::Get { name, stale } => {
             let req = GetVmRequest { name, read: Some(ReadOptions { stale }) };
             let r = conn.read(req, |ch, r| async move { vm(ch).get_vm(r).await }).await?;
-            let out = vm_out(r.vm.unwrap_or_default());
-            emit(fmt, &out, || table(std::slice::from_ref(&out)));
+            let out = super::vm_out::vm_get_out(r);
+            emit(fmt, &out, || super::vm_out::get_table(&out));
         }
         VmCmd::List { limit, start_after, stale } => {
             let mut out = Printer::stdout(fmt, "vms");

@@ -155,6 +155,78 @@ pub fn table(vms: &[VmOut]) -> Table {
     t
 }
 
+/// The measured usage of a VM's process, or of the VMs of a node (documented in README).
+#[derive(Serialize)]
+pub struct UsageOut {
+    /// VMs measured (a node's usage only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vms: Option<u32>,
+    pub cpu_seconds: f64,
+    pub memory_rss_bytes: u64,
+}
+
+/// `vm get`'s JSON shape: the VM, and its process's usage measured on its node now.
+#[derive(Serialize)]
+pub struct VmGetOut {
+    #[serde(flatten)]
+    pub vm: VmOut,
+    /// `null` when it does not run, or could not be measured (`usage_unavailable` says why).
+    pub usage: Option<UsageOut>,
+    pub usage_unavailable: Option<String>,
+}
+
+pub fn vm_get_out(r: v1::GetVmResponse) -> VmGetOut {
+    VmGetOut {
+        vm: vm_out(r.vm.unwrap_or_default()),
+        usage: r.usage.map(|u| UsageOut {
+            vms: None,
+            cpu_seconds: u.cpu_seconds,
+            memory_rss_bytes: u.memory_rss_bytes,
+        }),
+        usage_unavailable: opt(r.usage_unavailable),
+    }
+}
+
+/// Bytes in binary units, e.g. `118.4 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The CPU and RSS cells of a usage: `-` when there is none, `?` when it could not be measured.
+pub fn usage_cells(u: Option<&UsageOut>, unavailable: Option<&String>) -> [String; 2] {
+    match (u, unavailable) {
+        (Some(u), _) => [format!("{:.2} s", u.cpu_seconds), bytes(u.memory_rss_bytes)],
+        (None, Some(_)) => ["?".into(), "?".into()],
+        (None, None) => ["-".into(), "-".into()],
+    }
+}
+
+/// `vm get`'s table: the VM's row with its usage (and why it is unknown, below).
+pub fn get_table(v: &VmGetOut) -> Table {
+    let mut t = table(std::slice::from_ref(&v.vm));
+    t.header.extend(["CPU", "RSS"]);
+    if let Some(r) = t.rows.first_mut() {
+        r.extend(usage_cells(v.usage.as_ref(), v.usage_unavailable.as_ref()));
+    }
+    if let Some(why) = &v.usage_unavailable {
+        let mut note = vec![String::new(); t.header.len()];
+        note[0] = format!("(usage unknown: {why})");
+        t.rows.push(note);
+    }
+    t
+}
+
 /// The JSON shape of a plan (`vm explain`, `vm create --dry-run`).
 #[derive(Serialize)]
 pub struct PlanOut {

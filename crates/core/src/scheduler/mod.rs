@@ -42,7 +42,7 @@ impl Nodes for [NodeRecord] {
         self.get(i).map(Cow::Borrowed)
     }
 }
-pub use stages::Rejection;
+pub use stages::{Rejection, STAGES};
 
 use crate::spec::VmSpec;
 use crate::NodeId;
@@ -62,7 +62,66 @@ pub struct Plan {
     pub nodes: Vec<(NodeId, Verdict)>,
     /// Nodes not looked at (the sample was complete before them).
     pub unvisited: usize,
+    /// Nodes rejected, by stage ([`STAGES`]), counted whether or not verdicts are recorded.
+    pub rejected: [u32; STAGES.len()],
 }
+
+/// How a placement attempt ended, for [`Tally`] (the labels in this order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacementOutcome {
+    /// A node was chosen.
+    Placed,
+    /// None was; the VM (or task) waits for capacity (newly, or still after a retry).
+    Pending,
+    /// None was; the command was refused.
+    Refused,
+}
+
+/// What is placed: a VM or a task's attempt (the labels in this order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Vm,
+    Task,
+}
+
+/// The scheduler's work while commands applied, counted for the node's metrics: plain numbers
+/// the store that `apply` writes into may collect ([`crate::Store::tally`]), never stored or
+/// replicated, so apply stays a pure function of the state and the command.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Placement attempts by kind (VM, task) and outcome (placed, pending, refused).
+    pub placements: [[u64; 3]; 2],
+    /// Nodes found unfit, by the stage that rejected them ([`STAGES`]).
+    pub rejections: [u64; STAGES.len()],
+}
+
+impl Tally {
+    /// Counts one attempt and the rejections its plan met.
+    pub fn count(&mut self, kind: Kind, outcome: PlacementOutcome, plan: &Plan) {
+        self.placements[kind as usize][outcome as usize] += 1;
+        for (t, n) in self.rejections.iter_mut().zip(plan.rejected) {
+            *t += u64::from(n);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Tally::default()
+    }
+
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &Tally) {
+        for (a, b) in self.placements.iter_mut().flatten().zip(other.placements.iter().flatten()) {
+            *a += b;
+        }
+        for (a, b) in self.rejections.iter_mut().zip(other.rejections) {
+            *a += b;
+        }
+    }
+}
+
+/// The label values of [`Kind`] and [`PlacementOutcome`], in order.
+pub const KINDS: [&str; 2] = ["vm", "task"];
+pub const OUTCOMES: [&str; 3] = ["placed", "pending", "refused"];
 
 impl Plan {
     /// Why no node was chosen, one clause per node looked at (bounded), for errors and `vm get`.
@@ -136,7 +195,7 @@ fn search<N: Nodes + ?Sized>(
     explain: bool,
     record: bool,
 ) -> Plan {
-    let mut out = Plan { chosen: None, nodes: Vec::new(), unvisited: 0 };
+    let mut out = Plan { chosen: None, nodes: Vec::new(), unvisited: 0, rejected: [0; STAGES.len()] };
     let spread = score::SpreadCounts::of(nodes, spec);
     let total = nodes.count();
     let limit = if explain || pinned.is_some() { usize::MAX } else { sample_size(total) };
@@ -151,6 +210,7 @@ fn search<N: Nodes + ?Sized>(
         visited += 1;
         match stages::check(&n, spec) {
             Err(r) => {
+                out.rejected[r.stage_index()] += 1;
                 if record {
                     out.nodes.push((n.id, Verdict::Rejected(r)));
                 }

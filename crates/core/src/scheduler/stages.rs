@@ -34,16 +34,24 @@ pub enum Rejection {
     Group(String),
 }
 
+/// The stages' names, in pipeline order.
+pub const STAGES: [&str; 6] = ["status", "features", "constraints", "ports", "resources", "anti-affinity"];
+
 impl Rejection {
     /// The stage's name, for `vm explain` and metrics.
     pub fn stage(&self) -> &'static str {
+        STAGES[self.stage_index()]
+    }
+
+    /// The stage's position in [`STAGES`].
+    pub fn stage_index(&self) -> usize {
         match self {
-            Rejection::Down | Rejection::Ineligible | Rejection::Draining => "status",
-            Rejection::Missing(_) => "features",
-            Rejection::Constraint(_) => "constraints",
-            Rejection::PortTaken(_) => "ports",
-            Rejection::Vcpus { .. } | Rejection::Memory { .. } | Rejection::Disk { .. } => "resources",
-            Rejection::Group(_) => "anti-affinity",
+            Rejection::Down | Rejection::Ineligible | Rejection::Draining => 0,
+            Rejection::Missing(_) => 1,
+            Rejection::Constraint(_) => 2,
+            Rejection::PortTaken(_) => 3,
+            Rejection::Vcpus { .. } | Rejection::Memory { .. } | Rejection::Disk { .. } => 4,
+            Rejection::Group(_) => 5,
         }
     }
 }

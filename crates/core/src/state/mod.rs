@@ -30,6 +30,18 @@ pub fn node_exists(store: &impl ReadStore, id: crate::NodeId) -> Result<bool, St
     Ok(nodes::get(store, id)?.is_some())
 }
 
+/// Counts a placement attempt in the store's tally, if it keeps one.
+pub(crate) fn count_placement(
+    store: &mut impl Store,
+    kind: crate::scheduler::Kind,
+    outcome: crate::scheduler::PlacementOutcome,
+    plan: &crate::scheduler::Plan,
+) {
+    if let Some(t) = store.tally() {
+        t.count(kind, outcome, plan);
+    }
+}
+
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
@@ -324,6 +336,8 @@ pub fn import(store: &mut impl Store, data: &[u8]) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod orchestration_tests;
+#[cfg(test)]
+mod tally_tests;
 #[cfg(test)]
 mod task_tests;
 #[cfg(test)]

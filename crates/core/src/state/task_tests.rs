@@ -261,3 +261,29 @@ fn at_most_max_finished_tasks_are_kept_the_oldest_pruned_first() {
     };
     assert_eq!((tasks.len() as u64, more), (tasks::MAX_FINISHED, false));
 }
+
+#[test]
+fn tasks_are_counted_by_state_reading_each_finished_one_once() {
+    let by_state = |s: &MemStore, cache: &mut std::collections::BTreeMap<u64, TaskState>| {
+        let c = tasks::count_by_state(s, cache).unwrap();
+        TaskState::ALL.iter().zip(c).filter(|(_, n)| *n > 0).map(|(s, n)| (s.as_str(), n)).collect::<Vec<_>>()
+    };
+    let mut cache = std::collections::BTreeMap::new();
+    let mut s = member_node(1, 4, 1024);
+    assert_eq!(by_state(&s, &mut cache), []);
+    let a = submit(&mut s, 2, spec(256));
+    let b = submit(&mut s, 3, spec(256));
+    submit(&mut s, 4, spec(4096));
+    report(&mut s, 5, &b, TaskUpdate::Started).unwrap();
+    assert_eq!(by_state(&s, &mut cache), [("pending", 1), ("assigned", 1), ("running", 1)]);
+    report(&mut s, 6, &a, finished(AttemptResult::Exited { code: 0 })).unwrap();
+    report(&mut s, 7, &b, finished(AttemptResult::Exited { code: 0 })).unwrap();
+    assert_eq!(by_state(&s, &mut cache), [("pending", 1), ("succeeded", 2)]);
+    assert_eq!(cache.len(), 2, "finished tasks remembered");
+    // A remembered state is not read again; a pruned task is forgotten.
+    cache.insert(a.submit_index, TaskState::Cancelled);
+    assert_eq!(by_state(&s, &mut cache), [("pending", 1), ("succeeded", 1), ("cancelled", 1)]);
+    run(&mut s, 8, Command::TaskPrune { keep: 0 }).unwrap();
+    assert_eq!(by_state(&s, &mut cache), [("pending", 1)]);
+    assert!(cache.is_empty());
+}

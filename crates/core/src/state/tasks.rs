@@ -8,7 +8,7 @@
 
 use super::{decode, encode, nodes, vms};
 use crate::command::{CommandError, Outcome, Response};
-use crate::scheduler;
+use crate::scheduler::{self, PlacementOutcome as Placement};
 use crate::store::{ReadStore, Store, StoreError, Table};
 use crate::task::{format_id, Attempt, AttemptResult, TaskRecord, TaskSpec, TaskState, MAX_ATTEMPTS, MAX_TAIL};
 use crate::NodeId;
@@ -69,6 +69,8 @@ pub fn on_node(store: &impl ReadStore, node: NodeId) -> Result<Vec<u64>, StoreEr
 fn place(store: &mut impl Store, index: u64, now: u64, rec: &mut TaskRecord) -> Result<(), StoreError> {
     let vm = rec.spec.as_vm(&rec.id);
     let plan = scheduler::plan(&nodes::NodeTable::new(store)?, &vm, None, index ^ rec.submit_index, false);
+    let outcome = if plan.chosen.is_some() { Placement::Placed } else { Placement::Pending };
+    super::count_placement(store, scheduler::Kind::Task, outcome, &plan);
     match plan.chosen {
         Some(node) => {
             if let Some(mut n) = nodes::get(store, node)? {
@@ -338,4 +340,47 @@ pub fn list(
             _ => return Ok((out, false)),
         }
     }
+}
+
+/// Tasks by state (in [`TaskState::ALL`]'s order), for metrics, without reading every record at
+/// each call: the open tasks (queued or with an attempt on a node) are read; a finished task never
+/// changes, so its state is read once into `finished` (submit index → state), which keeps only
+/// the finished tasks still retained.
+pub fn count_by_state(
+    store: &impl ReadStore,
+    finished: &mut std::collections::BTreeMap<u64, TaskState>,
+) -> Result<[u64; TaskState::ALL.len()], StoreError> {
+    let mut out = [0u64; TaskState::ALL.len()];
+    let mut count = |s: TaskState| {
+        if let Some(i) = TaskState::ALL.iter().position(|x| *x == s) {
+            out[i] += 1;
+        }
+    };
+    let id_at = |k: &[u8], at: usize| k.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+    let mut open: Vec<u64> =
+        store.scan(Table::TaskQueue, b"", usize::MAX)?.iter().filter_map(|(k, _)| id_at(k, 0)).collect();
+    open.extend(store.scan(Table::TaskPlacements, b"", usize::MAX)?.iter().filter_map(|(k, _)| id_at(k, 8)));
+    open.sort_unstable();
+    open.dedup();
+    for id in open {
+        // A finished one is counted below, with the finished tasks.
+        if let Some(rec) = get(store, id)?.filter(|r| !r.state.is_finished()) {
+            count(rec.state);
+        }
+    }
+    let mut kept = std::collections::BTreeMap::new();
+    for (k, _) in store.scan(Table::TaskDone, b"", usize::MAX)? {
+        let Some(id) = id_at(&k, 8) else { continue };
+        let state = match finished.get(&id) {
+            Some(s) => *s,
+            None => match get(store, id)? {
+                Some(rec) => rec.state,
+                None => continue,
+            },
+        };
+        count(state);
+        kept.insert(id, state);
+    }
+    *finished = kept;
+    Ok(out)
 }

@@ -14,10 +14,10 @@
 //! reverse entry, `0 | 't' | name` → node (no node has id 0), so a create under the name finds
 //! it without a scan.
 
-use super::{decode, encode, nodes, vm};
+use super::{count_placement, decode, encode, nodes, vm};
 use crate::command::{CommandError, Outcome, Response};
 use crate::placement::OnNodeLoss;
-use crate::scheduler::{self, NodeState, Plan};
+use crate::scheduler::{self, Kind, NodeState, PlacementOutcome as Placement, Plan};
 use crate::spec::{validate_name, Observed, Phase, PowerState, RestartPolicy, VmRecord, VmSpec};
 use crate::store::{ReadStore, Store, StoreError, Table};
 use crate::NodeId;
@@ -180,6 +180,7 @@ pub fn create(
     }
     match plan.chosen {
         Some(id) => {
+            count_placement(store, Kind::Vm, Placement::Placed, &plan);
             place_on(store, &mut rec, id, index)?;
             rec.event(now, index, format!("placed on node {id}"));
         }
@@ -187,8 +188,10 @@ pub fn create(
             let why = plan.why_not();
             let hopeless = pinned.is_none() && !scheduler::could_ever_fit(&nodes::NodeTable::new(store)?, spec);
             if !queue || hopeless {
+                count_placement(store, Kind::Vm, Placement::Refused, &plan);
                 return refuse(why);
             }
+            count_placement(store, Kind::Vm, Placement::Pending, &plan);
             rec.event(now, index, format!("pending: {why}"));
             make_pending(store, &mut rec, why)?;
         }
@@ -295,11 +298,13 @@ fn replace(
     }
     match plan.chosen {
         Some(id) => {
+            count_placement(store, Kind::Vm, Placement::Placed, &plan);
             place_on(store, rec, id, index)?;
             rec.fresh_disk = from.is_some_and(|f| f != id) || rec.fresh_disk;
             rec.event(now, index, format!("{why}; moved to node {id}"));
         }
         None => {
+            count_placement(store, Kind::Vm, Placement::Pending, &plan);
             let w = plan.why_not();
             // Wherever it goes next, it starts from a fresh disk.
             rec.fresh_disk |= from.is_some();
@@ -354,8 +359,10 @@ pub fn move_vm(store: &mut impl Store, index: u64, now: u64, name: &str) -> Resu
     };
     let plan = plan_for(store, &rec.spec, None, index, false)?;
     let Some(to) = plan.chosen.filter(|t| *t != from) else {
+        count_placement(store, Kind::Vm, Placement::Refused, &plan);
         return Ok(Err(CommandError::FailedPrecondition(format!("vm {name:?} has nowhere to go: {}", plan.why_not()))));
     };
+    count_placement(store, Kind::Vm, Placement::Placed, &plan);
     unplace(store, &mut rec)?;
     place_on(store, &mut rec, to, index)?;
     rec.fresh_disk = true;
@@ -445,11 +452,13 @@ pub fn place_pending(store: &mut impl Store, index: u64, now: u64) -> Result<(),
         };
         let plan = plan_for(store, &rec.spec, None, index ^ rec.create_index, false)?;
         if let Some(id) = plan.chosen {
+            count_placement(store, Kind::Vm, Placement::Placed, &plan);
             store.delete(Table::Pending, &k)?;
             place_on(store, &mut rec, id, index)?;
             rec.event(now, index, format!("placed on node {id}"));
             put(store, &rec)?;
         } else {
+            count_placement(store, Kind::Vm, Placement::Pending, &plan);
             let why = plan.why_not();
             if rec.pending.as_deref() != Some(why.as_str()) {
                 rec.pending = Some(why);

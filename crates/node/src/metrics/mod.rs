@@ -13,11 +13,14 @@
 pub mod api;
 pub mod process;
 pub mod state;
+pub mod usage;
+pub mod work;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_consensus::{Handle, Observer};
+use blixard_core::scheduler::{Tally, KINDS, OUTCOMES, STAGES};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,6 +40,17 @@ pub(crate) struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SyncLabel {
     pub sync: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PlacementLabel {
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StageLabel {
+    pub stage: &'static str,
 }
 
 type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -62,6 +76,8 @@ pub struct RaftEvents {
     compactions: Counter,
     pub(crate) leader_changes: Counter,
     pub(crate) elections: Counter,
+    placements: Family<PlacementLabel, Counter>,
+    rejections: Family<StageLabel, Counter>,
 }
 
 fn result(ok: bool) -> ResultLabel {
@@ -93,6 +109,21 @@ impl Observer for RaftEvents {
     fn compacted(&self) {
         self.compactions.inc();
     }
+
+    fn scheduled(&self, t: &Tally) {
+        for (kind, by_outcome) in KINDS.iter().zip(t.placements) {
+            for (outcome, n) in OUTCOMES.iter().zip(by_outcome) {
+                if n > 0 {
+                    self.placements.get_or_create(&PlacementLabel { kind, outcome }).inc_by(n);
+                }
+            }
+        }
+        for (stage, n) in STAGES.iter().zip(t.rejections) {
+            if n > 0 {
+                self.rejections.get_or_create(&StageLabel { stage }).inc_by(n);
+            }
+        }
+    }
 }
 
 /// A node's registry and the metrics updated as things happen.
@@ -101,6 +132,8 @@ pub struct Metrics {
     registry: Registry,
     pub raft: Arc<RaftEvents>,
     pub api: api::ApiMetrics,
+    /// This node's VM and task work (the reconciler and the task runner count into it).
+    pub work: Arc<work::Work>,
 }
 
 impl Metrics {
@@ -116,6 +149,8 @@ impl Metrics {
             compactions: Counter::default(),
             leader_changes: Counter::default(),
             elections: Counter::default(),
+            placements: Family::default(),
+            rejections: Family::default(),
         });
         let e = &raft_events;
         r.register_with_unit(
@@ -154,11 +189,36 @@ impl Metrics {
             e.leader_changes.clone(),
         );
         r.register("blixard_raft_elections", "Terms this node saw begin (each an election)", e.elections.clone());
+        r.register(
+            "blixard_scheduler_placements",
+            "Placement attempts this node applied, by kind (vm, task) and outcome (placed, pending, refused)",
+            e.placements.clone(),
+        );
+        r.register(
+            "blixard_scheduler_rejections",
+            "Nodes the placements this node applied found unfit, by the stage that rejected them",
+            e.rejections.clone(),
+        );
+        for kind in KINDS {
+            for outcome in OUTCOMES {
+                let _ = e.placements.get_or_create(&PlacementLabel { kind, outcome });
+            }
+        }
+        for stage in STAGES {
+            let _ = e.rejections.get_or_create(&StageLabel { stage });
+        }
+        let work = Arc::new(work::Work::default());
+        work.register(&mut r);
         let api = api::ApiMetrics::new();
         api.register(&mut r);
-        r.register_collector(Box::new(state::StateCollector { id, raft: raft.clone(), peers }));
+        r.register_collector(Box::new(state::StateCollector {
+            id,
+            raft: raft.clone(),
+            peers,
+            finished_tasks: Default::default(),
+        }));
         r.register_collector(Box::new(process::ProcessCollector));
-        let m = Arc::new(Metrics { registry: r, raft: raft_events, api });
+        let m = Arc::new(Metrics { registry: r, raft: raft_events, api, work });
         raft.observe(m.raft.clone());
         tokio::spawn(watch_leader(raft, m.raft.clone()));
         m

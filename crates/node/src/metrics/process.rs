@@ -38,7 +38,7 @@ pub fn parse(stat: &str, status: &str, limits: &str, btime: Option<u64>) -> Proc
     let f = stat_fields(stat);
     let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
     // utime and stime are fields 14 and 15, starttime 22 (proc(5)): indexes 11, 12 and 19 here.
-    let cpu = (num(11).unwrap_or(0) + num(12).unwrap_or(0)) as f64 / USER_HZ;
+    let cpu = num(11).unwrap_or(0).saturating_add(num(12).unwrap_or(0)) as f64 / USER_HZ;
     let start = match (num(19), btime) {
         (Some(t), Some(b)) => Some(b as f64 + t as f64 / USER_HZ),
         _ => None,
@@ -50,8 +50,8 @@ pub fn parse(stat: &str, status: &str, limits: &str, btime: Option<u64>) -> Proc
         .and_then(|s| s.parse().ok());
     ProcessStats {
         cpu_seconds: cpu,
-        resident_bytes: status_kb(status, "VmRSS:").unwrap_or(0) * 1024,
-        virtual_bytes: status_kb(status, "VmSize:").unwrap_or(0) * 1024,
+        resident_bytes: status_kb(status, "VmRSS:").unwrap_or(0).saturating_mul(1024),
+        virtual_bytes: status_kb(status, "VmSize:").unwrap_or(0).saturating_mul(1024),
         threads: status_kb(status, "Threads:").unwrap_or(0),
         open_fds: 0,
         max_fds,
@@ -127,6 +127,22 @@ mod tests {
     fn garbage_parses_to_zeroes_not_a_panic() {
         let s = parse("no paren", "VmRSS: lots", "", None);
         assert_eq!(s, ProcessStats::default());
+    }
+
+    #[test]
+    fn hostile_proc_text_parses_without_a_panic() {
+        let max = u64::MAX;
+        let huge = format!("1 (x) S 1 1 1 0 -1 0 0 0 0 0 {max} {max} 0 0 20 0 1 0 {max} 0 0");
+        let s = parse(&huge, &format!("VmRSS:\t{max} kB\nVmSize: {max} kB\n"), "", Some(max));
+        assert_eq!(s.resident_bytes, u64::MAX, "saturates");
+        assert!(s.cpu_seconds > 1e17);
+        for stat in ["", ")", "(", "1 (a)", "1 (a) S", "1 (é) S 1 2 3 x y z", "1 (a)) S -5 -6"] {
+            for status in ["", "VmRSS:", "VmRSS:\t kB", "VmRSS: -1 kB", "VmRSS: 12 GB", "Threads:\u{0}"] {
+                let _ = parse(stat, status, "Max open files", None);
+            }
+        }
+        let s = parse("1 (a) S 1 1 1 0 -1 0 0 0 0 0 -3 7", "VmRSS: ünïcode kB", "Max open files x", None);
+        assert_eq!((s.cpu_seconds, s.resident_bytes, s.max_fds), (0.07, 0, None));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct StateCollector {
     pub id: u64,
     pub raft: Handle,
     pub peers: std::sync::Arc<crate::transport::PeerTransport>,
+    /// The finished tasks' states, read once each (see [`blixard_core::state::tasks::count_by_state`]).
+    pub finished_tasks: std::sync::Mutex<std::collections::BTreeMap<u64, blixard_core::TaskState>>,
 }
 
 impl std::fmt::Debug for StateCollector {
@@ -77,10 +79,12 @@ pub struct ClusterCounts {
     pub nodes_down: i64,
     pub nodes_draining: i64,
     pub pending: i64,
+    /// VMs placed on each node, by phase (only the counts above zero).
+    pub by_node: std::collections::BTreeMap<(u64, usize), i64>,
     /// (name, restarts) of the VMs placed on this node.
     pub local_restarts: Vec<(String, u64)>,
-    /// (name, pid, boot ms) of the VMs this node observed started.
-    pub local_running: Vec<(String, u32, Option<u64>)>,
+    /// (name, incarnation, pid, boot ms) of the VMs this node observed started.
+    pub local_running: Vec<(String, u64, u32, Option<u64>)>,
 }
 
 /// The phase a VM is counted in: what its node last observed; a VM no node observed yet is
@@ -99,16 +103,18 @@ pub fn count(id: u64, raft: &Handle) -> Result<ClusterCounts, blixard_core::Stor
         let p = phase_of(&v);
         if let Some(i) = PHASES.iter().position(|x| *x == p) {
             c.vms_by_phase[i] += 1;
+            if let Some(n) = v.node {
+                *c.by_node.entry((n, i)).or_default() += 1;
+            }
         }
         if v.node.is_none() {
             c.pending += 1;
         }
         if v.node == Some(id) {
             c.local_restarts.push((v.spec.name.clone(), v.observed.as_ref().map_or(0, |o| u64::from(o.restarts))));
-            if let Some(o) = v.observed.as_ref().filter(|o| matches!(o.phase, Phase::Starting | Phase::Running)) {
-                if let Some(pid) = o.pid {
-                    c.local_running.push((v.spec.name.clone(), pid, o.boot_ms));
-                }
+            if let Some(pid) = super::usage::process_of(id, &v) {
+                let boot = v.observed.as_ref().and_then(|o| o.boot_ms);
+                c.local_running.push((v.spec.name.clone(), v.placed_index, pid, boot));
             }
         }
     }
@@ -197,12 +203,22 @@ impl Collector for StateCollector {
                 let status = [([("status", "ready")], c.nodes_ready), ([("status", "down")], c.nodes_down)];
                 gauges(&mut e, "blixard_cluster_nodes", "Registered nodes by status (replicated state).", status)?;
                 gauge(&mut e, "blixard_cluster_nodes_draining", "Registered nodes being drained.", c.nodes_draining)?;
+                let by_node = c
+                    .by_node
+                    .iter()
+                    .map(|((n, p), v)| ([("node", n.to_string()), ("phase", PHASES[*p].as_str().into())], *v));
+                gauges(
+                    &mut e,
+                    "blixard_cluster_node_vms",
+                    "VMs placed on each node, by phase (replicated state; only counts above zero).",
+                    by_node,
+                )?;
                 gauge(&mut e, "blixard_scheduler_pending_vms", "VMs waiting for a node with capacity.", c.pending)?;
                 let restarts = c.local_restarts.into_iter().map(|(vm, n)| ([("vm", vm)], n));
                 let usage: Vec<_> = c
                     .local_running
                     .iter()
-                    .filter_map(|(vm, pid, _)| Some((vm.clone(), super::process::read_pid(*pid, vm)?)))
+                    .filter_map(|(vm, inc, pid, _)| Some((vm.clone(), super::usage::read(vm, *inc, *pid)?)))
                     .collect();
                 let mut m = e.encode_descriptor(
                     "blixard_vm_cpu_seconds",
@@ -213,7 +229,8 @@ impl Collector for StateCollector {
                 for (vm, u) in &usage {
                     ConstCounter::new(u.cpu_seconds).encode(m.encode_family(&[("vm", vm.as_str())])?)?;
                 }
-                let rss = usage.iter().map(|(vm, u)| ([("vm", vm.as_str())], u.resident_bytes as i64));
+                let rss =
+                    usage.iter().map(|(vm, u)| ([("vm", vm.as_str())], u.resident_bytes.min(i64::MAX as u64) as i64));
                 gauges(&mut e, "blixard_vm_resident_memory_bytes", "Resident memory of a VM's process.", rss)?;
                 let mut m = e.encode_descriptor(
                     "blixard_vm_boot_seconds",
@@ -221,7 +238,7 @@ impl Collector for StateCollector {
                     None,
                     prometheus_client::metrics::MetricType::Gauge,
                 )?;
-                for (vm, _, boot) in &c.local_running {
+                for (vm, _, _, boot) in &c.local_running {
                     if let Some(ms) = boot {
                         ConstGauge::new(*ms as f64 / 1000.0).encode(m.encode_family(&[("vm", vm.as_str())])?)?;
                     }
@@ -234,6 +251,20 @@ impl Collector for StateCollector {
                 )?;
             }
             Err(err) => tracing::debug!("metrics: cannot read the replicated state: {err}"),
+        }
+        let tasks = blixard_consensus::sm::ReadView::begin(self.raft.db()).and_then(|view| {
+            let mut finished = self.finished_tasks.lock().unwrap_or_else(|e| e.into_inner());
+            blixard_core::state::tasks::count_by_state(&view, &mut finished)
+        });
+        match tasks {
+            Ok(counts) => {
+                let series = blixard_core::TaskState::ALL
+                    .iter()
+                    .zip(counts)
+                    .map(|(s, n)| ([("state", s.as_str())], n.min(i64::MAX as u64) as i64));
+                gauges(&mut e, "blixard_cluster_tasks", "Tasks by state (replicated state).", series)?;
+            }
+            Err(err) => tracing::debug!("metrics: cannot count the tasks: {err}"),
         }
         Ok(())
     }

@@ -47,6 +47,8 @@ pub struct Runner {
     unreported: BTreeMap<(u64, u64), Finished>,
     done_tx: mpsc::UnboundedSender<((u64, u64), Finished)>,
     done_rx: mpsc::UnboundedReceiver<((u64, u64), Finished)>,
+    /// Attempt durations, for the node's metrics.
+    work: Arc<crate::metrics::work::Work>,
 }
 
 fn now_ms() -> u64 {
@@ -56,7 +58,14 @@ fn now_ms() -> u64 {
 impl Runner {
     pub fn new(id: NodeId, raft: Handle, lease: Arc<Lease>, exec: Arc<dyn Executor>, dir: PathBuf) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        Runner { id, raft, lease, exec, dir, running: BTreeMap::new(), unreported: BTreeMap::new(), done_tx, done_rx }
+        let (running, unreported, work) = (BTreeMap::new(), BTreeMap::new(), Default::default());
+        Runner { id, raft, lease, exec, dir, running, unreported, done_tx, done_rx, work }
+    }
+
+    /// Counts its attempts into `work` (the node's metrics).
+    pub fn with_work(mut self, work: Arc<crate::metrics::work::Work>) -> Self {
+        self.work = work;
+        self
     }
 
     pub async fn run(mut self) {
@@ -161,9 +170,11 @@ impl Runner {
                 tracing::info!(task, attempt, command = %rec.spec.command, "starting a task attempt");
                 let (tx, rx) = watch::channel(Stop::Run);
                 let fut = self.exec.run(Job { spec: rec.spec.clone(), dir }, rx);
-                let done = self.done_tx.clone();
+                let (done, work) = (self.done_tx.clone(), self.work.clone());
                 tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
                     let f = fut.await;
+                    work.task_attempt(&f.result, started.elapsed().as_secs_f64());
                     let _ = done.send((key, f));
                 });
                 self.running.insert(key, tx);
