@@ -412,7 +412,10 @@ impl Inner {
         let stderr_path = p.dir.join("qemu.stderr");
         let stderr = match std::fs::File::create(&stderr_path) {
             Ok(f) => f,
-            Err(e) => return failed(format!("cannot create {}: {e}", stderr_path.display())),
+            Err(e) => {
+                remove_files(&p.files).await;
+                return failed(format!("cannot create {}: {e}", stderr_path.display()));
+            }
         };
         let [con_l, out_l, err_l] = p.listeners;
         let mut vm = match spawn_qemu(&boot, &self.qemu, argv, &p.dir.join("work"), stderr).await {

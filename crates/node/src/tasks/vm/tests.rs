@@ -296,3 +296,24 @@ fn the_vm_has_the_tasks_resources_and_no_network_or_disk() {
     let f = VmFiles::in_dir(Path::new("/d,x"), PathBuf::from("/k"));
     assert!(qemu_args(&s, &f, Accel::Kvm, None, "t").join(" ").contains("path=/d,,x/stdout.sock"));
 }
+
+#[tokio::test]
+async fn a_socket_stream_reads_to_its_trailer_while_the_writer_stays_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut w, r) = tokio::io::duplex(64);
+    let t = trailer("n");
+    let mut r = super::UntilEnd::new(r, t.clone());
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = body.clone();
+    sent.extend_from_slice(&t);
+    let writer = tokio::spawn(async move {
+        for c in sent.chunks(7) {
+            w.write_all(c).await.unwrap();
+        }
+        w // kept open, as QEMU keeps the socket
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), r.read_to_end(&mut got)).await.unwrap().unwrap();
+    assert_eq!(got, body);
+    drop(writer.await.unwrap());
+}
