@@ -130,10 +130,10 @@ fn failed(error: String) -> Finished {
     Finished { result: AttemptResult::StartFailed { error }, stdout_tail: Vec::new(), stderr_tail: Vec::new() }
 }
 
-/// The last `max` bytes of a file, as text (for error messages).
+/// The last `max` bytes of a file, as one line of printable text (for error messages).
 fn file_tail(path: &Path, max: usize) -> String {
     let b = std::fs::read(path).unwrap_or_default();
-    let s = String::from_utf8_lossy(&b[b.len().saturating_sub(max)..]).into_owned();
+    let s = String::from_utf8_lossy(&b[b.len().saturating_sub(max)..]).replace(|c: char| c.is_control(), " ");
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
