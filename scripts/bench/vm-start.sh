@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # VM start overhead: `vm start` through a blixard node → the guest's boot marker, against the
 # same QEMU command line started by hand → the same marker, PAIRS interleaved pairs (default 12).
-#   scripts/bench/vm-start.sh
+# Then (unless TASKVM=0) `--isolation vm` tasks: `task submit --isolation vm -- true` → the task
+# recorded succeeded, against the same task VM's QEMU command line started by hand → the
+# guest's exit report, TASK_PAIRS pairs (default PAIRS).
+#   scripts/bench/vm-start.sh [--json]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/setup.sh
@@ -26,3 +29,6 @@ for _ in $(seq 600); do
 done
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), accel: $(sed 's/\x1b\[[0-9;]*m//g' "$DIR/n1.log" | grep -o 'accel=[a-z]*' | head -1)" >&2
 "$T/blixard-bench" vmstart --addr "127.0.0.1:$PORT" --data-dir "$DIR/n1" --pairs "${PAIRS:-12}" "$@"
+if [ "${TASKVM:-1}" != 0 ]; then
+  "$T/blixard-bench" taskvm --addr "127.0.0.1:$PORT" --data-dir "$DIR/n1" --pairs "${TASK_PAIRS:-${PAIRS:-12}}" "$@"
+fi

@@ -19,7 +19,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
 # Modules the cloud kernel builds as modules but the guest needs (see /work/shared/QEMU-NOTES.md).
-modules="virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net button evdev pvpanic_mmio"
+modules="virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net button evdev pvpanic_mmio virtio_console"
 
 die() { echo "build-image: $*" >&2; exit 1; }
 for tool in apt-get apt-cache dpkg-deb cpio lz4 depmod modprobe sha256sum; do
@@ -122,6 +122,8 @@ cat >"$root/init" <<'EOF'
 #   blixard.name=NAME    hostname, and the body of /www/index.html ("hello from NAME")
 #   blixard.http=PORT    serve /www with busybox httpd on PORT
 #   blixard.run64=B64    run the base64-encoded shell script (output to the console)
+#   blixard.task=1       task mode: run the task the host appended to the initramfs, report,
+#                        and never start a console shell (see /bin/blixard-task-run)
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -134,12 +136,13 @@ i=0
 while [ ! -e /dev/input/event0 ] && [ $i -lt 100 ]; do usleep 10000; i=$((i + 1)); done
 acpid -c /etc/acpi -l /run/acpid.log -p /run/acpid.pid
 
-name=blixard; http=; run64=
+name=blixard; http=; run64=; task=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     blixard.name=*) name=${arg#blixard.name=} ;;
     blixard.http=*) http=${arg#blixard.http=} ;;
     blixard.run64=*) run64=${arg#blixard.run64=} ;;
+    blixard.task=1) task=1 ;;
   esac
 done
 hostname "$name"
@@ -154,6 +157,8 @@ for dev in /sys/class/net/eth*; do
 done
 read -r up _ </proc/uptime
 echo "BLIXARD-BOOT-OK uptime=$up"
+# A task VM runs its task as PID 1's job and nothing else (blixard-task-run never returns).
+if [ -n "$task" ]; then exec /bin/blixard-task-run; fi
 
 echo "hello from $name" >/www/index.html
 if [ -n "$http" ]; then httpd -f -p "$http" -h /www & fi
@@ -167,6 +172,106 @@ while true; do
 done
 EOF
 chmod 0755 "$root/init"
+
+# Task mode: the host (crates/node/src/tasks/vm/) appends a second cpio archive to this
+# initramfs holding /blixard-task/{nonce,cmd,arg/NNNN,env/NAME}, and boots with blixard.task=1.
+cat >"$root/bin/blixard-task-run" <<'EOF'
+#!/bin/busybox sh
+# Runs the task under /blixard-task (see blixard-task-exec) as PID 1 of a task VM: its stdout
+# and stderr go to the virtio ports named blixard.stdout and blixard.stderr, and it reports on
+# the serial console with lines carrying the attempt's nonce, which is read and deleted before
+# the task starts (the task's own output never reaches the console, and cannot name the nonce):
+#   BLIXARD-TASK-START <nonce>
+#   BLIXARD-TASK-EXIT <nonce> <code>       repeated every second until the host kills the VM
+#   BLIXARD-TASK-ERROR <nonce> <reason>    notfound (no such program here), noports
+# Once the task's program exits, whatever it left running is killed, then each port gets the
+# trailer "\nBLIXARD-TASK-EOF <nonce>\n": the host knows it then has all the output.
+export PATH=/bin
+d=/blixard-task
+n=$(cat "$d/nonce" 2>/dev/null)
+rm -f "$d/nonce"
+# Only emergencies reach the console from now on: a kernel message cannot split a report line.
+echo 1 >/proc/sys/kernel/printk
+report() {
+  i=0
+  while [ $i -lt 60 ]; do
+    printf '\n%s\n' "$1" >/dev/console
+    sleep 1
+    i=$((i + 1))
+  done
+  poweroff -f
+}
+# The ports appear (and get their names) asynchronously after virtio_console loads.
+out=; err=; i=0
+while [ $i -lt 500 ]; do
+  for p in /sys/class/virtio-ports/*; do
+    pn=; read -r pn <"$p/name" 2>/dev/null
+    case "$pn" in
+      blixard.stdout) out=/dev/${p##*/} ;;
+      blixard.stderr) err=/dev/${p##*/} ;;
+    esac
+  done
+  [ -c "$out" ] && [ -c "$err" ] && break
+  usleep 10000
+  i=$((i + 1))
+done
+[ -c "$out" ] && [ -c "$err" ] || report "BLIXARD-TASK-ERROR $n noports"
+mkdir -p /work
+cd /work
+printf '\nBLIXARD-TASK-START %s\n' "$n" >/dev/console
+/bin/blixard-task-exec "$d" /run/blixard-task.notfound </dev/null >"$out" 2>"$err"
+code=$?
+cd /
+# Everything else dies (PID 1 is spared by kill -1); wait until no user process is left, so
+# nothing writes to a port after its trailer.
+kill -9 -1 2>/dev/null
+i=0
+while [ $i -lt 200 ]; do
+  left=
+  for p in /proc/[0-9]*; do
+    [ "$p" = /proc/1 ] && continue
+    c=; read -r c <"$p/cmdline" 2>/dev/null
+    [ -n "$c" ] && left=1 && break
+  done
+  [ -z "$left" ] && break
+  usleep 10000
+  i=$((i + 1))
+done
+printf '\nBLIXARD-TASK-EOF %s\n' "$n" >"$out"
+printf '\nBLIXARD-TASK-EOF %s\n' "$n" >"$err"
+if [ -e /run/blixard-task.notfound ]; then report "BLIXARD-TASK-ERROR $n notfound"; fi
+report "BLIXARD-TASK-EXIT $n $code"
+EOF
+cat >"$root/bin/blixard-task-exec" <<'EOF'
+#!/bin/busybox sh
+# blixard-task-exec DIR NOTFOUND: execs the task described by DIR with exactly its arguments
+# and environment; no value ever goes through a shell's parsing. DIR/cmd is the program,
+# DIR/arg/NNNN its arguments in order, DIR/env/NAME the value of variable NAME, each file
+# holding the value's bytes exactly. The environment is PATH=/bin and the task's own. When the
+# program cannot be found here, NOTFOUND is created and the exit status is 127.
+d=$1
+# Reads a file into v, keeping trailing newlines (which $(...) would strip).
+val() { v=$(cat "$1"; echo .); v=${v%.}; }
+val "$d/cmd"
+cmd=$v
+# env(1) would take a program name with "=" for a variable; no such program exists here anyway.
+case "$cmd" in '' | -* | *=*) : >"$2"; exit 127 ;; esac
+command -v "$cmd" >/dev/null 2>&1 || { : >"$2"; exit 127; }
+set -- env -i PATH=/bin
+for f in "$d"/env/*; do
+  [ -f "$f" ] || continue
+  val "$f"
+  set -- "$@" "${f##*/}=$v"
+done
+set -- "$@" "$cmd"
+for f in "$d"/arg/*; do
+  [ -f "$f" ] || continue
+  val "$f"
+  set -- "$@" "$v"
+done
+exec "$@"
+EOF
+chmod 0755 "$root/bin/blixard-task-run" "$root/bin/blixard-task-exec"
 
 find "$root" -exec touch -h -d @0 {} +
 (cd "$root" && find . -print0 | sort -z \

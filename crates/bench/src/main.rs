@@ -9,6 +9,7 @@ mod load;
 mod place;
 mod report;
 mod target;
+mod taskvm;
 mod tls;
 mod tlscost;
 mod vmstart;
@@ -43,6 +44,8 @@ enum Cmd {
     Report(ReportArgs),
     /// VM start overhead: `vm start` → boot marker vs the same QEMU command → boot marker.
     Vmstart(VmstartArgs),
+    /// `--isolation vm` overhead: submit → succeeded vs the same QEMU command → exit report.
+    Taskvm(TaskvmArgs),
     /// Scheduler placements per second, in memory, on one thread.
     Place(place::PlaceArgs),
 }
@@ -57,6 +60,23 @@ struct VmstartArgs {
     data_dir: PathBuf,
     #[arg(long, default_value = "bench-vm")]
     name: String,
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u32,
+    /// Interleaved (blixard, raw) pairs.
+    #[arg(long, default_value_t = 10)]
+    pairs: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TaskvmArgs {
+    /// A blixard node (the tasks are placed on it: use a one-node cluster).
+    #[arg(long)]
+    addr: String,
+    /// That node's --data-dir (its task attempts are read for the QEMU command line).
+    #[arg(long)]
+    data_dir: PathBuf,
     #[arg(long, default_value_t = 128)]
     memory_mib: u32,
     /// Interleaved (blixard, raw) pairs.
@@ -310,6 +330,25 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn taskvm_cmd(a: TaskvmArgs) -> anyhow::Result<()> {
+    let r =
+        taskvm::run(taskvm::Config { addr: a.addr, data_dir: a.data_dir, memory_mib: a.memory_mib, pairs: a.pairs })
+            .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "| pairs | blixard `task submit --isolation vm -- true` → succeeded (median) | raw QEMU, same command line → exit report (median) | added (median of pair differences) | ratio |"
+        );
+        println!("|---:|---:|---:|---:|---:|");
+        println!(
+            "| {} | {:.1} ms | {:.1} ms | {:+.1} ms | {:.3} |",
+            r.pairs, r.median_blixard_ms, r.median_raw_ms, r.median_added_ms, r.ratio_of_medians
+        );
+    }
+    Ok(())
+}
+
 async fn vmstart_cmd(a: VmstartArgs) -> anyhow::Result<()> {
     let r = vmstart::run(vmstart::Config {
         addr: a.addr,
@@ -403,6 +442,7 @@ fn main() -> ExitCode {
             Cmd::Failover(a) => failover(a).await,
             Cmd::Report(a) => report(a),
             Cmd::Vmstart(a) => vmstart_cmd(a).await,
+            Cmd::Taskvm(a) => taskvm_cmd(a).await,
             Cmd::Place(a) => place::run(a),
         }
     });

@@ -30,6 +30,10 @@ pub const MAX_ENV_VALUE_LEN: usize = 4096;
 pub const VCPUS: (u32, u32) = (1, 256);
 /// Memory a task may ask for, in MiB (inclusive).
 pub const MEMORY_MIB: (u32, u32) = (1, 1024 * 1024);
+/// vCPUs of a task with `vm` isolation (those of a VM).
+pub const VM_VCPUS: (u32, u32) = crate::spec::VCPUS;
+/// Memory of a task with `vm` isolation, in MiB: the guest kernel needs about 72 MiB to boot.
+pub const VM_MEMORY_MIB: (u32, u32) = (96, crate::spec::MEMORY_MIB.1);
 /// Timeout range, in ms (1 s to 7 days).
 pub const TIMEOUT_MS: (u64, u64) = (1_000, 7 * 24 * 3_600_000);
 /// Most retries after the first attempt.
@@ -50,7 +54,8 @@ pub enum Isolation {
     /// A child process in its own process group.
     #[default]
     Process,
-    /// A throwaway microVM (not built yet: refused by validation).
+    /// A throwaway microVM booted from the default guest image, with the task's vCPUs and
+    /// memory, destroyed when the attempt ends.
     Vm,
 }
 
@@ -198,7 +203,8 @@ impl TaskSpec {
         range("backoff_ms", self.backoff_ms, (0, MAX_BACKOFF_MS))?;
         range("backoff_cap_ms", self.backoff_cap_ms, (self.backoff_ms, MAX_BACKOFF_MS))?;
         if self.isolation == Isolation::Vm {
-            return Err(ValidationError::new("isolation", "vm isolation is not built yet; use process"));
+            range("vcpus", self.vcpus, VM_VCPUS)?;
+            range("memory", self.memory_mib, VM_MEMORY_MIB)?;
         }
         validate_labels(&self.labels)
     }

@@ -190,20 +190,23 @@ async fn run_vms(
     ops: Arc<http::Ops>,
 ) {
     let (backend_state, work) = (&ops.backend, ops.metrics.work.clone());
+    let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
+    let cache = cfg.image_cache.clone().unwrap_or(default_cache);
     #[cfg(not(madsim))]
     tokio::spawn(
         tasks::Runner::new(
             cfg.id,
             raft.clone(),
             lease.clone(),
-            Arc::new(tasks::exec::ProcessExecutor::default()),
+            Arc::new(tasks::vm::ByIsolation {
+                process: Arc::new(tasks::exec::ProcessExecutor::default()),
+                vm: Arc::new(tasks::vm::VmExecutor::new(cache.clone())),
+            }),
             cfg.data_dir.join("tasks"),
         )
         .with_work(work.clone())
         .run(),
     );
-    let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
-    let cache = cfg.image_cache.clone().unwrap_or(default_cache);
     let files = blixard_vmm::host_files::HostFiles::new(cache.clone(), cfg.allow_image_dirs.clone());
     let opened = match cfg.vm_driver.clone() {
         Some(injected) => Ok(backend::Opened { driver: injected.driver, accel: injected.accel }),

@@ -35,7 +35,7 @@ pub struct SubmitArgs {
     backoff: Duration,
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     backoff_cap: Duration,
-    /// process (vm is not built yet).
+    /// process, or vm: a throwaway microVM booted from the default guest image (see README).
     #[arg(long, default_value = "process")]
     isolation: String,
     /// K=V, repeatable: the task's whole environment besides PATH.
@@ -78,7 +78,7 @@ pub enum TaskCmd {
         #[arg(long, default_value_t = 0)]
         attempt: u32,
     },
-    /// Cancel a task (its node stops a running attempt: SIGTERM, then SIGKILL).
+    /// Cancel a task (its node stops a running attempt: SIGTERM, then SIGKILL; a VM is killed).
     Cancel { id: String },
     /// Wait for a task to end; exits with its exit code.
     Wait {
@@ -133,6 +133,7 @@ pub struct TaskOut {
     state: String,
     node: Option<u64>,
     command: Vec<String>,
+    isolation: String,
     exit_code: Option<i32>,
     pending: Option<String>,
     cancel_requested: bool,
@@ -152,6 +153,7 @@ fn task_out(t: v1::Task) -> TaskOut {
         name: Some(spec.name).filter(|n| !n.is_empty()),
         state: t.state,
         command,
+        isolation: if spec.isolation.is_empty() { "process".into() } else { spec.isolation },
         exit_code: t.exit_code,
         pending: Some(t.pending).filter(|p| !p.is_empty()),
         cancel_requested: t.cancel_requested,
@@ -207,7 +209,11 @@ fn detail(x: &TaskOut) -> String {
             a.result.as_deref().unwrap_or("open"),
             a.exit_code.map_or(String::new(), |c| format!(" code {c}")),
             a.signal.map_or(String::new(), |c| format!(" signal {c}")),
-            if a.killed { " (SIGKILL after the grace period)" } else { "" },
+            match (a.killed, x.isolation.as_str()) {
+                (false, _) => "",
+                (true, "vm") => " (its VM was killed)",
+                (true, _) => " (SIGKILL after the grace period)",
+            },
         ));
         if let Some(e) = &a.error {
             s.push_str(&format!("  error: {e}\n"));

@@ -77,8 +77,20 @@ fn name_labels_isolation_rules() {
     TaskSpec { name: Some("nightly-1".into()), ..ok() }.validate().unwrap();
     let labels = [("bad key!".to_string(), "v".to_string())].into();
     assert_eq!(field(TaskSpec { labels, ..ok() }), "labels");
-    assert_eq!(field(TaskSpec { isolation: Isolation::Vm, ..ok() }), "isolation");
     assert!(Isolation::parse("docker").is_err());
+}
+
+#[test]
+fn vm_isolation_takes_a_vms_resources() {
+    let vm = |vcpus, memory_mib| TaskSpec { isolation: Isolation::Vm, vcpus, memory_mib, ..ok() };
+    vm(1, 128).validate().unwrap();
+    vm(VM_VCPUS.1, VM_MEMORY_MIB.0).validate().unwrap();
+    vm(1, VM_MEMORY_MIB.1).validate().unwrap();
+    assert_eq!(field(vm(VM_VCPUS.1 + 1, 128)), "vcpus");
+    assert_eq!(field(vm(1, VM_MEMORY_MIB.0 - 1)), "memory");
+    assert_eq!(field(vm(1, VM_MEMORY_MIB.1 + 1)), "memory");
+    // The same resources are fine for a process.
+    TaskSpec { vcpus: VM_VCPUS.1 + 1, memory_mib: 64, ..ok() }.validate().unwrap();
 }
 
 #[test]

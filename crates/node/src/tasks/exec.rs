@@ -83,7 +83,7 @@ fn start_failed(error: String) -> Finished {
 #[cfg(not(madsim))]
 /// Copies `from` into `file` up to `limit` bytes (then the marker, and the rest is drained),
 /// returning the last [`MAX_TAIL`] bytes of the whole stream.
-async fn copy_bounded(mut from: impl AsyncRead + Unpin, file: PathBuf, limit: u64) -> Vec<u8> {
+pub(crate) async fn copy_bounded(mut from: impl AsyncRead + Unpin, file: PathBuf, limit: u64) -> Vec<u8> {
     let mut out = match tokio::fs::File::create(&file).await {
         Ok(f) => Some(f),
         Err(e) => {

@@ -14,6 +14,8 @@
 pub mod exec;
 #[cfg(all(test, not(madsim)))]
 mod tests;
+#[cfg(not(madsim))]
+pub mod vm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::image::GuestImage;
 use crate::{Accel, Result, VmmError};
 
-pub use probe::{probe_kvm, probe_owner, reap_leftover_probes, PROBE_ARG};
+pub use probe::{pdeathsig_wrapper, probe_kvm, probe_owner, reap_leftover_probes, PROBE_ARG};
 
 /// How long the KVM probe waits for the boot marker (a TCG boot takes ~2 s, KVM far less).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -117,7 +117,7 @@ fn probe_in(image: &GuestImage, dir: &Path, timeout: Duration) -> Result<(bool, 
 }
 
 /// `setpriv` if it is on `PATH` and knows `--pdeathsig` (util-linux 2.33 and later).
-fn pdeathsig_wrapper() -> Option<PathBuf> {
+pub fn pdeathsig_wrapper() -> Option<PathBuf> {
     let path = std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("setpriv")).find(|p| p.is_file())?;
     let help = Command::new(&path).arg("--help").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
     String::from_utf8_lossy(&help.stdout).contains("--pdeathsig").then_some(path)
