@@ -433,6 +433,9 @@ impl SimDisk {
 
     /// A file for redb's state store at `path` (created if missing; its name made durable).
     pub fn backend(&self, path: &Path) -> io::Result<SimBackend> {
+        if let Some(d) = path.parent() {
+            self.create_dir_all(d)?;
+        }
         let f = self.open_or_create(path)?;
         if let Some(d) = path.parent() {
             self.sync_dir(d)?;

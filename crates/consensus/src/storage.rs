@@ -336,6 +336,22 @@ impl DiskStorage {
         self.wal.flush(durable)
     }
 
+    /// The Ready loop's write: appends `entries`, records `hs`, writes them and, with
+    /// `durable`, `fdatasync`s them ([`LogStore::persist`] is this). Its error is the store's own,
+    /// so a failed sync reaches the operator as what it is (file and I/O error).
+    pub fn persist_log(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        self.stage_append(entries)?;
+        if let Some(hs) = hs {
+            self.stage_hard_state(hs);
+        }
+        self.sync(durable)
+    }
+
     /// Called when the Ready loop goes idle: lets the log claim its last sync (see the log's
     /// record format), without a sync of its own.
     pub fn seal(&mut self) -> Result<(), StorageError> {
@@ -505,11 +521,7 @@ impl raft::Storage for DiskStorage {
 /// The Ready loop's write path, held to the conformance suite.
 impl LogStore for DiskStorage {
     fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, durable: bool) -> Result<(), raft::Error> {
-        self.stage_append(entries)?;
-        if let Some(hs) = hs {
-            self.stage_hard_state(hs);
-        }
-        Ok(self.sync(durable)?)
+        Ok(self.persist_log(entries, hs, durable)?)
     }
 
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), raft::Error> {
