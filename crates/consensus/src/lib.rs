@@ -21,6 +21,8 @@ mod checkpoint;
 pub mod driver;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod handle;
 mod known;
 pub mod log_store;

@@ -274,6 +274,8 @@ impl<F: Fs> Wal<F> {
         }
         if durable && self.unsynced {
             let path = self.active_path();
+            #[cfg(feature = "failpoints")]
+            crate::failpoints::wal_sync().map_err(StorageError::io("cannot sync", &path))?;
             self.active.sync_data().map_err(StorageError::io("cannot sync", &path))?;
             self.unsynced = false;
             self.synced = self.written;
