@@ -142,6 +142,8 @@ struct State {
     /// Changes made so far (writes, syncs, lengths, creations, renames, removals).
     ops: u64,
     crashes: u64,
+    /// Bytes of unsynced writes crashes did not let reach the disk.
+    lost: u64,
 }
 
 impl State {
@@ -361,6 +363,10 @@ impl SimDisk {
                     }
                 }
             }
+            let bytes = |ps: &[Pending]| -> u64 {
+                ps.iter().map(|p| if let Pending::Write { data, .. } = p { data.len() as u64 } else { 0 }).sum()
+            };
+            s.lost += bytes(&pending).saturating_sub(bytes(&keep));
             let i = s.inodes.get_mut(&ino).expect("inode");
             for p in &keep {
                 i.durable.apply(p);
@@ -375,6 +381,11 @@ impl SimDisk {
     /// Crashes so far.
     pub fn crashes(&self) -> u64 {
         self.lock().crashes
+    }
+
+    /// Bytes of written but unsynced data that crashes so far kept from reaching the disk.
+    pub fn lost_bytes(&self) -> u64 {
+        self.lock().lost
     }
 
     /// Flips bit `bit` (0..8) of byte `offset` of `path`, on the disk and in the page cache.
