@@ -23,6 +23,9 @@ pub enum StorageError {
     },
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The log refuses writes after one of its writes or syncs failed (see `Wal::flush`).
+    #[error("{0}")]
+    Failed(String),
     /// Acknowledged data is damaged: the node must not start on it.
     #[error("{} is damaged at byte {offset}: {detail}; {RECOVER_HINT}", file.display())]
     Damaged { file: PathBuf, offset: u64, detail: String },

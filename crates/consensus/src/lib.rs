@@ -5,6 +5,8 @@
 //! - [`storage`]: [`DiskStorage`], raft-rs's `Storage` over the WAL and redb.
 //! - [`log_store`]: the write half of a Raft log store ([`LogStore`]), implemented for
 //!   [`DiskStorage`] and raft-rs's `MemStorage`, both held to one conformance suite.
+//! - [`simdisk`]: a simulated disk (for the log and redb) that loses unsynced writes at a crash,
+//!   rots bits, fills up and fails `fsync`s, for tests.
 //! - [`sm`]: the core state machine's [`blixard_core::Store`] over redb tables.
 //! - [`engine`]: the pure policy of the Ready loop: waiting writes and reads, re-proposals,
 //!   answers (unit-tested input by input).
@@ -19,6 +21,8 @@ mod checkpoint;
 pub mod driver;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod handle;
 mod known;
 pub mod log_store;
@@ -26,6 +30,7 @@ mod logger;
 pub mod observe;
 mod overlay;
 mod ready;
+pub mod simdisk;
 pub mod sm;
 pub mod storage;
 pub mod transport;

@@ -72,8 +72,9 @@ impl<T: Transport> Driver<T> {
             // raft-rs says when durability is required (new entries, term or vote); a commit
             // index alone can be relearned after a crash, so it is written without an fsync.
             let start = std::time::Instant::now();
-            crate::LogStore::persist(self.raw.mut_store(), rd.entries(), rd.hs(), rd.must_sync())
-                .map_err(|e| StorageError::Corrupt(format!("cannot persist the log: {e}")))?;
+            // A failure (a full disk, a failed fsync) stops the loop, and the node with it: the
+            // error names the file and the cause, never "corrupt".
+            self.raw.mut_store().persist_log(rd.entries(), rd.hs(), rd.must_sync())?;
             let n = rd.entries().len();
             self.observed.with(|o| o.wal_persist(start.elapsed(), n, rd.must_sync()));
         }

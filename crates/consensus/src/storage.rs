@@ -24,7 +24,7 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition, WriteTransac
 use crate::error::StorageError;
 use crate::log_store::LogStore;
 use crate::sm::{self, ReadView, TxnStore};
-use crate::wal::Wal;
+use crate::wal::{Disk, Wal, SEGMENT_BYTES};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
@@ -43,7 +43,7 @@ pub struct Bootstrap {
 
 pub struct DiskStorage {
     db: Arc<Database>,
-    wal: Wal,
+    wal: Wal<Disk>,
     /// Entries `truncated.0 + 1 ..= last_index`.
     entries: VecDeque<Entry>,
     hs: HardState,
@@ -129,6 +129,12 @@ fn new_ident() -> u128 {
 impl DiskStorage {
     /// Opens the store: the state machine in `db`, the log in `wal_dir`. Creates what is missing.
     pub fn open(db: Arc<Database>, wal_dir: &Path) -> Result<Self, StorageError> {
+        Self::open_on(db, Disk::Real, wal_dir, SEGMENT_BYTES)
+    }
+
+    /// [`Self::open`] with the log on `disk` (a simulated one in tests), in segments of
+    /// `segment_bytes`.
+    pub fn open_on(db: Arc<Database>, disk: Disk, wal_dir: &Path, segment_bytes: u64) -> Result<Self, StorageError> {
         let txn = db.begin_write().map_err(StorageError::db)?;
         txn.open_table(META).map_err(StorageError::db)?;
         sm::create_tables(&txn)?;
@@ -142,7 +148,7 @@ impl DiskStorage {
             Some(b) => unpair(K_APPLIED, &b)?,
             None => (0, 0),
         };
-        let (mut wal, rec) = Wal::open(wal_dir)?;
+        let (mut wal, rec) = Wal::open_on(disk, wal_dir, segment_bytes)?;
         let state_used = applied != (0, 0) || meta_get(&db, K_NODE_ID)?.is_some() || cs != ConfState::default();
         let log_used = !rec.entries.is_empty() || rec.truncated != (0, 0) || rec.hard_state != HardState::default();
         let ident = match meta_get(&db, K_IDENT)? {
@@ -330,6 +336,22 @@ impl DiskStorage {
         self.wal.flush(durable)
     }
 
+    /// The Ready loop's write: appends `entries`, records `hs`, writes them and, with
+    /// `durable`, `fdatasync`s them ([`LogStore::persist`] is this). Its error is the store's own,
+    /// so a failed sync reaches the operator as what it is (file and I/O error).
+    pub fn persist_log(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        self.stage_append(entries)?;
+        if let Some(hs) = hs {
+            self.stage_hard_state(hs);
+        }
+        self.sync(durable)
+    }
+
     /// Called when the Ready loop goes idle: lets the log claim its last sync (see the log's
     /// record format), without a sync of its own.
     pub fn seal(&mut self) -> Result<(), StorageError> {
@@ -499,11 +521,7 @@ impl raft::Storage for DiskStorage {
 /// The Ready loop's write path, held to the conformance suite.
 impl LogStore for DiskStorage {
     fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, durable: bool) -> Result<(), raft::Error> {
-        self.stage_append(entries)?;
-        if let Some(hs) = hs {
-            self.stage_hard_state(hs);
-        }
-        Ok(self.sync(durable)?)
+        Ok(self.persist_log(entries, hs, durable)?)
     }
 
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), raft::Error> {

@@ -3,6 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The simulated disk, for the simulation (see [`crate::NodeConfig::disk`]).
+pub use blixard_consensus::simdisk::{Crash, SimDisk};
+pub use blixard_consensus::wal::Disk;
+use blixard_consensus::wal::SEGMENT_BYTES;
 use blixard_consensus::{DiskStorage, StorageError};
 
 pub const DB_FILE: &str = "blixard.redb";
@@ -73,12 +77,26 @@ pub fn restore(dir: &Path, id: u64, addr: &str, backup: &[u8]) -> Result<blixard
 
 /// Opens the data dir for node `id`, creating it when missing. Never wipes anything.
 pub fn open(dir: &Path, id: u64) -> Result<DiskStorage, DataDirError> {
+    open_on(dir, id, &Disk::Real)
+}
+
+/// [`open`], with the state store and the log on `disk` (the simulation's simulated disk; the
+/// data dir itself is still created on the real one, for the node's other files).
+pub fn open_on(dir: &Path, id: u64, disk: &Disk) -> Result<DiskStorage, DataDirError> {
     std::fs::create_dir_all(dir).map_err(|source| DataDirError::Create { dir: dir.into(), source })?;
-    let db = redb::Database::create(dir.join(DB_FILE)).map_err(|e| match e {
+    let corrupt = |e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => DataDirError::InUse { dir: dir.into() },
         source => DataDirError::Corrupt { dir: dir.into(), source },
-    })?;
-    let storage = DiskStorage::open(Arc::new(db), &dir.join(LOG_DIR))
+    };
+    let db = match disk {
+        Disk::Real => redb::Database::create(dir.join(DB_FILE)).map_err(corrupt)?,
+        Disk::Sim(sim) => {
+            let backend =
+                sim.backend(&dir.join(DB_FILE)).map_err(|source| DataDirError::Create { dir: dir.into(), source })?;
+            redb::Database::builder().create_with_backend(backend).map_err(corrupt)?
+        }
+    };
+    let storage = DiskStorage::open_on(Arc::new(db), disk.clone(), &dir.join(LOG_DIR), SEGMENT_BYTES)
         .map_err(|source| DataDirError::Storage { dir: dir.into(), source })?;
     match storage.node_id() {
         Ok(Some(found)) if found != id => Err(DataDirError::WrongNode { dir: dir.into(), found, expected: id }),

@@ -91,6 +91,9 @@ pub struct NodeConfig {
     /// The token this node presents when it joins a cluster that enforces roles (plaintext
     /// ports; with mTLS the node certificate is enough).
     pub token: Option<String>,
+    /// Where the state store and the log live: the real file system, or (the simulation) a
+    /// simulated disk that loses unsynced writes when its host crashes.
+    pub disk: blixard_consensus::wal::Disk,
 }
 
 impl NodeConfig {
@@ -125,6 +128,7 @@ impl NodeConfig {
             vm_driver: None,
             auth: Default::default(),
             token: None,
+            disk: Default::default(),
         }
     }
 }
@@ -411,7 +415,7 @@ impl Node {
             Some(dir) => Some(tls::open(dir, cfg.id).map_err(NodeError::Tls)?),
             None => None,
         };
-        let mut storage = datadir::open(&cfg.data_dir, cfg.id)?;
+        let mut storage = datadir::open_on(&cfg.data_dir, cfg.id, &cfg.disk)?;
         let storage_err = |e| datadir::DataDirError::Storage { dir: cfg.data_dir.clone(), source: e };
         let mut joining = None;
         let mut fresh = false;

@@ -52,6 +52,9 @@ pub struct Outcome {
     /// Each node's state once the cluster settled, or why it did not settle in time.
     pub finals: Result<BTreeMap<u64, NodeFinal>, String>,
     pub view: Running,
+    /// Host crashes, and the bytes written but not synced that they kept from the disk.
+    pub disk_crashes: u64,
+    pub disk_lost_bytes: u64,
 }
 
 #[derive(Default)]
@@ -314,7 +317,20 @@ pub async fn scenario(dir: std::path::PathBuf) -> Outcome {
         }
         history.extend(cluster.view.log());
         let leaders = leaders.lock().expect("lock").clone();
-        Outcome { history, allowed, bad_reads, read_back, leaders, finals, view: cluster.view.clone() }
+        let disk_crashes = cluster.disks.values().map(|d| d.crashes()).sum();
+        let disk_lost_bytes = cluster.disks.values().map(|d| d.lost_bytes()).sum();
+        history.push(format!("disks: {disk_crashes} crashes, {disk_lost_bytes} unsynced bytes lost"));
+        Outcome {
+            history,
+            allowed,
+            bad_reads,
+            read_back,
+            leaders,
+            finals,
+            view: cluster.view.clone(),
+            disk_crashes,
+            disk_lost_bytes,
+        }
     })
     .await
     .expect("client host")

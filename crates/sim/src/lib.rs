@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use blixard_core::ClientSession;
+use blixard_node::datadir::{Crash, SimDisk};
 use blixard_node::{Node, NodeConfig};
 use blixard_proto::rpc;
 use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
@@ -45,8 +46,8 @@ pub fn addr(i: u64) -> String {
 
 /// One host's daemon: node `id`, joining through node 1 unless it is node 1, with the fake VM
 /// driver reporting to `view` (a fresh one each time the host boots: a host's death takes its
-/// VMs with it).
-async fn run_node(id: u64, dir: PathBuf, view: running::Running, tweak: fn(&mut NodeConfig)) {
+/// VMs with it), its state store and log on the host's simulated `disk`.
+async fn run_node(id: u64, dir: PathBuf, view: running::Running, tweak: fn(&mut NodeConfig), disk: SimDisk) {
     let listener = tokio::net::TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("ip"), PORT))
         .await
         .expect("bind the node's port");
@@ -60,6 +61,7 @@ async fn run_node(id: u64, dir: PathBuf, view: running::Running, tweak: fn(&mut 
     cfg.disk_gib = Some(100);
     let driver = std::sync::Arc::new(running::RecordingDriver::new(id, view));
     cfg.vm_driver = Some(blixard_node::backend::Injected { driver, accel: "fake".into() });
+    cfg.disk = blixard_node::datadir::Disk::Sim(disk);
     tweak(&mut cfg);
     let node = Node::start(cfg, listener).await.expect("node starts");
     std::future::pending::<()>().await;
@@ -73,6 +75,9 @@ pub struct Cluster {
     /// Which node runs which VM, at every instant (see [`running`]).
     pub view: running::Running,
     dead: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// Each host's disk: what its node synced survives the host's death, what it only wrote may
+    /// not (see [`SimDisk::crash`]).
+    pub disks: BTreeMap<u64, SimDisk>,
 }
 
 impl Cluster {
@@ -85,19 +90,24 @@ impl Cluster {
         let h = Handle::current();
         let view = running::Running::new();
         let mut nodes = BTreeMap::new();
+        let mut disks = BTreeMap::new();
         for id in 1..=n {
             let d = dir.join(format!("n{id}"));
             let v = view.clone();
+            // The disk's crash choices from the run's seed (not drawn from its generator, so the
+            // schedules stay those of the seed).
+            let disk = SimDisk::new(h.seed() ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            disks.insert(id, disk.clone());
             let node = h
                 .create_node()
                 .name(format!("n{id}"))
                 .ip(ip(id))
-                .init(move || run_node(id, d.clone(), v.clone(), tweak))
+                .init(move || run_node(id, d.clone(), v.clone(), tweak, disk.clone()))
                 .build();
             nodes.insert(id, node);
         }
         let ids = nodes.iter().map(|(k, n)| (*k, n.id())).collect();
-        Cluster { nodes, ids, view, dead: Default::default() }
+        Cluster { nodes, ids, view, dead: Default::default(), disks }
     }
 
     pub fn size(&self) -> u64 {
@@ -109,9 +119,11 @@ impl Cluster {
         Handle::current().create_node().name("client").ip(ip(100)).build()
     }
 
-    /// The host dies (its daemon and its VMs; its data dir stays).
+    /// The host dies (its daemon and its VMs; its data dir stays, less what was not synced: any
+    /// subset of those writes POSIX allows, page by page).
     pub fn kill(&self, id: u64) {
         Handle::current().kill(self.ids[&id]);
+        self.disks[&id].crash(Crash::Pages);
         self.view.host_died(id);
         self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
     }
@@ -124,10 +136,13 @@ impl Cluster {
     /// Starts the daemon again from its data dir.
     /// (A running host is killed first: its VMs die with it.)
     pub fn restart(&self, id: u64) {
-        Handle::current().restart(self.ids[&id]);
-        if !self.dead.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+        let was_dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        if !was_dead {
+            Handle::current().kill(self.ids[&id]);
+            self.disks[&id].crash(Crash::Pages);
             self.view.host_died(id);
         }
+        Handle::current().restart(self.ids[&id]);
     }
 
     /// Cuts `id` off from every other node, both ways (clients still reach it).

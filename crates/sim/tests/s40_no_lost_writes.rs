@@ -24,5 +24,10 @@ fn no_acknowledged_write_is_lost() {
             }
         }
     }
-    eprintln!("seed {seed}: {} keys checked ({acked} with an acknowledged value)", o.allowed.len());
+    eprintln!(
+        "seed {seed}: {} keys checked ({acked} with an acknowledged value); {} host crashes lost {} unsynced bytes",
+        o.allowed.len(),
+        o.disk_crashes,
+        o.disk_lost_bytes
+    );
 }

@@ -169,6 +169,11 @@ impl TestNode {
     }
 
     pub fn spawn(&mut self, extra: &[&str]) {
+        self.spawn_env(extra, &[]);
+    }
+
+    /// [`Self::spawn`] with environment variables set for the node process.
+    pub fn spawn_env(&mut self, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) {
         assert!(self.child.is_none(), "node {} already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
         let mut cmd = match self.prefix.split_first() {
@@ -184,6 +189,7 @@ impl TestNode {
             .arg(&self.dir)
             .args(extra)
             .env("BLIXARD_IMAGE_CACHE", image_cache())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -30,20 +30,20 @@
 //! Segments are deleted only once every entry they hold is below the compaction point, and the
 //! caller compacts only entries whose effects are durable in the state machine (see the driver).
 
+pub mod fs;
 mod record;
 mod replay;
 mod spare;
 #[cfg(test)]
 mod tests;
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState};
 
 use crate::error::StorageError;
+pub use fs::{Disk, Fs, FsFile, StdFs};
 use record::*;
 pub use replay::Recovered;
 use replay::Replay;
@@ -59,11 +59,13 @@ struct Segment {
     start: u64,
 }
 
-pub struct Wal {
+/// The log, over the file layer `F` (see [`fs`]).
+pub struct Wal<F: Fs = StdFs> {
+    fs: F,
     dir: PathBuf,
     /// Older segments, oldest first, then the active one (always last).
     segments: Vec<Segment>,
-    active: File,
+    active: F::File,
     /// Bytes written to the active segment.
     written: u64,
     /// Bytes of the active segment made durable by a completed `fdatasync`.
@@ -78,17 +80,19 @@ pub struct Wal {
     last: (u64, u64),
     hard_state: HardState,
     ident: Option<u128>,
-    spare: Spare,
+    spare: Spare<F>,
+    /// Why the log stopped accepting writes: a write or sync failed (see [`Wal::flush`]).
+    failed: Option<String>,
     /// Rollovers that took the prepared spare (the rest `fallocate`d a segment).
     spares_used: u64,
     segment_bytes: u64,
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(StorageError::io("cannot sync directory", dir))
+fn sync_dir<F: Fs>(fs: &F, dir: &Path) -> Result<(), StorageError> {
+    fs.sync_dir(dir).map_err(StorageError::io("cannot sync directory", dir))
 }
 
-impl Wal {
+impl Wal<StdFs> {
     /// Opens (or creates) the log in `dir` and replays it. A torn tail is cut off; damage to
     /// acknowledged records is an error. The log then continues in a fresh segment.
     pub fn open(dir: &Path) -> Result<(Wal, Recovered), StorageError> {
@@ -97,12 +101,17 @@ impl Wal {
 
     /// [`Wal::open`] with segments of `segment_bytes` (small ones make tests roll over often).
     pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<(Wal, Recovered), StorageError> {
-        std::fs::create_dir_all(dir).map_err(StorageError::io("cannot create", dir))?;
+        Wal::open_on(StdFs, dir, segment_bytes)
+    }
+}
+
+impl<F: Fs> Wal<F> {
+    /// [`Wal::open_with`] over the file layer `fs`.
+    pub fn open_on(fs: F, dir: &Path, segment_bytes: u64) -> Result<(Wal<F>, Recovered), StorageError> {
+        fs.create_dir_all(dir).map_err(StorageError::io("cannot create", dir))?;
         let mut seqs = Vec::new();
-        for item in std::fs::read_dir(dir).map_err(StorageError::io("cannot read", dir))? {
-            let item = item.map_err(StorageError::io("cannot read", dir))?;
-            let name = item.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else { continue };
+        for name in fs.list(dir).map_err(StorageError::io("cannot read", dir))? {
+            let Some(stem) = name.strip_suffix(".wal") else { continue };
             if let Ok(seq) = u64::from_str_radix(stem, 16) {
                 seqs.push(seq);
             }
@@ -115,10 +124,7 @@ impl Wal {
         for (i, &seq) in seqs.iter().enumerate() {
             let path = seg_path(dir, seq);
             let newest = i + 1 == n;
-            let mut data = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut data))
-                .map_err(StorageError::io("cannot read", &path))?;
+            let data = fs.read(&path).map_err(StorageError::io("cannot read", &path))?;
             let (recs, valid, end) = records(&data);
             let at = path.display().to_string();
             if let End::Bad { at: bad, why } = end {
@@ -142,7 +148,7 @@ impl Wal {
                 }
                 // A segment whose header never reached the disk: a crash right after creating it.
                 None if newest => {
-                    std::fs::remove_file(&path).map_err(StorageError::io("cannot remove", &path))?;
+                    fs.remove(&path).map_err(StorageError::io("cannot remove", &path))?;
                     continue;
                 }
                 _ => return Err(StorageError::Corrupt(format!("{at}: no segment header"))),
@@ -155,7 +161,7 @@ impl Wal {
             if newest {
                 // Cut the torn tail and the unused preallocation, so the segment reads the same
                 // after any later crash.
-                let f = OpenOptions::new().write(true).open(&path).map_err(StorageError::io("cannot open", &path))?;
+                let f = fs.open_write(&path).map_err(StorageError::io("cannot open", &path))?;
                 f.set_len(valid as u64)
                     .and_then(|_| f.sync_all())
                     .map_err(StorageError::io("cannot truncate", &path))?;
@@ -163,7 +169,7 @@ impl Wal {
         }
 
         // A spare left by an earlier run may be only partly filled: start it over.
-        match std::fs::remove_file(dir.join(SPARE)) {
+        match fs.remove(&dir.join(SPARE)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(StorageError::io("cannot remove", &dir.join(SPARE))(e)),
@@ -171,8 +177,9 @@ impl Wal {
         let seq = segments.last().map_or(0, |s| s.seq + 1);
         // The first segment is filled now (~10 ms for 16 MiB here), not fallocated: a node's
         // first minutes of writes go to it. Not under simulation, where it would only cost time.
-        let active = create_segment(dir, seq, !cfg!(madsim), segment_bytes)?;
+        let active = create_segment(&fs, dir, seq, !cfg!(madsim), segment_bytes)?;
         let mut wal = Wal {
+            fs,
             dir: dir.to_path_buf(),
             segments,
             active,
@@ -185,14 +192,15 @@ impl Wal {
             hard_state: replay.r.hard_state.clone(),
             ident: replay.r.ident,
             spare: Spare::default(),
+            failed: None,
             spares_used: 0,
             segment_bytes,
         };
         wal.segments.push(Segment { seq, start: wal.last.0 });
         wal.header();
         wal.write_out(true)?;
-        sync_dir(dir)?;
-        wal.spare.start(dir, segment_bytes);
+        sync_dir(&wal.fs, dir)?;
+        wal.spare.start(&wal.fs, dir, segment_bytes);
         Ok((wal, replay.r))
     }
 
@@ -259,13 +267,15 @@ impl Wal {
     fn write_out(&mut self, durable: bool) -> Result<(), StorageError> {
         if !self.buf.is_empty() {
             let path = self.active_path();
-            self.active.write_all(&self.buf).map_err(StorageError::io("cannot write", &path))?;
+            self.active.write_at(&self.buf, self.written).map_err(StorageError::io("cannot write", &path))?;
             self.written += self.buf.len() as u64;
             self.buf.clear();
             self.unsynced = true;
         }
         if durable && self.unsynced {
             let path = self.active_path();
+            #[cfg(feature = "failpoints")]
+            crate::failpoints::wal_sync().map_err(StorageError::io("cannot sync", &path))?;
             self.active.sync_data().map_err(StorageError::io("cannot sync", &path))?;
             self.unsynced = false;
             self.synced = self.written;
@@ -273,14 +283,38 @@ impl Wal {
         Ok(())
     }
 
-    /// Writes the buffered records; `fdatasync`s when `durable` (or leaves them in the page
-    /// cache, where they survive a crash of the process but not of the machine).
-    pub fn flush(&mut self, durable: bool) -> Result<(), StorageError> {
-        self.write_out(durable)?;
-        if self.written >= self.segment_bytes {
-            self.roll()?;
+    /// Runs a step that writes to the disk, unless an earlier one failed; a failure stops the
+    /// log for good. After a failed `fdatasync` the kernel may have dropped the very pages it
+    /// was to write and marked them clean, so a second one would succeed without making them
+    /// durable (PostgreSQL's "fsyncgate"); after a failed write, what reached the file is
+    /// unknown. Either way nothing written since the last completed sync may be acknowledged:
+    /// the node must stop, and its next start replays what the disk really holds.
+    fn guarded<T>(&mut self, step: impl FnOnce(&mut Self) -> Result<T, StorageError>) -> Result<T, StorageError> {
+        if let Some(why) = &self.failed {
+            return Err(StorageError::Failed(format!(
+                "the raft log in {} stopped after an earlier failure ({why}); restart the node to replay what \
+                 the disk holds",
+                self.dir.display()
+            )));
         }
-        Ok(())
+        let r = step(self);
+        if let Err(e) = &r {
+            self.failed = Some(chain(e));
+        }
+        r
+    }
+
+    /// Writes the buffered records; `fdatasync`s when `durable` (or leaves them in the page
+    /// cache, where they survive a crash of the process but not of the machine). After any
+    /// failure every later call fails too (see [`Self::guarded`]).
+    pub fn flush(&mut self, durable: bool) -> Result<(), StorageError> {
+        self.guarded(|w| {
+            w.write_out(durable)?;
+            if w.written >= w.segment_bytes {
+                w.roll()?;
+            }
+            Ok(())
+        })
     }
 
     /// Writes and `fdatasync`s everything buffered.
@@ -292,25 +326,27 @@ impl Wal {
     /// own): called when the log goes idle, so that damage to the last acknowledged records is
     /// told from a torn tail after a crash.
     pub fn seal(&mut self) -> Result<(), StorageError> {
-        if !self.buf.is_empty() || self.synced <= self.claimed {
-            return Ok(());
-        }
-        let mut b = Vec::with_capacity(CLAIM_LEN);
-        put_record(&mut b, K_SYNCED, &self.synced.to_le_bytes());
-        let path = self.active_path();
-        self.active.write_all(&b).map_err(StorageError::io("cannot write", &path))?;
-        self.written += b.len() as u64;
-        self.claimed = self.synced;
-        Ok(())
+        self.guarded(|w| {
+            if !w.buf.is_empty() || w.synced <= w.claimed {
+                return Ok(());
+            }
+            let mut b = Vec::with_capacity(CLAIM_LEN);
+            put_record(&mut b, K_SYNCED, &w.synced.to_le_bytes());
+            let path = w.active_path();
+            w.active.write_at(&b, w.written).map_err(StorageError::io("cannot write", &path))?;
+            w.written += b.len() as u64;
+            w.claimed = w.synced;
+            Ok(())
+        })
     }
 
     /// Segment `seq` for a rollover or a reset: the spare, renamed, when its zeros are written;
     /// else a `fallocate`d file (never waits for the spare). A new spare is started by the caller
     /// once the segment is in use.
-    fn next_segment(&mut self, seq: u64) -> Result<File, StorageError> {
+    fn next_segment(&mut self, seq: u64) -> Result<F::File, StorageError> {
         if let Some(f) = self.spare.take() {
             let path = seg_path(&self.dir, seq);
-            match std::fs::rename(self.dir.join(SPARE), &path) {
+            match self.fs.rename(&self.dir.join(SPARE), &path) {
                 Ok(()) => {
                     self.spares_used += 1;
                     return Ok(f);
@@ -319,7 +355,7 @@ impl Wal {
                 Err(e) => tracing::warn!("cannot rename the spare log segment to {}: {e}", path.display()),
             }
         }
-        create_segment(&self.dir, seq, false, self.segment_bytes)
+        create_segment(&self.fs, &self.dir, seq, false, self.segment_bytes)
     }
 
     /// Makes segment `seq` (starting after `start`) the active one, its header durable.
@@ -329,7 +365,7 @@ impl Wal {
         self.segments.push(Segment { seq, start });
         self.header();
         self.write_out(true)?;
-        sync_dir(&self.dir)
+        sync_dir(&self.fs, &self.dir)
     }
 
     /// Starts a new segment (the previous one is complete and durable).
@@ -337,44 +373,48 @@ impl Wal {
         self.write_out(true)?;
         let seq = self.segments.last().map_or(0, |s| s.seq + 1);
         self.begin_segment(seq, self.last.0)?;
-        self.spare.start(&self.dir, self.segment_bytes);
+        self.spare.start(&self.fs, &self.dir, self.segment_bytes);
         Ok(())
     }
 
     /// Records, durably, that entries up to `(index, term)` are no longer needed, then deletes
     /// every older segment that holds nothing after `index`.
     pub fn compact(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
-        self.start_batch();
-        put_record(&mut self.buf, K_COMPACT, &pair(index, term));
-        self.write_out(true)?;
-        // Segment k holds entries (start_k, start_{k+1}]; it can go when start_{k+1} <= index.
-        let mut gone = 0;
-        while gone + 1 < self.segments.len() && self.segments[gone + 1].start <= index {
-            gone += 1;
-        }
-        for s in self.segments.drain(..gone) {
-            let path = seg_path(&self.dir, s.seq);
-            std::fs::remove_file(&path).map_err(StorageError::io("cannot remove", &path))?;
-        }
-        Ok(())
+        self.guarded(|w| {
+            w.start_batch();
+            put_record(&mut w.buf, K_COMPACT, &pair(index, term));
+            w.write_out(true)?;
+            // Segment k holds entries (start_k, start_{k+1}]; it can go when start_{k+1} <= index.
+            let mut gone = 0;
+            while gone + 1 < w.segments.len() && w.segments[gone + 1].start <= index {
+                gone += 1;
+            }
+            for s in w.segments.drain(..gone) {
+                let path = seg_path(&w.dir, s.seq);
+                w.fs.remove(&path).map_err(StorageError::io("cannot remove", &path))?;
+            }
+            Ok(())
+        })
     }
 
     /// Replaces the whole log by "empty, after `(index, term)`" (a snapshot was installed):
     /// a new segment saying so is made durable before the old ones are deleted.
     pub fn reset(&mut self, index: u64, term: u64, hs: &HardState) -> Result<(), StorageError> {
-        self.buf.clear();
-        self.write_out(true)?;
-        self.last = (index, term);
-        self.hard_state = hs.clone();
-        let seq = self.segments.last().map_or(0, |s| s.seq + 1);
-        let old: Vec<Segment> = std::mem::take(&mut self.segments);
-        self.begin_segment(seq, index)?;
-        for s in old {
-            let path = seg_path(&self.dir, s.seq);
-            std::fs::remove_file(&path).map_err(StorageError::io("cannot remove", &path))?;
-        }
-        self.spare.start(&self.dir, self.segment_bytes);
-        Ok(())
+        self.guarded(|w| {
+            w.buf.clear();
+            w.write_out(true)?;
+            w.last = (index, term);
+            w.hard_state = hs.clone();
+            let seq = w.segments.last().map_or(0, |s| s.seq + 1);
+            let old: Vec<Segment> = std::mem::take(&mut w.segments);
+            w.begin_segment(seq, index)?;
+            for s in old {
+                let path = seg_path(&w.dir, s.seq);
+                w.fs.remove(&path).map_err(StorageError::io("cannot remove", &path))?;
+            }
+            w.spare.start(&w.fs, &w.dir, w.segment_bytes);
+            Ok(())
+        })
     }
 
     /// Segment files on disk (for tests and status).
@@ -400,10 +440,27 @@ impl Wal {
     pub fn write_garbage_for_test(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         self.write_out(true)?;
         let path = self.active_path();
-        self.active.seek(SeekFrom::Start(self.written)).map_err(StorageError::io("cannot seek", &path))?;
-        self.active.write_all(bytes).map_err(StorageError::io("cannot write", &path))?;
+        self.active.write_at(bytes, self.written).map_err(StorageError::io("cannot write", &path))?;
         self.active.sync_data().map_err(StorageError::io("cannot sync", &path))
     }
+
+    /// The active segment's file (for tests that damage it).
+    #[doc(hidden)]
+    pub fn active_path_for_test(&self) -> PathBuf {
+        self.active_path()
+    }
+}
+
+/// An error with its causes, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 /// Segments recorded as starting after `at` start there now: an overwrite replaced entries
