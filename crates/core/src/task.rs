@@ -293,7 +293,8 @@ pub enum AttemptResult {
     },
     /// Its node was declared down or left: it may or may not have run to its end.
     Lost,
-    /// Killed for exceeding its memory limit.
+    /// Killed by the kernel for exceeding its memory limit (a cgroup's OOM killer; with
+    /// rlimits an allocation failure is an ordinary failure instead).
     Oom,
     /// The worker could not start it (no such program, ...).
     StartFailed {
@@ -325,6 +326,47 @@ impl AttemptResult {
     }
 }
 
+/// How a node holds an attempt to its resources (chosen by the node when it starts it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Enforcement {
+    /// Nothing: vCPUs and memory are only reserved.
+    #[default]
+    None,
+    /// `RLIMIT_AS` = its memory (no CPU limit): an allocation beyond it fails inside the task,
+    /// which sees an ordinary error, so the result is a plain failure, never `oom`.
+    Rlimit,
+    /// A cgroup v1 per attempt (memory and cpu controllers): `oom` when the kernel kills it.
+    CgroupV1,
+    /// A cgroup v2 per attempt (`memory.max`, `cpu.max`): `oom` when the kernel kills it.
+    CgroupV2,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::None => "none",
+            Enforcement::Rlimit => "rlimit",
+            Enforcement::CgroupV1 => "cgroup-v1",
+            Enforcement::CgroupV2 => "cgroup-v2",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        Ok(match s {
+            "none" => Enforcement::None,
+            "rlimit" => Enforcement::Rlimit,
+            "cgroup-v1" => Enforcement::CgroupV1,
+            "cgroup-v2" => Enforcement::CgroupV2,
+            _ => {
+                return Err(ValidationError::new(
+                    "enforcement",
+                    format!("must be none, rlimit, cgroup-v1 or cgroup-v2 (got {})", quoted(s)),
+                ))
+            }
+        })
+    }
+}
+
 /// One try at running a task, on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -342,6 +384,8 @@ pub struct Attempt {
     pub result: Option<AttemptResult>,
     pub stdout_tail: Vec<u8>,
     pub stderr_tail: Vec<u8>,
+    /// How its node enforced its resources (from its `Started` report; `None` before).
+    pub enforcement: Option<Enforcement>,
 }
 
 /// A task as the replicated state knows it.

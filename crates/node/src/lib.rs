@@ -174,6 +174,14 @@ async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str, token: 
     }
 }
 
+/// How this node holds task attempts to their resources (cgroups when it can).
+#[cfg(not(madsim))]
+fn tasks_limits() -> tasks::limits::Plan {
+    let plan = tasks::limits::detect();
+    tracing::info!("task resource enforcement: {}", plan.describe());
+    plan
+}
+
 /// Opens the VM backend, registers this node's capacity (only a node that can run VMs offers
 /// any), then reconciles its VMs for as long as the node runs.
 async fn run_vms(
@@ -189,7 +197,7 @@ async fn run_vms(
             cfg.id,
             raft.clone(),
             lease.clone(),
-            Arc::new(tasks::exec::ProcessExecutor::default()),
+            Arc::new(tasks::exec::ProcessExecutor { limits: tasks_limits(), ..Default::default() }),
             cfg.data_dir.join("tasks"),
         )
         .run(),

@@ -12,6 +12,7 @@
 //!   places a new attempt (a restart does not adopt running attempts).
 
 pub mod exec;
+pub mod limits;
 #[cfg(all(test, not(madsim)))]
 mod tests;
 
@@ -146,7 +147,10 @@ impl Runner {
                 self.unreported.insert(key, f);
             } else if a.started_ms.is_some() {
                 #[cfg(not(madsim))]
-                exec::kill_leftover(&dir);
+                {
+                    let d = dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || exec::kill_leftover(&d)).await;
+                }
                 tracing::warn!(
                     task,
                     attempt,
@@ -155,10 +159,17 @@ impl Runner {
                 self.unreported
                     .insert(key, Finished { result: AttemptResult::Lost, stdout_tail: vec![], stderr_tail: vec![] });
             } else if lease_ok && now_ms() >= a.not_before_ms {
-                if !self.report(task, attempt, TaskUpdate::Started).await? {
+                let enforcement = self.exec.enforcement(&rec.spec);
+                if !self.report(task, attempt, TaskUpdate::Started { enforcement }).await? {
                     continue;
                 }
-                tracing::info!(task, attempt, command = %rec.spec.command, "starting a task attempt");
+                tracing::info!(
+                    task,
+                    attempt,
+                    command = %rec.spec.command,
+                    enforcement = enforcement.as_str(),
+                    "starting a task attempt"
+                );
                 let (tx, rx) = watch::channel(Stop::Run);
                 let fut = self.exec.run(Job { spec: rec.spec.clone(), dir }, rx);
                 let done = self.done_tx.clone();
