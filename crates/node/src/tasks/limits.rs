@@ -25,6 +25,9 @@ use blixard_core::Enforcement;
 
 /// Where the attempts' cgroups are, in each hierarchy.
 pub const PARENT: &str = "blixard-tasks";
+/// Where cgroup hierarchies are mounted: others are not used (an attempt's `cgroup` file is
+/// only trusted to name a directory under it).
+pub const CGROUP_FS: &str = "/sys/fs/cgroup";
 /// The CPU bandwidth period; a task's quota is `vcpus` periods per period.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -136,7 +139,11 @@ pub enum Plan {
 /// The directory for attempts' cgroups in a v1 hierarchy with `controller`, under the
 /// daemon's own cgroup there.
 fn v1_parent(f: &Facts, controller: &str) -> Option<PathBuf> {
-    let m = f.mounts.iter().find(|m| m.v1.as_ref().is_some_and(|c| c.iter().any(|c| c == controller)))?;
+    let m = f
+        .mounts
+        .iter()
+        .filter(|m| m.point.starts_with(CGROUP_FS))
+        .find(|m| m.v1.as_ref().is_some_and(|c| c.iter().any(|c| c == controller)))?;
     let own = f.own.iter().find(|(c, _)| c.iter().any(|c| c == controller)).map_or("/", |(_, p)| p.as_str());
     let rel = own.strip_prefix(m.root.trim_end_matches('/')).unwrap_or(own).trim_start_matches('/');
     if rel.split('/').any(|s| s == "..") {
@@ -152,7 +159,7 @@ pub fn candidates(f: &Facts) -> Vec<Plan> {
     let mut out = Vec::new();
     if f.root {
         let ctl: Vec<&str> = f.v2_controllers.split_whitespace().collect();
-        if let Some(m) = f.mounts.iter().find(|m| m.v1.is_none()) {
+        if let Some(m) = f.mounts.iter().find(|m| m.v1.is_none() && m.point.starts_with(CGROUP_FS)) {
             if ctl.contains(&"memory") {
                 out.push(Plan::V2 { parent: m.point.join(PARENT), cpu: ctl.contains(&"cpu") });
             }
@@ -245,7 +252,7 @@ impl Cgroup {
         let mut dirs = Vec::new();
         for l in lines.filter(|l| !l.is_empty()).take(4) {
             let p = PathBuf::from(l);
-            let ok = p.starts_with("/sys/fs/cgroup")
+            let ok = p.starts_with(CGROUP_FS)
                 && p.parent().and_then(Path::file_name).is_some_and(|n| n == PARENT)
                 && !l.split('/').any(|s| s == ".." || s == ".");
             if !ok {
@@ -277,7 +284,7 @@ mod host {
         let mounts = parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
         let v2_controllers = mounts
             .iter()
-            .find(|m| m.v1.is_none())
+            .find(|m| m.v1.is_none() && m.point.starts_with(super::CGROUP_FS))
             .and_then(|m| std::fs::read_to_string(m.point.join("cgroup.controllers")).ok())
             .unwrap_or_default();
         Facts {
