@@ -1,7 +1,8 @@
 //! Running one attempt: the [`Executor`] boundary and its real implementation, a child process
 //! in its own process group, environment cleared except `PATH` and the task's own, working
 //! directory `<attempt dir>/work`, stdout and stderr to bounded files (with a truncation
-//! marker), SIGTERM to the group on timeout or stop and SIGKILL after a grace period; held to
+//! marker), SIGTERM to the group on timeout or cancel and SIGKILL after a grace period (at once
+//! when fenced, so that it is gone before the cluster runs the task elsewhere); held to
 //! its vCPUs and memory as [`super::limits`] says (a cgroup, or rlimits), an OOM kill reported
 //! as `Oom`.
 
@@ -330,6 +331,16 @@ impl ProcessExecutor {
                 },
                 Err(e) => AttemptResult::StartFailed { error: format!("cannot wait for it: {e}") },
             },
+            // Fenced (the lease ran out, or the attempt is no longer current): the cluster
+            // will soon run the task elsewhere, so no grace: SIGKILL now, cgroup and all.
+            Ended::Stop(Stop::Fence) => {
+                signal_group(pgid, rustix::process::Signal::KILL);
+                if let Some(cg) = cgroup.clone() {
+                    blocking(move || limits::kill(&cg)).await;
+                }
+                let _ = child.wait().await;
+                AttemptResult::Cancelled { killed: true }
+            }
             Ended::Oom => {
                 signal_group(pgid, rustix::process::Signal::KILL);
                 if let Some(cg) = cgroup.clone() {
@@ -349,7 +360,7 @@ impl ProcessExecutor {
                     }
                 };
                 match ended {
-                    Ended::Stop(Stop::Cancel | Stop::Fence) => AttemptResult::Cancelled { killed },
+                    Ended::Stop(_) => AttemptResult::Cancelled { killed },
                     _ => AttemptResult::TimedOut { killed },
                 }
             }

@@ -198,3 +198,24 @@ async fn with_rlimits_an_allocation_beyond_the_memory_is_an_ordinary_failure() {
     let f = run_with(&ex, allocate(200, 512), d.path()).await;
     assert_eq!(f.result, AttemptResult::Exited { code: 0 }, "{f:?}");
 }
+
+#[tokio::test]
+async fn a_fenced_attempt_is_killed_at_once_even_if_it_ignores_term() {
+    // The cluster declares a fenced node down soon after (3 s by default) and runs the task
+    // elsewhere: a grace period here would let two attempts run at once.
+    let d = tempfile::tempdir().unwrap();
+    let ex = ProcessExecutor { grace: Duration::from_secs(5), ..Default::default() };
+    let (tx, rx) = watch::channel(Stop::Run);
+    let s = spec("sh", &["-c", "trap '' TERM; sleep 60 & wait"]);
+    let h = tokio::spawn(ex.run(Job { spec: s, dir: d.path().to_path_buf() }, rx));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.path().join("pgid").exists() {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t0 = Instant::now();
+    tx.send(Stop::Fence).unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(10), h).await.unwrap().unwrap();
+    assert_eq!(f.result, AttemptResult::Cancelled { killed: true });
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
