@@ -86,6 +86,8 @@ pub struct NodeConfig {
     pub allow_image_dirs: Vec<PathBuf>,
     /// A VM driver to use instead of opening `vm_backend` (the simulation's recording fake).
     pub vm_driver: Option<backend::Injected>,
+    /// A task executor to use instead of real processes (the simulation's recording fake).
+    pub task_executor: Option<tasks::exec::Injected>,
     /// Roles and tokens, rate limits and the concurrency cap (see [`auth`]).
     pub auth: auth::AuthConfig,
     /// The token this node presents when it joins a cluster that enforces roles (plaintext
@@ -123,6 +125,7 @@ impl NodeConfig {
             limits: transport::Limits::default(),
             allow_image_dirs: Vec::new(),
             vm_driver: None,
+            task_executor: None,
             auth: Default::default(),
             token: None,
         }
@@ -174,12 +177,18 @@ async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str, token: 
     }
 }
 
-/// How this node holds task attempts to their resources (cgroups when it can).
+/// Real processes, held to their resources as well as this host allows (cgroups when it can).
 #[cfg(not(madsim))]
-fn tasks_limits() -> tasks::limits::Plan {
+fn default_task_executor() -> Option<Arc<dyn tasks::exec::Executor>> {
     let plan = tasks::limits::detect();
     tracing::info!("task resource enforcement: {}", plan.describe());
-    plan
+    Some(Arc::new(tasks::exec::ProcessExecutor { limits: plan, ..Default::default() }))
+}
+
+/// Under simulation tasks run only with an injected executor.
+#[cfg(madsim)]
+fn default_task_executor() -> Option<Arc<dyn tasks::exec::Executor>> {
+    None
 }
 
 /// Opens the VM backend, registers this node's capacity (only a node that can run VMs offers
@@ -191,17 +200,9 @@ async fn run_vms(
     lease: Arc<liveness::lease::Lease>,
     backend_state: Arc<http::BackendState>,
 ) {
-    #[cfg(not(madsim))]
-    tokio::spawn(
-        tasks::Runner::new(
-            cfg.id,
-            raft.clone(),
-            lease.clone(),
-            Arc::new(tasks::exec::ProcessExecutor { limits: tasks_limits(), ..Default::default() }),
-            cfg.data_dir.join("tasks"),
-        )
-        .run(),
-    );
+    if let Some(exec) = cfg.task_executor.clone().map(|i| i.0).or_else(default_task_executor) {
+        tokio::spawn(tasks::Runner::new(cfg.id, raft.clone(), lease.clone(), exec, cfg.data_dir.join("tasks")).run());
+    }
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
     let files = blixard_vmm::host_files::HostFiles::new(cache.clone(), cfg.allow_image_dirs.clone());

@@ -11,6 +11,8 @@
 
 pub mod chaos;
 pub mod running;
+pub mod taskload;
+pub mod tasks;
 pub mod vmload;
 
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ use blixard_proto::rpc;
 use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
 use blixard_proto::v1::error_detail::Reason;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
+use blixard_proto::v1::task_service_client::TaskServiceClient;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{
     ClusterStatusRequest, CreateVmRequest, DeleteRequest, DeleteVmRequest, GetRequest, GetVmRequest, ListRequest,
@@ -46,7 +49,13 @@ pub fn addr(i: u64) -> String {
 /// One host's daemon: node `id`, joining through node 1 unless it is node 1, with the fake VM
 /// driver reporting to `view` (a fresh one each time the host boots: a host's death takes its
 /// VMs with it).
-async fn run_node(id: u64, dir: PathBuf, view: running::Running, tweak: fn(&mut NodeConfig)) {
+async fn run_node(
+    id: u64,
+    dir: PathBuf,
+    view: running::Running,
+    tasks: Option<tasks::TaskView>,
+    tweak: fn(&mut NodeConfig),
+) {
     let listener = tokio::net::TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("ip"), PORT))
         .await
         .expect("bind the node's port");
@@ -60,6 +69,10 @@ async fn run_node(id: u64, dir: PathBuf, view: running::Running, tweak: fn(&mut 
     cfg.disk_gib = Some(100);
     let driver = std::sync::Arc::new(running::RecordingDriver::new(id, view));
     cfg.vm_driver = Some(blixard_node::backend::Injected { driver, accel: "fake".into() });
+    if let Some(view) = tasks {
+        let exec = std::sync::Arc::new(tasks::FakeExecutor { node: id, view });
+        cfg.task_executor = Some(blixard_node::tasks::exec::Injected(exec));
+    }
     tweak(&mut cfg);
     let node = Node::start(cfg, listener).await.expect("node starts");
     std::future::pending::<()>().await;
@@ -72,6 +85,8 @@ pub struct Cluster {
     pub ids: BTreeMap<u64, madsim::task::NodeId>,
     /// Which node runs which VM, at every instant (see [`running`]).
     pub view: running::Running,
+    /// Which node runs which task attempt, at every instant (task scenarios only, see [`tasks`]).
+    pub tasks: Option<tasks::TaskView>,
     dead: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
@@ -82,22 +97,37 @@ impl Cluster {
 
     /// The same, with every node's configuration changed by `tweak` first.
     pub fn start_with(n: u64, dir: &std::path::Path, tweak: fn(&mut NodeConfig)) -> Cluster {
+        Cluster::start_full(n, dir, tweak, None)
+    }
+
+    /// The same, every node running task attempts with the fake executor (see [`tasks`]).
+    pub fn start_with_tasks(n: u64, dir: &std::path::Path) -> Cluster {
+        Cluster::start_full(n, dir, |_| {}, Some(tasks::TaskView::new()))
+    }
+
+    fn start_full(
+        n: u64,
+        dir: &std::path::Path,
+        tweak: fn(&mut NodeConfig),
+        tasks: Option<tasks::TaskView>,
+    ) -> Cluster {
         let h = Handle::current();
         let view = running::Running::new();
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             let d = dir.join(format!("n{id}"));
             let v = view.clone();
+            let t = tasks.clone();
             let node = h
                 .create_node()
                 .name(format!("n{id}"))
                 .ip(ip(id))
-                .init(move || run_node(id, d.clone(), v.clone(), tweak))
+                .init(move || run_node(id, d.clone(), v.clone(), t.clone(), tweak))
                 .build();
             nodes.insert(id, node);
         }
         let ids = nodes.iter().map(|(k, n)| (*k, n.id())).collect();
-        Cluster { nodes, ids, view, dead: Default::default() }
+        Cluster { nodes, ids, view, tasks, dead: Default::default() }
     }
 
     pub fn size(&self) -> u64 {
@@ -113,6 +143,9 @@ impl Cluster {
     pub fn kill(&self, id: u64) {
         Handle::current().kill(self.ids[&id]);
         self.view.host_died(id);
+        if let Some(t) = &self.tasks {
+            t.host_died(id);
+        }
         self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
     }
 
@@ -127,6 +160,9 @@ impl Cluster {
         Handle::current().restart(self.ids[&id]);
         if !self.dead.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
             self.view.host_died(id);
+            if let Some(t) = &self.tasks {
+                t.host_died(id);
+            }
         }
     }
 
@@ -273,6 +309,8 @@ pub enum Write<'a> {
     VmStart(&'a str),
     VmStop(&'a str),
     VmDelete(&'a str),
+    /// A task of the fake executor (see [`tasks::work`]): its submit index once acknowledged.
+    Task(&'a blixard_core::TaskSpec),
 }
 
 impl Client {
@@ -332,6 +370,14 @@ impl Client {
                         let r =
                             if matches!(w, Write::VmStart(_)) { c.start_vm(req).await } else { c.stop_vm(req).await };
                         r.map(|r| r.into_inner().vm.map_or(0, |v| v.restart_generation))
+                    }
+                    Write::Task(spec) => {
+                        let mut req = tonic::Request::new(blixard_proto::v1::TaskSpec::from((*spec).clone()));
+                        rpc::set_session(req.metadata_mut(), &s);
+                        TaskServiceClient::new(ch)
+                            .submit_task(req)
+                            .await
+                            .map(|r| blixard_core::task::parse_id(&r.into_inner().id).unwrap_or(0))
                     }
                     Write::VmDelete(name) => {
                         let mut req = tonic::Request::new(DeleteVmRequest { name: name.to_string() });

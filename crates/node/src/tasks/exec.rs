@@ -62,6 +62,17 @@ pub trait Executor: Send + Sync + 'static {
     fn run(&self, job: Job, stop: watch::Receiver<Stop>) -> BoxFuture<'static, Finished>;
 }
 
+/// An executor handed to the node instead of real processes ([`crate::NodeConfig::task_executor`]):
+/// the simulation's fake.
+#[derive(Clone)]
+pub struct Injected(pub std::sync::Arc<dyn Executor>);
+
+impl std::fmt::Debug for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Injected(task executor)")
+    }
+}
+
 /// Real processes.
 #[derive(Clone, Debug)]
 pub struct ProcessExecutor {

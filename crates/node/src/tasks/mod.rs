@@ -87,6 +87,18 @@ impl Runner {
         }
     }
 
+    /// Whether this node holds its lease and, in what it has applied (read after the lease
+    /// check), attempt `attempt` of `task` is current here.
+    fn still_current(&self, task: u64, attempt: u64) -> bool {
+        if !self.lease.valid(self.raft.status().applied) {
+            return false;
+        }
+        self.open().is_ok_and(|open| {
+            open.iter()
+                .any(|t| t.submit_index == task && t.current().is_some_and(|a| a.id == attempt && a.node == self.id))
+        })
+    }
+
     /// Proposes a report; `Ok(false)` when the cluster refused it (stale: drop it).
     async fn report(&self, task: u64, attempt: u64, update: TaskUpdate) -> Result<bool, String> {
         let cmd = Command::TaskReport { id: task, attempt, node: self.id, update };
@@ -161,6 +173,15 @@ impl Runner {
             } else if lease_ok && now_ms() >= a.not_before_ms {
                 let enforcement = self.exec.enforcement(&rec.spec);
                 if !self.report(task, attempt, TaskUpdate::Started { enforcement }).await? {
+                    continue;
+                }
+                // The answer may come long after the report was applied (it waited out a
+                // partition, during which this node may have been declared down and the task
+                // started elsewhere): start only while the lease holds and the attempt is still
+                // current in what this node has applied since. Otherwise it is not started; if
+                // it is still current, the next pass reports it lost.
+                if !self.still_current(task, attempt) {
+                    tracing::info!(task, attempt, "not starting: no longer current here, or the lease ran out");
                     continue;
                 }
                 tracing::info!(
