@@ -160,3 +160,36 @@ fn the_cgroup_file_round_trips_and_names_only_attempt_cgroups() {
         assert_eq!(Cgroup::from_file(bad), None, "{bad}");
     }
 }
+
+/// The files an attempt's cgroup gets, on plain directories standing in for the hierarchies (a
+/// real cgroup file system has the files already; these get them created by the writes).
+#[test]
+fn the_limits_are_written_into_the_attempts_cgroup_v2_and_v1() {
+    let d = tempfile::tempdir().unwrap();
+    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let parent = d.path().join("v2").join(PARENT);
+    std::fs::create_dir_all(parent.parent().unwrap()).unwrap();
+    let plan = Plan::V2 { parent: parent.clone(), cpu: true };
+    let cg = create(&plan, "t1-2-ab", 2, 64).unwrap();
+    assert_eq!(cg, Cgroup { v2: true, dirs: vec![parent.join("t1-2-ab")] });
+    assert_eq!(read(parent.join("t1-2-ab/memory.max")), (64u64 << 20).to_string());
+    // Controllers enabled at the top and in the parent (the last write is what a file keeps).
+    assert_eq!(read(d.path().join("v2/cgroup.subtree_control")), "+cpu");
+    assert_eq!(read(parent.join("cgroup.subtree_control")), "+cpu");
+    assert_eq!(procs_files(&cg), vec![parent.join("t1-2-ab/cgroup.procs")]);
+    assert_eq!(oom_kills(&cg), 0);
+    std::fs::write(parent.join("t1-2-ab/memory.events"), "oom 1\noom_kill 1\n").unwrap();
+    assert_eq!(oom_kills(&cg), 1);
+
+    let (mem, cpu) = (d.path().join("memory/own").join(PARENT), d.path().join("cpu").join(PARENT));
+    let plan = Plan::V1 { memory: mem.clone(), cpu: Some(cpu.clone()) };
+    let cg = create(&plan, "t1-3-ab", 3, 100).unwrap();
+    assert_eq!(cg, Cgroup { v2: false, dirs: vec![mem.join("t1-3-ab"), cpu.join("t1-3-ab")] });
+    assert_eq!(read(mem.join("t1-3-ab/memory.limit_in_bytes")), (100u64 << 20).to_string());
+    assert_eq!(read(cpu.join("t1-3-ab/cpu.cfs_quota_us")), "300000");
+    assert_eq!(read(cpu.join("t1-3-ab/cpu.cfs_period_us")), "100000");
+    std::fs::write(mem.join("t1-3-ab/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+    assert_eq!(oom_kills(&cg), 2);
+    // A plan without cgroups creates none.
+    assert!(create(&Plan::Rlimit, "x", 1, 1).is_err());
+}
