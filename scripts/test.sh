@@ -14,12 +14,14 @@ else
 fi
 
 # Deterministic simulation (MadSim, see README "Simulation"): every file with seed 1 (the kept
-# regression seeds too), then the fencing scenarios over 100 more seeds and the random fault
-# schedules over 20 (about 3 minutes on 2 cores).
+# regression seeds too), then the fencing scenarios over 100 more seeds, the random fault
+# schedules over 20 and the task schedules over 5 (about 4 minutes on 2 cores).
 scripts/sim.sh 1
 scripts/sim.sh --seeds 2..101 --test s30_fencing
 scripts/sim.sh --seeds 2..21 --test s40_no_lost_writes --test s41_one_leader_per_term \
   --test s42_converged --test s43_one_vm_runner --test s44_same_seed
+scripts/sim.sh --seeds 2..6 --test s45_tasks_one_terminal_state --test s46_tasks_no_lost_submission \
+  --test s47_tasks_one_attempt_running
 
 # Real-process chaos (network namespaces: needs root, as CI runs): 60 s of kills, pauses and
 # partitions against 5 nodes, then the history through the checker; non-zero on a violation.

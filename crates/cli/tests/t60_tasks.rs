@@ -1,7 +1,9 @@
 //! Batch tasks with real processes: results with stdout, stderr and exit codes; failures,
 //! timeouts (SIGTERM, then SIGKILL for a process ignoring it), retries, cancel, literal shell
-//! characters, bounded output, pending with reasons; and in a 3-node cluster, a worker whose
-//! daemon is killed with kill -9: its watchdog kills the task, which runs again on another node.
+//! characters, bounded output, pending with reasons; a task over its memory killed in its cgroup
+//! and reported `oom` (needs root and cgroups, as CI has); and in a 3-node cluster, a worker
+//! whose daemon is killed with kill -9: its watchdog kills the task and removes its cgroup, and
+//! the task runs again on another node.
 
 mod common;
 
@@ -30,6 +32,32 @@ fn kill_tasks_under(dir: &std::path::Path) {
             let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     }
+}
+
+/// The enforcement this host gives tasks: these tests need root and a memory cgroup, as CI
+/// has (cgroup v2 with its memory controller, or v1's memory hierarchy on a hybrid host).
+fn expected_enforcement() -> &'static str {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
+    assert!(root, "this test needs root (task cgroups); run it as root, as CI does");
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    if v2.split_whitespace().any(|c| c == "memory") {
+        "cgroup-v2"
+    } else if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        "cgroup-v1"
+    } else {
+        panic!("this test needs a cgroup memory controller (v2 at /sys/fs/cgroup, or v1 mounted)")
+    }
+}
+
+/// The directories of the cgroups named in the attempt directories of `data_dir` (their
+/// `cgroup` files, while the attempts run).
+fn attempt_cgroups(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(dirs) = std::fs::read_dir(data_dir.join("tasks")) else { return Vec::new() };
+    dirs.flatten()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("cgroup")).ok())
+        .flat_map(|t| t.lines().skip(1).map(std::path::PathBuf::from).collect::<Vec<_>>())
+        .collect()
 }
 
 fn one_node() -> TestCluster {
@@ -141,6 +169,7 @@ fn tasks_run_for_real_and_their_results_are_recorded() {
 
 #[test]
 fn a_task_whose_worker_dies_runs_again_on_another_node() {
+    expected_enforcement();
     // Nodes 2 and 3 are the workers; node 1 (which leads) takes no task.
     let mut c = TestCluster::start(1, &[]);
     c.add(2, &["--label", "role=worker"]);
@@ -162,6 +191,8 @@ fn a_task_whose_worker_dies_runs_again_on_another_node() {
     let worker = v["node"].as_u64().unwrap();
     assert_ne!(worker, leader, "{v}");
     let dir = c.node(worker).dir.clone();
+    let cgroups = attempt_cgroups(&dir);
+    assert!(!cgroups.is_empty() && cgroups.iter().all(|d| d.exists()), "{cgroups:?}");
     c.node_mut(worker).kill9();
     // Its fencing watchdog kills the task's process group once the lease runs out.
     wait_until("the dead worker's task process to be killed", Duration::from_secs(30), || {
@@ -169,6 +200,10 @@ fn a_task_whose_worker_dies_runs_again_on_another_node() {
     });
     let log = c.node(worker).log();
     assert!(log.contains("killed task attempt"), "the watchdog did not say it killed the task: {log}");
+    // ... and removes its cgroup.
+    wait_until("the dead worker's task cgroup to be removed", Duration::from_secs(30), || {
+        cgroups.iter().all(|d| !d.exists()).then_some(())
+    });
     let v = finished(&addr, &id);
     assert_eq!(v["state"], "succeeded", "{v}");
     let attempts = v["attempts"].as_array().unwrap();
@@ -180,6 +215,7 @@ fn a_task_whose_worker_dies_runs_again_on_another_node() {
 
 #[test]
 fn a_restarted_daemon_reports_its_running_attempt_lost_and_the_task_runs_again() {
+    expected_enforcement();
     let mut c = one_node();
     let addr = c.node(1).addr.clone();
     let marker = c.tmp.path().join("ran-once");
@@ -189,6 +225,8 @@ fn a_restarted_daemon_reports_its_running_attempt_lost_and_the_task_runs_again()
         let v = cli_json_opt(&addr, &["task", "get", &id])?;
         (v["state"] == "running" && marker.exists()).then_some(())
     });
+    let cgroups = attempt_cgroups(&c.node(1).dir);
+    assert!(!cgroups.is_empty(), "the running attempt has no cgroup");
     c.node_mut(1).kill9();
     c.node_mut(1).spawn(&[]);
     let v = finished(&addr, &id);
@@ -200,5 +238,51 @@ fn a_restarted_daemon_reports_its_running_attempt_lost_and_the_task_runs_again()
     wait_until("the first attempt's process to be gone", Duration::from_secs(30), || {
         (!tasks_running_under(&c.node(1).dir)).then_some(())
     });
+    // Its cgroup (when the host gives tasks one) was removed with it.
+    assert!(cgroups.iter().all(|d| !d.exists()), "{cgroups:?}");
+    kill_tasks_under(c.tmp.path());
+}
+
+#[test]
+fn a_task_over_its_memory_is_killed_and_reported_oom_and_its_cgroup_goes() {
+    let enforcement = expected_enforcement();
+    let c = one_node();
+    let addr = c.node(1).addr.clone();
+    // `tail` keeps a stream without newlines whole: 200 MiB of it, with 64 MiB, is killed by the
+    // kernel (the shell's status is tail's). Retried once, per the policy, as for a failure.
+    let alloc = "head -c 209715200 /dev/zero | tail >/dev/null";
+    let id = submit(&addr, &["--memory", "64", "--retries", "1", "--backoff", "100ms", "--", "/bin/sh", "-c", alloc]);
+    let v = finished(&addr, &id);
+    assert_eq!((v["state"].as_str(), v["exit_code"].as_i64()), (Some("failed"), Some(137)), "{v}");
+    let attempts = v["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{v}");
+    for a in attempts {
+        assert_eq!((a["result"].as_str(), a["enforcement"].as_str()), (Some("oom"), Some(enforcement)), "{v}");
+    }
+    let table = stdout(&cli(&addr, &["task", "get", &id]));
+    assert!(table.contains(": oom") && table.contains("out of memory"), "{table}");
+    assert!(table.contains(&format!("enforcement: {enforcement}")), "{table}");
+
+    // The same within its limit succeeds, in a cgroup of its own that is gone afterwards.
+    let script = format!("{alloc}; cat /proc/self/cgroup");
+    let id = submit(&addr, &["--memory", "512", "--", "/bin/sh", "-c", &script]);
+    let v = finished(&addr, &id);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["attempts"][0]["enforcement"], enforcement, "{v}");
+    let out = v["attempts"][0]["stdout_tail"].as_str().unwrap_or_default().to_string();
+    let path = out
+        .lines()
+        .find_map(|l| {
+            let (ctl, path) = l.split_once(':')?.1.split_once(':')?;
+            (ctl == "memory" || (ctl.is_empty() && enforcement == "cgroup-v2")).then(|| path.to_string())
+        })
+        .unwrap_or_else(|| panic!("no memory cgroup in {out}"));
+    assert!(path.contains("/blixard-tasks/t"), "it did not run in its own cgroup: {out}");
+    let dir = if enforcement == "cgroup-v2" {
+        format!("/sys/fs/cgroup{path}")
+    } else {
+        format!("/sys/fs/cgroup/memory{path}")
+    };
+    assert!(!std::path::Path::new(&dir).exists(), "its cgroup {dir} is still there");
     kill_tasks_under(c.tmp.path());
 }

@@ -29,7 +29,7 @@ pub use spec::{
 };
 pub use state::TaskUpdate;
 pub use store::{MemStore, Page, PageLimit, ReadStore, Store, StoreError, Table};
-pub use task::{Attempt, AttemptResult, Isolation, TaskRecord, TaskSpec, TaskState};
+pub use task::{Attempt, AttemptResult, Enforcement, Isolation, TaskRecord, TaskSpec, TaskState};
 
 /// Identifier of a node in the cluster. Never 0 (raft-rs reserves 0 for "none").
 pub type NodeId = u64;

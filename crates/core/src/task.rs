@@ -311,7 +311,8 @@ pub enum AttemptResult {
     },
     /// Its node was declared down or left: it may or may not have run to its end.
     Lost,
-    /// Killed for exceeding its memory limit.
+    /// Killed by the kernel for exceeding its memory limit (a cgroup's OOM killer; with
+    /// rlimits an allocation failure is an ordinary failure instead).
     Oom,
     /// The worker could not start it (no such program, ...).
     StartFailed {
@@ -343,6 +344,51 @@ impl AttemptResult {
     }
 }
 
+/// How a node holds an attempt to its resources (chosen by the node when it starts it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Enforcement {
+    /// Nothing: vCPUs and memory are only reserved.
+    #[default]
+    None,
+    /// `RLIMIT_AS` = its memory (no CPU limit): an allocation beyond it fails inside the task,
+    /// which sees an ordinary error, so the result is a plain failure, never `oom`.
+    Rlimit,
+    /// A cgroup v1 per attempt (memory and cpu controllers): `oom` when the kernel kills it.
+    CgroupV1,
+    /// A cgroup v2 per attempt (`memory.max`, `cpu.max`): `oom` when the kernel kills it.
+    CgroupV2,
+    /// A microVM of its own (`--isolation vm`): the VM's vCPUs and memory are the limits.
+    Vm,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::None => "none",
+            Enforcement::Rlimit => "rlimit",
+            Enforcement::CgroupV1 => "cgroup-v1",
+            Enforcement::CgroupV2 => "cgroup-v2",
+            Enforcement::Vm => "vm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        Ok(match s {
+            "none" => Enforcement::None,
+            "rlimit" => Enforcement::Rlimit,
+            "cgroup-v1" => Enforcement::CgroupV1,
+            "cgroup-v2" => Enforcement::CgroupV2,
+            "vm" => Enforcement::Vm,
+            _ => {
+                return Err(ValidationError::new(
+                    "enforcement",
+                    format!("must be none, rlimit, cgroup-v1, cgroup-v2 or vm (got {})", quoted(s)),
+                ))
+            }
+        })
+    }
+}
+
 /// One try at running a task, on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -360,6 +406,8 @@ pub struct Attempt {
     pub result: Option<AttemptResult>,
     pub stdout_tail: Vec<u8>,
     pub stderr_tail: Vec<u8>,
+    /// How its node enforced its resources (from its `Started` report; `None` before).
+    pub enforcement: Option<Enforcement>,
 }
 
 /// A task as the replicated state knows it.

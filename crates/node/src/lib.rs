@@ -86,6 +86,8 @@ pub struct NodeConfig {
     pub allow_image_dirs: Vec<PathBuf>,
     /// A VM driver to use instead of opening `vm_backend` (the simulation's recording fake).
     pub vm_driver: Option<backend::Injected>,
+    /// A task executor to use instead of real processes (the simulation's recording fake).
+    pub task_executor: Option<tasks::exec::Injected>,
     /// Roles and tokens, rate limits and the concurrency cap (see [`auth`]).
     pub auth: auth::AuthConfig,
     /// The token this node presents when it joins a cluster that enforces roles (plaintext
@@ -126,6 +128,7 @@ impl NodeConfig {
             limits: transport::Limits::default(),
             allow_image_dirs: Vec::new(),
             vm_driver: None,
+            task_executor: None,
             auth: Default::default(),
             token: None,
             disk: Default::default(),
@@ -184,6 +187,24 @@ async fn join(pool: &pool::ChannelPool, seed: &str, id: u64, addr: &str, token: 
     }
 }
 
+/// Real processes, held to their resources as well as this host allows (cgroups when it can).
+/// `--isolation vm` tasks run in throwaway microVMs booted from the image `cache`'s default guest.
+#[cfg(not(madsim))]
+fn default_task_executor(cache: &std::path::Path) -> Option<Arc<dyn tasks::exec::Executor>> {
+    let plan = tasks::limits::detect();
+    tracing::info!("task resource enforcement: {}", plan.describe());
+    Some(Arc::new(tasks::vm::ByIsolation {
+        process: Arc::new(tasks::exec::ProcessExecutor { limits: plan, ..Default::default() }),
+        vm: Arc::new(tasks::vm::VmExecutor::new(cache.to_path_buf())),
+    }))
+}
+
+/// Under simulation tasks run only with an injected executor.
+#[cfg(madsim)]
+fn default_task_executor(_cache: &std::path::Path) -> Option<Arc<dyn tasks::exec::Executor>> {
+    None
+}
+
 /// Opens the VM backend, registers this node's capacity (only a node that can run VMs offers
 /// any), then reconciles its VMs for as long as the node runs.
 async fn run_vms(
@@ -196,21 +217,13 @@ async fn run_vms(
     let (backend_state, work) = (&ops.backend, ops.metrics.work.clone());
     let (vm_dir, default_cache) = backend::default_dirs(&cfg.data_dir);
     let cache = cfg.image_cache.clone().unwrap_or(default_cache);
-    #[cfg(not(madsim))]
-    tokio::spawn(
-        tasks::Runner::new(
-            cfg.id,
-            raft.clone(),
-            lease.clone(),
-            Arc::new(tasks::vm::ByIsolation {
-                process: Arc::new(tasks::exec::ProcessExecutor::default()),
-                vm: Arc::new(tasks::vm::VmExecutor::new(cache.clone())),
-            }),
-            cfg.data_dir.join("tasks"),
-        )
-        .with_work(work.clone())
-        .run(),
-    );
+    if let Some(exec) = cfg.task_executor.clone().map(|i| i.0).or_else(|| default_task_executor(&cache)) {
+        tokio::spawn(
+            tasks::Runner::new(cfg.id, raft.clone(), lease.clone(), exec, cfg.data_dir.join("tasks"))
+                .with_work(work.clone())
+                .run(),
+        );
+    }
     let files = blixard_vmm::host_files::HostFiles::new(cache.clone(), cfg.allow_image_dirs.clone());
     let opened = match cfg.vm_driver.clone() {
         Some(injected) => Ok(backend::Opened { driver: injected.driver, accel: injected.accel }),

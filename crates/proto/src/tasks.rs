@@ -68,6 +68,7 @@ impl From<Attempt> for v1::TaskAttempt {
             result: a.result.as_ref().map_or("", |r| r.kind()).into(),
             stdout_tail: a.stdout_tail,
             stderr_tail: a.stderr_tail,
+            enforcement: a.enforcement.map_or("", |e| e.as_str()).into(),
             ..Default::default()
         };
         match a.result {

@@ -163,7 +163,7 @@ async fn sample_leaders(leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>, stop:
 }
 
 /// Injects `ROUNDS` random faults, each healed before the next.
-async fn nemesis(cluster: &Cluster, h: &mut Vec<String>, t0: tokio::time::Instant) {
+pub(crate) async fn nemesis(cluster: &Cluster, h: &mut Vec<String>, t0: tokio::time::Instant) {
     let net = NetSim::current();
     for round in 0..ROUNDS {
         tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
@@ -221,7 +221,7 @@ async fn nemesis(cluster: &Cluster, h: &mut Vec<String>, t0: tokio::time::Instan
     }
 }
 
-fn heal_everything(cluster: &Cluster) {
+pub(crate) fn heal_everything(cluster: &Cluster) {
     cluster.heal_all();
     NetSim::current().update_config(|c| *c = madsim::net::Config::default());
     for id in cluster.dead() {

@@ -11,6 +11,8 @@
 
 pub mod chaos;
 pub mod running;
+pub mod taskload;
+pub mod tasks;
 pub mod vmload;
 
 use std::collections::BTreeMap;
@@ -25,6 +27,7 @@ use blixard_proto::rpc;
 use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
 use blixard_proto::v1::error_detail::Reason;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
+use blixard_proto::v1::task_service_client::TaskServiceClient;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{
     ClusterStatusRequest, CreateVmRequest, DeleteRequest, DeleteVmRequest, GetRequest, GetVmRequest, ListRequest,
@@ -47,7 +50,14 @@ pub fn addr(i: u64) -> String {
 /// One host's daemon: node `id`, joining through node 1 unless it is node 1, with the fake VM
 /// driver reporting to `view` (a fresh one each time the host boots: a host's death takes its
 /// VMs with it), its state store and log on the host's simulated `disk`.
-async fn run_node(id: u64, dir: PathBuf, view: running::Running, tweak: fn(&mut NodeConfig), disk: SimDisk) {
+async fn run_node(
+    id: u64,
+    dir: PathBuf,
+    view: running::Running,
+    tasks: Option<tasks::TaskView>,
+    tweak: fn(&mut NodeConfig),
+    disk: SimDisk,
+) {
     let listener = tokio::net::TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("ip"), PORT))
         .await
         .expect("bind the node's port");
@@ -62,6 +72,10 @@ async fn run_node(id: u64, dir: PathBuf, view: running::Running, tweak: fn(&mut 
     let driver = std::sync::Arc::new(running::RecordingDriver::new(id, view));
     cfg.vm_driver = Some(blixard_node::backend::Injected { driver, accel: "fake".into() });
     cfg.disk = blixard_node::datadir::Disk::Sim(disk);
+    if let Some(view) = tasks {
+        let exec = std::sync::Arc::new(tasks::FakeExecutor { node: id, view });
+        cfg.task_executor = Some(blixard_node::tasks::exec::Injected(exec));
+    }
     tweak(&mut cfg);
     let node = Node::start(cfg, listener).await.expect("node starts");
     std::future::pending::<()>().await;
@@ -74,6 +88,8 @@ pub struct Cluster {
     pub ids: BTreeMap<u64, madsim::task::NodeId>,
     /// Which node runs which VM, at every instant (see [`running`]).
     pub view: running::Running,
+    /// Which node runs which task attempt, at every instant (task scenarios only, see [`tasks`]).
+    pub tasks: Option<tasks::TaskView>,
     dead: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     /// Each host's disk: what its node synced survives the host's death, what it only wrote may
     /// not (see [`SimDisk::crash`]).
@@ -87,6 +103,20 @@ impl Cluster {
 
     /// The same, with every node's configuration changed by `tweak` first.
     pub fn start_with(n: u64, dir: &std::path::Path, tweak: fn(&mut NodeConfig)) -> Cluster {
+        Cluster::start_full(n, dir, tweak, None)
+    }
+
+    /// The same, every node running task attempts with the fake executor (see [`tasks`]).
+    pub fn start_with_tasks(n: u64, dir: &std::path::Path) -> Cluster {
+        Cluster::start_full(n, dir, |_| {}, Some(tasks::TaskView::new()))
+    }
+
+    fn start_full(
+        n: u64,
+        dir: &std::path::Path,
+        tweak: fn(&mut NodeConfig),
+        tasks: Option<tasks::TaskView>,
+    ) -> Cluster {
         let h = Handle::current();
         let view = running::Running::new();
         let mut nodes = BTreeMap::new();
@@ -98,16 +128,17 @@ impl Cluster {
             // schedules stay those of the seed).
             let disk = SimDisk::new(h.seed() ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             disks.insert(id, disk.clone());
+            let t = tasks.clone();
             let node = h
                 .create_node()
                 .name(format!("n{id}"))
                 .ip(ip(id))
-                .init(move || run_node(id, d.clone(), v.clone(), tweak, disk.clone()))
+                .init(move || run_node(id, d.clone(), v.clone(), t.clone(), tweak, disk.clone()))
                 .build();
             nodes.insert(id, node);
         }
         let ids = nodes.iter().map(|(k, n)| (*k, n.id())).collect();
-        Cluster { nodes, ids, view, dead: Default::default(), disks }
+        Cluster { nodes, ids, view, tasks, dead: Default::default(), disks }
     }
 
     pub fn size(&self) -> u64 {
@@ -125,6 +156,9 @@ impl Cluster {
         Handle::current().kill(self.ids[&id]);
         self.disks[&id].crash(Crash::Pages);
         self.view.host_died(id);
+        if let Some(t) = &self.tasks {
+            t.host_died(id);
+        }
         self.dead.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
     }
 
@@ -141,6 +175,9 @@ impl Cluster {
             Handle::current().kill(self.ids[&id]);
             self.disks[&id].crash(Crash::Pages);
             self.view.host_died(id);
+            if let Some(t) = &self.tasks {
+                t.host_died(id);
+            }
         }
         Handle::current().restart(self.ids[&id]);
     }
@@ -288,6 +325,8 @@ pub enum Write<'a> {
     VmStart(&'a str),
     VmStop(&'a str),
     VmDelete(&'a str),
+    /// A task of the fake executor (see [`tasks::work`]): its submit index once acknowledged.
+    Task(&'a blixard_core::TaskSpec),
 }
 
 impl Client {
@@ -347,6 +386,14 @@ impl Client {
                         let r =
                             if matches!(w, Write::VmStart(_)) { c.start_vm(req).await } else { c.stop_vm(req).await };
                         r.map(|r| r.into_inner().vm.map_or(0, |v| v.restart_generation))
+                    }
+                    Write::Task(spec) => {
+                        let mut req = tonic::Request::new(blixard_proto::v1::TaskSpec::from((*spec).clone()));
+                        rpc::set_session(req.metadata_mut(), &s);
+                        TaskServiceClient::new(ch)
+                            .submit_task(req)
+                            .await
+                            .map(|r| blixard_core::task::parse_id(&r.into_inner().id).unwrap_or(0))
                     }
                     Write::VmDelete(name) => {
                         let mut req = tonic::Request::new(DeleteVmRequest { name: name.to_string() });

@@ -122,6 +122,8 @@ pub struct AttemptOut {
     signal: Option<i32>,
     killed: bool,
     error: Option<String>,
+    /// cgroup-v2 | cgroup-v1 | rlimit | none (absent before it started).
+    enforcement: Option<String>,
     stdout_tail: String,
     stderr_tail: String,
 }
@@ -134,6 +136,8 @@ pub struct TaskOut {
     node: Option<u64>,
     command: Vec<String>,
     isolation: String,
+    vcpus: u32,
+    memory_mib: u32,
     exit_code: Option<i32>,
     pending: Option<String>,
     cancel_requested: bool,
@@ -154,6 +158,8 @@ fn task_out(t: v1::Task) -> TaskOut {
         state: t.state,
         command,
         isolation: if spec.isolation.is_empty() { "process".into() } else { spec.isolation },
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
         exit_code: t.exit_code,
         pending: Some(t.pending).filter(|p| !p.is_empty()),
         cancel_requested: t.cancel_requested,
@@ -174,6 +180,7 @@ fn task_out(t: v1::Task) -> TaskOut {
                 result: Some(a.result).filter(|r| !r.is_empty()),
                 killed: a.killed,
                 error: Some(a.error).filter(|e| !e.is_empty()),
+                enforcement: Some(a.enforcement).filter(|e| !e.is_empty()),
                 stdout_tail: String::from_utf8_lossy(&a.stdout_tail).into_owned(),
                 stderr_tail: String::from_utf8_lossy(&a.stderr_tail).into_owned(),
             })
@@ -215,11 +222,33 @@ fn detail(x: &TaskOut) -> String {
                 (true, _) => " (SIGKILL after the grace period)",
             },
         ));
+        if a.result.as_deref() == Some("oom") {
+            s.push_str(&format!("  out of memory: the kernel killed it for exceeding its {} MiB\n", x.memory_mib));
+        }
         if let Some(e) = &a.error {
             s.push_str(&format!("  error: {e}\n"));
         }
+        if let Some(e) = &a.enforcement {
+            s.push_str(&format!("  enforcement: {e}{}\n", enforcement_note(e, x)));
+        }
     }
     s
+}
+
+/// What an enforcement means for this task, for `task get`.
+fn enforcement_note(e: &str, x: &TaskOut) -> String {
+    match e {
+        "cgroup-v2" | "cgroup-v1" => {
+            format!(" (a cgroup: memory {} MiB, no swap; CPU quota {} vCPU)", x.memory_mib, x.vcpus)
+        }
+        "rlimit" => format!(
+            " (address space limited to {} MiB: an allocation beyond fails inside the task, an ordinary failure, \
+             not oom; no CPU limit)",
+            x.memory_mib
+        ),
+        "none" => " (vCPUs and memory only reserved, not enforced)".into(),
+        _ => String::new(),
+    }
 }
 
 async fn get(conn: &mut Conn, id: &str, stale: bool) -> anyhow::Result<v1::Task> {

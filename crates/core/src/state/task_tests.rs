@@ -6,7 +6,7 @@ use super::*;
 use crate::command::Outcome;
 use crate::scheduler::NodeState;
 use crate::store::MemStore;
-use crate::task::{AttemptResult, TaskRecord, TaskSpec, TaskState};
+use crate::task::{AttemptResult, Enforcement, TaskRecord, TaskSpec, TaskState};
 
 fn env(command: Command) -> Envelope {
     Envelope { session: None, now_ms: 5_000, command }
@@ -50,8 +50,10 @@ fn a_task_is_placed_reserves_memory_and_releases_it_when_it_succeeds() {
     let t = submit(&mut s, 2, spec(256));
     assert_eq!((t.id.as_str(), t.state, t.attempts[0].node, t.attempts[0].id), ("t2", TaskState::Assigned, 1, 2));
     assert_eq!(used(&s, 1), 256);
-    report(&mut s, 3, &t, TaskUpdate::Started).unwrap();
+    assert_eq!(t.attempts[0].enforcement, None);
+    report(&mut s, 3, &t, TaskUpdate::Started { enforcement: Enforcement::CgroupV2 }).unwrap();
     assert_eq!(get(&s, 2).state, TaskState::Running);
+    assert_eq!(get(&s, 2).attempts[0].enforcement, Some(Enforcement::CgroupV2));
     report(&mut s, 4, &t, finished(AttemptResult::Exited { code: 0 })).unwrap();
     let t = get(&s, 2);
     assert_eq!(
@@ -108,6 +110,21 @@ fn a_failed_attempt_is_retried_with_backoff_until_the_retries_run_out() {
     let r = get(&s, 2);
     assert_eq!((r.state, r.attempts.len()), (TaskState::Failed, 3));
     assert_eq!(used(&s, 1), 0);
+}
+
+#[test]
+fn an_oom_is_its_own_result_retried_as_a_failure_and_ends_failed() {
+    let mut s = member_node(1, 4, 1024);
+    let t = submit(&mut s, 2, TaskSpec { retries: 1, backoff_ms: 0, backoff_cap_ms: 0, ..spec(64) });
+    report(&mut s, 3, &t, TaskUpdate::Started { enforcement: Enforcement::CgroupV1 }).unwrap();
+    report(&mut s, 4, &t, finished(AttemptResult::Oom)).unwrap();
+    let r = get(&s, 2);
+    assert_eq!((r.state, r.attempts.len(), r.retries_used), (TaskState::Assigned, 2, 1));
+    assert_eq!(r.attempts[0].result, Some(AttemptResult::Oom));
+    report(&mut s, 5, &t, finished(AttemptResult::Oom)).unwrap();
+    let r = get(&s, 2);
+    assert_eq!((r.state, r.exit_code()), (TaskState::Failed, Some(137)));
+    assert_eq!(r.attempts[1].result.as_ref().map(AttemptResult::kind), Some("oom"));
 }
 
 #[test]
@@ -274,7 +291,7 @@ fn tasks_are_counted_by_state_reading_each_finished_one_once() {
     let a = submit(&mut s, 2, spec(256));
     let b = submit(&mut s, 3, spec(256));
     submit(&mut s, 4, spec(4096));
-    report(&mut s, 5, &b, TaskUpdate::Started).unwrap();
+    report(&mut s, 5, &b, TaskUpdate::Started { enforcement: Default::default() }).unwrap();
     assert_eq!(by_state(&s, &mut cache), [("pending", 1), ("assigned", 1), ("running", 1)]);
     report(&mut s, 6, &a, finished(AttemptResult::Exited { code: 0 })).unwrap();
     report(&mut s, 7, &b, finished(AttemptResult::Exited { code: 0 })).unwrap();

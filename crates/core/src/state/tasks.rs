@@ -10,7 +10,9 @@ use super::{decode, encode, nodes, vms};
 use crate::command::{CommandError, Outcome, Response};
 use crate::scheduler::{self, PlacementOutcome as Placement};
 use crate::store::{ReadStore, Store, StoreError, Table};
-use crate::task::{format_id, Attempt, AttemptResult, TaskRecord, TaskSpec, TaskState, MAX_ATTEMPTS, MAX_TAIL};
+use crate::task::{
+    format_id, Attempt, AttemptResult, Enforcement, TaskRecord, TaskSpec, TaskState, MAX_ATTEMPTS, MAX_TAIL,
+};
 use crate::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +25,15 @@ const META_DONE: &[u8] = b"tasks_done";
 /// What the node running an attempt reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskUpdate {
-    Started,
-    Finished { result: AttemptResult, stdout_tail: Vec<u8>, stderr_tail: Vec<u8> },
+    /// About to start it, holding it to its resources this way.
+    Started {
+        enforcement: Enforcement,
+    },
+    Finished {
+        result: AttemptResult,
+        stdout_tail: Vec<u8>,
+        stderr_tail: Vec<u8>,
+    },
 }
 
 pub fn get(store: &impl ReadStore, id: u64) -> Result<Option<TaskRecord>, StoreError> {
@@ -90,6 +99,7 @@ fn place(store: &mut impl Store, index: u64, now: u64, rec: &mut TaskRecord) -> 
                 result: None,
                 stdout_tail: Vec::new(),
                 stderr_tail: Vec::new(),
+                enforcement: None,
             });
             rec.pending = None;
             rec.state = TaskState::Assigned;
@@ -237,9 +247,10 @@ pub fn report(
         return stale();
     }
     match update {
-        TaskUpdate::Started => {
+        TaskUpdate::Started { enforcement } => {
             if let Some(a) = rec.attempts.last_mut() {
                 a.started_ms.get_or_insert(now);
+                a.enforcement.get_or_insert(*enforcement);
             }
             rec.state = TaskState::Running;
         }

@@ -113,3 +113,11 @@ fn ids_parse_strictly() {
         assert_eq!(parse_id(bad).unwrap_err().field, "id", "{bad}");
     }
 }
+
+#[test]
+fn enforcement_names_round_trip_and_a_bad_one_is_named() {
+    for e in [Enforcement::None, Enforcement::Rlimit, Enforcement::CgroupV1, Enforcement::CgroupV2] {
+        assert_eq!(Enforcement::parse(e.as_str()).unwrap(), e);
+    }
+    assert_eq!(Enforcement::parse("cgroup").unwrap_err().field, "enforcement");
+}

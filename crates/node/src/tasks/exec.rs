@@ -1,18 +1,23 @@
 //! Running one attempt: the [`Executor`] boundary and its real implementation, a child process
 //! in its own process group, environment cleared except `PATH` and the task's own, working
 //! directory `<attempt dir>/work`, stdout and stderr to bounded files (with a truncation
-//! marker), SIGTERM to the group on timeout or stop and SIGKILL after a grace period.
+//! marker), SIGTERM to the group on timeout or cancel and SIGKILL after a grace period (at once
+//! when fenced, so that it is gone before the cluster runs the task elsewhere); held to
+//! its vCPUs and memory as [`super::limits`] says (a cgroup, or rlimits), an OOM kill reported
+//! as `Oom`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[cfg(not(madsim))]
 use blixard_core::task::MAX_TAIL;
-use blixard_core::{AttemptResult, TaskSpec};
+use blixard_core::{AttemptResult, Enforcement, TaskSpec};
 use futures::future::BoxFuture;
 #[cfg(not(madsim))]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+
+use super::limits::Plan;
 
 /// Each output file's bound.
 pub const OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
@@ -49,9 +54,23 @@ pub struct Finished {
 
 /// Runs attempts: the real process executor here, a simulated one for the simulator.
 pub trait Executor: Send + Sync + 'static {
+    /// How it will hold `spec` to its resources (reported when the attempt starts).
+    fn enforcement(&self, spec: &TaskSpec) -> Enforcement;
+
     /// Runs `job` to its end; `stop` changing from [`Stop::Run`] stops it. Whatever goes wrong
     /// is in the result (`StartFailed`), never a panic.
     fn run(&self, job: Job, stop: watch::Receiver<Stop>) -> BoxFuture<'static, Finished>;
+}
+
+/// An executor handed to the node instead of real processes ([`crate::NodeConfig::task_executor`]):
+/// the simulation's fake.
+#[derive(Clone)]
+pub struct Injected(pub std::sync::Arc<dyn Executor>);
+
+impl std::fmt::Debug for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Injected(task executor)")
+    }
 }
 
 /// Real processes.
@@ -61,6 +80,8 @@ pub struct ProcessExecutor {
     pub grace: Duration,
     /// The `PATH` tasks get (the daemon's own).
     pub path: String,
+    /// How attempts are held to their resources ([`super::limits::detect`] on a node).
+    pub limits: Plan,
 }
 
 impl Default for ProcessExecutor {
@@ -69,6 +90,7 @@ impl Default for ProcessExecutor {
             output_limit: OUTPUT_LIMIT,
             grace: GRACE,
             path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            limits: Plan::None,
         }
     }
 }
@@ -144,20 +166,84 @@ pub fn live_group(dir: &std::path::Path) -> Option<u32> {
     cwd.starts_with(&work).then_some(pgid)
 }
 
-/// Kills what is left of the attempt in `dir` (after a daemon restart, or by the watchdog when
-/// the lease ran out without a daemon). Returns whether there was a group to kill.
+/// The cgroup of the attempt in `dir`, from its `cgroup` file, while that exists.
 #[cfg(not(madsim))]
-pub fn kill_leftover(dir: &std::path::Path) -> bool {
-    let Some(pgid) = live_group(dir) else { return false };
-    signal_group(pgid, rustix::process::Signal::KILL);
-    true
+pub fn attempt_cgroup(dir: &std::path::Path) -> Option<super::limits::Cgroup> {
+    super::limits::Cgroup::from_file(&std::fs::read_to_string(dir.join(CGROUP_FILE)).ok()?)
 }
 
-/// The attempt directories under `tasks_dir` whose process group still runs.
+/// Kills what is left of the attempt in `dir` (after a daemon restart, or by the watchdog when
+/// the lease ran out without a daemon): its cgroup's processes, whichever group they are in,
+/// and its process group; then removes the cgroup. Returns whether anything was killed.
+#[cfg(not(madsim))]
+pub fn kill_leftover(dir: &std::path::Path) -> bool {
+    let mut killed = false;
+    if let Some(pgid) = live_group(dir) {
+        signal_group(pgid, rustix::process::Signal::KILL);
+        killed = true;
+    }
+    if let Some(cg) = attempt_cgroup(dir) {
+        killed |= super::limits::kill(&cg);
+        super::limits::remove(&cg);
+        let _ = std::fs::remove_file(dir.join(CGROUP_FILE));
+    }
+    killed
+}
+
+/// The attempt directories under `tasks_dir` whose process group still runs, or whose cgroup
+/// is still there.
 #[cfg(not(madsim))]
 pub fn live_attempts(tasks_dir: &std::path::Path) -> Vec<PathBuf> {
     let Ok(dirs) = std::fs::read_dir(tasks_dir) else { return Vec::new() };
-    dirs.flatten().map(|d| d.path()).filter(|d| live_group(d).is_some()).collect()
+    dirs.flatten()
+        .map(|d| d.path())
+        .filter(|d| live_group(d).is_some() || attempt_cgroup(d).is_some_and(|c| c.dirs.iter().any(|p| p.exists())))
+        .collect()
+}
+
+/// The file in an attempt's directory naming its cgroup (see [`super::limits::Cgroup`]).
+pub const CGROUP_FILE: &str = "cgroup";
+
+/// Makes the child join its cgroup (writing itself into each `cgroup.procs`) and take its
+/// rlimit before it execs the task's program, so nothing it runs escapes them.
+#[cfg(not(madsim))]
+#[allow(unsafe_code)]
+fn limit_before_exec(cmd: &mut tokio::process::Command, procs: Vec<std::ffi::CString>, rlimit_as: Option<u64>) {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::process::{Resource, Rlimit};
+    // SAFETY: the closure runs in the forked child between fork and exec, where only
+    // async-signal-safe work is allowed: it makes system calls (open, write, close, prlimit)
+    // on data prepared before the fork, and neither allocates nor takes a lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &procs {
+                let fd = rustix::fs::open(p.as_c_str(), OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+                rustix::io::write(&fd, b"0")?;
+            }
+            if let Some(b) = rlimit_as {
+                rustix::process::setrlimit(Resource::As, Rlimit { current: Some(b), maximum: Some(b) })?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// How often a running attempt's cgroup is checked for an OOM kill.
+#[cfg(not(madsim))]
+const OOM_POLL: Duration = Duration::from_millis(200);
+
+/// Why the wait for the child ended.
+#[cfg(not(madsim))]
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Stop(Stop),
+    TimedOut,
+    Oom,
+}
+
+#[cfg(not(madsim))]
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
 }
 
 #[cfg(not(madsim))]
@@ -165,11 +251,33 @@ impl ProcessExecutor {
     async fn go(self, job: Job, mut stop: watch::Receiver<Stop>) -> Finished {
         use std::os::unix::process::ExitStatusExt;
         use std::process::Stdio;
+
+        use super::limits;
         let work = job.dir.join("work");
         if let Err(e) = tokio::fs::create_dir_all(&work).await {
             return start_failed(format!("cannot create {}: {e}", work.display()));
         }
         let spec = &job.spec;
+        let cgroup = match &self.limits {
+            Plan::V1 { .. } | Plan::V2 { .. } => {
+                let (plan, name, vcpus, mem) =
+                    (self.limits.clone(), limits::leaf_name(&job.dir), spec.vcpus, spec.memory_mib);
+                match blocking(move || limits::create(&plan, &name, vcpus, mem)).await {
+                    Some(Ok(cg)) => Some(cg),
+                    Some(Err(e)) => return start_failed(format!("cannot set up its cgroup: {e}")),
+                    None => return start_failed("cannot set up its cgroup".into()),
+                }
+            }
+            Plan::None | Plan::Rlimit => None,
+        };
+        if let Some(cg) = &cgroup {
+            // Written before the child exists: a daemon restarted after any crash finds it.
+            if let Err(e) = tokio::fs::write(job.dir.join(CGROUP_FILE), cg.to_file()).await {
+                let cg = cg.clone();
+                blocking(move || limits::remove(&cg)).await;
+                return start_failed(format!("cannot record its cgroup: {e}"));
+            }
+        }
         let mut cmd = tokio::process::Command::new(&spec.command);
         cmd.args(&spec.args)
             .env_clear()
@@ -181,9 +289,24 @@ impl ProcessExecutor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        let procs: Vec<std::ffi::CString> = cgroup
+            .iter()
+            .flat_map(limits::procs_files)
+            .filter_map(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok())
+            .collect();
+        let rlimit_as = self.limits.rlimit_as(spec.memory_mib);
+        if !procs.is_empty() || rlimit_as.is_some() {
+            limit_before_exec(&mut cmd, procs, rlimit_as);
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
-            Err(e) => return start_failed(format!("cannot start {:?}: {e}", spec.command)),
+            Err(e) => {
+                if let Some(cg) = cgroup.clone() {
+                    blocking(move || limits::remove(&cg)).await;
+                    let _ = tokio::fs::remove_file(job.dir.join(CGROUP_FILE)).await;
+                }
+                return start_failed(format!("cannot start {:?}: {e}", spec.command));
+            }
         };
         let pgid = child.id().unwrap_or(0);
         let _ = tokio::fs::write(job.dir.join("pgid"), pgid.to_string()).await;
@@ -191,13 +314,27 @@ impl ProcessExecutor {
         let err = child.stderr.take().map(|e| tokio::spawn(copy_bounded(e, job.dir.join("stderr"), self.output_limit)));
         let timeout = tokio::time::sleep(Duration::from_millis(spec.timeout_ms));
         tokio::pin!(timeout);
-        let why = tokio::select! {
-            s = child.wait() => Err(s),
-            _ = &mut timeout => Ok(Stop::Run),
-            _ = async { while *stop.borrow_and_update() == Stop::Run { if stop.changed().await.is_err() { futures::future::pending::<()>().await } } } => Ok(*stop.borrow()),
+        let oom_watch = async {
+            match &cgroup {
+                // An OOM kill ends the whole attempt (v2 kills the whole cgroup itself with
+                // memory.oom.group; v1 kills one process, and the rest are killed here).
+                Some(cg) => loop {
+                    tokio::time::sleep(OOM_POLL).await;
+                    if limits::oom_kills(cg) > 0 {
+                        break;
+                    }
+                },
+                None => futures::future::pending::<()>().await,
+            }
         };
-        let result = match why {
-            Err(status) => match status {
+        let ended = tokio::select! {
+            s = child.wait() => Ended::Exited(s),
+            _ = &mut timeout => Ended::TimedOut,
+            _ = oom_watch => Ended::Oom,
+            _ = async { while *stop.borrow_and_update() == Stop::Run { if stop.changed().await.is_err() { futures::future::pending::<()>().await } } } => Ended::Stop(*stop.borrow()),
+        };
+        let mut result = match ended {
+            Ended::Exited(status) => match status {
                 Ok(s) => match (s.code(), s.signal()) {
                     (Some(code), _) => AttemptResult::Exited { code },
                     (None, Some(signal)) => AttemptResult::Signaled { signal },
@@ -205,7 +342,25 @@ impl ProcessExecutor {
                 },
                 Err(e) => AttemptResult::StartFailed { error: format!("cannot wait for it: {e}") },
             },
-            Ok(reason) => {
+            // Fenced (the lease ran out, or the attempt is no longer current): the cluster
+            // will soon run the task elsewhere, so no grace: SIGKILL now, cgroup and all.
+            Ended::Stop(Stop::Fence) => {
+                signal_group(pgid, rustix::process::Signal::KILL);
+                if let Some(cg) = cgroup.clone() {
+                    blocking(move || limits::kill(&cg)).await;
+                }
+                let _ = child.wait().await;
+                AttemptResult::Cancelled { killed: true }
+            }
+            Ended::Oom => {
+                signal_group(pgid, rustix::process::Signal::KILL);
+                if let Some(cg) = cgroup.clone() {
+                    blocking(move || limits::kill(&cg)).await;
+                }
+                let _ = child.wait().await;
+                AttemptResult::Oom
+            }
+            Ended::TimedOut | Ended::Stop(_) => {
                 signal_group(pgid, rustix::process::Signal::TERM);
                 let killed = match tokio::time::timeout(self.grace, child.wait()).await {
                     Ok(_) => false,
@@ -215,14 +370,28 @@ impl ProcessExecutor {
                         true
                     }
                 };
-                match reason {
-                    Stop::Run => AttemptResult::TimedOut { killed },
-                    Stop::Cancel | Stop::Fence => AttemptResult::Cancelled { killed },
+                match ended {
+                    Ended::Stop(_) => AttemptResult::Cancelled { killed },
+                    _ => AttemptResult::TimedOut { killed },
                 }
             }
         };
-        // Whatever the task left behind in its group ends with it (and lets go of the pipes).
+        // A process of the attempt killed by the kernel for memory makes the result `oom`,
+        // whatever the main process did after (a shell goes on after a killed command).
+        if let Some(cg) = &cgroup {
+            if matches!(result, AttemptResult::Exited { .. } | AttemptResult::Signaled { .. })
+                && limits::oom_kills(cg) > 0
+            {
+                result = AttemptResult::Oom;
+            }
+        }
+        // Whatever the task left behind in its group or its cgroup ends with it (and lets go of
+        // the pipes); then its cgroup goes.
         signal_group(pgid, rustix::process::Signal::KILL);
+        if let Some(cg) = cgroup.clone() {
+            blocking(move || limits::remove(&cg)).await;
+            let _ = tokio::fs::remove_file(job.dir.join(CGROUP_FILE)).await;
+        }
         let _ = tokio::fs::remove_file(job.dir.join("pgid")).await;
         let tail = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
             match h {
@@ -240,6 +409,10 @@ impl ProcessExecutor {
 
 #[cfg(not(madsim))]
 impl Executor for ProcessExecutor {
+    fn enforcement(&self, _spec: &TaskSpec) -> Enforcement {
+        self.limits.enforcement()
+    }
+
     fn run(&self, job: Job, stop: watch::Receiver<Stop>) -> BoxFuture<'static, Finished> {
         Box::pin(self.clone().go(job, stop))
     }

@@ -12,6 +12,7 @@
 //!   places a new attempt (a restart does not adopt running attempts).
 
 pub mod exec;
+pub mod limits;
 #[cfg(all(test, not(madsim)))]
 mod tests;
 #[cfg(not(madsim))]
@@ -97,6 +98,18 @@ impl Runner {
         }
     }
 
+    /// Whether this node holds its lease and, in what it has applied (read after the lease
+    /// check), attempt `attempt` of `task` is current here.
+    fn still_current(&self, task: u64, attempt: u64) -> bool {
+        if !self.lease.valid(self.raft.status().applied) {
+            return false;
+        }
+        self.open().is_ok_and(|open| {
+            open.iter()
+                .any(|t| t.submit_index == task && t.current().is_some_and(|a| a.id == attempt && a.node == self.id))
+        })
+    }
+
     /// Proposes a report; `Ok(false)` when the cluster refused it (stale: drop it).
     async fn report(&self, task: u64, attempt: u64, update: TaskUpdate) -> Result<bool, String> {
         let cmd = Command::TaskReport { id: task, attempt, node: self.id, update };
@@ -157,7 +170,10 @@ impl Runner {
                 self.unreported.insert(key, f);
             } else if a.started_ms.is_some() {
                 #[cfg(not(madsim))]
-                exec::kill_leftover(&dir);
+                {
+                    let d = dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || exec::kill_leftover(&d)).await;
+                }
                 tracing::warn!(
                     task,
                     attempt,
@@ -166,10 +182,26 @@ impl Runner {
                 self.unreported
                     .insert(key, Finished { result: AttemptResult::Lost, stdout_tail: vec![], stderr_tail: vec![] });
             } else if lease_ok && now_ms() >= a.not_before_ms {
-                if !self.report(task, attempt, TaskUpdate::Started).await? {
+                let enforcement = self.exec.enforcement(&rec.spec);
+                if !self.report(task, attempt, TaskUpdate::Started { enforcement }).await? {
                     continue;
                 }
-                tracing::info!(task, attempt, command = %rec.spec.command, "starting a task attempt");
+                // The answer may come long after the report was applied (it waited out a
+                // partition, during which this node may have been declared down and the task
+                // started elsewhere): start only while the lease holds and the attempt is still
+                // current in what this node has applied since. Otherwise it is not started; if
+                // it is still current, the next pass reports it lost.
+                if !self.still_current(task, attempt) {
+                    tracing::info!(task, attempt, "not starting: no longer current here, or the lease ran out");
+                    continue;
+                }
+                tracing::info!(
+                    task,
+                    attempt,
+                    command = %rec.spec.command,
+                    enforcement = enforcement.as_str(),
+                    "starting a task attempt"
+                );
                 let (tx, rx) = watch::channel(Stop::Run);
                 let fut = self.exec.run(Job { spec: rec.spec.clone(), dir }, rx);
                 let (done, work) = (self.done_tx.clone(), self.work.clone());

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use blixard_core::{AttemptResult, TaskSpec};
 use tokio::sync::watch;
 
-use super::exec::{Executor, Finished, Job, ProcessExecutor, Stop, TRUNCATED};
+use super::exec::{self, Executor, Finished, Job, ProcessExecutor, Stop, TRUNCATED};
+use super::limits::{self, Plan};
 
 fn spec(command: &str, args: &[&str]) -> TaskSpec {
     TaskSpec {
@@ -123,4 +124,98 @@ async fn output_beyond_the_bound_is_cut_with_a_marker_and_the_tail_is_bounded() 
     assert!(file.ends_with(TRUNCATED.as_bytes()));
     assert_eq!(f.stdout_tail.len(), blixard_core::task::MAX_TAIL);
     assert!(f.stdout_tail.ends_with(b"xEND\n"));
+}
+
+/// `sh -c 'head -c N /dev/zero | tail >/dev/null'`: `tail` keeps a stream without newlines
+/// whole, so it needs about N bytes; the shell's status is `tail`'s.
+fn allocate(mib: u32, memory_mib: u32) -> TaskSpec {
+    let script = format!("head -c {} /dev/zero | tail >/dev/null", u64::from(mib) << 20);
+    TaskSpec { memory_mib, ..spec("/bin/sh", &["-c", &script]) }
+}
+
+/// The host's cgroup plan; these tests need root and a memory cgroup (as CI has).
+fn cgroup_plan() -> Plan {
+    let plan = limits::detect();
+    assert!(
+        matches!(plan, Plan::V1 { .. } | Plan::V2 { .. }),
+        "this test needs root and a cgroup memory controller (v2, or v1 mounted); got {}",
+        plan.describe()
+    );
+    plan
+}
+
+#[tokio::test]
+async fn in_a_cgroup_a_task_over_its_memory_is_oom_within_it_succeeds_and_the_cgroup_goes() {
+    let ex = ProcessExecutor { limits: cgroup_plan(), ..Default::default() };
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("t1-1");
+    assert!(ex.enforcement(&spec("true", &[])).as_str().starts_with("cgroup-v"));
+    let f = run_with(&ex, allocate(200, 64), &dir).await;
+    assert_eq!(f.result, AttemptResult::Oom, "{f:?}");
+    assert!(!dir.join(exec::CGROUP_FILE).exists());
+
+    // The same within its limit succeeds, and it ran in its own cgroup, gone afterwards.
+    let dir = d.path().join("t1-2");
+    let mut s = allocate(200, 512);
+    s.args[1].push_str("; cat /proc/self/cgroup");
+    let f = run_with(&ex, s, &dir).await;
+    assert_eq!(f.result, AttemptResult::Exited { code: 0 }, "{f:?}");
+    let out = String::from_utf8_lossy(&f.stdout_tail).into_owned();
+    let leaf = limits::leaf_name(&dir);
+    let line = out.lines().find(|l| l.contains(":memory:") || l.starts_with("0::")).unwrap_or_default();
+    assert!(line.ends_with(&format!("/{}/{leaf}", limits::PARENT)), "not in its cgroup: {out}");
+    let cg = limits::facts();
+    let gone =
+        cg.mounts.iter().all(|m| !m.point.join(line.rsplit(':').next().unwrap().trim_start_matches('/')).exists());
+    assert!(gone, "its cgroup is still there: {line}");
+}
+
+#[tokio::test]
+async fn in_a_cgroup_a_forked_child_cannot_escape_and_is_killed_with_the_attempt() {
+    let ex = ProcessExecutor { limits: cgroup_plan(), grace: Duration::from_millis(300), ..Default::default() };
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("t2-1");
+    // A child in a new session (out of the process group) still dies with the attempt.
+    let s = TaskSpec {
+        timeout_ms: 1_000,
+        ..spec("/bin/sh", &["-c", "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!; sleep 60"])
+    };
+    let f = run_with(&ex, s, &dir).await;
+    assert!(matches!(f.result, AttemptResult::TimedOut { .. }), "{f:?}");
+    let pid: i32 = String::from_utf8_lossy(&f.stdout_tail).trim().parse().expect("the child's pid");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z"), "the escaped child {pid} still runs: {stat}");
+}
+
+#[tokio::test]
+async fn with_rlimits_an_allocation_beyond_the_memory_is_an_ordinary_failure() {
+    let ex = ProcessExecutor { limits: Plan::Rlimit, ..Default::default() };
+    assert_eq!(ex.enforcement(&spec("true", &[])), blixard_core::Enforcement::Rlimit);
+    let d = tempfile::tempdir().unwrap();
+    let f = run_with(&ex, allocate(200, 64), d.path()).await;
+    assert_eq!(f.result, AttemptResult::Exited { code: 1 }, "{f:?}");
+    assert!(String::from_utf8_lossy(&f.stderr_tail).contains("memory exhausted"), "{f:?}");
+    let f = run_with(&ex, allocate(200, 512), d.path()).await;
+    assert_eq!(f.result, AttemptResult::Exited { code: 0 }, "{f:?}");
+}
+
+#[tokio::test]
+async fn a_fenced_attempt_is_killed_at_once_even_if_it_ignores_term() {
+    // The cluster declares a fenced node down soon after (3 s by default) and runs the task
+    // elsewhere: a grace period here would let two attempts run at once.
+    let d = tempfile::tempdir().unwrap();
+    let ex = ProcessExecutor { grace: Duration::from_secs(5), ..Default::default() };
+    let (tx, rx) = watch::channel(Stop::Run);
+    let s = spec("sh", &["-c", "trap '' TERM; sleep 60 & wait"]);
+    let h = tokio::spawn(ex.run(Job { spec: s, dir: d.path().to_path_buf() }, rx));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.path().join("pgid").exists() {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t0 = Instant::now();
+    tx.send(Stop::Fence).unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(10), h).await.unwrap().unwrap();
+    assert_eq!(f.result, AttemptResult::Cancelled { killed: true });
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use blixard_core::{AttemptResult, Isolation};
+use blixard_core::{AttemptResult, Enforcement, Isolation, TaskSpec};
 use blixard_vmm::image::GuestImage;
 use blixard_vmm::Accel;
 use futures::future::BoxFuture;
@@ -62,6 +62,13 @@ pub struct ByIsolation {
 }
 
 impl Executor for ByIsolation {
+    fn enforcement(&self, spec: &TaskSpec) -> Enforcement {
+        match spec.isolation {
+            Isolation::Process => self.process.enforcement(spec),
+            Isolation::Vm => self.vm.enforcement(spec),
+        }
+    }
+
     fn run(&self, job: Job, stop: watch::Receiver<Stop>) -> BoxFuture<'static, Finished> {
         match job.spec.isolation {
             Isolation::Process => self.process.run(job, stop),
@@ -109,6 +116,10 @@ impl VmExecutor {
 }
 
 impl Executor for VmExecutor {
+    fn enforcement(&self, _spec: &TaskSpec) -> Enforcement {
+        Enforcement::Vm
+    }
+
     fn run(&self, job: Job, stop: watch::Receiver<Stop>) -> BoxFuture<'static, Finished> {
         Box::pin(self.inner.clone().go(job, stop))
     }
