@@ -190,6 +190,24 @@ fn metrics_change_with_load_and_the_endpoint_refuses_what_it_does_not_serve() {
 }
 
 #[test]
+fn with_metrics_off_nothing_is_served_and_the_node_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let n = TestNode::start_with(1, &tmp.path().join("n1"), &["--http-bind", &http, "--metrics", "off"]);
+    n.wait_leader(Duration::from_secs(180));
+    assert_eq!(write_keys(&n.addr, "off", 10).len(), 10);
+    let m = raw_http(&http, b"GET /metrics HTTP/1.0\r\n\r\n");
+    assert!(m.starts_with("HTTP/1.0 404") && m.contains("metrics are off"), "{m}");
+    assert!(raw_http(&http, b"GET /healthz HTTP/1.0\r\n\r\n").starts_with("HTTP/1.0 200"));
+    let n2 = tmp.path().join("n2").display().to_string();
+    let bad = std::process::Command::new(BIN)
+        .args(["node", "--id", "2", "--data-dir", &n2, "--metrics", "maybe"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && stderr(&bad).contains("--metrics"), "{}", stderr(&bad));
+}
+
+#[test]
 fn a_bad_or_taken_http_bind_is_refused_before_the_node_starts() {
     let tmp = tempfile::tempdir().unwrap();
     let mut n = TestNode::start_with(1, &tmp.path().join("n1"), &["--http-bind", "not-an-address"]);

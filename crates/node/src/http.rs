@@ -70,6 +70,7 @@ pub fn answer(ops: &Ops, method: &str, path: &str, accept: Option<&str>) -> Answ
         return (405, TEXT, "only GET and HEAD are served\n".into());
     }
     match path {
+        "/metrics" if !ops.metrics.enabled => (404, TEXT, "metrics are off on this node (--metrics off)\n".into()),
         "/metrics" => {
             let om = accept.is_some_and(|a| a.contains("application/openmetrics-text"));
             let ct = if om { crate::metrics::OPENMETRICS } else { crate::metrics::PROMETHEUS_TEXT };

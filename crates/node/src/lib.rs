@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub idle_spin: Duration,
     /// See [`RaftConfig::reply_spin`].
     pub reply_spin: Duration,
+    /// Collect metrics (`--metrics on`, the default); off, no request, proposal or log write is
+    /// timed or counted and `/metrics` answers 404 (what the overhead benchmark compares with).
+    pub metrics: bool,
     /// Schedulable vCPUs per host core.
     pub vcpu_overcommit: u32,
     /// Host memory kept back from VMs, in MiB.
@@ -114,6 +117,7 @@ impl NodeConfig {
             keep_entries: d.keep_entries,
             idle_spin: d.idle_spin,
             reply_spin: d.reply_spin,
+            metrics: true,
             vcpu_overcommit: 4,
             reserve_memory_mib: 1024,
             memory_mib: None,
@@ -466,7 +470,7 @@ impl Node {
             Driver::new(rc, storage, Arc::new(transport::SharedTransport(transport.clone()))).map_err(storage_err)?;
         transport.set_handle(raft.clone());
         let driver = spawn_driver(driver);
-        let metrics = metrics::Metrics::new(cfg.id, raft.clone(), transport.clone());
+        let metrics = metrics::Metrics::new(cfg.id, raft.clone(), transport.clone(), cfg.metrics);
         let ops = Arc::new(http::Ops { raft: raft.clone(), metrics: metrics.clone(), backend: Default::default() });
 
         let (stop_server, stopped) = oneshot::channel::<()>();

@@ -167,6 +167,10 @@ pub struct NodeArgs {
     /// loopback or a private network.
     #[arg(long, value_name = "ADDR")]
     pub http_bind: Option<String>,
+    /// Collect metrics: on, or off (no request, proposal or log write timed or counted;
+    /// /metrics answers 404). Off exists to measure what metrics cost.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    pub metrics: String,
 }
 
 pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
@@ -205,6 +209,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     cfg.heartbeat_ticks = a.heartbeat_ticks as usize;
     cfg.idle_spin = Duration::from_micros(a.idle_spin_us);
     cfg.reply_spin = Duration::from_micros(a.reply_spin_us);
+    cfg.metrics = a.metrics == "on";
     cfg.labels = a.labels.into_iter().collect();
     if let Err(e) = blixard_core::spec::validate_labels(&cfg.labels) {
         anyhow::bail!("invalid --label: {}", e.rule);

@@ -103,7 +103,7 @@ sections! {
         down_after_ms => "down_after_ms" Int,
     }
     tls: TlsSec { dir => "tls_dir" Str, insecure => "insecure" Bool }
-    http: HttpSec { bind => "http_bind" Str }
+    http: HttpSec { bind => "http_bind" Str, metrics => "metrics" Str }
     limits: LimitsSec {
         max_snapshot_mib => "max_snapshot_mib" Int, max_conns_per_ip => "max_conns_per_ip" Int,
         handshake_timeout_ms => "handshake_timeout_ms" Int, peer_idle_timeout_ms => "peer_idle_timeout_ms" Int,

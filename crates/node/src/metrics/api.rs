@@ -163,10 +163,10 @@ mod layer {
         h.get("grpc-status")?.to_str().ok()?.parse().ok()
     }
 
-    /// The answer's body, watched for its trailers.
+    /// The answer's body, watched for its trailers (not watched with metrics off).
     pub struct ApiBody<B> {
         inner: B,
-        recorder: Recorder,
+        recorder: Option<Recorder>,
     }
 
     impl<B: Body + Unpin> Body for ApiBody<B> {
@@ -181,12 +181,12 @@ mod layer {
             let r = Pin::new(&mut this.inner).poll_frame(cx);
             match &r {
                 Poll::Ready(Some(Ok(f))) => {
-                    if let Some(code) = f.trailers_ref().and_then(code_of) {
-                        this.recorder.finish(code);
+                    if let (Some(code), Some(rec)) = (f.trailers_ref().and_then(code_of), &mut this.recorder) {
+                        rec.finish(code);
                     }
                 }
-                Poll::Ready(Some(Err(_))) => this.recorder.finish(13), // INTERNAL
-                Poll::Ready(None) => this.recorder.finish(0),
+                Poll::Ready(Some(Err(_))) => this.recorder.iter_mut().for_each(|r| r.finish(13)), // INTERNAL
+                Poll::Ready(None) => this.recorder.iter_mut().for_each(|r| r.finish(0)),
                 Poll::Pending => {}
             }
             r
@@ -222,6 +222,12 @@ mod layer {
             // The clone that was polled ready serves this request (tower's rule).
             let clone = self.inner.clone();
             let mut inner = std::mem::replace(&mut self.inner, clone);
+            if !self.metrics.enabled {
+                return Box::pin(async move {
+                    let resp = inner.call(req).await?;
+                    Ok(resp.map(|inner| ApiBody { inner, recorder: None }))
+                });
+            }
             let mut recorder = Recorder {
                 metrics: self.metrics.clone(),
                 path: req.uri().path().chars().take(2 * super::MAX_NAME + 2).collect(),
@@ -235,7 +241,7 @@ mod layer {
                         if let Some(code) = code_of(resp.headers()) {
                             recorder.finish(code); // trailers-only: an error before any message
                         }
-                        Ok(resp.map(|inner| ApiBody { inner, recorder }))
+                        Ok(resp.map(|inner| ApiBody { inner, recorder: Some(recorder) }))
                     }
                     Err(e) => {
                         recorder.finish(13);

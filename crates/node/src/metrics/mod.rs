@@ -134,11 +134,14 @@ pub struct Metrics {
     pub api: api::ApiMetrics,
     /// This node's VM and task work (the reconciler and the task runner count into it).
     pub work: Arc<work::Work>,
+    /// Off (`--metrics off`): requests, proposals and log writes are not timed or counted, and
+    /// nothing is served.
+    pub enabled: bool,
 }
 
 impl Metrics {
     /// Builds the registry of node `id`, whose state is read through `raft` at every scrape.
-    pub fn new(id: u64, raft: Handle, peers: Arc<crate::transport::PeerTransport>) -> Arc<Metrics> {
+    pub fn new(id: u64, raft: Handle, peers: Arc<crate::transport::PeerTransport>, enabled: bool) -> Arc<Metrics> {
         let mut r = Registry::default();
         let raft_events = Arc::new(RaftEvents {
             proposals: Family::new_with_constructor(latency),
@@ -218,9 +221,11 @@ impl Metrics {
             finished_tasks: Default::default(),
         }));
         r.register_collector(Box::new(process::ProcessCollector));
-        let m = Arc::new(Metrics { registry: r, raft: raft_events, api, work });
-        raft.observe(m.raft.clone());
-        tokio::spawn(watch_leader(raft, m.raft.clone()));
+        let m = Arc::new(Metrics { registry: r, raft: raft_events, api, work, enabled });
+        if enabled {
+            raft.observe(m.raft.clone());
+            tokio::spawn(watch_leader(raft, m.raft.clone()));
+        }
         m
     }
 
