@@ -3,6 +3,7 @@
 //!
 //! `scripts/bench/raft-vs-etcd.sh` runs it end to end; `docs/BENCHMARKS.md` has the results.
 
+mod apply;
 mod cpu;
 mod failover;
 mod load;
@@ -48,6 +49,8 @@ enum Cmd {
     Taskvm(TaskvmArgs),
     /// Scheduler placements per second, in memory, on one thread.
     Place(place::PlaceArgs),
+    /// The state machine's CPU cost per put, with and without client sessions (one thread).
+    Apply(apply::ApplyArgs),
 }
 
 #[derive(Args)]
@@ -444,6 +447,7 @@ fn main() -> ExitCode {
             Cmd::Vmstart(a) => vmstart_cmd(a).await,
             Cmd::Taskvm(a) => taskvm_cmd(a).await,
             Cmd::Place(a) => place::run(a),
+            Cmd::Apply(a) => apply::run(a),
         }
     });
     match result {

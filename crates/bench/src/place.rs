@@ -96,7 +96,7 @@ pub fn run(a: PlaceArgs) -> anyhow::Result<()> {
 }
 
 /// This thread's CPU time in seconds (what the figure costs, whatever else runs on the host).
-fn thread_cpu() -> f64 {
+pub(crate) fn thread_cpu() -> f64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }

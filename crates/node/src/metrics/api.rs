@@ -32,6 +32,10 @@ pub struct CodeLabels {
 pub struct ApiMetrics {
     requests: Family<CodeLabels, Counter>,
     durations: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// Per method of the table (by its index in `METHODS`), its duration histogram and its
+    /// `OK` counter, taken from the families at its first answer: an answered request then
+    /// costs no label hashing or family lock.
+    answered: std::sync::Arc<[std::sync::OnceLock<(Histogram, Counter)>]>,
 }
 
 /// gRPC's status code names (as in the gRPC spec), by number.
@@ -73,7 +77,11 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
 
 impl ApiMetrics {
     pub fn new() -> Self {
-        ApiMetrics { requests: Family::default(), durations: Family::new_with_constructor(super::latency) }
+        ApiMetrics {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(super::latency),
+            answered: (0..crate::auth::METHODS.len()).map(|_| std::sync::OnceLock::new()).collect(),
+        }
     }
 
     pub(crate) fn register(&self, r: &mut Registry) {
@@ -93,8 +101,26 @@ impl ApiMetrics {
     /// Counts one answered request. The labels are the method table's own strings (no
     /// allocation per request), so only methods of ours get a label of their own.
     pub fn record(&self, path: &str, code: i32, seconds: f64) {
-        let known = crate::auth::rule(path).filter(|_| code != UNIMPLEMENTED).and_then(|r| split_path(r.path));
-        let (service, method) = known.unwrap_or(("unknown", "unknown"));
+        self.record_rule(crate::auth::rule_index(path), code, seconds)
+    }
+
+    /// [`Self::record`] of the method at `rule` in `METHODS` (`None`: not one of ours).
+    pub fn record_rule(&self, rule: Option<usize>, code: i32, seconds: f64) {
+        let rule = rule.filter(|_| code != UNIMPLEMENTED);
+        let labels = |i: usize| split_path(crate::auth::METHODS[i].path);
+        if let (Some(i), 0) = (rule, code) {
+            if let (Some(slot), Some((service, method))) = (self.answered.get(i), labels(i)) {
+                let (h, c) = slot.get_or_init(|| {
+                    let h = self.durations.get_or_create(&MethodLabels { service, method }).clone();
+                    let c = self.requests.get_or_create(&CodeLabels { service, method, code: "OK" }).clone();
+                    (h, c)
+                });
+                h.observe(seconds);
+                c.inc();
+                return;
+            }
+        }
+        let (service, method) = rule.and_then(labels).unwrap_or(("unknown", "unknown"));
         let m = MethodLabels { service, method };
         self.durations.get_or_create(&m).observe(seconds);
         self.requests.get_or_create(&CodeLabels { service, method, code: code_name(code) }).inc();
@@ -139,7 +165,8 @@ mod layer {
     /// Records the request once: at its trailers, its end, or when it is dropped unfinished.
     pub struct Recorder {
         metrics: std::sync::Arc<crate::metrics::Metrics>,
-        path: String,
+        /// The method's index in the table (`None`: not one of ours).
+        rule: Option<usize>,
         start: Instant,
         done: bool,
     }
@@ -148,7 +175,7 @@ mod layer {
         fn finish(&mut self, code: i32) {
             if !self.done {
                 self.done = true;
-                self.metrics.api.record(&self.path, code, self.start.elapsed().as_secs_f64());
+                self.metrics.api.record_rule(self.rule, code, self.start.elapsed().as_secs_f64());
             }
         }
     }
@@ -230,7 +257,7 @@ mod layer {
             }
             let mut recorder = Recorder {
                 metrics: self.metrics.clone(),
-                path: req.uri().path().chars().take(2 * super::MAX_NAME + 2).collect(),
+                rule: crate::auth::rule_index(req.uri().path()),
                 start: Instant::now(),
                 done: false,
             };

@@ -78,20 +78,32 @@ pub struct RaftEvents {
     pub(crate) elections: Counter,
     placements: Family<PlacementLabel, Counter>,
     rejections: Family<StageLabel, Counter>,
+    /// The series every write observes, taken from their families once (no label hashing or
+    /// family lock per write): proposals ok, then error; log appends synced, then not.
+    hot: std::sync::OnceLock<[Histogram; 4]>,
 }
 
 fn result(ok: bool) -> ResultLabel {
     ResultLabel { result: if ok { "ok" } else { "error" } }
 }
 
+impl RaftEvents {
+    fn hot(&self) -> &[Histogram; 4] {
+        self.hot.get_or_init(|| {
+            let p = |ok| self.proposals.get_or_create(&result(ok)).clone();
+            let w = |sync| self.wal.get_or_create(&SyncLabel { sync }).clone();
+            [p(true), p(false), w("true"), w("false")]
+        })
+    }
+}
+
 impl Observer for RaftEvents {
     fn proposal(&self, latency: Duration, ok: bool) {
-        self.proposals.get_or_create(&result(ok)).observe(latency.as_secs_f64());
+        self.hot()[usize::from(!ok)].observe(latency.as_secs_f64());
     }
 
     fn wal_persist(&self, latency: Duration, _entries: usize, synced: bool) {
-        let l = SyncLabel { sync: if synced { "true" } else { "false" } };
-        self.wal.get_or_create(&l).observe(latency.as_secs_f64());
+        self.hot()[2 + usize::from(!synced)].observe(latency.as_secs_f64());
     }
 
     fn snapshot_sent(&self, ok: bool) {
@@ -154,6 +166,7 @@ impl Metrics {
             elections: Counter::default(),
             placements: Family::default(),
             rejections: Family::default(),
+            hot: Default::default(),
         });
         let e = &raft_events;
         r.register_with_unit(
