@@ -10,6 +10,7 @@ mod load;
 mod place;
 mod report;
 mod target;
+mod tasks;
 mod taskvm;
 mod tls;
 mod tlscost;
@@ -51,6 +52,10 @@ enum Cmd {
     Place(place::PlaceArgs),
     /// The state machine's CPU cost per put, with and without client sessions (one thread).
     Apply(apply::ApplyArgs),
+    /// Batch tasks end to end: closed-loop submitters of `true`, tasks/s and submit → succeeded.
+    Tasks(tasks::TasksArgs),
+    /// The raw cost of starting `true` and waiting for it, one at a time.
+    Spawn(tasks::SpawnArgs),
 }
 
 #[derive(Args)]
@@ -448,6 +453,8 @@ fn main() -> ExitCode {
             Cmd::Taskvm(a) => taskvm_cmd(a).await,
             Cmd::Place(a) => place::run(a),
             Cmd::Apply(a) => apply::run(a),
+            Cmd::Tasks(a) => tasks::run(a).await,
+            Cmd::Spawn(a) => tasks::spawn(a).await,
         }
     });
     match result {
