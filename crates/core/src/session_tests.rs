@@ -144,3 +144,29 @@ fn a_client_session_reports_the_lowest_unanswered_sequence_number() {
     let d = c.begin();
     assert_eq!((d.seq, d.first_unanswered), (4, 4));
 }
+
+#[test]
+fn expired_sessions_are_swept_when_cluster_time_enters_a_new_second_and_only_then() {
+    let mut st = MemStore::default();
+    let n = SWEEP_PER_BUCKET as u128 + 10;
+    for c in 0..n {
+        at(&mut st, 1 + c as u64, 1_000, s(100 + c, 1, 1), put("k", "v"));
+    }
+    assert_eq!(count(&st).unwrap(), n as u64);
+    // Long after their expiry, more commands within the second cluster time was already in
+    // remove nothing; the first command of a new second removes up to SWEEP_PER_BUCKET.
+    let later = 5_000 + SESSION_TTL_MS;
+    let mut seq = 0;
+    let mut next = |st: &mut MemStore, t: u64| {
+        seq += 1;
+        let a = at(st, 1_000 + seq, t, s(1, seq, seq), put("x", "y"));
+        assert!(a.outcome.is_ok(), "{a:?}");
+    };
+    next(&mut st, later);
+    assert_eq!(count(&st).unwrap(), n as u64 + 1 - SWEEP_PER_BUCKET as u64, "one sweep at the new second");
+    next(&mut st, later + 10);
+    next(&mut st, later + 900);
+    assert_eq!(count(&st).unwrap(), n as u64 + 1 - SWEEP_PER_BUCKET as u64, "no sweep within the second");
+    next(&mut st, later + 1_000);
+    assert_eq!(count(&st).unwrap(), 1, "the rest at the next second; the active session stays");
+}

@@ -88,8 +88,7 @@ pub fn begin(
     env: &Envelope,
     change: Option<&MembershipChange>,
 ) -> Result<Begun, StoreError> {
-    let now = session::advance_clock(store, env.now_ms)?;
-    session::sweep(store, now)?;
+    let now = session::advance(store, env.now_ms)?;
     let refused = |e: CommandError| Ok(Begun::Done(Applied { index, outcome: Err(e), duplicate: false }));
     if let Err(e) = membership::check_carrier(&env.command, change) {
         return refused(e);
