@@ -17,6 +17,8 @@ use tonic::{Request, Status};
 use crate::pool::ChannelPool;
 use crate::status;
 
+mod transfer;
+
 /// Set on a request a follower forwarded to the leader, so it is never forwarded twice.
 pub(crate) const FORWARDED: &str = "x-blixard-forwarded";
 
@@ -413,6 +415,10 @@ impl v1::cluster_service_server::ClusterService for Api {
 
     async fn local(&self, _req: Request<v1::LocalStatusRequest>) -> Result<v1::LocalStatus> {
         Ok(tonic::Response::new(local_status(&self.raft.status())))
+    }
+
+    async fn transfer_leader(&self, req: Request<v1::TransferLeaderRequest>) -> Result<v1::TransferLeaderResponse> {
+        self.transfer(req).await
     }
 }
 
