@@ -17,8 +17,6 @@ use tonic::{Request, Status};
 use crate::pool::ChannelPool;
 use crate::status;
 
-mod transfer;
-
 /// Set on a request a follower forwarded to the leader, so it is never forwarded twice.
 pub(crate) const FORWARDED: &str = "x-blixard-forwarded";
 
@@ -271,6 +269,9 @@ macro_rules! forward {
         }
     };
 }
+
+// After `forward!`, which it uses.
+mod transfer;
 
 /// A list request's page: `limit` pairs (0: the default) and `bytes` of them.
 fn page_limit(limit: u32, bytes: usize) -> std::result::Result<PageLimit, Status> {

@@ -65,9 +65,7 @@ impl Api {
                 )));
             }
         }
-        if let Some(ch) = self.leader_channel(&req)? {
-            return client(ch).transfer_leader(forwarded(req)).await.map_err(forward_failed);
-        }
+        forward!(self, req, v1::cluster_service_client::ClusterServiceClient<Channel>, transfer_leader);
         // Checked by the leader: a follower's membership may lag behind the last change.
         check_target(to, &self.members()?)?;
         let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
@@ -109,12 +107,6 @@ impl Api {
             term: now.term,
         }))
     }
-}
-
-fn client(ch: Channel) -> v1::cluster_service_client::ClusterServiceClient<Channel> {
-    v1::cluster_service_client::ClusterServiceClient::new(ch)
-        .max_decoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(blixard_proto::MAX_MESSAGE_BYTES)
 }
 
 #[cfg(test)]
