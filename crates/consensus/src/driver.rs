@@ -376,6 +376,15 @@ impl<T: Transport> Driver<T> {
     fn on_peer(&mut self, m: PeerRequest) {
         match m {
             PeerRequest::TransferLeader(to) => self.raw.transfer_leader(to),
+            PeerRequest::Progress(reply) => {
+                let r = &self.raw.raft;
+                let prs = if r.state == raft::StateRole::Leader {
+                    r.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect()
+                } else {
+                    Vec::new()
+                };
+                let _ = reply.send(prs);
+            }
             PeerRequest::Unreachable(id) => self.raw.report_unreachable(id),
             PeerRequest::SnapshotDone { to, ok } => {
                 self.observed.with(|o| o.snapshot_sent(ok));

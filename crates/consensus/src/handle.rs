@@ -38,8 +38,13 @@ pub(crate) enum ClientRequest {
 pub(crate) enum PeerRequest {
     Step(Box<Message>),
     Unreachable(u64),
-    SnapshotDone { to: u64, ok: bool },
+    SnapshotDone {
+        to: u64,
+        ok: bool,
+    },
     TransferLeader(u64),
+    /// How far each peer's log is known to match the leader's (empty unless leading).
+    Progress(oneshot::Sender<Vec<(u64, u64)>>),
 }
 
 /// Queue lengths: a full client queue makes callers wait; a full peer queue makes the
@@ -174,6 +179,14 @@ impl Handle {
     /// Asks the leader to hand leadership to `to` (best effort; watch the status).
     pub fn transfer_leader(&self, to: u64) {
         let _ = self.peers.try_send(PeerRequest::TransferLeader(to));
+    }
+
+    /// On the leader: each member's id and the index up to which its log is known to match the
+    /// leader's (the leader itself included); empty on a follower.
+    pub async fn progress(&self) -> Result<Vec<(u64, u64)>, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.peers.send(PeerRequest::Progress(reply)).await.map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)
     }
 
     /// Tells Raft a peer could not be reached (it stops pipelining to it).

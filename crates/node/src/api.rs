@@ -270,6 +270,9 @@ macro_rules! forward {
     };
 }
 
+// After `forward!`, which it uses.
+mod transfer;
+
 /// A list request's page: `limit` pairs (0: the default) and `bytes` of them.
 fn page_limit(limit: u32, bytes: usize) -> std::result::Result<PageLimit, Status> {
     let count = match limit as usize {
@@ -413,6 +416,10 @@ impl v1::cluster_service_server::ClusterService for Api {
 
     async fn local(&self, _req: Request<v1::LocalStatusRequest>) -> Result<v1::LocalStatus> {
         Ok(tonic::Response::new(local_status(&self.raft.status())))
+    }
+
+    async fn transfer_leader(&self, req: Request<v1::TransferLeaderRequest>) -> Result<v1::TransferLeaderResponse> {
+        self.transfer(req).await
     }
 }
 

@@ -1,5 +1,5 @@
 use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
-use blixard_proto::v1::{ClusterStatusRequest, JoinRequest, LeaveRequest};
+use blixard_proto::v1::{ClusterStatusRequest, JoinRequest, LeaveRequest, TransferLeaderRequest};
 use serde::Serialize;
 
 use crate::client::connect;
@@ -24,6 +24,22 @@ pub enum ClusterCmd {
         #[arg(long)]
         node_id: u64,
     },
+    /// Hand leadership to another voter and wait until it has moved (at most ~10 s); prints the
+    /// new leader. Any node forwards the request to the leader.
+    TransferLeader {
+        /// The voter to lead next; without it, the most caught-up voter other than the leader.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+/// The JSON shape of `cluster transfer-leader`.
+#[derive(Serialize)]
+struct TransferOut {
+    previous_leader_id: u64,
+    leader_id: u64,
+    leader_addr: String,
+    term: u64,
 }
 
 /// The JSON shape of `cluster join` and `cluster leave`.
@@ -155,6 +171,31 @@ pub async fn run(addr: &str, fmt: Format, c: ClusterCmd) -> anyhow::Result<()> {
             let r = conn.write(req, |ch, r| async move { client(ch).leave(r).await }).await?;
             let out = MembershipOut { node_id, index: r.index };
             emit(fmt, &out, || format!("node {node_id} removed\n"));
+        }
+        ClusterCmd::TransferLeader { to } => {
+            if to == Some(0) {
+                anyhow::bail!("--to: node ids start at 1 (got 0); leave --to out to pick any voter");
+            }
+            let req = TransferLeaderRequest { to: to.unwrap_or(0) };
+            // Not a write (nothing goes through the log): a repeat after a lost answer is
+            // harmless, at worst leadership moves once more, to a caught-up voter.
+            let r = conn.read(req, |ch, r| async move { client(ch).transfer_leader(r).await }).await?;
+            let out = TransferOut {
+                previous_leader_id: r.previous_leader_id,
+                leader_id: r.leader_id,
+                leader_addr: r.leader_addr,
+                term: r.term,
+            };
+            emit(fmt, &out, || {
+                if out.previous_leader_id == out.leader_id {
+                    format!("node {} at {} already leads (term {})\n", out.leader_id, out.leader_addr, out.term)
+                } else {
+                    format!(
+                        "leadership moved from node {} to node {} at {} (term {})\n",
+                        out.previous_leader_id, out.leader_id, out.leader_addr, out.term
+                    )
+                }
+            });
         }
     }
     Ok(())

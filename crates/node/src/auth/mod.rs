@@ -69,6 +69,7 @@ pub const METHODS: &[Rule] = &[
     r("/blixard.v1.ClusterService/Join", Admin, true),
     r("/blixard.v1.ClusterService/Leave", Admin, true),
     r("/blixard.v1.ClusterService/Local", Peer, false),
+    r("/blixard.v1.ClusterService/TransferLeader", Admin, true),
     r("/blixard.v1.KvService/Put", Operator, true),
     r("/blixard.v1.KvService/Get", Viewer, false),
     r("/blixard.v1.KvService/Delete", Operator, true),
@@ -164,6 +165,7 @@ mod tests {
         assert_eq!(rule("/blixard.v1.KvService/Get").unwrap().need, Viewer);
         assert_eq!(rule("/blixard.v1.KvService/Put").unwrap().need, Operator);
         assert_eq!(rule("/blixard.v1.ClusterService/Leave").unwrap().need, Admin);
+        assert_eq!(rule("/blixard.v1.ClusterService/TransferLeader").unwrap().need, Admin);
         assert_eq!(rule("/blixard.v1.RaftTransport/InstallSnapshot").unwrap().need, Peer);
         assert!(rule("/blixard.v1.KvService/Nope").is_none());
         // Nothing that changes state escapes the audit log.
