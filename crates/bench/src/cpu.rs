@@ -9,6 +9,18 @@ pub struct CpuSample {
     at: Instant,
     machine: u64,
     ours: u64,
+    servers: u64,
+}
+
+/// What the machine and the servers used over a measurement.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuUse {
+    /// Cores busy in all, on average.
+    pub all: f64,
+    /// Of those, cores busy outside the watched processes and this one.
+    pub other: f64,
+    /// CPU seconds (user + system) of the watched server processes.
+    pub servers_s: f64,
 }
 
 fn machine_busy() -> Option<u64> {
@@ -18,7 +30,8 @@ fn machine_busy() -> Option<u64> {
     Some(f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum())
 }
 
-fn process_busy(pid: &str) -> u64 {
+/// Busy clock ticks (user + system) of process `pid` ("self" for this one); 0 when gone.
+pub fn process_busy(pid: &str) -> u64 {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
     // Fields after the ")" closing the command name: state is field 3, utime 14, stime 15.
     let Some((_, rest)) = s.rsplit_once(')') else { return 0 };
@@ -29,12 +42,12 @@ fn process_busy(pid: &str) -> u64 {
 
 impl CpuSample {
     pub fn take(pids: &[i32]) -> Option<CpuSample> {
-        let ours = process_busy("self") + pids.iter().map(|p| process_busy(&p.to_string())).sum::<u64>();
-        Some(CpuSample { at: Instant::now(), machine: machine_busy()?, ours })
+        let servers = pids.iter().map(|p| process_busy(&p.to_string())).sum::<u64>();
+        Some(CpuSample { at: Instant::now(), machine: machine_busy()?, ours: process_busy("self") + servers, servers })
     }
 
-    /// (cores busy in all, cores busy outside the watched processes), averaged since `self`.
-    pub fn since(&self, pids: &[i32]) -> Option<(f64, f64)> {
+    /// What was used since `self`.
+    pub fn since(&self, pids: &[i32]) -> Option<CpuUse> {
         let now = CpuSample::take(pids)?;
         let ticks = rustix::param::clock_ticks_per_second() as f64;
         let secs = now.at.duration_since(self.at).as_secs_f64();
@@ -43,6 +56,7 @@ impl CpuSample {
         }
         let all = now.machine.saturating_sub(self.machine) as f64 / ticks / secs;
         let ours = now.ours.saturating_sub(self.ours) as f64 / ticks / secs;
-        Some((all, (all - ours).max(0.0)))
+        let servers_s = now.servers.saturating_sub(self.servers) as f64 / ticks;
+        Some(CpuUse { all, other: (all - ours).max(0.0), servers_s })
     }
 }

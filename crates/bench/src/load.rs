@@ -88,6 +88,10 @@ pub struct CaseResult {
     /// interference from whatever else runs on the machine.
     #[serde(default)]
     pub cpu_other_cores: Option<f64>,
+    /// CPU time (user + system) of the servers (`--server-pids`) per successful operation, in
+    /// µs: what an operation costs, whatever else runs on the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 struct ClientStats {
@@ -197,8 +201,11 @@ pub async fn run_case(target: Target, writers: &[Writer], endpoints: &[String], 
         p999_us: hist.value_at_quantile(0.999),
         max_us: hist.max(),
         first_error,
-        cpu_busy_cores: cpu.map(|c| c.0),
-        cpu_other_cores: cpu.map(|c| c.1),
+        cpu_busy_cores: cpu.map(|c| c.all),
+        cpu_other_cores: cpu.map(|c| c.other),
+        server_cpu_us_per_op: cpu
+            .filter(|_| !cfg.server_pids.is_empty() && !hist.is_empty())
+            .map(|c| c.servers_s * 1e6 / hist.len() as f64),
     }
 }
 

@@ -9,6 +9,7 @@ mod failover;
 mod load;
 mod place;
 mod report;
+mod simnodes;
 mod target;
 mod tasks;
 mod taskvm;
@@ -56,6 +57,10 @@ enum Cmd {
     Tasks(tasks::TasksArgs),
     /// The raw cost of starting `true` and waiting for it, one at a time.
     Spawn(tasks::SpawnArgs),
+    /// Registers capacity-only simulated nodes through Raft (an admin method; benchmarks only).
+    SimulatedNodes(simnodes::RegisterArgs),
+    /// Simulated nodes heartbeat the leader; its CPU is read from /proc over the window.
+    Heartbeats(simnodes::HeartbeatArgs),
 }
 
 #[derive(Args)]
@@ -303,7 +308,7 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
             }
             eprintln!(
                 "{}: {what}: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors{}; \
-                 CPU busy {:.2} cores, {:.2} of them other processes",
+                 CPU busy {:.2} cores, {:.2} of them other processes; servers' CPU {:.1} µs per op",
                 target.name(),
                 r.ops_per_sec,
                 r.p50_us,
@@ -313,6 +318,7 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
                 r.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
                 r.cpu_busy_cores.unwrap_or(f64::NAN),
                 r.cpu_other_cores.unwrap_or(f64::NAN),
+                r.server_cpu_us_per_op.unwrap_or(f64::NAN),
             );
             cases.push(r);
         }
@@ -455,6 +461,8 @@ fn main() -> ExitCode {
             Cmd::Apply(a) => apply::run(a),
             Cmd::Tasks(a) => tasks::run(a).await,
             Cmd::Spawn(a) => tasks::spawn(a).await,
+            Cmd::SimulatedNodes(a) => simnodes::register(a).await,
+            Cmd::Heartbeats(a) => simnodes::heartbeats(a).await,
         }
     });
     match result {

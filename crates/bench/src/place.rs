@@ -2,11 +2,13 @@
 //! nodes (in three zones), `preload` VMs placed first, then `placements` more timed, each a
 //! full `plan` (sampled, seeded by its index as in `apply`) and the chosen node's aggregates
 //! updated, as `apply` does. Half the timed VMs carry a constraint, a quarter a soft group.
+//! The nodes are a [`Cluster`]: their records, and their views with the label strings
+//! interned, which is what the scheduler reads per node.
 
 use std::time::Instant;
 
 use blixard_core::placement::{Constraint, PlacementSpec};
-use blixard_core::scheduler::{self, NodeRecord, NodeState};
+use blixard_core::scheduler::{self, Cluster, NodeRecord, NodeState, Nodes};
 use blixard_core::spec::VmSpec;
 
 #[derive(clap::Args)]
@@ -37,27 +39,50 @@ fn node(i: usize) -> NodeRecord {
     }
 }
 
-fn vm(i: usize, zone: &Constraint) -> VmSpec {
-    let mut placement = PlacementSpec::default();
-    if i.is_multiple_of(2) {
-        placement.constraints.push(zone.clone());
+/// The VMs' specs: with a constraint or not, in one of 100 soft groups or none. The scheduler
+/// never reads a VM's name, so VM `i` uses the spec of its kind (built once, outside the
+/// timed loop, as `apply` gets its spec already decoded from the command).
+struct Specs {
+    plain: [VmSpec; 2],
+    grouped: Vec<[VmSpec; 2]>,
+}
+
+impl Specs {
+    fn new(zone: &Constraint) -> Specs {
+        let spec = |constrained: bool, group: Option<String>| {
+            let mut placement = PlacementSpec { group, ..Default::default() };
+            if constrained {
+                placement.constraints.push(zone.clone());
+            }
+            VmSpec { name: "vm".into(), vcpus: 1, memory_mib: 128, placement, ..Default::default() }
+        };
+        Specs {
+            plain: [spec(false, None), spec(true, None)],
+            grouped: (0..100).map(|g| [false, true].map(|c| spec(c, Some(format!("g{g}"))))).collect(),
+        }
     }
-    if i % 4 == 1 {
-        placement.group = Some(format!("g{}", i % 100));
+
+    /// VM `i`'s: half carry the constraint, a quarter a soft group.
+    fn of(&self, i: usize) -> &VmSpec {
+        let constrained = usize::from(i.is_multiple_of(2));
+        if i % 4 == 1 {
+            &self.grouped[i % 100][constrained]
+        } else {
+            &self.plain[constrained]
+        }
     }
-    VmSpec { name: format!("vm-{i}"), vcpus: 1, memory_mib: 128, placement, ..Default::default() }
 }
 
 /// Places VMs `from..to`, returning how many found a node and how many nodes were looked at.
-fn place(nodes: &mut [NodeRecord], from: usize, to: usize, zone: &Constraint) -> (usize, usize) {
+fn place(nodes: &mut Cluster, from: usize, to: usize, specs: &Specs) -> (usize, usize) {
     let mut placed = 0;
     let mut visited = 0;
     for i in from..to {
-        let spec = vm(i, zone);
-        let plan = scheduler::plan(&*nodes, &spec, None, i as u64, false);
-        visited += nodes.len() - plan.unvisited;
+        let spec = specs.of(i);
+        let plan = scheduler::plan(&*nodes, spec, None, i as u64, false);
+        visited += nodes.count() - plan.unvisited;
         if let Some(id) = plan.chosen {
-            nodes[id as usize - 1].add(&spec);
+            nodes.add(id, spec);
             placed += 1;
         }
     }
@@ -67,13 +92,14 @@ fn place(nodes: &mut [NodeRecord], from: usize, to: usize, zone: &Constraint) ->
 pub fn run(a: PlaceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.nodes > 0, "--nodes must be at least 1");
     let zone = Constraint::parse("zone in (z0, z1)").map_err(|e| anyhow::anyhow!("{}", e.rule))?;
-    let mut nodes: Vec<NodeRecord> = (0..a.nodes).map(node).collect();
+    let specs = Specs::new(&zone);
+    let mut nodes = Cluster::new((0..a.nodes).map(node).collect());
     let t = Instant::now();
-    let (pre, _) = place(&mut nodes, 0, a.preload, &zone);
+    let (pre, _) = place(&mut nodes, 0, a.preload, &specs);
     let pre_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let cpu0 = thread_cpu();
-    let (placed, visited) = place(&mut nodes, a.preload, a.preload + a.placements, &zone);
+    let (placed, visited) = place(&mut nodes, a.preload, a.preload + a.placements, &specs);
     let s = t.elapsed().as_secs_f64();
     let cpu = thread_cpu() - cpu0;
     anyhow::ensure!(pre == a.preload && placed == a.placements, "some VMs found no node ({pre}, {placed})");

@@ -89,7 +89,7 @@ fn blixard_endpoint(addr: &str, tls: &Tls) -> anyhow::Result<Endpoint> {
     })
 }
 
-async fn blixard_channel(addr: &str, tls: &Tls) -> anyhow::Result<Channel> {
+pub async fn blixard_channel(addr: &str, tls: &Tls) -> anyhow::Result<Channel> {
     blixard_endpoint(addr, tls)?.connect().await.with_context(|| format!("cannot connect to blixard at {addr}"))
 }
 

@@ -101,6 +101,7 @@ mod tests {
                     first_error: None,
                     cpu_busy_cores: Some(1.9),
                     cpu_other_cores: Some(0.0),
+                    server_cpu_us_per_op: None,
                 })
                 .collect(),
         }

@@ -129,6 +129,12 @@ pub enum Command {
     TokenRevoke {
         which: String,
     },
+    /// Benchmarks only: registers capacity-only nodes that are no members and run nothing
+    /// (ids from [`crate::state::SIMULATED_NODE_IDS`] on), so placement can be measured with
+    /// thousands of nodes. Proposed by an admin (`NodeService/RegisterSimulatedNodes`).
+    NodeRegisterSimulated {
+        nodes: Vec<Registration>,
+    },
 }
 
 /// What a node tells the cluster about itself when it starts.

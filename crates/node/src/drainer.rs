@@ -45,35 +45,60 @@ pub async fn run(raft: Handle) {
             moving.clear();
             term = st.term;
         }
-        let Ok(view) = ReadView::begin(raft.db()) else { continue };
-        let (Ok(nodes), Ok(vms)) = (blixard_core::state::nodes(&view), blixard_core::state::vms(&view)) else {
-            continue;
-        };
-        drop(view);
-        let by_name: BTreeMap<&str, &VmRecord> = vms.iter().map(|v| (v.spec.name.as_str(), v)).collect();
-        moving.retain(|name, (_, inc)| !settled(by_name.get(name.as_str()).copied(), *inc));
+        let Some(plans) = plan_pass(&raft, &mut moving) else { continue };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        for n in nodes.iter().filter(|n| n.drain.is_some()) {
-            let Some(d) = &n.drain else { continue };
-            let on_node: Vec<String> =
-                vms.iter().filter(|v| v.node == Some(n.id)).map(|v| v.spec.name.clone()).collect();
-            let handing_off = vms.iter().filter(|v| v.handoff_from == Some(n.id)).count();
-            let in_flight = moving.values().filter(|(from, _)| *from == n.id).count().max(handing_off);
+        for (n, d, on_node, handing_off) in plans {
+            let in_flight = moving.values().filter(|(from, _)| *from == n).count().max(handing_off);
             for name in next_moves(&on_node, in_flight, d.parallel, now_ms >= d.deadline_ms) {
                 match crate::internal::propose(&raft, Command::VmMove { name: name.clone() }).await {
                     Ok((index, Ok(_))) => {
-                        tracing::info!(vm = %name, node = n.id, "draining: moved");
-                        moving.insert(name, (n.id, index));
+                        tracing::info!(vm = %name, node = n, "draining: moved");
+                        moving.insert(name, (n, index));
                     }
-                    Ok((_, Err(e))) => tracing::warn!(vm = %name, node = n.id, "draining: cannot move it now: {e}"),
+                    Ok((_, Err(e))) => tracing::warn!(vm = %name, node = n, "draining: cannot move it now: {e}"),
                     Err(s) => tracing::debug!(vm = %name, "draining: move not accepted yet: {}", s.message()),
                 }
             }
         }
     }
+}
+
+/// One pass's reading of the state: the moves made that are settled leave `moving`, and for
+/// each draining node its drain, the VMs on it and how many are still handing off from it.
+/// Only the VMs that matter are read, through the per-node index: with nothing draining and
+/// nothing moving, no VM at all (a walk over every VM of the cluster twice a second cost the
+/// leader in proportion to the VM count). `None` when the state cannot be read now.
+#[allow(clippy::type_complexity)]
+fn plan_pass(
+    raft: &Handle,
+    moving: &mut BTreeMap<String, (NodeId, u64)>,
+) -> Option<Vec<(NodeId, blixard_core::scheduler::Drain, Vec<String>, usize)>> {
+    use blixard_core::state;
+    let view = ReadView::begin(raft.db()).ok()?;
+    let draining: Vec<_> =
+        state::nodes(&view).ok()?.into_iter().filter_map(|n| n.drain.clone().map(|d| (n.id, d))).collect();
+    let mut done = Vec::new();
+    for (name, (_, inc)) in moving.iter() {
+        if settled(state::vm_named(&view, name).ok()?.as_ref(), *inc) {
+            done.push(name.clone());
+        }
+    }
+    for name in done {
+        moving.remove(&name);
+    }
+    let mut plans = Vec::new();
+    for (id, d) in draining {
+        let on_node: Vec<String> = state::vms_on(&view, id).ok()?.into_iter().map(|v| v.spec.name).collect();
+        let mut handing_off = 0;
+        for name in state::handing_off(&view, id).ok()? {
+            handing_off += usize::from(state::vm_named(&view, &name).ok()?.is_some_and(|v| v.handoff_from == Some(id)));
+        }
+        plans.push((id, d, on_node, handing_off));
+    }
+    Some(plans)
 }
 
 #[cfg(test)]

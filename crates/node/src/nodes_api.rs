@@ -121,6 +121,40 @@ impl v1::node_service_server::NodeService for Nodes {
         Ok(Response::new(v1::UsageResponse { node, vms: vms.into_iter().map(usage_to_wire).collect() }))
     }
 
+    async fn register_simulated_nodes(
+        &self,
+        req: Request<v1::RegisterSimulatedNodesRequest>,
+    ) -> Result<v1::RegisterSimulatedNodesResponse> {
+        let session = rpc::session_of(req.metadata())?;
+        let r = req.into_inner();
+        let first_id = blixard_core::state::SIMULATED_NODE_IDS
+            .checked_add(r.first)
+            .filter(|f| f.checked_add(u64::from(r.count)).is_some())
+            .ok_or_else(|| Status::invalid_argument("first: the ids must stay below 2^64"))?;
+        if r.count == 0 || r.count as usize > blixard_core::state::MAX_SIMULATED_PER_COMMAND {
+            return Err(Status::invalid_argument(format!(
+                "count: must be 1 to {} (got {})",
+                blixard_core::state::MAX_SIMULATED_PER_COMMAND,
+                r.count
+            )));
+        }
+        let labels: std::collections::BTreeMap<String, String> = r.labels.into_iter().collect();
+        let nodes = (0..u64::from(r.count))
+            .map(|i| blixard_core::Registration {
+                id: first_id + i,
+                vcpus: r.vcpus,
+                memory_mib: r.memory_mib,
+                disk_gib: r.disk_gib,
+                accel: "none".into(),
+                backend: "simulated".into(),
+                labels: labels.clone(),
+                agent_version: "simulated".into(),
+            })
+            .collect();
+        self.api.write_command(session, Command::NodeRegisterSimulated { nodes }).await?;
+        Ok(Response::new(v1::RegisterSimulatedNodesResponse { first_id, count: r.count }))
+    }
+
     async fn drain(&self, req: Request<v1::DrainRequest>) -> Result<v1::NodeInfo> {
         let session = rpc::session_of(req.metadata())?;
         let r = req.into_inner();

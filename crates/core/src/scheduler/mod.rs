@@ -16,21 +16,41 @@
 //! seed (the log index), and the search stops after [`sample_size`] feasible ones — the
 //! ~log2(N) of Nomad, at least 8 — which keeps a placement cheap at thousands of nodes.
 
+mod cluster;
+pub mod compact;
 mod record;
 pub mod score;
 pub mod stages;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::Cluster;
+pub use compact::{Compact, Query};
 pub use record::{Drain, NodeRecord, NodeState, Usage};
 
 use std::borrow::Cow;
 
 /// The nodes the scheduler chooses from, by position (a dense order): a slice in tests, the
-/// replicated state's node table in `apply` (read only where the sample visits).
+/// replicated state's node table in `apply` (read only where the sample visits), a [`Cluster`]
+/// in memory.
 pub trait Nodes {
     fn count(&self) -> usize;
     fn at(&self, i: usize) -> Option<Cow<'_, NodeRecord>>;
+
+    /// `spec` compiled to the numbering of [`Nodes::view`] (by default, its own).
+    fn query<'s>(&self, spec: &'s VmSpec) -> Query<'s> {
+        Query::local(spec)
+    }
+
+    /// The node at `i` as the stages read it, numbered as `q` (by default, built from its
+    /// record for the query).
+    fn view(&self, i: usize, q: &Query) -> Option<Cow<'_, Compact>> {
+        self.at(i).map(|n| Cow::Owned(q.view(&n)))
+    }
+
+    /// A hint that the node at `i` is looked at soon (an in-memory set reads it now, so the
+    /// memory access overlaps the work on the nodes before it).
+    fn warm(&self, _i: usize) {}
 }
 
 impl Nodes for [NodeRecord] {
@@ -152,6 +172,9 @@ pub fn sample_size(n: usize) -> usize {
     ((usize::BITS - n.leading_zeros()) as usize).max(8)
 }
 
+/// How many nodes ahead of the one looked at [`Nodes::warm`] is told about.
+const WARM_AHEAD: usize = 2;
+
 /// A deterministic visiting order of `n` nodes from `seed`: a start and a stride coprime with
 /// `n`, so every node is visited once, without allocating.
 fn order(n: usize, seed: u64) -> impl Iterator<Item = usize> {
@@ -197,26 +220,32 @@ fn search<N: Nodes + ?Sized>(
 ) -> Plan {
     let mut out = Plan { chosen: None, nodes: Vec::new(), unvisited: 0, rejected: [0; STAGES.len()] };
     let spread = score::SpreadCounts::of(nodes, spec);
+    let q = nodes.query(spec);
     let total = nodes.count();
     let limit = if explain || pinned.is_some() { usize::MAX } else { sample_size(total) };
     let mut feasible = 0;
     let mut best: Option<(f64, NodeId)> = None;
     let mut visited = 0;
+    let mut ahead = order(total, seed).skip(WARM_AHEAD);
     for i in order(total, seed) {
-        let Some(n) = nodes.at(i) else { continue };
+        if let Some(next) = ahead.next() {
+            nodes.warm(next);
+        }
+        let Some(n) = nodes.view(i, &q) else { continue };
         if pinned.is_some_and(|p| p != n.id) {
             continue;
         }
         visited += 1;
-        match stages::check(&n, spec) {
-            Err(r) => {
-                out.rejected[r.stage_index()] += 1;
+        match stages::check(&n, &q) {
+            Err(w) => {
+                out.rejected[w.stage_index()] += 1;
                 if record {
-                    out.nodes.push((n.id, Verdict::Rejected(r)));
+                    out.nodes.push((n.id, Verdict::Rejected(w.rejection(spec))));
                 }
             }
             Ok(()) => {
-                let s = score::score(&n, spec, &spread);
+                let full = if spread.needs_record() { nodes.at(i) } else { None };
+                let s = score::score(&n, &q, &spread, full.as_deref());
                 if record {
                     out.nodes.push((n.id, Verdict::Feasible { score: s }));
                 }

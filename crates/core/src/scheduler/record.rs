@@ -89,7 +89,13 @@ impl NodeRecord {
         self.used.vms += 1;
         self.ports.extend(spec.ports.iter().map(|p| p.host));
         if let Some(g) = &spec.placement.group {
-            *self.groups.entry(g.clone()).or_default() += 1;
+            // Looked up first: the name is copied only for a group new here.
+            match self.groups.get_mut(g) {
+                Some(n) => *n += 1,
+                None => {
+                    self.groups.insert(g.clone(), 1);
+                }
+            }
         }
     }
 

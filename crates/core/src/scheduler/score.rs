@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use super::compact::{Compact, Query};
 use super::record::NodeRecord;
 use crate::placement::Strategy;
 use crate::spec::VmSpec;
@@ -45,8 +46,13 @@ impl SpreadCounts {
         SpreadCounts { key: Some(key.clone()), per_value, max, total }
     }
 
-    fn penalty(&self, n: &NodeRecord) -> f64 {
-        let Some(key) = &self.key else { return 0.0 };
+    /// Whether the penalty needs the node's record (a spread over a label).
+    pub fn needs_record(&self) -> bool {
+        self.key.is_some() && self.total > 0
+    }
+
+    fn penalty(&self, n: Option<&NodeRecord>) -> f64 {
+        let (Some(key), Some(n)) = (&self.key, n) else { return 0.0 };
         if self.total == 0 {
             return 0.0;
         }
@@ -62,16 +68,19 @@ fn share(used: u64, need: u64, cap: u64) -> f64 {
     ((used + need) as f64 / cap as f64).min(1.0)
 }
 
-pub fn score(n: &NodeRecord, spec: &VmSpec, spread: &SpreadCounts) -> f64 {
-    let fill = share(n.used.memory_mib, u64::from(spec.memory_mib), n.memory_mib)
-        + share(u64::from(n.used.vcpus), u64::from(spec.vcpus), u64::from(n.vcpus));
+/// The score of node `n` for the query's VM; `record` is the node's record when the spread
+/// needs it ([`SpreadCounts::needs_record`]).
+pub fn score(n: &Compact, q: &Query, spread: &SpreadCounts, record: Option<&NodeRecord>) -> f64 {
+    let spec = q.spec;
+    let fill = share(n.used_memory_mib, u64::from(spec.memory_mib), n.memory_mib)
+        + share(u64::from(n.used_vcpus), u64::from(spec.vcpus), u64::from(n.vcpus));
     let mut s = match spec.placement.strategy {
         Strategy::Binpack => fill,
         Strategy::Spread => 2.0 - fill,
     };
     let p = &spec.placement;
-    if let (Some(g), false) = (&p.group, p.hard) {
-        s -= f64::from(n.groups.get(g).copied().unwrap_or(0));
+    if p.group.is_some() && !p.hard {
+        s -= f64::from(n.group(q.group));
     }
-    s - spread.penalty(n)
+    s - spread.penalty(record)
 }

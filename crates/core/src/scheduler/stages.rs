@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-use super::record::{NodeRecord, NodeState};
+use super::compact::{Compact, Query, Status};
+use super::record::NodeRecord;
 use crate::placement::Constraint;
 use crate::spec::VmSpec;
 
@@ -73,79 +74,132 @@ impl fmt::Display for Rejection {
     }
 }
 
-pub fn status(n: &NodeRecord) -> Result<(), Rejection> {
-    if n.state == NodeState::Down {
-        return Err(Rejection::Down);
-    }
-    if n.drain.is_some() {
-        return Err(Rejection::Draining);
-    }
-    if !n.eligible {
-        return Err(Rejection::Ineligible);
-    }
-    Ok(())
+/// A rejection as the hot path finds it: plain data, no allocation (the constraint or feature
+/// by its position in the spec), made a [`Rejection`] only when it is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    Down,
+    Ineligible,
+    Draining,
+    Missing(usize),
+    Constraint(usize),
+    PortTaken(u16),
+    Vcpus { need: u32, free: u32 },
+    Memory { need: u64, free: u64 },
+    Disk { need: u64, free: u64 },
+    Group,
 }
 
-pub fn features(n: &NodeRecord, spec: &VmSpec) -> Result<(), Rejection> {
-    for r in &spec.placement.require {
+impl Why {
+    /// The stage's position in [`STAGES`].
+    pub fn stage_index(self) -> usize {
+        match self {
+            Why::Down | Why::Ineligible | Why::Draining => 0,
+            Why::Missing(_) => 1,
+            Why::Constraint(_) => 2,
+            Why::PortTaken(_) => 3,
+            Why::Vcpus { .. } | Why::Memory { .. } | Why::Disk { .. } => 4,
+            Why::Group => 5,
+        }
+    }
+
+    /// The full rejection, for `spec`.
+    pub fn rejection(self, spec: &VmSpec) -> Rejection {
+        let p = &spec.placement;
+        match self {
+            Why::Down => Rejection::Down,
+            Why::Ineligible => Rejection::Ineligible,
+            Why::Draining => Rejection::Draining,
+            Why::Missing(i) => Rejection::Missing(p.require[i].clone()),
+            Why::Constraint(i) => Rejection::Constraint(p.constraints[i].clone()),
+            Why::PortTaken(port) => Rejection::PortTaken(port),
+            Why::Vcpus { need, free } => Rejection::Vcpus { need, free },
+            Why::Memory { need, free } => Rejection::Memory { need, free },
+            Why::Disk { need, free } => Rejection::Disk { need, free },
+            Why::Group => Rejection::Group(p.group.clone().unwrap_or_default()),
+        }
+    }
+}
+
+pub fn status(n: &Compact) -> Result<(), Why> {
+    match n.status {
+        Status::Open => Ok(()),
+        Status::Down => Err(Why::Down),
+        Status::Draining => Err(Why::Draining),
+        Status::Ineligible => Err(Why::Ineligible),
+    }
+}
+
+pub fn features(n: &Compact, q: &Query) -> Result<(), Why> {
+    for (i, r) in q.spec.placement.require.iter().enumerate() {
         let has = match r.as_str() {
-            "kvm" => n.accel == "kvm",
+            "kvm" => n.kvm,
             _ => false,
         };
         if !has {
-            return Err(Rejection::Missing(r.clone()));
+            return Err(Why::Missing(i));
         }
     }
     Ok(())
 }
 
-pub fn constraints(n: &NodeRecord, spec: &VmSpec) -> Result<(), Rejection> {
-    match spec.placement.constraints.iter().find(|c| !c.holds(&n.labels)) {
-        Some(c) => Err(Rejection::Constraint(c.clone())),
+pub fn constraints(n: &Compact, q: &Query) -> Result<(), Why> {
+    match q.failed_constraint(n) {
+        Some(i) => Err(Why::Constraint(i)),
         None => Ok(()),
     }
 }
 
-pub fn ports(n: &NodeRecord, spec: &VmSpec) -> Result<(), Rejection> {
-    match spec.ports.iter().find(|p| n.ports.contains(&p.host)) {
-        Some(p) => Err(Rejection::PortTaken(p.host)),
+pub fn ports(n: &Compact, q: &Query) -> Result<(), Why> {
+    match q.spec.ports.iter().find(|p| n.port_taken(p.host)) {
+        Some(p) => Err(Why::PortTaken(p.host)),
         None => Ok(()),
     }
 }
 
-pub fn resources(n: &NodeRecord, spec: &VmSpec) -> Result<(), Rejection> {
-    let free_cpu = n.vcpus.saturating_sub(n.used.vcpus);
+pub fn resources(n: &Compact, spec: &VmSpec) -> Result<(), Why> {
+    let free_cpu = n.vcpus.saturating_sub(n.used_vcpus);
     if free_cpu < spec.vcpus {
-        return Err(Rejection::Vcpus { need: spec.vcpus, free: free_cpu });
+        return Err(Why::Vcpus { need: spec.vcpus, free: free_cpu });
     }
-    let free_mem = n.memory_mib.saturating_sub(n.used.memory_mib);
+    let free_mem = n.memory_mib.saturating_sub(n.used_memory_mib);
     if free_mem < u64::from(spec.memory_mib) {
-        return Err(Rejection::Memory { need: u64::from(spec.memory_mib), free: free_mem });
+        return Err(Why::Memory { need: u64::from(spec.memory_mib), free: free_mem });
     }
+    // A VM without a disk fits any node's disk (read only when asked: it is off the first
+    // cache line of the view).
     let need_disk = u64::from(spec.disk_gib.unwrap_or(0));
-    let free_disk = n.disk_gib.saturating_sub(n.used.disk_gib);
-    if need_disk > free_disk {
-        return Err(Rejection::Disk { need: need_disk, free: free_disk });
+    if need_disk > 0 {
+        let free_disk = n.disk_gib.saturating_sub(n.used_disk_gib);
+        if need_disk > free_disk {
+            return Err(Why::Disk { need: need_disk, free: free_disk });
+        }
     }
     Ok(())
 }
 
-pub fn anti_affinity(n: &NodeRecord, spec: &VmSpec) -> Result<(), Rejection> {
-    let p = &spec.placement;
-    match &p.group {
-        Some(g) if p.hard && n.groups.get(g).is_some_and(|c| *c > 0) => Err(Rejection::Group(g.clone())),
-        _ => Ok(()),
+pub fn anti_affinity(n: &Compact, q: &Query) -> Result<(), Why> {
+    let p = &q.spec.placement;
+    if p.group.is_some() && p.hard && n.group(q.group) > 0 {
+        return Err(Why::Group);
     }
+    Ok(())
 }
 
 /// Every stage, in order.
-pub fn check(n: &NodeRecord, spec: &VmSpec) -> Result<(), Rejection> {
+pub fn check(n: &Compact, q: &Query) -> Result<(), Why> {
     status(n)?;
-    features(n, spec)?;
-    constraints(n, spec)?;
-    ports(n, spec)?;
-    resources(n, spec)?;
-    anti_affinity(n, spec)
+    features(n, q)?;
+    constraints(n, q)?;
+    ports(n, q)?;
+    resources(n, q.spec)?;
+    anti_affinity(n, q)
+}
+
+/// Every stage, for one node's record.
+pub fn check_record(n: &NodeRecord, spec: &VmSpec) -> Result<(), Rejection> {
+    let q = Query::local(spec);
+    check(&q.view(n), &q).map_err(|w| w.rejection(spec))
 }
 
 /// Whether the node's whole capacity could hold the VM.

@@ -163,9 +163,19 @@ fn arb_nodes() -> impl Strategy<Value = Vec<NodeRecord>> {
 }
 
 fn arb_spec() -> impl Strategy<Value = VmSpec> {
-    (1u32..6, 64u32..3000, prop::option::of(0u8..3), prop::bool::ANY, prop::option::of(1u16..6), prop::bool::ANY)
-        .prop_map(|(c, m, g, hard, port, spread)| {
+    const CONSTRAINTS: [&str; 5] = ["zone=a", "zone!=b", "zone in (a,c)", "zone not in (c)", "gpu exists"];
+    (
+        1u32..6,
+        64u32..3000,
+        prop::option::of(0u8..3),
+        prop::bool::ANY,
+        prop::option::of(1u16..6),
+        prop::bool::ANY,
+        prop::option::of(0..CONSTRAINTS.len()),
+    )
+        .prop_map(|(c, m, g, hard, port, spread, k)| {
             let mut s = spec(c, m);
+            s.placement.constraints = k.map(|k| Constraint::parse(CONSTRAINTS[k]).unwrap()).into_iter().collect();
             s.placement.group = g.map(|g| format!("g{g}"));
             s.placement.hard = hard && s.placement.group.is_some();
             s.placement.spread = spread.then(|| "zone".into());
@@ -195,5 +205,57 @@ proptest! {
             n.add(s);
             prop_assert!(n.used.vcpus <= n.vcpus && n.used.memory_mib <= n.memory_mib, "node {} oversubscribed", id);
         }
+    }
+}
+
+proptest! {
+    /// The interned views of a [`Cluster`] and the views built per query from the records
+    /// choose alike and give the same reasons, placement after placement.
+    #[test]
+    fn a_cluster_in_memory_plans_as_the_records_do(
+        nodes in arb_nodes(),
+        specs in proptest::collection::vec(arb_spec(), 1..60),
+        seed in any::<u64>(),
+    ) {
+        let mut nodes = nodes;
+        let mut cluster = Cluster::new(nodes.clone());
+        for (i, s) in specs.iter().enumerate() {
+            let seed = seed.wrapping_add(i as u64);
+            for explain in [false, true] {
+                prop_assert_eq!(plan(&cluster, s, None, seed, explain), plan(&nodes[..], s, None, seed, explain));
+            }
+            let Some(id) = plan(&nodes[..], s, None, seed, false).chosen else { continue };
+            nodes.iter_mut().find(|n| n.id == id).unwrap().add(s);
+            prop_assert!(cluster.add(id, s));
+            // Now and then a VM leaves again.
+            if i % 3 == 2 {
+                nodes.iter_mut().find(|n| n.id == id).unwrap().release(s);
+                prop_assert!(cluster.release(id, s));
+            }
+            prop_assert_eq!(cluster.records(), &nodes[..]);
+        }
+    }
+}
+
+#[test]
+fn constraints_on_labels_no_node_has_hold_or_not_exactly() {
+    let mut nodes = vec![node(1, 8, 4096), node(2, 8, 4096)];
+    nodes[0].labels.insert("zone".into(), "a".into());
+    nodes[1].labels.insert("rack".into(), "zone".into());
+    let cluster = Cluster::new(nodes.clone());
+    for (c, want) in [
+        ("zone=b", None),
+        ("zone!=b", Some(1)),
+        ("zone in (b,c)", None),
+        ("zone not in (b,c)", Some(1)),
+        ("gpu exists", None),
+        ("gpu missing", Some(1)),
+        ("rack=zone", Some(2)),
+        ("zone=zone", None),
+    ] {
+        let s =
+            with(spec(1, 64), PlacementSpec { constraints: vec![Constraint::parse(c).unwrap()], ..Default::default() });
+        assert_eq!(plan(&nodes[..], &s, None, 0, false).chosen, want, "{c} on records");
+        assert_eq!(plan(&cluster, &s, None, 0, false).chosen, want, "{c} in a cluster");
     }
 }

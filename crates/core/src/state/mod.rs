@@ -26,8 +26,11 @@ pub use nodes::NodeTable;
 pub use tasks::TaskUpdate;
 
 /// Whether `id` is a registered node.
+pub use nodes::{MAX_SIMULATED_PER_COMMAND, SIMULATED_NODE_IDS};
+
+/// Whether node `id` is registered (its record is not decoded: every heartbeat asks).
 pub fn node_exists(store: &impl ReadStore, id: crate::NodeId) -> Result<bool, StoreError> {
-    Ok(nodes::get(store, id)?.is_some())
+    Ok(store.get(Table::Nodes, &id.to_be_bytes())?.is_some())
 }
 
 /// Counts a placement attempt in the store's tally, if it keeps one.
@@ -160,6 +163,7 @@ pub fn run(store: &mut impl Store, index: u64, env: &Envelope) -> Result<Outcome
         Command::TaskCancel { id } => tasks::cancel(store, index, env.now_ms, *id)?,
         Command::TaskPrune { keep } => tasks::prune(store, *keep)?,
         Command::NodeRegister { node } => nodes::register(store, index, env.now_ms, node)?,
+        Command::NodeRegisterSimulated { nodes: ns } => nodes::register_simulated(store, index, env.now_ms, ns)?,
         Command::NodeSetState { id, state } => nodes::set_state(store, index, env.now_ms, *id, *state)?,
         Command::NodeEligibility { id, eligible } => nodes::eligibility(store, index, env.now_ms, *id, *eligible)?,
         Command::NodeDrain { id, drain } => nodes::drain(store, index, env.now_ms, *id, *drain)?,

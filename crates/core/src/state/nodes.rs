@@ -70,6 +70,51 @@ pub fn register(store: &mut impl Store, index: u64, now: u64, r: &Registration) 
     if store.get(Table::Members, &r.id.to_be_bytes())?.is_none() {
         return Ok(Err(CommandError::FailedPrecondition(format!("node {} is not a member of the cluster", r.id))));
     }
+    record(store, index, now, r)?;
+    vms::place_pending(store, index, now)?;
+    Ok(Ok(Response::Done))
+}
+
+/// The first id of a simulated node (2^40): far above any member's id in practice, and a
+/// simulated node is never a member.
+pub const SIMULATED_NODE_IDS: NodeId = 1 << 40;
+/// Simulated nodes registered by one command (so an entry stays small).
+pub const MAX_SIMULATED_PER_COMMAND: usize = 1000;
+
+/// Registers simulated nodes (benchmarks only, see [`crate::Command::NodeRegisterSimulated`]):
+/// all of them or, when one breaks a rule, none.
+pub fn register_simulated(
+    store: &mut impl Store,
+    index: u64,
+    now: u64,
+    regs: &[Registration],
+) -> Result<Outcome, StoreError> {
+    use crate::ValidationError;
+    if regs.is_empty() || regs.len() > MAX_SIMULATED_PER_COMMAND {
+        let rule = format!("must hold 1 to {MAX_SIMULATED_PER_COMMAND} nodes (got {})", regs.len());
+        return Ok(Err(ValidationError::new("nodes", rule).into()));
+    }
+    for r in regs {
+        if let Err(e) = validate_labels(&r.labels) {
+            return Ok(Err(e.into()));
+        }
+        if r.id < SIMULATED_NODE_IDS {
+            let rule = format!("a simulated node's id must be at least {SIMULATED_NODE_IDS} (got {})", r.id);
+            return Ok(Err(ValidationError::new("id", rule).into()));
+        }
+        if store.get(Table::Members, &r.id.to_be_bytes())?.is_some() {
+            return Ok(Err(CommandError::FailedPrecondition(format!("node {} is a member, not simulated", r.id))));
+        }
+    }
+    for r in regs {
+        record(store, index, now, r)?;
+    }
+    vms::place_pending(store, index, now)?;
+    Ok(Ok(Response::Done))
+}
+
+/// Records (or updates) a registration; a node that was down is ready again.
+fn record(store: &mut impl Store, index: u64, now: u64, r: &Registration) -> Result<(), StoreError> {
     let mut n = match get(store, r.id)? {
         Some(n) => n,
         None => {
@@ -91,8 +136,7 @@ pub fn register(store: &mut impl Store, index: u64, now: u64, r: &Registration) 
     if was_down {
         let _ = set_state(store, index, now, r.id, NodeState::Ready)?;
     }
-    vms::place_pending(store, index, now)?;
-    Ok(Ok(Response::Done))
+    Ok(())
 }
 
 /// A liveness transition. Down: the node's VMs move (per their policy). Ready: it takes work

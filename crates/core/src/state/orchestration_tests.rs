@@ -174,6 +174,34 @@ fn a_register_from_a_node_that_is_not_a_member_is_refused() {
 }
 
 #[test]
+fn simulated_nodes_register_in_their_id_range_only_all_or_none_and_take_placements() {
+    let mut s = member_node(1, 1, 512);
+    let sim =
+        |id: u64| Registration { id, vcpus: 8, memory_mib: 4096, backend: "simulated".into(), ..Default::default() };
+    let reg =
+        |s: &mut MemStore, index, nodes: Vec<Registration>| run(s, index, Command::NodeRegisterSimulated { nodes });
+    // A member's id, or one below the range, refuses the whole command.
+    let e = reg(&mut s, 2, vec![sim(SIMULATED_NODE_IDS), sim(5)]).unwrap_err().to_string();
+    assert!(e.contains("id") && e.contains(&SIMULATED_NODE_IDS.to_string()), "{e}");
+    assert!(nodes::get(&s, SIMULATED_NODE_IDS).unwrap().is_none(), "nothing registered");
+    assert!(matches!(reg(&mut s, 3, vec![]), Err(CommandError::Invalid(_))));
+    let too_many = (0..=MAX_SIMULATED_PER_COMMAND as u64).map(|i| sim(SIMULATED_NODE_IDS + i)).collect();
+    assert!(matches!(reg(&mut s, 4, too_many), Err(CommandError::Invalid(_))));
+    super::run(&mut s, 5, &env(Command::AddLearner { id: SIMULATED_NODE_IDS + 7, addr: "h:7".into() }))
+        .unwrap()
+        .unwrap();
+    let member = reg(&mut s, 6, vec![sim(SIMULATED_NODE_IDS + 7)]).unwrap_err().to_string();
+    assert!(member.contains("is a member"), "{member}");
+    // A VM waiting for room is placed on one as it registers.
+    assert!(create(&mut s, 7, spec("fill", 512)).is_ok());
+    assert!(create(&mut s, 8, spec("big", 512)).is_ok());
+    assert_eq!(get(&s, "big").node, None);
+    reg(&mut s, 9, (0..3).map(|i| sim(SIMULATED_NODE_IDS + i)).collect()).unwrap();
+    assert_eq!(crate::scheduler::Nodes::count(&NodeTable::new(&s).unwrap()), 4);
+    assert!(get(&s, "big").node.is_some_and(|n| n >= SIMULATED_NODE_IDS));
+}
+
+#[test]
 fn a_drained_node_hands_its_vms_over_and_ends_its_drain_when_empty() {
     let mut s = member_node(1, 8, 4096);
     add_node(&mut s, 2, 8, 4096);

@@ -265,7 +265,7 @@ pub fn set_desired(
             rec.lost = false;
             // It reserves nothing now: it fits where it is, or it is placed again.
             let here = rec.node.map(|id| nodes::get(store, id)).transpose()?.flatten();
-            let fits = here.as_ref().is_some_and(|n| scheduler::stages::check(n, &rec.spec).is_ok());
+            let fits = here.as_ref().is_some_and(|n| scheduler::stages::check_record(n, &rec.spec).is_ok());
             if let (true, Some(mut n)) = (fits, here) {
                 n.add(&rec.spec);
                 nodes::put(store, &n)?;

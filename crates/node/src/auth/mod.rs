@@ -91,6 +91,7 @@ pub const METHODS: &[Rule] = &[
     r("/blixard.v1.NodeService/SetEligibility", Operator, true),
     r("/blixard.v1.NodeService/Heartbeat", Peer, false),
     r("/blixard.v1.NodeService/Usage", Viewer, false),
+    r("/blixard.v1.NodeService/RegisterSimulatedNodes", Admin, true),
     r("/blixard.v1.TaskService/SubmitTask", Operator, true),
     r("/blixard.v1.TaskService/GetTask", Viewer, false),
     r("/blixard.v1.TaskService/ListTasks", Viewer, false),

@@ -1,0 +1,260 @@
+//! The scheduler's hot path reads a node as a [`Compact`] view: plain numbers in one small
+//! block, its labels, ports and groups as small integers (symbols) held inline, so a node looked
+//! at costs a cache line or two instead of a walk through `BTreeMap` nodes and heap strings.
+//!
+//! Symbols are exact, never hashes: a [`Query`] compiles a VM's constraint keys and values and
+//! its group into the same numbering as the nodes' views. Two numberings exist:
+//!
+//! - *local* (the default of [`super::Nodes`]): the VM's own strings, numbered in the query;
+//!   a node's string that the VM does not name becomes [`NODE_OTHER`] (and is dropped where
+//!   only the VM's strings are ever looked up), so a view is built for one query.
+//! - *interned* ([`super::Cluster`]): every string the node set holds, numbered once when a
+//!   node registers or a VM is counted; a VM's string no node holds becomes [`SPEC_ABSENT`].
+//!
+//! The two sentinels differ, so an unknown string of a node never equals one of the VM.
+
+use super::record::{NodeRecord, NodeState};
+use crate::placement::Op;
+use crate::spec::VmSpec;
+use crate::NodeId;
+
+/// A node's string the query does not name (local numbering).
+pub const NODE_OTHER: u32 = u32::MAX;
+/// A query's string that no node holds (interned numbering).
+pub const SPEC_ABSENT: u32 = u32::MAX - 1;
+
+/// Why a node takes no new work, if it does not (the status stage), as a small code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Status {
+    #[default]
+    Open,
+    Down,
+    Draining,
+    Ineligible,
+}
+
+/// Labels kept in a view's first cache line; more go to `more_labels`.
+const INLINE_LABELS: usize = 3;
+
+/// A node as the scheduler's stages and score read it. The first 64 bytes (one cache line)
+/// hold what every node looked at needs: its status, id, vCPUs and memory, and its first
+/// labels; disk (read only for a VM that asks for disk), further labels, ports and groups
+/// follow, read only when the VM or the node has any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub struct Compact {
+    pub status: Status,
+    pub kvm: bool,
+    labels_len: u8,
+    _pad: u8,
+    pub vcpus: u32,
+    pub used_vcpus: u32,
+    /// Distinct groups with VMs here.
+    groups_len: u32,
+    pub id: NodeId,
+    pub memory_mib: u64,
+    pub used_memory_mib: u64,
+    /// (key, value) symbols, the first [`INLINE_LABELS`].
+    labels: [(u32, u32); INLINE_LABELS],
+    // Beyond the first cache line.
+    pub disk_gib: u64,
+    pub used_disk_gib: u64,
+    more_labels: Vec<(u32, u32)>,
+    /// Host ports taken.
+    ports: Vec<u16>,
+    /// (group symbol, VMs of the group here), by symbol.
+    groups: Vec<(u32, u32)>,
+}
+
+impl Compact {
+    /// The view of `n`, numbering strings with `sym`; with `keep_unknown` false, labels and
+    /// groups whose symbol is [`NODE_OTHER`] and ports for which `port` says no are left out
+    /// (a local view, for one query).
+    pub fn of(n: &NodeRecord, sym: impl Fn(&str) -> u32, port: impl Fn(u16) -> bool, keep_unknown: bool) -> Compact {
+        let status = if n.state == NodeState::Down {
+            Status::Down
+        } else if n.drain.is_some() {
+            Status::Draining
+        } else if !n.eligible {
+            Status::Ineligible
+        } else {
+            Status::Open
+        };
+        let mut c = Compact {
+            id: n.id,
+            status,
+            kvm: n.accel == "kvm",
+            vcpus: n.vcpus,
+            used_vcpus: n.used.vcpus,
+            memory_mib: n.memory_mib,
+            used_memory_mib: n.used.memory_mib,
+            disk_gib: n.disk_gib,
+            used_disk_gib: n.used.disk_gib,
+            ..Default::default()
+        };
+        for (k, v) in &n.labels {
+            let k = sym(k);
+            if keep_unknown || k != NODE_OTHER {
+                c.push_label(k, sym(v));
+            }
+        }
+        c.ports = n.ports.iter().copied().filter(|p| keep_unknown || port(*p)).collect();
+        for (g, count) in &n.groups {
+            let g = sym(g);
+            if keep_unknown || g != NODE_OTHER {
+                c.groups.push((g, *count));
+            }
+        }
+        c.groups.sort_unstable();
+        c.groups_len = c.groups.len() as u32;
+        c
+    }
+
+    fn push_label(&mut self, k: u32, v: u32) {
+        match self.labels.get_mut(self.labels_len as usize) {
+            Some(slot) => {
+                *slot = (k, v);
+                self.labels_len += 1;
+            }
+            None => self.more_labels.push((k, v)),
+        }
+    }
+
+    pub fn label(&self, key: u32) -> Option<u32> {
+        let inline = &self.labels[..self.labels_len as usize];
+        inline.iter().chain(&self.more_labels).find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// Whether host port `p` is taken here.
+    pub fn port_taken(&self, p: u16) -> bool {
+        self.ports.contains(&p)
+    }
+
+    /// VMs of group `g` here.
+    pub fn group(&self, g: u32) -> u32 {
+        if self.groups_len == 0 {
+            return 0;
+        }
+        self.groups.binary_search_by_key(&g, |(s, _)| *s).map_or(0, |i| self.groups[i].1)
+    }
+
+    /// Counts a VM placed here (its group already numbered as `group`).
+    pub fn add(&mut self, spec: &VmSpec, group: Option<u32>) {
+        self.used_vcpus += spec.vcpus;
+        self.used_memory_mib += u64::from(spec.memory_mib);
+        self.used_disk_gib += u64::from(spec.disk_gib.unwrap_or(0));
+        for p in &spec.ports {
+            if !self.ports.contains(&p.host) {
+                self.ports.push(p.host);
+            }
+        }
+        if let Some(g) = group {
+            match self.groups.binary_search_by_key(&g, |(s, _)| *s) {
+                Ok(i) => self.groups[i].1 += 1,
+                Err(i) => self.groups.insert(i, (g, 1)),
+            }
+            self.groups_len = self.groups.len() as u32;
+        }
+    }
+
+    /// Releases what [`Compact::add`] counted.
+    pub fn release(&mut self, spec: &VmSpec, group: Option<u32>) {
+        self.used_vcpus = self.used_vcpus.saturating_sub(spec.vcpus);
+        self.used_memory_mib = self.used_memory_mib.saturating_sub(u64::from(spec.memory_mib));
+        self.used_disk_gib = self.used_disk_gib.saturating_sub(u64::from(spec.disk_gib.unwrap_or(0)));
+        self.ports.retain(|q| !spec.ports.iter().any(|p| p.host == *q));
+        if let Some(g) = group {
+            if let Some((_, c)) = self.groups.iter_mut().find(|(s, _)| *s == g) {
+                *c = c.saturating_sub(1);
+            }
+            self.groups.retain(|(_, c)| *c > 0);
+            self.groups_len = self.groups.len() as u32;
+        }
+    }
+}
+
+/// A VM's strings as symbols: per constraint its key and values, in one vector
+/// (`key, n, v1..vn` per constraint, in the spec's order), and its group.
+#[derive(Clone, Debug)]
+pub struct Query<'s> {
+    pub spec: &'s VmSpec,
+    syms: Vec<u32>,
+    pub group: u32,
+    /// Local numbering: the strings, by symbol.
+    local: Vec<&'s str>,
+}
+
+impl<'s> Query<'s> {
+    /// Compiles `spec` with the node set's numbering `sym` (interned: [`SPEC_ABSENT`] for a
+    /// string no node holds).
+    pub fn interned(spec: &'s VmSpec, sym: impl Fn(&str) -> Option<u32>) -> Query<'s> {
+        Query::build(spec, |s| sym(s).unwrap_or(SPEC_ABSENT), Vec::new())
+    }
+
+    /// Compiles `spec` with its own numbering (for node views built by [`Query::view`]).
+    pub fn local(spec: &'s VmSpec) -> Query<'s> {
+        let mut local: Vec<&'s str> = Vec::new();
+        let p = &spec.placement;
+        for c in &p.constraints {
+            local.push(&c.key);
+            local.extend(op_values(&c.op).iter().map(String::as_str));
+        }
+        local.extend(p.group.as_deref());
+        local.sort_unstable();
+        local.dedup();
+        let find = |s: &str| local.binary_search(&s).map_or(SPEC_ABSENT, |i| i as u32);
+        let q = Query::build(spec, find, Vec::new());
+        Query { local, ..q }
+    }
+
+    fn build(spec: &'s VmSpec, sym: impl Fn(&str) -> u32, local: Vec<&'s str>) -> Query<'s> {
+        let p = &spec.placement;
+        let mut syms = Vec::new();
+        for c in &p.constraints {
+            syms.push(sym(&c.key));
+            let vals = op_values(&c.op);
+            syms.push(vals.len() as u32);
+            syms.extend(vals.iter().map(|v| sym(v)));
+        }
+        let group = p.group.as_deref().map_or(SPEC_ABSENT, &sym);
+        Query { spec, syms, group, local }
+    }
+
+    /// A node's view in this query's local numbering.
+    pub fn view(&self, n: &NodeRecord) -> Compact {
+        let sym = |s: &str| self.local.binary_search(&s).map_or(NODE_OTHER, |i| i as u32);
+        Compact::of(n, sym, |p| self.spec.ports.iter().any(|f| f.host == p), false)
+    }
+
+    /// The first constraint that does not hold on `n`, by position.
+    pub fn failed_constraint(&self, n: &Compact) -> Option<usize> {
+        let mut at = 0;
+        for (i, c) in self.spec.placement.constraints.iter().enumerate() {
+            let key = self.syms[at];
+            let len = self.syms[at + 1] as usize;
+            let vals = &self.syms[at + 2..at + 2 + len];
+            at += 2 + len;
+            let v = n.label(key);
+            let holds = match c.op {
+                Op::Eq(_) => v == Some(vals[0]),
+                Op::Ne(_) => v != Some(vals[0]),
+                Op::In(_) => v.is_some_and(|v| vals.contains(&v)),
+                Op::NotIn(_) => !v.is_some_and(|v| vals.contains(&v)),
+                Op::Exists => v.is_some(),
+                Op::Missing => v.is_none(),
+            };
+            if !holds {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
+
+fn op_values(op: &Op) -> &[String] {
+    match op {
+        Op::Eq(v) | Op::Ne(v) => std::slice::from_ref(v),
+        Op::In(vs) | Op::NotIn(vs) => vs,
+        Op::Exists | Op::Missing => &[],
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Heartbeat cost on the leader: a fresh 3-node blixard cluster (default liveness timings), SIM_NODES
+# simulated nodes registered through Raft (`blixard-bench simulated-nodes`), then each of them
+# heartbeats the leader every INTERVAL for DURATION (`blixard-bench heartbeats`) while the leader's
+# CPU time is read from /proc: the share of a core it spent, and per heartbeat. A baseline window
+# of the same length before the simulated nodes exist comes first: what the leader spends anyway.
+#
+#   scripts/bench/heartbeats.sh
+#
+# Knobs (environment): SIM_NODES (1000), INTERVAL (500ms), DURATION (30s), PORT_BASE (28000),
+# BENCH_DIR (.blixard/bench), CARGO_TARGET_DIR (target). Every process it starts is killed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT="$PWD"
+
+SIM_NODES="${SIM_NODES:-1000}"
+INTERVAL="${INTERVAL:-500ms}"
+DURATION="${DURATION:-30s}"
+PORT_BASE="${PORT_BASE:-28000}"
+BENCH_DIR="${BENCH_DIR:-$ROOT/.blixard/bench}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+NODE_ARGS=()
+READY_TIMEOUT=60
+[[ "$SIM_NODES" =~ ^[1-9][0-9]*$ ]] || { echo "bench: error: SIM_NODES must be a positive integer, not '$SIM_NODES'" >&2; exit 1; }
+
+log() { echo "bench: $*" >&2; }
+
+log "building release binaries into $TARGET_DIR"
+cargo build --release --locked -q -p blixard -p blixard-bench
+BLIXARD="$TARGET_DIR/release/blixard"
+BENCH="$TARGET_DIR/release/blixard-bench"
+mkdir -p "$BENCH_DIR"
+WORK="$(mktemp -d "$BENCH_DIR/heartbeats.XXXXXX")"
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
+
+log "machine: $(machine)"
+blixard_start "$WORK/bx" 3 >/dev/null
+eps="$(join_eps "${BLIXARD_EPS[@]}")"
+hb() { "$BENCH" heartbeats --endpoints "$eps" --pids "$BLIXARD_PIDMAP" --interval "$INTERVAL" --duration "$DURATION" "$@"; }
+echo "== baseline: the leader with no simulated node"
+hb --nodes 0 --warmup 0s
+"$BENCH" simulated-nodes --endpoint "${BLIXARD_EPS[0]}" --nodes "$SIM_NODES"
+echo "== $SIM_NODES simulated nodes heartbeating every $INTERVAL"
+hb --nodes "$SIM_NODES"
+stop_all
