@@ -19,12 +19,13 @@
 //!   holds its lease and the attempt is still current in what it has applied).
 #![cfg(madsim)]
 
+use blixard_sim::nemesis::Faults;
 use blixard_sim::{chaos, taskload};
 
 #[test]
 fn kept_seeds_pass_every_invariant() {
     for seed in [7, 12, 27] {
-        let o = chaos::run(seed);
+        let o = chaos::run_with(seed, Faults::Classic);
         o.view.assert_ok(seed);
         let finals = o.finals.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         for (k, allowed) in &o.allowed {
