@@ -30,10 +30,11 @@ use blixard_proto::rpc;
 use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
 use blixard_proto::v1::error_detail::Reason;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
+use blixard_proto::v1::node_service_client::NodeServiceClient;
 use blixard_proto::v1::task_service_client::TaskServiceClient;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{
-    ClusterStatusRequest, CreateVmRequest, DeleteRequest, DeleteVmRequest, GetRequest, GetVmRequest, LeaveRequest, ListRequest,
+    ClusterStatusRequest, CreateVmRequest, DeleteRequest, DrainRequest, DeleteVmRequest, GetRequest, GetVmRequest, LeaveRequest, ListRequest,
     ListVmsRequest, PutRequest, ReadOptions, VmNameRequest, VmSpec,
 };
 use madsim::net::NetSim;
@@ -109,8 +110,8 @@ impl Registry {
 /// One host's daemon: node `id`, joining through `join` if fresh, with the fake VM driver
 /// reporting to `view` (a fresh one each time the host boots: a host's death takes its VMs
 /// with it), its state store and log on the host's simulated `disk`. A node that refuses to
-/// start, or whose driver stops (a storage failure), is recorded in the registry and serves
-/// nothing more, as the daemon would exit.
+/// start, or whose driver stops (a storage failure), is recorded in the registry and exits, as
+/// the daemon does.
 async fn run_node(h: Host) {
     h.reg.booting(h.id);
     let listener = tokio::net::TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("ip"), PORT))
@@ -143,8 +144,9 @@ async fn run_node(h: Host) {
         Ok(()) => "the driver ended".to_string(),
         Err(e) => e,
     };
+    // The daemon exits (returning ends the simulated host's every task, as a process's exit).
     h.reg.stop(h.id, format!("stopped: {why}"));
-    node.shutdown().await;
+    drop(node);
 }
 
 /// Simulated hosts running the cluster's nodes, and the simulator ids to cut or kill them by.
@@ -443,8 +445,10 @@ pub enum Write<'a> {
     VmStart(&'a str),
     VmStop(&'a str),
     VmDelete(&'a str),
-    /// Removes node `.0` from the cluster (`blixard node leave`).
+    /// Removes node `.0` from the cluster (`blixard cluster leave`).
     Leave(u64),
+    /// Drains node `.0`: its VMs move off, each started elsewhere once stopped there.
+    Drain(u64),
     /// A task of the fake executor (see [`tasks::work`]): its submit index once acknowledged.
     Task(&'a blixard_core::TaskSpec),
 }
@@ -524,6 +528,12 @@ impl Client {
                         let mut req = tonic::Request::new(LeaveRequest { node_id: *id });
                         rpc::set_session(req.metadata_mut(), &s);
                         ClusterServiceClient::new(ch).leave(req).await.map(|r| r.into_inner().index)
+                    }
+                    Write::Drain(id) => {
+                        let d = DrainRequest { id: *id, deadline_ms: 20_000, parallel: 4, cancel: false };
+                        let mut req = tonic::Request::new(d);
+                        rpc::set_session(req.metadata_mut(), &s);
+                        NodeServiceClient::new(ch).drain(req).await.map(|_| 0)
                     }
                     Write::VmDelete(name) => {
                         let mut req = tonic::Request::new(DeleteVmRequest { name: name.to_string() });

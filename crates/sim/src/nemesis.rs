@@ -11,8 +11,8 @@
 //!
 //! [`Faults::All`] adds: crashes whose disk loses its unsynced writes in any of the simulated
 //! disk's modes (page by page, a prefix with a torn write, all, all but a torn last write); a
-//! leader transfer; a node joining (a new id on a fresh host and disk); a member leaving;
-//! a member replaced (removed, a fresh one added); a bit flipped in an old record of a crashed
+//! leader transfer; a node joining (a new id on a fresh host and disk); a member leaving
+//! (drained first); a member replaced (its host dies, it is removed, a fresh one added); a bit flipped in an old record of a crashed
 //! node's log (the node must refuse to start, naming the file and the offset; it is then
 //! replaced); EIO on a log `fsync` (the node must stop). A majority always keeps its data and
 //! stays up; the cluster keeps 4 to 7 members.
@@ -124,9 +124,12 @@ pub(crate) async fn nemesis(cluster: &mut Cluster, h: &mut Vec<String>, t0: toki
                 Ok(id) => format!("node {id} joined"),
                 Err(e) => format!("join failed: {e}"),
             },
-            10 if cluster.current().len() > MIN_MEMBERS => match cluster.remove_node(victim, &mut admin).await {
-                Ok(i) => format!("node {victim} left at {i}"),
-                Err(e) => format!("leave failed: {e}"),
+            10 if cluster.current().len() > MIN_MEMBERS => match cluster.drain_node(victim, &mut admin).await {
+                Err(e) => format!("drain of {victim} failed: {e}"),
+                Ok(()) => match cluster.remove_node(victim, &mut admin).await {
+                    Ok(i) => format!("node {victim} drained, left at {i}"),
+                    Err(e) => format!("leave failed: {e}"),
+                },
             },
             9 | 10 => format!("membership stays at {} nodes", cluster.current().len()),
             11 => cluster.replace_node(victim, &mut admin).await,
