@@ -84,7 +84,11 @@ pub fn disk_faults_noticed(o: &Outcome) -> Result<String, String> {
     if !bad.is_empty() {
         return Err(format!("{bad:#?}"));
     }
-    Ok(format!("{} disk faults noticed as expected; faults injected: {:?}", o.disk_checks.results.len(), o.disk_checks.injected))
+    Ok(format!(
+        "{} disk faults noticed as expected; faults injected: {:?}",
+        o.disk_checks.results.len(),
+        o.disk_checks.injected
+    ))
 }
 
 /// Every invariant above, by name.

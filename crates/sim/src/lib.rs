@@ -34,8 +34,8 @@ use blixard_proto::v1::node_service_client::NodeServiceClient;
 use blixard_proto::v1::task_service_client::TaskServiceClient;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{
-    ClusterStatusRequest, CreateVmRequest, DeleteRequest, DrainRequest, DeleteVmRequest, GetRequest, GetVmRequest, LeaveRequest, ListRequest,
-    ListVmsRequest, PutRequest, ReadOptions, VmNameRequest, VmSpec,
+    ClusterStatusRequest, CreateVmRequest, DeleteRequest, DeleteVmRequest, DrainRequest, GetRequest, GetVmRequest,
+    LeaveRequest, ListRequest, ListVmsRequest, PutRequest, ReadOptions, VmNameRequest, VmSpec,
 };
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle, Runtime};

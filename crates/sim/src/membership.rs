@@ -145,12 +145,8 @@ impl Cluster {
     /// Node `id`'s log segments, oldest first.
     pub fn segments(&self, id: u64) -> Vec<PathBuf> {
         let dir = self.dir.join(format!("n{id}")).join(blixard_node::datadir::LOG_DIR);
-        let mut names: Vec<String> = self.disks[&id]
-            .list(&dir)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.ends_with(".wal"))
-            .collect();
+        let mut names: Vec<String> =
+            self.disks[&id].list(&dir).unwrap_or_default().into_iter().filter(|n| n.ends_with(".wal")).collect();
         names.sort();
         names.into_iter().map(|n| dir.join(n)).collect()
     }

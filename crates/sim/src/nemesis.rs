@@ -54,7 +54,12 @@ impl DiskChecks {
 }
 
 /// Injects `ROUNDS` random faults, each healed before the next.
-pub(crate) async fn nemesis(cluster: &mut Cluster, h: &mut Vec<String>, t0: tokio::time::Instant, faults: Faults) -> DiskChecks {
+pub(crate) async fn nemesis(
+    cluster: &mut Cluster,
+    h: &mut Vec<String>,
+    t0: tokio::time::Instant,
+    faults: Faults,
+) -> DiskChecks {
     let net = NetSim::current();
     let mut checks = DiskChecks::default();
     let mut admin = Client::over(0xAD41_0000, cluster.members.clone());
@@ -215,7 +220,9 @@ async fn flip_a_bit(cluster: &mut Cluster, v: u64) -> Result<String, String> {
                 .and_then(|n| n.parse::<u64>().ok());
             return match at {
                 Some(at) if at <= offset => Ok(format!("{flipped}: node {v} refused as expected ({why})")),
-                _ => Err(format!("{flipped}: node {v} stopped, but not naming the file and an offset at or before it: {why}")),
+                _ => Err(format!(
+                    "{flipped}: node {v} stopped, but not naming the file and an offset at or before it: {why}"
+                )),
             };
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
