@@ -91,8 +91,11 @@ pub fn disk_faults_noticed(o: &Outcome) -> Result<String, String> {
     ))
 }
 
+/// An invariant: `Ok` what was checked, `Err` the violation.
+pub type Invariant = fn(&Outcome) -> Result<String, String>;
+
 /// Every invariant above, by name.
-pub const ALL: [(&str, fn(&Outcome) -> Result<String, String>); 5] = [
+pub const ALL: [(&str, Invariant); 5] = [
     ("s40_no_lost_writes", no_lost_writes),
     ("s41_one_leader_per_term", one_leader_per_term),
     ("s42_converged", converged),
@@ -102,7 +105,7 @@ pub const ALL: [(&str, fn(&Outcome) -> Result<String, String>); 5] = [
 
 /// Checks `inv` on `o`: panics with the seed and the command that replays it on a violation,
 /// prints what was checked otherwise.
-pub fn check(seed: u64, test: &str, o: &Outcome, inv: fn(&Outcome) -> Result<String, String>) {
+pub fn check(seed: u64, test: &str, o: &Outcome, inv: Invariant) {
     match inv(o) {
         Ok(what) => eprintln!("seed {seed}: {test}: {what}"),
         Err(e) => panic!("seed {seed}: {test}: {e}\nreplay: scripts/sim.sh {seed} --test {test}"),
