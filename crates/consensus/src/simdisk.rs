@@ -137,6 +137,8 @@ struct State {
     /// name ends with `fail_sync_of`.
     fail_sync_in: Option<u64>,
     fail_sync_of: String,
+    /// Syncs failed by [`SimDisk::fail_sync`] so far.
+    failed_syncs: u64,
     /// Changes to let through before the machine stops (`Some(0)`: stopped).
     ops_left: Option<u64>,
     /// Changes made so far (writes, syncs, lengths, creations, renames, removals).
@@ -235,6 +237,7 @@ impl State {
             _ if !named => false,
             Some(0) => {
                 self.fail_sync_in = None;
+                self.failed_syncs += 1;
                 true
             }
             Some(n) => {
@@ -421,6 +424,11 @@ impl SimDisk {
         let mut s = self.lock();
         s.fail_sync_in = Some(after);
         s.fail_sync_of = suffix.to_string();
+    }
+
+    /// Syncs that [`SimDisk::fail_sync`] made fail so far.
+    pub fn failed_syncs(&self) -> u64 {
+        self.lock().failed_syncs
     }
 
     /// Lets `n` more changes through, then refuses every change until the next crash: the

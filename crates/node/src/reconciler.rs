@@ -116,14 +116,20 @@ impl Reconciler {
     }
 
     /// Runs passes until the process ends; wakes early when the replicated state of VMs, nodes
-    /// or members changes (key/value writes do not wake it).
+    /// or members changes (key/value writes do not wake it). Ends when the Raft driver stops (a
+    /// storage failure: the node exits): nothing more will be applied, and waiting on the
+    /// closed channel would return at once — a loop that never yields, which under a
+    /// single-threaded executor kept the daemon from ever exiting (found by the simulation).
     pub async fn run(mut self) {
         let mut version = self.raft.watch_state_version();
         loop {
             if let Err(e) = self.pass().await {
                 tracing::warn!("reconcile pass failed: {e}");
             }
-            let _ = tokio::time::timeout(PASS_EVERY, version.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout(PASS_EVERY, version.changed()).await {
+                tracing::info!("the raft driver stopped: reconciling ends");
+                return;
+            }
         }
     }
 

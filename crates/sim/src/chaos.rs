@@ -1,29 +1,22 @@
-//! Random fault schedules (issue 15): from the seed, a nemesis injects faults one after another
-//! into a 5-node cluster while a client per node writes keys and creates, starts, stops and
-//! deletes VMs; then everything is healed and the cluster must settle. [`run`] returns what the
-//! run saw ([`Outcome`]); each `tests/s4*.rs` file checks one invariant of it.
-//!
-//! The faults (one at a time, each held for a random while): one node cut off both ways; a node
-//! that cannot send; a node that cannot hear; a split of two nodes from three; a host crash
-//! (restarted later from its data dir); the leader's crash; a lossy, slow network (10 % of
-//! packets lost and retransmitted, up to 150 ms latency); a paused daemon (shorter than its
-//! lease: a longer pause is the job of the `fence-watch` watchdog process, which the simulation
-//! does not run). A majority always remains.
+//! Random fault schedules (issue 15): from the seed, a nemesis ([`crate::nemesis`]) injects
+//! faults one after another into a cluster of 5 nodes (4 to 7 as members join, leave and are
+//! replaced) while 5 clients write keys and create, starts, stop and delete VMs, each mostly
+//! through "its" node; then everything is healed and the cluster must settle. [`run`] returns
+//! what the run saw ([`Outcome`]); each `tests/s4*.rs` file checks one invariant of it
+//! ([`crate::invariants`]), `s50_all_invariants` all of them on one run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use madsim::net::NetSim;
 use madsim::rand::{thread_rng, Rng};
-use madsim::runtime::Handle;
 
+use crate::nemesis::{nemesis, DiskChecks, Faults};
 use crate::running::Running;
-use crate::{local_pairs, status, vms, wait_formed, Client, Cluster, Write};
+use crate::{local_pairs, status, vms, wait_formed, Client, Cluster, Members, Write};
 
 pub const NODES: u64 = 5;
-const ROUNDS: usize = 8;
 /// A client write's deadline (retried through every node until then).
 const OP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -31,6 +24,8 @@ const OP_DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeFinal {
     pub applied: u64,
+    /// The members it knows, all voters.
+    pub members: Vec<u64>,
     pub kv: BTreeMap<String, String>,
     /// Each VM's node and desired state.
     pub vms: BTreeMap<String, (u64, String)>,
@@ -55,6 +50,8 @@ pub struct Outcome {
     /// Host crashes, and the bytes written but not synced that they kept from the disk.
     pub disk_crashes: u64,
     pub disk_lost_bytes: u64,
+    /// What the disk faults were expected to do, and did or did not.
+    pub disk_checks: DiskChecks,
 }
 
 #[derive(Default)]
@@ -66,10 +63,11 @@ struct KeyState {
 /// One client: writes through node `c` first, its own keys and VMs only.
 async fn client(
     c: u64,
+    members: Members,
     stop: Arc<AtomicBool>,
     t0: tokio::time::Instant,
 ) -> (Vec<String>, BTreeMap<String, KeyState>, Vec<String>) {
-    let mut cl = Client::new(0xC4A0_5000 + u128::from(c), NODES);
+    let mut cl = Client::over(0xC4A0_5000 + u128::from(c), members.clone());
     let mut log = Vec::new();
     let mut bad = Vec::new();
     let mut keys: BTreeMap<String, KeyState> =
@@ -79,7 +77,13 @@ async fn client(
     let mut j = 0u64;
     while !stop.load(Ordering::Relaxed) {
         j += 1;
-        let via = if thread_rng().gen_bool(0.7) { c } else { thread_rng().gen_range(1..=NODES) };
+        // Mostly through its own node, or the next one while that is not a member.
+        let via = if thread_rng().gen_bool(0.7) {
+            members.after(c - 1)
+        } else {
+            let m = members.get();
+            m[thread_rng().gen_range(0..m.len())]
+        };
         let roll = thread_rng().gen_range(0..10);
         if roll < 5 {
             let live: Vec<String> = keys.iter().filter(|(_, s)| !s.retired).map(|(k, _)| k.clone()).collect();
@@ -145,10 +149,10 @@ fn ok(r: &Result<u64, String>) -> String {
 }
 
 /// Samples every node's role and term until `stop`.
-async fn sample_leaders(leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>, stop: Arc<AtomicBool>) {
+async fn sample_leaders(leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>, members: Members, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let mut probes = Vec::new();
-        for n in 1..=NODES {
+        for n in members.get() {
             probes.push(tokio::spawn(async move { status(n).await }));
         }
         for p in probes {
@@ -159,73 +163,6 @@ async fn sample_leaders(leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>, stop:
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Injects `ROUNDS` random faults, each healed before the next.
-pub(crate) async fn nemesis(cluster: &Cluster, h: &mut Vec<String>, t0: tokio::time::Instant) {
-    let net = NetSim::current();
-    for round in 0..ROUNDS {
-        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(300..2_000))).await;
-        let victim = thread_rng().gen_range(1..=NODES);
-        let hold = Duration::from_millis(thread_rng().gen_range(500..6_000));
-        let what = match thread_rng().gen_range(0..8) {
-            0 => {
-                cluster.isolate(victim);
-                format!("isolate {victim}")
-            }
-            1 => {
-                cluster.cut_outbound(victim);
-                format!("cut {victim} outbound")
-            }
-            2 => {
-                cluster.cut_inbound(victim);
-                format!("cut {victim} inbound")
-            }
-            3 => {
-                let other = victim % NODES + 1;
-                cluster.split(&[victim, other]);
-                format!("split {victim},{other} from the rest")
-            }
-            4 => {
-                cluster.kill(victim);
-                format!("crash {victim}")
-            }
-            5 => {
-                let leader = status(victim).await.map_or(0, |s| s.leader_id);
-                if leader == 0 {
-                    "no leader known to crash".to_string()
-                } else {
-                    cluster.kill(leader);
-                    format!("crash leader {leader}")
-                }
-            }
-            6 => {
-                net.update_config(|c| {
-                    c.packet_loss_rate = 0.1;
-                    c.send_latency = Duration::from_millis(1)..Duration::from_millis(150);
-                });
-                "lossy slow network".to_string()
-            }
-            _ => {
-                let pause = Duration::from_millis(thread_rng().gen_range(100..1_500));
-                Handle::current().pause(cluster.ids[&victim]);
-                tokio::time::sleep(pause).await;
-                Handle::current().resume(cluster.ids[&victim]);
-                format!("paused {victim} for {} ms", pause.as_millis())
-            }
-        };
-        h.push(format!("round {round}: {what}, held {} ms (at {} ms)", hold.as_millis(), t0.elapsed().as_millis()));
-        tokio::time::sleep(hold).await;
-        heal_everything(cluster);
-    }
-}
-
-pub(crate) fn heal_everything(cluster: &Cluster) {
-    cluster.heal_all();
-    NetSim::current().update_config(|c| *c = madsim::net::Config::default());
-    for id in cluster.dead() {
-        cluster.restart(id);
     }
 }
 
@@ -244,20 +181,29 @@ async fn settle(cluster: &Cluster) -> Result<BTreeMap<u64, NodeFinal>, String> {
 /// Every node's state, if they all agree (and what runs is what they say).
 async fn finals(cluster: &Cluster) -> Result<BTreeMap<u64, NodeFinal>, String> {
     let mut out = BTreeMap::new();
-    for n in 1..=cluster.size() {
-        let applied = status(n).await.ok_or(format!("node {n}: no status"))?.applied_index;
+    let current = cluster.current();
+    for &n in &current {
+        let s = status(n).await.ok_or(format!("node {n}: no status"))?;
+        let members: Vec<u64> = s.members.iter().filter(|m| m.membership == "voter").map(|m| m.id).collect();
+        if members.len() != s.members.len() {
+            return Err(format!("node {n}: not every member is a voter: {:?}", s.members));
+        }
+        if members != current {
+            return Err(format!("node {n} counts members {members:?}, the cluster is {current:?}"));
+        }
+        let applied = s.applied_index;
         let kv = local_pairs(n).await.ok_or(format!("node {n}: no keys"))?;
         let vms = vms(n).await.ok_or(format!("node {n}: no VMs"))?;
         let vms = vms.into_iter().map(|(k, v)| (k, (v.node, v.desired))).collect();
-        out.insert(n, NodeFinal { applied, kv, vms });
+        out.insert(n, NodeFinal { applied, members, kv, vms });
     }
     let first = out.values().next().cloned().ok_or("no nodes")?;
     if let Some((n, f)) = out.iter().find(|(_, f)| **f != first) {
-        return Err(format!("node {n} differs from node 1: {f:?} vs {first:?}"));
+        return Err(format!("node {n} differs from node {}: {f:?} vs {first:?}", current[0]));
     }
     if let Err(e) = crate::vmload::check_running(&cluster.view, &first.vms) {
         // What the records say about the VMs that do not run as they should.
-        let all = vms(1).await.unwrap_or_default();
+        let all = vms(current[0]).await.unwrap_or_default();
         let detail: Vec<String> = all
             .values()
             .filter(|v| e.contains(&format!("{} ", v.spec.as_ref().map_or("", |s| s.name.as_str()))))
@@ -277,9 +223,9 @@ async fn finals(cluster: &Cluster) -> Result<BTreeMap<u64, NodeFinal>, String> {
     Ok(out)
 }
 
-/// One run with `seed`'s schedule.
-pub async fn scenario(dir: std::path::PathBuf) -> Outcome {
-    let cluster = Cluster::start(NODES, &dir);
+/// One run with `seed`'s schedule, drawing from `faults`.
+pub async fn scenario(dir: std::path::PathBuf, faults: Faults) -> Outcome {
+    let mut cluster = Cluster::start(NODES, &dir);
     let host = cluster.client_host();
     host.spawn(async move {
         let mut history = Vec::new();
@@ -288,10 +234,11 @@ pub async fn scenario(dir: std::path::PathBuf) -> Outcome {
         history.push(format!("formed: leader {leader}"));
         let stop = Arc::new(AtomicBool::new(false));
         let leaders = Arc::new(Mutex::new(BTreeMap::new()));
-        let sampler = tokio::spawn(sample_leaders(leaders.clone(), stop.clone()));
+        let sampler = tokio::spawn(sample_leaders(leaders.clone(), cluster.members.clone(), stop.clone()));
         let t0 = tokio::time::Instant::now();
-        let clients: Vec<_> = (1..=NODES).map(|c| tokio::spawn(client(c, stop.clone(), t0))).collect();
-        nemesis(&cluster, &mut history, t0).await;
+        let clients: Vec<_> =
+            (1..=NODES).map(|c| tokio::spawn(client(c, cluster.members.clone(), stop.clone(), t0))).collect();
+        let disk_checks = nemesis(&mut cluster, &mut history, t0, faults).await;
         stop.store(true, Ordering::Relaxed);
         let mut allowed = BTreeMap::new();
         let mut bad_reads = Vec::new();
@@ -303,16 +250,20 @@ pub async fn scenario(dir: std::path::PathBuf) -> Outcome {
         }
         sampler.await.expect("sampler");
         history.push("clients done; healed".into());
-        let mut reader = Client::new(0xC4A0_5FFF, NODES);
+        let mut reader = Client::over(0xC4A0_5FFF, cluster.members.clone());
         let mut read_back = BTreeMap::new();
+        let first = cluster.current()[0];
         for k in allowed.keys() {
-            if let Ok(v) = reader.get(1, k, Duration::from_secs(30)).await {
+            if let Ok(v) = reader.get(first, k, Duration::from_secs(30)).await {
                 read_back.insert(k.clone(), v);
             }
         }
         let finals = settle(&cluster).await;
         match &finals {
-            Ok(f) => history.push(format!("settled at applied index {}", f[&1].applied)),
+            Ok(f) => {
+                let (n, f) = f.iter().next().expect("a node");
+                history.push(format!("settled at applied index {} (node {n}), members {:?}", f.applied, f.members));
+            }
             Err(e) => history.push(e.clone()),
         }
         history.extend(cluster.view.log());
@@ -330,18 +281,24 @@ pub async fn scenario(dir: std::path::PathBuf) -> Outcome {
             view: cluster.view.clone(),
             disk_crashes,
             disk_lost_bytes,
+            disk_checks,
         }
     })
     .await
     .expect("client host")
 }
 
-/// Runs the schedule of `seed` (on a fresh thread, see [`crate::run`]).
+/// Runs the schedule of `seed`, every kind of fault (on a fresh thread, see [`crate::run`]).
 pub fn run(seed: u64) -> Outcome {
+    run_with(seed, Faults::All)
+}
+
+/// Runs the schedule of `seed` drawing from `faults`.
+pub fn run_with(seed: u64, faults: Faults) -> Outcome {
     let out = Arc::new(Mutex::new(None));
     let o = out.clone();
     crate::run(seed, move |dir| async move {
-        let r = scenario(dir).await;
+        let r = scenario(dir, faults).await;
         let h = r.history.clone();
         *o.lock().expect("lock") = Some(r);
         h

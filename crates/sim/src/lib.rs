@@ -10,6 +10,9 @@
 #![cfg(madsim)]
 
 pub mod chaos;
+pub mod invariants;
+pub mod membership;
+pub mod nemesis;
 pub mod running;
 pub mod taskload;
 pub mod tasks;
@@ -27,11 +30,12 @@ use blixard_proto::rpc;
 use blixard_proto::v1::cluster_service_client::ClusterServiceClient;
 use blixard_proto::v1::error_detail::Reason;
 use blixard_proto::v1::kv_service_client::KvServiceClient;
+use blixard_proto::v1::node_service_client::NodeServiceClient;
 use blixard_proto::v1::task_service_client::TaskServiceClient;
 use blixard_proto::v1::vm_service_client::VmServiceClient;
 use blixard_proto::v1::{
-    ClusterStatusRequest, CreateVmRequest, DeleteRequest, DeleteVmRequest, GetRequest, GetVmRequest, ListRequest,
-    ListVmsRequest, PutRequest, ReadOptions, VmNameRequest, VmSpec,
+    ClusterStatusRequest, CreateVmRequest, DeleteRequest, DeleteVmRequest, DrainRequest, GetRequest, GetVmRequest,
+    LeaveRequest, ListRequest, ListVmsRequest, PutRequest, ReadOptions, VmNameRequest, VmSpec,
 };
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle, Runtime};
@@ -47,53 +51,152 @@ pub fn addr(i: u64) -> String {
     format!("10.0.0.{i}:{PORT}")
 }
 
-/// One host's daemon: node `id`, joining through node 1 unless it is node 1, with the fake VM
-/// driver reporting to `view` (a fresh one each time the host boots: a host's death takes its
-/// VMs with it), its state store and log on the host's simulated `disk`.
-async fn run_node(
+/// What a host needs to run its node (cloned into the host's init, which runs again at every
+/// restart).
+#[derive(Clone)]
+struct Host {
     id: u64,
     dir: PathBuf,
     view: running::Running,
     tasks: Option<tasks::TaskView>,
     tweak: fn(&mut NodeConfig),
     disk: SimDisk,
-) {
+    /// The member a fresh node asks to join (none: it bootstraps the cluster).
+    join: Option<u64>,
+    reg: Registry,
+}
+
+/// What the harness learns from inside the hosts: a way to each running node's Raft handle
+/// (to hand leadership over), and why a node refused to start or stopped.
+#[derive(Clone, Default)]
+pub struct Registry(std::sync::Arc<std::sync::Mutex<RegistryInner>>);
+
+#[derive(Default)]
+struct RegistryInner {
+    transfer: BTreeMap<u64, std::sync::Arc<dyn Fn(u64) + Send + Sync>>,
+    stopped: BTreeMap<u64, String>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks node `from`'s Raft to hand leadership to `to` (raft-rs `transfer_leader`, as the
+    /// node's own `leave` does); false if `from` does not run.
+    pub fn transfer_leader(&self, from: u64, to: u64) -> bool {
+        let f = self.lock().transfer.get(&from).cloned();
+        f.map(|f| f(to)).is_some()
+    }
+
+    /// Why node `id` refused to start or stopped since its host last booted, if it did.
+    pub fn stopped(&self, id: u64) -> Option<String> {
+        self.lock().stopped.get(&id).cloned()
+    }
+
+    fn booting(&self, id: u64) {
+        let mut r = self.lock();
+        r.transfer.remove(&id);
+        r.stopped.remove(&id);
+    }
+
+    fn stop(&self, id: u64, why: String) {
+        let mut r = self.lock();
+        r.transfer.remove(&id);
+        r.stopped.insert(id, why);
+    }
+}
+
+/// One host's daemon: node `id`, joining through `join` if fresh, with the fake VM driver
+/// reporting to `view` (a fresh one each time the host boots: a host's death takes its VMs
+/// with it), its state store and log on the host's simulated `disk`. A node that refuses to
+/// start, or whose driver stops (a storage failure), is recorded in the registry and exits, as
+/// the daemon does.
+async fn run_node(h: Host) {
+    h.reg.booting(h.id);
     let listener = tokio::net::TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("ip"), PORT))
         .await
         .expect("bind the node's port");
-    let mut cfg = NodeConfig::new(id, dir);
-    cfg.advertise = Some(addr(id));
-    if id != 1 {
-        cfg.join = Some(addr(1));
-    }
+    let mut cfg = NodeConfig::new(h.id, h.dir);
+    cfg.advertise = Some(addr(h.id));
+    cfg.join = h.join.map(addr);
     // Fixed capacity, so placement does not depend on the machine the simulation runs on.
     cfg.memory_mib = Some(8 * 1024);
     cfg.disk_gib = Some(100);
-    let driver = std::sync::Arc::new(running::RecordingDriver::new(id, view));
+    let driver = std::sync::Arc::new(running::RecordingDriver::new(h.id, h.view));
     cfg.vm_driver = Some(blixard_node::backend::Injected { driver, accel: "fake".into() });
-    cfg.disk = blixard_node::datadir::Disk::Sim(disk);
-    if let Some(view) = tasks {
-        let exec = std::sync::Arc::new(tasks::FakeExecutor { node: id, view });
+    cfg.disk = blixard_node::datadir::Disk::Sim(h.disk);
+    if let Some(view) = h.tasks {
+        let exec = std::sync::Arc::new(tasks::FakeExecutor { node: h.id, view });
         cfg.task_executor = Some(blixard_node::tasks::exec::Injected(exec));
     }
-    tweak(&mut cfg);
-    let node = Node::start(cfg, listener).await.expect("node starts");
-    std::future::pending::<()>().await;
+    (h.tweak)(&mut cfg);
+    let mut node = match Node::start(cfg, listener).await {
+        Ok(n) => n,
+        Err(e) => {
+            h.reg.stop(h.id, format!("refused to start: {}", blixard_node::status::chain(&e)));
+            return;
+        }
+    };
+    let raft = node.raft.clone();
+    h.reg.lock().transfer.insert(h.id, std::sync::Arc::new(move |to| raft.transfer_leader(to)));
+    let why = match node.wait_driver().await {
+        Ok(()) => "the driver ended".to_string(),
+        Err(e) => e,
+    };
+    // The daemon exits (returning ends the simulated host's every task, as a process's exit).
+    h.reg.stop(h.id, format!("stopped: {why}"));
     drop(node);
 }
 
-/// Simulated hosts running nodes `1..=n`, and the simulator ids to cut or kill them by.
+/// Simulated hosts running the cluster's nodes, and the simulator ids to cut or kill them by.
+/// Nodes `1..=n` start it; the nemesis may add nodes (new ids, fresh hosts and disks) and remove
+/// them ([`membership`]).
 pub struct Cluster {
     pub nodes: BTreeMap<u64, NodeHandle>,
+    /// The hosts of the current nodes (a removed node's host is gone).
     pub ids: BTreeMap<u64, madsim::task::NodeId>,
     /// Which node runs which VM, at every instant (see [`running`]).
     pub view: running::Running,
     /// Which node runs which task attempt, at every instant (task scenarios only, see [`tasks`]).
     pub tasks: Option<tasks::TaskView>,
     dead: std::sync::Mutex<std::collections::BTreeSet<u64>>,
-    /// Each host's disk: what its node synced survives the host's death, what it only wrote may
-    /// not (see [`SimDisk::crash`]).
+    /// Each host's disk, every host the run had: what its node synced survives the host's
+    /// death, what it only wrote may not (see [`SimDisk::crash`]).
     pub disks: BTreeMap<u64, SimDisk>,
+    /// The current nodes, shared with the clients that route through them.
+    pub members: Members,
+    pub reg: Registry,
+    dir: PathBuf,
+    tweak: fn(&mut NodeConfig),
+}
+
+/// A set of node ids shared between the harness and its clients.
+#[derive(Clone, Debug, Default)]
+pub struct Members(std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>);
+
+impl Members {
+    pub fn of(ids: impl IntoIterator<Item = u64>) -> Members {
+        Members(std::sync::Arc::new(std::sync::Mutex::new(ids.into_iter().collect())))
+    }
+
+    pub fn get(&self) -> Vec<u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+    }
+
+    pub fn insert(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    /// The member after `id` (wrapping), for a client failing over.
+    pub fn after(&self, id: u64) -> u64 {
+        let all = self.get();
+        all.iter().copied().find(|&m| m > id).or(all.first().copied()).unwrap_or(id)
+    }
 }
 
 impl Cluster {
@@ -117,28 +220,45 @@ impl Cluster {
         tweak: fn(&mut NodeConfig),
         tasks: Option<tasks::TaskView>,
     ) -> Cluster {
-        let h = Handle::current();
-        let view = running::Running::new();
-        let mut nodes = BTreeMap::new();
-        let mut disks = BTreeMap::new();
+        let mut c = Cluster {
+            nodes: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            view: running::Running::new(),
+            tasks,
+            dead: Default::default(),
+            disks: BTreeMap::new(),
+            members: Members::default(),
+            reg: Registry::default(),
+            dir: dir.to_path_buf(),
+            tweak,
+        };
         for id in 1..=n {
-            let d = dir.join(format!("n{id}"));
-            let v = view.clone();
-            // The disk's crash choices from the run's seed (not drawn from its generator, so the
-            // schedules stay those of the seed).
-            let disk = SimDisk::new(h.seed() ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            disks.insert(id, disk.clone());
-            let t = tasks.clone();
-            let node = h
-                .create_node()
-                .name(format!("n{id}"))
-                .ip(ip(id))
-                .init(move || run_node(id, d.clone(), v.clone(), t.clone(), tweak, disk.clone()))
-                .build();
-            nodes.insert(id, node);
+            c.spawn_host(id, (id != 1).then_some(1));
         }
-        let ids = nodes.iter().map(|(k, n)| (*k, n.id())).collect();
-        Cluster { nodes, ids, view, tasks, dead: Default::default(), disks }
+        c
+    }
+
+    /// Boots a fresh host (empty disk) for node `id`, which joins through `join` (or bootstraps).
+    fn spawn_host(&mut self, id: u64, join: Option<u64>) {
+        let h = Handle::current();
+        // The disk's crash choices from the run's seed (not drawn from its generator, so the
+        // schedules stay those of the seed).
+        let disk = SimDisk::new(h.seed() ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        self.disks.insert(id, disk.clone());
+        let host = Host {
+            id,
+            dir: self.dir.join(format!("n{id}")),
+            view: self.view.clone(),
+            tasks: self.tasks.clone(),
+            tweak: self.tweak,
+            disk,
+            join,
+            reg: self.reg.clone(),
+        };
+        let node = h.create_node().name(format!("n{id}")).ip(ip(id)).init(move || run_node(host.clone())).build();
+        self.ids.insert(id, node.id());
+        self.nodes.insert(id, node);
+        self.members.insert(id);
     }
 
     pub fn size(&self) -> u64 {
@@ -153,8 +273,13 @@ impl Cluster {
     /// The host dies (its daemon and its VMs; its data dir stays, less what was not synced: any
     /// subset of those writes POSIX allows, page by page).
     pub fn kill(&self, id: u64) {
+        self.kill_with(id, Crash::Pages);
+    }
+
+    /// The same, the disk losing its unsynced writes as `how` says.
+    pub fn kill_with(&self, id: u64, how: Crash) {
         Handle::current().kill(self.ids[&id]);
-        self.disks[&id].crash(Crash::Pages);
+        self.disks[&id].crash(how);
         self.view.host_died(id);
         if let Some(t) = &self.tasks {
             t.host_died(id);
@@ -170,15 +295,10 @@ impl Cluster {
     /// Starts the daemon again from its data dir.
     /// (A running host is killed first: its VMs die with it.)
     pub fn restart(&self, id: u64) {
-        let was_dead = self.dead.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        if !was_dead {
-            Handle::current().kill(self.ids[&id]);
-            self.disks[&id].crash(Crash::Pages);
-            self.view.host_died(id);
-            if let Some(t) = &self.tasks {
-                t.host_died(id);
-            }
+        if !self.dead().contains(&id) {
+            self.kill(id);
         }
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         Handle::current().restart(self.ids[&id]);
     }
 
@@ -307,7 +427,7 @@ pub async fn wait_formed(via: u64, n: usize) -> u64 {
 /// of a write the client has since seen answered and followed with others.
 pub struct Client {
     session: ClientSession,
-    nodes: u64,
+    nodes: Members,
     /// Attempts the last write took.
     pub attempts: u32,
 }
@@ -325,6 +445,10 @@ pub enum Write<'a> {
     VmStart(&'a str),
     VmStop(&'a str),
     VmDelete(&'a str),
+    /// Removes node `.0` from the cluster (`blixard cluster leave`).
+    Leave(u64),
+    /// Drains node `.0`: its VMs move off, each started elsewhere once stopped there.
+    Drain(u64),
     /// A task of the fake executor (see [`tasks::work`]): its submit index once acknowledged.
     Task(&'a blixard_core::TaskSpec),
 }
@@ -333,6 +457,11 @@ impl Client {
     /// `id` must differ between clients (it is the session's client id); the cluster has
     /// nodes `1..=nodes`.
     pub fn new(id: u128, nodes: u64) -> Client {
+        Client::over(id, Members::of(1..=nodes))
+    }
+
+    /// The same, failing over between the nodes `nodes` holds at the time.
+    pub fn over(id: u128, nodes: Members) -> Client {
         Client { session: ClientSession::new(id), nodes, attempts: 0 }
     }
 
@@ -395,6 +524,17 @@ impl Client {
                             .await
                             .map(|r| blixard_core::task::parse_id(&r.into_inner().id).unwrap_or(0))
                     }
+                    Write::Leave(id) => {
+                        let mut req = tonic::Request::new(LeaveRequest { node_id: *id });
+                        rpc::set_session(req.metadata_mut(), &s);
+                        ClusterServiceClient::new(ch).leave(req).await.map(|r| r.into_inner().index)
+                    }
+                    Write::Drain(id) => {
+                        let d = DrainRequest { id: *id, deadline_ms: 20_000, parallel: 4, cancel: false };
+                        let mut req = tonic::Request::new(d);
+                        rpc::set_session(req.metadata_mut(), &s);
+                        NodeServiceClient::new(ch).drain(req).await.map(|_| 0)
+                    }
                     Write::VmDelete(name) => {
                         let mut req = tonic::Request::new(DeleteVmRequest { name: name.to_string() });
                         rpc::set_session(req.metadata_mut(), &s);
@@ -420,7 +560,7 @@ impl Client {
             if tokio::time::Instant::now() >= end {
                 break Err(err);
             }
-            via = via % self.nodes + 1;
+            via = self.nodes.after(via);
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         self.session.end(s.seq);
@@ -447,7 +587,7 @@ impl Client {
             if tokio::time::Instant::now() >= end {
                 return Err(err);
             }
-            via = via % self.nodes + 1;
+            via = self.nodes.after(via);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

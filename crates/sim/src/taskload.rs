@@ -14,7 +14,8 @@ use blixard_proto::v1::task_service_client::TaskServiceClient;
 use blixard_proto::v1::{ListTasksRequest, ReadOptions, TaskIdRequest};
 use madsim::rand::{thread_rng, Rng};
 
-use crate::chaos::{heal_everything, nemesis, NODES};
+use crate::chaos::NODES;
+use crate::nemesis::{heal_everything, nemesis, Faults};
 use crate::tasks::{work, TaskView};
 use crate::{channel, wait_formed, Client, Cluster, Write};
 
@@ -134,7 +135,7 @@ async fn settle(cluster: &Cluster) -> Result<BTreeMap<u64, BTreeMap<u64, TaskFin
 
 /// One run with `seed`'s schedule.
 pub async fn scenario(dir: std::path::PathBuf) -> Outcome {
-    let cluster = Cluster::start_with_tasks(NODES, &dir);
+    let mut cluster = Cluster::start_with_tasks(NODES, &dir);
     let view = cluster.tasks.clone().expect("a task view");
     let host = cluster.client_host();
     host.spawn(async move {
@@ -145,7 +146,7 @@ pub async fn scenario(dir: std::path::PathBuf) -> Outcome {
         let stop = Arc::new(AtomicBool::new(false));
         let t0 = tokio::time::Instant::now();
         let clients: Vec<_> = (1..=NODES).map(|c| tokio::spawn(client(c, stop.clone(), t0))).collect();
-        nemesis(&cluster, &mut history, t0).await;
+        nemesis(&mut cluster, &mut history, t0, Faults::Classic).await;
         stop.store(true, Ordering::Relaxed);
         heal_everything(&cluster);
         let mut acked = BTreeMap::new();

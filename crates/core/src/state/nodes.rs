@@ -231,13 +231,7 @@ pub fn drain_done_if_empty(store: &mut impl Store, id: NodeId) -> Result<(), Sto
 /// A member left: its record and slot go (the last node takes the slot), and its VMs move.
 pub fn remove(store: &mut impl Store, index: u64, now: u64, id: NodeId) -> Result<(), StoreError> {
     let Some(n) = get(store, id)? else { return Ok(()) };
-    for name in vms::on_node(store, id)? {
-        vms::node_lost(store, index, now, &name, id, true)?;
-    }
-    for name in vms::handing_off_from(store, id)? {
-        let _ = vms::handoff(store, index, now, &name, id)?;
-    }
-    tasks::node_lost(store, index, now, id)?;
+    // Its capacity row goes first: while its VMs and tasks move, it is no candidate for them.
     let last = count(store)?.saturating_sub(1);
     if n.slot != last {
         if let Some(moved) = store.get(Table::NodeSlots, &last.to_be_bytes())? {
@@ -253,7 +247,13 @@ pub fn remove(store: &mut impl Store, index: u64, now: u64, id: NodeId) -> Resul
     store.delete(Table::NodeSlots, &last.to_be_bytes())?;
     set_count(store, last)?;
     store.delete(Table::Nodes, &id.to_be_bytes())?;
-    Ok(())
+    for name in vms::on_node(store, id)? {
+        vms::node_lost(store, index, now, &name, id, true)?;
+    }
+    for name in vms::handing_off_from(store, id)? {
+        let _ = vms::handoff(store, index, now, &name, id)?;
+    }
+    tasks::node_lost(store, index, now, id)
 }
 
 /// After a restore: no node is known yet; every VM waits to be placed again.

@@ -144,6 +144,27 @@ fn a_node_that_leaves_loses_its_capacity_row_and_its_vms_move() {
     );
 }
 
+/// Found by the random fault schedules (seed 3 of `s42_converged`): a VM of a node that left
+/// was "moved" to that very node (it was still a placement candidate while its VMs moved), so
+/// it never ran again.
+#[test]
+fn the_vms_of_a_node_that_leaves_never_move_to_that_node() {
+    let mut s = member_node(1, 8, 4096);
+    add_node(&mut s, 2, 8, 4096);
+    add_node(&mut s, 3, 8, 4096);
+    let names: Vec<String> = (0..8).map(|i| format!("vm{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let c = Command::VmCreate { spec: spec(n, 64), node: Some(3), start: true, queue: false };
+        run(&mut s, 4 + i as u64, c).unwrap();
+    }
+    nodes::remove(&mut s, 20, 5_000, 3).unwrap();
+    for n in &names {
+        let v = get(&s, n);
+        assert!(matches!(v.node, Some(1 | 2)), "{n} is on {:?}: {:?}", v.node, events(&s, n));
+    }
+    assert_eq!(used(&s, 1) + used(&s, 2), 8 * 64);
+}
+
 #[test]
 fn hard_anti_affinity_leaves_the_third_of_a_group_pending_with_the_reason() {
     let mut s = member_node(1, 8, 4096);
