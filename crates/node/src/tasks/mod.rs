@@ -256,11 +256,16 @@ impl Runner {
         let now = Instant::now();
         self.hold.retain(|_, until| *until > now);
         let open = self.open()?;
+        // Starting needs the lease and what the leader had committed when it granted it applied
+        // here; what runs is stopped only when the lease runs out (a node behind the leader's
+        // commit, as any busy one is for moments, once fenced every attempt it ran, and each
+        // ended `cancelled`).
         let lease_ok = self.lease.valid(self.raft.status().applied);
+        let held = self.lease.held();
         let current: BTreeMap<Key, &TaskRecord> =
             open.iter().filter_map(|t| t.current().map(|a| ((t.submit_index, a.id), t))).collect();
         for (key, stop) in &self.running {
-            if !lease_ok || !current.contains_key(key) {
+            if !held || !current.contains_key(key) {
                 stop.send_if_modified(|s| std::mem::replace(s, Stop::Fence) != Stop::Fence);
             } else if current[key].cancel_requested {
                 stop.send_if_modified(|s| std::mem::replace(s, Stop::Cancel) == Stop::Run);
