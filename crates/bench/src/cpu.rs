@@ -30,14 +30,23 @@ fn machine_busy() -> Option<u64> {
     Some(f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum())
 }
 
-/// Busy clock ticks (user + system) of process `pid` ("self" for this one); 0 when gone.
+/// utime + stime of `pid` ("self" for this one), in clock ticks, with those of the children it
+/// waited for (cutime + cstime: the processes it started, such as task attempts, are its work,
+/// not interference); 0 when gone.
 pub fn process_busy(pid: &str) -> u64 {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    // Fields after the ")" closing the command name: state is field 3, utime 14, stime 15.
+    // Fields after the ")" closing the command name: state is field 3, utime 14, stime 15,
+    // cutime 16, cstime 17.
     let Some((_, rest)) = s.rsplit_once(')') else { return 0 };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
+    n(11) + n(12) + n(13) + n(14)
+}
+
+/// CPU seconds used so far by `pids` and the children they waited for.
+pub fn servers_cpu_secs(pids: &[i32]) -> f64 {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    pids.iter().map(|p| process_busy(&p.to_string())).sum::<u64>() as f64 / ticks.max(1.0)
 }
 
 impl CpuSample {

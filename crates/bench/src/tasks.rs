@@ -3,7 +3,11 @@
 //! took it, every `poll`) until it is `succeeded`, then submitting the next. Per submitter
 //! count: tasks completed per second in the measured window, and submit → succeeded latency
 //! as the client saw it (p50/p99) and as the cluster recorded it (finished − submitted, which
-//! the polling does not round up). `spawn` is the anchor: the raw cost of starting `true` and
+//! the polling does not round up), split at the attempt's recorded start (submitted → started:
+//! placement, the runner noticing it and its `started` report; started → finished: the process
+//! with its cgroup, and the `finished` report). With `--server-pids`, the CPU the servers (and
+//! the processes they started) used per task, and the cores the rest of the machine used in the
+//! window. `spawn` is the anchor: the raw cost of starting `true` and
 //! waiting for it on this machine, one at a time.
 
 use std::time::{Duration, Instant};
@@ -31,6 +35,10 @@ pub struct TasksArgs {
     /// How often a submitter asks whether its task is done.
     #[arg(long, value_parser = crate::parse_duration, default_value = "2ms")]
     poll: Duration,
+    /// Pids of the servers under test (comma-separated): their CPU (with their children's) per
+    /// task is reported, and is not counted as other load.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<i32>,
     #[arg(long)]
     json: bool,
 }
@@ -52,6 +60,17 @@ pub struct Case {
     /// finished − submitted as the cluster recorded them.
     pub recorded_p50_ms: f64,
     pub recorded_p99_ms: f64,
+    /// submitted → the attempt's `started` applied, as recorded.
+    pub to_started_p50_ms: f64,
+    pub to_started_p99_ms: f64,
+    /// the attempt's `started` → `finished` applied, as recorded.
+    pub to_finished_p50_ms: f64,
+    pub to_finished_p99_ms: f64,
+    /// CPU milliseconds the servers and their children used per completed task (whole case,
+    /// warm-up included, over the tasks completed in it); absent without `--server-pids`.
+    pub server_cpu_ms_per_task: Option<f64>,
+    /// Cores used by other processes than the servers and this benchmark during the case.
+    pub other_cores: Option<f64>,
     pub errors: u64,
 }
 
@@ -70,6 +89,8 @@ fn spec() -> TaskSpec {
 struct Done {
     client_us: u64,
     recorded_us: u64,
+    to_started_us: u64,
+    to_finished_us: u64,
     at: Instant,
 }
 
@@ -86,9 +107,16 @@ async fn one(c: &mut TaskServiceClient<Channel>, s: &mut ClientSession, poll: Du
         let got = c.get_task(req).await.context("get")?.into_inner();
         match got.state.as_str() {
             "succeeded" => {
-                let recorded = got.finished_ms.unwrap_or(got.submitted_ms).saturating_sub(got.submitted_ms);
+                let finished = got.finished_ms.unwrap_or(got.submitted_ms);
+                let started = got.attempts.last().and_then(|a| a.started_ms).unwrap_or(got.submitted_ms);
                 let at = Instant::now();
-                return Ok(Done { client_us: (at - t0).as_micros() as u64, recorded_us: recorded * 1000, at });
+                return Ok(Done {
+                    client_us: (at - t0).as_micros() as u64,
+                    recorded_us: finished.saturating_sub(got.submitted_ms) * 1000,
+                    to_started_us: started.saturating_sub(got.submitted_ms) * 1000,
+                    to_finished_us: finished.saturating_sub(started) * 1000,
+                    at,
+                });
             }
             "failed" | "timed_out" | "cancelled" | "lost" => bail!("task {} ended {}", t.id, got.state),
             _ => tokio::time::sleep(poll).await,
@@ -98,6 +126,7 @@ async fn one(c: &mut TaskServiceClient<Channel>, s: &mut ClientSession, poll: Du
 
 async fn case(a: &TasksArgs, chans: &[Channel], n: usize) -> anyhow::Result<Case> {
     let start = Instant::now();
+    let (cpu0, machine) = (crate::cpu::servers_cpu_secs(&a.server_pids), crate::cpu::CpuSample::take(&a.server_pids));
     let from = start + a.warmup;
     let until = from + a.duration;
     let mut handles = Vec::new();
@@ -106,28 +135,43 @@ async fn case(a: &TasksArgs, chans: &[Channel], n: usize) -> anyhow::Result<Case
         let poll = a.poll;
         handles.push(tokio::spawn(async move {
             let mut s = ClientSession::new(rand::random::<u128>());
-            let (mut done, mut errors) = (Vec::new(), 0u64);
+            let (mut done, mut errors, mut first) = (Vec::new(), 0u64, None);
             while Instant::now() < until {
                 match one(&mut c, &mut s, poll).await {
                     Ok(d) => done.push(d),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        errors += 1;
+                        first.get_or_insert_with(|| format!("{e:#}"));
+                    }
                 }
             }
-            (done, errors)
+            (done, errors, first)
         }));
     }
     let mut client = Histogram::<u64>::new(3)?;
     let mut recorded = Histogram::<u64>::new(3)?;
-    let (mut tasks, mut errors) = (0u64, 0u64);
+    let mut to_started = Histogram::<u64>::new(3)?;
+    let mut to_finished = Histogram::<u64>::new(3)?;
+    let (mut tasks, mut all, mut errors) = (0u64, 0u64, 0u64);
     for h in handles {
-        let (done, e) = h.await?;
+        let (done, e, first) = h.await?;
         errors += e;
+        if let Some(first) = first {
+            eprintln!("tasks: {n} submitters: an error: {first}");
+        }
+        all += done.len() as u64;
         for d in done.into_iter().filter(|d| d.at >= from && d.at <= until) {
             tasks += 1;
             client.record(d.client_us.max(1))?;
             recorded.record(d.recorded_us.max(1))?;
+            to_started.record(d.to_started_us.max(1))?;
+            to_finished.record(d.to_finished_us.max(1))?;
         }
     }
+    let pids = &a.server_pids;
+    let cpu = crate::cpu::servers_cpu_secs(pids) - cpu0;
+    let server_cpu_ms_per_task = (!pids.is_empty() && all > 0).then(|| cpu * 1000.0 / all as f64);
+    let other_cores = machine.and_then(|m| m.since(pids)).map(|c| c.1).filter(|_| !pids.is_empty());
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(Case {
         submitters: n,
@@ -137,6 +181,12 @@ async fn case(a: &TasksArgs, chans: &[Channel], n: usize) -> anyhow::Result<Case
         p99_ms: ms(&client, 0.99),
         recorded_p50_ms: ms(&recorded, 0.5),
         recorded_p99_ms: ms(&recorded, 0.99),
+        to_started_p50_ms: ms(&to_started, 0.5),
+        to_started_p99_ms: ms(&to_started, 0.99),
+        to_finished_p50_ms: ms(&to_finished, 0.5),
+        to_finished_p99_ms: ms(&to_finished, 0.99),
+        server_cpu_ms_per_task,
+        other_cores,
         errors,
     })
 }
@@ -153,9 +203,13 @@ pub async fn run(a: TasksArgs) -> anyhow::Result<()> {
         eprintln!("tasks: {n} submitters, {:?} warm-up + {:?} ...", a.warmup, a.duration);
         let c = case(&a, &chans, n).await?;
         eprintln!(
-            "tasks: {n} submitters: {:.0} tasks/s, submit → succeeded p50 {:.1} ms, p99 {:.1} ms (recorded p50 {:.1}, p99 {:.1}), {} errors",
-            c.tasks_per_sec, c.p50_ms, c.p99_ms, c.recorded_p50_ms, c.recorded_p99_ms, c.errors
+            "tasks: {n} submitters: {:.0} tasks/s, submit → succeeded p50 {:.1} ms, p99 {:.1} ms (recorded p50 {:.1}, p99 {:.1}; to started {:.1} / {:.1}, started to finished {:.1} / {:.1}), {} errors",
+            c.tasks_per_sec, c.p50_ms, c.p99_ms, c.recorded_p50_ms, c.recorded_p99_ms,
+            c.to_started_p50_ms, c.to_started_p99_ms, c.to_finished_p50_ms, c.to_finished_p99_ms, c.errors
         );
+        if let (Some(cpu), Some(other)) = (c.server_cpu_ms_per_task, c.other_cores) {
+            eprintln!("tasks: {n} submitters: servers' CPU {cpu:.2} ms per task; other load {other:.2} cores");
+        }
         out.push(c);
     }
     if a.json {

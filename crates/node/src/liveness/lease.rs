@@ -81,6 +81,14 @@ impl Lease {
         s.granted && s.until.is_some_and(|u| Instant::now() < u) && applied >= s.commit
     }
 
+    /// Whether the lease has not run out: what runs here may go on running (the fencing
+    /// watchdog's rule). Unlike [`Lease::valid`], it does not wait for this node to apply what the
+    /// leader had committed when it last answered: a busy node is always a little behind, and
+    /// that is no reason to kill anything.
+    pub fn held(&self) -> bool {
+        self.lock().until.is_some_and(|u| Instant::now() < u)
+    }
+
     /// Fencing killed `vm`.
     pub fn note_fenced(&self, vm: &blixard_vmm::Instance) {
         self.fenced.lock().unwrap_or_else(|e| e.into_inner()).insert(vm.clone());
@@ -177,5 +185,16 @@ mod tests {
         l.grant(sent + Duration::from_millis(100), 4, 70);
         assert_eq!(l.until(), Some(sent + Duration::from_millis(500)));
         assert!(!l.valid(60));
+    }
+
+    #[test]
+    fn a_lease_whose_commit_is_not_applied_yet_is_held_and_one_run_out_is_not() {
+        let l = Lease::new(timing());
+        l.grant(Instant::now(), 3, 50);
+        assert!(!l.valid(49) && l.held(), "behind the leader's commit: nothing starts, nothing is killed");
+        let l = Lease::new(Timing { fence_after: Duration::ZERO, ..timing() });
+        assert!(!l.held(), "no grace");
+        l.grant(Instant::now() - Duration::from_secs(1), 3, 50);
+        assert!(!l.held() && !l.valid(50), "answered too long ago: run out");
     }
 }

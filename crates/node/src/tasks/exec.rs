@@ -160,7 +160,7 @@ fn signal_group(pgid: u32, sig: rustix::process::Signal) {
 /// reused id never names another process.
 #[cfg(not(madsim))]
 pub fn live_group(dir: &std::path::Path) -> Option<u32> {
-    let pgid = std::fs::read_to_string(dir.join("pgid")).ok()?.trim().parse::<u32>().ok().filter(|p| *p > 1)?;
+    let pgid = std::fs::read_to_string(dir.join(PGID_FILE)).ok()?.trim().parse::<u32>().ok().filter(|p| *p > 1)?;
     let cwd = std::fs::read_link(format!("/proc/{pgid}/cwd")).ok()?;
     let work = std::fs::canonicalize(dir.join("work")).ok()?;
     cwd.starts_with(&work).then_some(pgid)
@@ -185,7 +185,7 @@ pub fn kill_leftover(dir: &std::path::Path) -> bool {
     if let Some(cg) = attempt_cgroup(dir) {
         killed |= super::limits::kill(&cg);
         super::limits::remove(&cg);
-        let _ = std::fs::remove_file(dir.join(CGROUP_FILE));
+        forget(&dir.join(CGROUP_FILE));
     }
     killed
 }
@@ -203,6 +203,52 @@ pub fn live_attempts(tasks_dir: &std::path::Path) -> Vec<PathBuf> {
 
 /// The file in an attempt's directory naming its cgroup (see [`super::limits::Cgroup`]).
 pub const CGROUP_FILE: &str = "cgroup";
+/// The file in an attempt's directory holding its process group id while it runs.
+pub const PGID_FILE: &str = "pgid";
+
+/// Makes the attempt's working directory and, under a cgroup plan, its cgroup with the task's
+/// limits, recorded in the attempt's [`CGROUP_FILE`] before any process exists (so a daemon
+/// restarted after any crash finds it). One trip to the blocking pool per attempt.
+#[cfg(not(madsim))]
+fn set_up(
+    plan: &Plan,
+    dir: &std::path::Path,
+    vcpus: u32,
+    memory_mib: u32,
+) -> Result<Option<super::limits::Cgroup>, String> {
+    use super::limits;
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    if !matches!(plan, Plan::V1 { .. } | Plan::V2 { .. }) {
+        return Ok(None);
+    }
+    let cg = limits::create(plan, &limits::leaf_name(dir), vcpus, memory_mib)
+        .map_err(|e| format!("cannot set up its cgroup: {e}"))?;
+    if let Err(e) = std::fs::write(dir.join(CGROUP_FILE), cg.to_file()) {
+        limits::remove(&cg);
+        return Err(format!("cannot record its cgroup: {e}"));
+    }
+    Ok(Some(cg))
+}
+
+/// Empties and removes the attempt's cgroup, if any, and forgets the file naming it.
+#[cfg(not(madsim))]
+fn tear_down(cg: Option<super::limits::Cgroup>, dir: &std::path::Path) {
+    if let Some(cg) = cg {
+        super::limits::remove(&cg);
+        forget(&dir.join(CGROUP_FILE));
+    }
+}
+
+/// Empties `file` where it exists: an empty [`CGROUP_FILE`] or [`PGID_FILE`] names nothing.
+/// Emptied rather than removed: ext4 without a journal passes over every inode deleted in the
+/// last 5–10 s when it allocates one, reading each from disk, so two files unlinked per attempt
+/// made every file the next attempts create cost more the faster attempts ran (a fifth of the
+/// daemons' CPU at ~100 tasks/s on such a host).
+#[cfg(not(madsim))]
+fn forget(file: &std::path::Path) {
+    let _ = std::fs::OpenOptions::new().write(true).truncate(true).open(file);
+}
 
 /// Makes the child join its cgroup (writing itself into each `cgroup.procs`) and take its
 /// rlimit before it execs the task's program, so nothing it runs escapes them.
@@ -253,31 +299,16 @@ impl ProcessExecutor {
         use std::process::Stdio;
 
         use super::limits;
+        let t0 = tokio::time::Instant::now();
         let work = job.dir.join("work");
-        if let Err(e) = tokio::fs::create_dir_all(&work).await {
-            return start_failed(format!("cannot create {}: {e}", work.display()));
-        }
         let spec = &job.spec;
-        let cgroup = match &self.limits {
-            Plan::V1 { .. } | Plan::V2 { .. } => {
-                let (plan, name, vcpus, mem) =
-                    (self.limits.clone(), limits::leaf_name(&job.dir), spec.vcpus, spec.memory_mib);
-                match blocking(move || limits::create(&plan, &name, vcpus, mem)).await {
-                    Some(Ok(cg)) => Some(cg),
-                    Some(Err(e)) => return start_failed(format!("cannot set up its cgroup: {e}")),
-                    None => return start_failed("cannot set up its cgroup".into()),
-                }
-            }
-            Plan::None | Plan::Rlimit => None,
+        let (plan, dir, vcpus, mem) = (self.limits.clone(), job.dir.clone(), spec.vcpus, spec.memory_mib);
+        let cgroup = match blocking(move || set_up(&plan, &dir, vcpus, mem)).await {
+            Some(Ok(cg)) => cg,
+            Some(Err(e)) => return start_failed(e),
+            None => return start_failed("cannot set up its directory and cgroup".into()),
         };
-        if let Some(cg) = &cgroup {
-            // Written before the child exists: a daemon restarted after any crash finds it.
-            if let Err(e) = tokio::fs::write(job.dir.join(CGROUP_FILE), cg.to_file()).await {
-                let cg = cg.clone();
-                blocking(move || limits::remove(&cg)).await;
-                return start_failed(format!("cannot record its cgroup: {e}"));
-            }
-        }
+        let t_setup = t0.elapsed();
         let mut cmd = tokio::process::Command::new(&spec.command);
         cmd.args(&spec.args)
             .env_clear()
@@ -301,15 +332,14 @@ impl ProcessExecutor {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                if let Some(cg) = cgroup.clone() {
-                    blocking(move || limits::remove(&cg)).await;
-                    let _ = tokio::fs::remove_file(job.dir.join(CGROUP_FILE)).await;
-                }
+                let dir = job.dir.clone();
+                blocking(move || tear_down(cgroup, &dir)).await;
                 return start_failed(format!("cannot start {:?}: {e}", spec.command));
             }
         };
+        let t_spawned = t0.elapsed();
         let pgid = child.id().unwrap_or(0);
-        let _ = tokio::fs::write(job.dir.join("pgid"), pgid.to_string()).await;
+        let _ = tokio::fs::write(job.dir.join(PGID_FILE), pgid.to_string()).await;
         let out = child.stdout.take().map(|o| tokio::spawn(copy_bounded(o, job.dir.join("stdout"), self.output_limit)));
         let err = child.stderr.take().map(|e| tokio::spawn(copy_bounded(e, job.dir.join("stderr"), self.output_limit)));
         let timeout = tokio::time::sleep(Duration::from_millis(spec.timeout_ms));
@@ -387,12 +417,14 @@ impl ProcessExecutor {
         }
         // Whatever the task left behind in its group or its cgroup ends with it (and lets go of
         // the pipes); then its cgroup goes.
+        let t_ended = t0.elapsed();
         signal_group(pgid, rustix::process::Signal::KILL);
-        if let Some(cg) = cgroup.clone() {
-            blocking(move || limits::remove(&cg)).await;
-            let _ = tokio::fs::remove_file(job.dir.join(CGROUP_FILE)).await;
-        }
-        let _ = tokio::fs::remove_file(job.dir.join("pgid")).await;
+        let dir = job.dir.clone();
+        blocking(move || {
+            tear_down(cgroup, &dir);
+            forget(&dir.join(PGID_FILE));
+        })
+        .await;
         let tail = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
             match h {
                 Some(h) => {
@@ -403,6 +435,14 @@ impl ProcessExecutor {
         };
         let stdout_tail = tail(out).await;
         let stderr_tail = tail(err).await;
+        tracing::debug!(
+            dir = %job.dir.display(),
+            set_up_us = t_setup.as_micros() as u64,
+            spawned_us = t_spawned.as_micros() as u64,
+            ended_us = t_ended.as_micros() as u64,
+            done_us = t0.elapsed().as_micros() as u64,
+            "attempt stages"
+        );
         Finished { result, stdout_tail, stderr_tail }
     }
 }
