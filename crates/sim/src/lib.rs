@@ -103,12 +103,18 @@ impl Cluster {
 
     /// The same, with every node's configuration changed by `tweak` first.
     pub fn start_with(n: u64, dir: &std::path::Path, tweak: fn(&mut NodeConfig)) -> Cluster {
-        Cluster::start_full(n, dir, tweak, None)
+        Cluster::start_full(n, dir, tweak, None, None)
+    }
+
+    /// The same, but node `n` (the last) first boots `late_by` after the others (a restart of it
+    /// later is immediate): it joins and registers long after the leader was elected.
+    pub fn start_late(n: u64, dir: &std::path::Path, late_by: Duration) -> Cluster {
+        Cluster::start_full(n, dir, |_| {}, None, Some((n, late_by)))
     }
 
     /// The same, every node running task attempts with the fake executor (see [`tasks`]).
     pub fn start_with_tasks(n: u64, dir: &std::path::Path) -> Cluster {
-        Cluster::start_full(n, dir, |_| {}, Some(tasks::TaskView::new()))
+        Cluster::start_full(n, dir, |_| {}, Some(tasks::TaskView::new()), None)
     }
 
     fn start_full(
@@ -116,6 +122,7 @@ impl Cluster {
         dir: &std::path::Path,
         tweak: fn(&mut NodeConfig),
         tasks: Option<tasks::TaskView>,
+        late: Option<(u64, Duration)>,
     ) -> Cluster {
         let h = Handle::current();
         let view = running::Running::new();
@@ -129,11 +136,22 @@ impl Cluster {
             let disk = SimDisk::new(h.seed() ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             disks.insert(id, disk.clone());
             let t = tasks.clone();
+            // Only the first boot waits.
+            let wait = std::sync::Arc::new(std::sync::Mutex::new(late.filter(|(l, _)| *l == id).map(|(_, d)| d)));
             let node = h
                 .create_node()
                 .name(format!("n{id}"))
                 .ip(ip(id))
-                .init(move || run_node(id, d.clone(), v.clone(), t.clone(), tweak, disk.clone()))
+                .init(move || {
+                    let (d, v, t, disk) = (d.clone(), v.clone(), t.clone(), disk.clone());
+                    let wait = wait.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    async move {
+                        if let Some(w) = wait {
+                            tokio::time::sleep(w).await;
+                        }
+                        run_node(id, d, v, t, tweak, disk).await
+                    }
+                })
                 .build();
             nodes.insert(id, node);
         }
