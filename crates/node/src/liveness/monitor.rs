@@ -30,6 +30,16 @@ pub struct Monitor {
     inner: Mutex<Inner>,
 }
 
+/// When `id` was last heard in the leadership that began at `since`.
+fn heard_in(since: Instant, last: &BTreeMap<NodeId, Instant>, id: NodeId) -> Option<Instant> {
+    last.get(&id).copied().filter(|t| *t >= since)
+}
+
+/// When the leadership that began at `since` first saw `id` registered (`since` at the earliest).
+fn first_seen(since: Instant, seen: &BTreeMap<NodeId, Instant>, id: NodeId) -> Instant {
+    seen.get(&id).map_or(since, |s| (*s).max(since))
+}
+
 /// The transitions due at `now`: a ready node silent past `down_after` (counted from its last
 /// heartbeat, or, when none came in this leadership, from the later of `since` and when this
 /// leadership first saw it registered, `seen`) goes down; a down node heard within `down_after`
@@ -51,9 +61,8 @@ pub fn transitions(
             }
             continue;
         }
-        let heard = last.get(&id).copied().filter(|t| *t >= since);
-        let from = seen.get(&id).map_or(since, |s| (*s).max(since));
-        let silent = now.saturating_duration_since(heard.unwrap_or(from));
+        let heard = heard_in(since, last, id);
+        let silent = now.saturating_duration_since(heard.unwrap_or_else(|| first_seen(since, seen, id)));
         match state {
             NodeState::Ready if silent > down_after => out.push((id, NodeState::Down)),
             NodeState::Down if heard.is_some() && silent <= down_after => out.push((id, NodeState::Ready)),
@@ -86,10 +95,12 @@ impl Monitor {
         true
     }
 
-    /// How long ago the leader heard from `id` (only on the leader).
+    /// How long ago the leader heard from `id` (only on the leader); for a node not heard yet,
+    /// how long its clock has run (as [`transitions`] counts it).
     pub fn age(&self, id: NodeId) -> Option<Duration> {
         let i = self.lock();
-        (i.term != 0).then(|| i.last.get(&id).copied().or(i.since)).flatten().map(|t| t.elapsed())
+        let since = i.since.filter(|_| i.term != 0)?;
+        Some(heard_in(since, &i.last, id).unwrap_or_else(|| first_seen(since, &i.seen, id)).elapsed())
     }
 
     /// Follows leadership and proposes transitions, for as long as the node runs.
