@@ -10,7 +10,7 @@ use std::time::Duration;
 use blixard_sim::vmload::node_states;
 use blixard_sim::*;
 
-/// Node 3 boots this long after the others (the down timeout is 2 s).
+/// Node 3 boots this long after the others (the down timeout is 3 s).
 const LATE_BY: Duration = Duration::from_secs(6);
 /// How long after node 3 is first seen registered the states are watched (more than the down
 /// timeout, so a node judged from the election would have been declared down by then).

@@ -1,16 +1,16 @@
 //! Node liveness and fencing: how the cluster notices a dead node, and why a VM never runs on
 //! two nodes at once when it moves the dead node's VMs elsewhere.
 //!
-//! **Heartbeats.** Every node sends the leader a heartbeat every `heartbeat` (250 ms). They are
+//! **Heartbeats.** Every node sends the leader a heartbeat every `heartbeat` (500 ms). They are
 //! not Raft writes: the leader ([`monitor::Monitor`]) keeps, in memory, when it last received
 //! one from each node, and proposes only transitions through Raft — `ready → down` when a node
-//! was silent for `down_after` (2 s), `down → ready` when it is heard again. A node that becomes
+//! was silent for `down_after` (3 s), `down → ready` when it is heard again. A node that becomes
 //! leader first gives every node a full `down_after` from that moment, and a node that registers
 //! later a full `down_after` from when the leader first sees it registered.
 //!
 //! **Leases and fencing.** A node holds a lease ([`lease::Lease`]) while the leader answers its
 //! heartbeats: an answer to the heartbeat *sent* at `s` (the node's monotonic clock) extends the
-//! lease to `s + fence_after` (1.2 s). When the lease runs out, the node fences itself: it kills
+//! lease to `s + fence_after` (2 s). When the lease runs out, the node fences itself: it kills
 //! every VM it runs ([`fence`]) and starts none until it holds a lease again, and then only
 //! once it has applied the log as far as the leader had committed when it answered — so it has
 //! seen every VM moved away from it before it may start any.
@@ -20,7 +20,7 @@
 //! `r ≥ s`. The node is fenced from `s + fence_after·(1+ρ)` on in real time (its clock may run
 //! slow by at most a rate ρ), the leader declares it down at `r + down_after·(1−ρ)` at the
 //! earliest, and a replacement can start only after that declaration is committed and applied.
-//! With `fence_after·(1+ρ) < down_after·(1−ρ)` — 1.2 s against 2 s leaves room for ρ up to 25 %,
+//! With `fence_after·(1+ρ) < down_after·(1−ρ)` — 2 s against 3 s leaves room for ρ up to 20 %,
 //! far beyond real clock drift (parts per million) — the node has killed the VM before its
 //! replacement may start. Only monotonic clocks are used; wall clocks may be skewed at will.
 //!
@@ -31,23 +31,18 @@
 //! check-quorum), the new one is elected at least one election timeout after the followers last
 //! heard from the old one, and a node rejects answers from a term older than the newest it
 //! knows. With election timeouts of 200–400 ms, the old leader's last answer comes at most
-//! ~0.4 s after `e`, so leases end by `e + 1.6 s`, before `e + 2 s`.
-//!
-//! **Why these defaults** (250 ms / 1.2 s / 2 s; they were 500 ms / 2 s / 3 s). The down timeout
-//! is most of the time a dead host's VMs take to run elsewhere, so it is as short as the two
-//! rules above allow with margins: the fence time is 0.8 s below it (room for ρ = 25 % and for
-//! the 0.4 s of a leader change), and a lease survives 4 heartbeats in a row lost or slow
-//! (1.2 s / 250 ms; each heartbeat is answered within `fence_after` of its sending to count,
-//! not within one period). Shorter still, a loaded host — a leader stalled for a second — would
-//! fence healthy nodes (their VMs killed) and mark them down; a 3-node cluster on a 2-core
-//! machine under full build load showed no fencing and no false down with these values (see
-//! README). [`Timing::validate`] keeps any configured timing inside the rules.
+//! ~0.4 s after `e`, so leases end by `e + 2.4 s`, before `e + 3 s`.
 //!
 //! *A daemon that dies* cannot fence, and its QEMUs (in process groups of their own, so that a
 //! restarted daemon can adopt them) would run on: the watchdog process ([`watchdog`],
 //! `blixard fence-watch`) reads the lease's deadline the daemon writes to `<data-dir>/lease`
 //! and kills them when it passes — on the same monotonic clock, so the argument above holds
 //! for it too, give or take its 100 ms poll.
+//!
+//! *Lower defaults* (250 ms / 1.2 s / 2 s: the down timeout is most of a dead host's VM move
+//! time) satisfy both rules above, and a 3-node cluster under heavy load showed no false down
+//! or fencing with them; but the task simulation (s47, seeds 2 and 3) then finds a task attempt
+//! running on two nodes at once, so they are not the default until that is understood.
 //!
 //! The simulation checks the result: at no instant do two nodes run one VM
 //! (`crates/sim`, with the fake driver's global view).
@@ -68,10 +63,10 @@ pub struct Timing {
     pub down_after: Duration,
 }
 
-/// The defaults, in ms (`blixard node`'s flags use them too; see the module doc for why).
-pub const DEFAULT_HEARTBEAT_MS: u64 = 250;
-pub const DEFAULT_FENCE_AFTER_MS: u64 = 1_200;
-pub const DEFAULT_DOWN_AFTER_MS: u64 = 2_000;
+/// The defaults, in ms (`blixard node`'s flags use them too).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
+pub const DEFAULT_FENCE_AFTER_MS: u64 = 2_000;
+pub const DEFAULT_DOWN_AFTER_MS: u64 = 3_000;
 
 impl Default for Timing {
     fn default() -> Self {

@@ -4,7 +4,7 @@
 //! group of its own so that a daemon restart can adopt it; without the watchdog a VM of a dead
 //! daemon would run on while the cluster starts its replacement elsewhere.
 //!
-//! A daemon restarted before its lease runs out (1.2 s by default) keeps its VMs; one restarted
+//! A daemon restarted before its lease runs out (2 s by default) keeps its VMs; one restarted
 //! later finds them stopped and starts those still assigned to it. One watchdog runs per data
 //! dir (an exclusive lock); it leaves once the daemon that started it is gone and no VM (nor
 //! task attempt: `<data-dir>/tasks/*/pgid`) of the data dir runs any more.
