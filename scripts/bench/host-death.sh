@@ -11,8 +11,8 @@
 #   scripts/bench/host-death.sh
 #
 # Knobs (environment): RUNS (5), PAIRS (5), PORT_BASE (27000), BENCH_DIR (.blixard/bench),
-# CARGO_TARGET_DIR (target), BLIXARD_NODE_ARGS (extra `blixard node` flags). Every process it
-# starts is killed on exit.
+# CARGO_TARGET_DIR (target), BLIXARD_NODE_ARGS (extra `blixard node` flags), KEEP (non-empty:
+# keep the daemons' logs and data dirs). Every process it starts is killed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -44,7 +44,7 @@ WORK="$(mktemp -d "$BENCH_DIR/host-death.XXXXXX")"
 # shellcheck source=scripts/bench/lib.sh
 source "$ROOT/scripts/bench/lib.sh"
 kill_vms() { pkill -9 -f "qemu-system.*$WORK" 2>/dev/null || true; }
-trap 'rc=$?; kill_vms; stop_all; kill_vms; if [ $rc = 0 ]; then rm -rf "$WORK"; else log "logs kept in $WORK"; fi' EXIT
+trap 'rc=$?; kill_vms; stop_all; kill_vms; if [ $rc = 0 ] && [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else log "logs kept in $WORK"; fi' EXIT
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 http_ok() { curl -s --max-time 0.5 "http://127.0.0.1:$1/" 2>/dev/null | grep -q "hello from web"; }
@@ -105,6 +105,11 @@ for run in $(seq "$RUNS"); do
     || die "run $run: no 'node $host is down' after the kill or no 'running on node $to' event: $ev"
   total=$((t1 - t0)) detect=$((down - t0)) start=$((running - down)) http=$((t1 - running))
   log "run $run: node $host killed, VM on node $to: total $total ms (detection $detect, start $start, HTTP $http)"
+  # The steps as the daemons logged them (the leader's down declaration; the new node's QEMU
+  # start, the reconciler's prepare/start times, the guest's boot), for where the time goes.
+  sed 's/\x1b\[[0-9;]*m//g' "$dir"/n*.log \
+    | grep -hE "declaring it down|started QEMU|(started|guest booted) vm=web|lease ran out" \
+    | sort | sed 's/^/bench:   /' >&2 || true
   echo "$total $detect $start $http" >>"$WORK/runs"
   kill_vms
   stop_all
