@@ -108,14 +108,8 @@ impl Lease {
 
 /// Heartbeats the leader every `timing.heartbeat` for as long as the node runs. On the leader
 /// itself a heartbeat is a note in its own monitor.
-///
-/// Each heartbeat to another node is its own task, waited on for up to `fence_after` (an answer
-/// later than that could not extend the lease past now): a slow answer (a loaded leader) still
-/// renews the lease, and the next heartbeats leave on time meanwhile. At most
-/// `fence_after / heartbeat` are in flight.
 pub async fn heartbeat(id: NodeId, raft: Handle, pool: Arc<ChannelPool>, monitor: Arc<Monitor>, lease: Arc<Lease>) {
     let every = monitor.timing.heartbeat;
-    let wait = monitor.timing.fence_after;
     let mut seq = 0u64;
     loop {
         let st = raft.status();
@@ -131,24 +125,24 @@ pub async fn heartbeat(id: NodeId, raft: Handle, pool: Arc<ChannelPool>, monitor
                     if let Ok(ch) = pool.get(&addr) {
                         let req = HeartbeatRequest { node_id: id, seq };
                         let mut client = NodeServiceClient::new(ch);
-                        let (raft, lease) = (raft.clone(), lease.clone());
-                        tokio::spawn(async move {
-                            match tokio::time::timeout(wait, client.heartbeat(req)).await {
-                                // Answers from a leader older than the one this node knows are refused.
-                                Ok(Ok(r)) if r.get_ref().seq == seq && r.get_ref().term >= raft.status().term => {
-                                    lease.grant(sent, r.get_ref().term, r.get_ref().commit_index);
-                                }
-                                Ok(Ok(_)) => {}
-                                Ok(Err(s)) => tracing::trace!("heartbeat to node {l} refused: {}", s.message()),
-                                Err(_) => tracing::trace!("heartbeat to node {l} timed out"),
+                        match tokio::time::timeout(every, client.heartbeat(req)).await {
+                            // Answers from a leader older than the one this node knows are refused.
+                            Ok(Ok(r)) if r.get_ref().seq == seq && r.get_ref().term >= raft.status().term => {
+                                lease.grant(sent, r.get_ref().term, r.get_ref().commit_index);
                             }
-                        });
+                            Ok(Ok(_)) => {}
+                            Ok(Err(s)) => tracing::trace!("heartbeat to node {l} refused: {}", s.message()),
+                            Err(_) => tracing::trace!("heartbeat to node {l} timed out"),
+                        }
                     }
                 }
             }
             None => {}
         }
-        tokio::time::sleep_until(sent + every).await;
+        let spent = sent.elapsed();
+        if spent < every {
+            tokio::time::sleep(every - spent).await;
+        }
     }
 }
 

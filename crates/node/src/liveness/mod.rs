@@ -41,8 +41,10 @@
 //!
 //! *Lower defaults* (250 ms / 1.2 s / 2 s: the down timeout is most of a dead host's VM move
 //! time) satisfy both rules above, and a 3-node cluster under heavy load showed no false down
-//! or fencing with them; but the task simulation (s47, seeds 2 and 3) then finds a task attempt
-//! running on two nodes at once, so they are not the default until that is understood.
+//! or fencing with them; but the task simulation then found a task attempt running on two nodes
+//! at once (s47 seeds 2 and 3, tried together with heartbeats each waited for up to the fence
+//! time instead of one period; that change alone failed seed 8), so neither is in until that is
+//! understood.
 //!
 //! The simulation checks the result: at no instant do two nodes run one VM
 //! (`crates/sim`, with the fake driver's global view).
