@@ -116,19 +116,33 @@ impl Reconciler {
     }
 
     /// Runs passes until the process ends; wakes early when the replicated state of VMs, nodes
-    /// or members changes (key/value writes do not wake it). Ends when the Raft driver stops (a
-    /// storage failure: the node exits): nothing more will be applied, and waiting on the
-    /// closed channel would return at once — a loop that never yields, which under a
-    /// single-threaded executor kept the daemon from ever exiting (found by the simulation).
+    /// or members changes (key/value writes do not wake it), and when the driver observes a
+    /// change on its own (a guest booted, a VM exited), so that is reported at once rather than
+    /// at the next timed pass. Ends when the Raft driver stops (a storage failure: the node
+    /// exits): nothing more will be applied, and waiting on the closed channel would return at
+    /// once — a loop that never yields, which under a single-threaded executor kept the daemon
+    /// from ever exiting (found by the simulation).
     pub async fn run(mut self) {
         let mut version = self.raft.watch_state_version();
+        let changes = self.driver.changes();
         loop {
             if let Err(e) = self.pass().await {
                 tracing::warn!("reconcile pass failed: {e}");
             }
-            if let Ok(Err(_)) = tokio::time::timeout(PASS_EVERY, version.changed()).await {
-                tracing::info!("the raft driver stopped: reconciling ends");
-                return;
+            let driver_changed = async {
+                match &changes {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = tokio::time::timeout(PASS_EVERY, version.changed()) => {
+                    if let Ok(Err(_)) = r {
+                        tracing::info!("the raft driver stopped: reconciling ends");
+                        return;
+                    }
+                }
+                _ = driver_changed => {}
             }
         }
     }
@@ -310,6 +324,7 @@ impl Reconciler {
         let obs = self.driver.status(&vm).await.unwrap_or(obs);
         if let Some(ms) = obs.boot_ms.filter(|_| local.boot_pending && obs.state == VmState::Running) {
             local.boot_pending = false;
+            tracing::info!(vm = %name, boot_ms = ms, "guest booted");
             self.work.booted(ms);
         }
         self.report(rec, &mut local, &obs).await;
@@ -402,10 +417,15 @@ impl Reconciler {
                 }
                 local.stopped_by_us = false;
                 local.generation_done = local.generation_done.max(rec.restart_generation);
-                let r = match self.driver.prepare(&vm, &rec.spec).await {
+                // Each step timed for the log (where a VM's start time goes, e.g. after a move).
+                let t0 = Instant::now();
+                let prepared = self.driver.prepare(&vm, &rec.spec).await;
+                let prepare_ms = t0.elapsed().as_millis() as u64;
+                let r = match prepared {
                     Ok(()) => self.driver.start(&vm).await,
                     Err(e) => Err(e),
                 };
+                let start_ms = (t0.elapsed().as_millis() as u64).saturating_sub(prepare_ms);
                 self.work.action(what, r.is_ok());
                 if r.is_ok() {
                     local.boot_pending = true;
@@ -414,7 +434,7 @@ impl Reconciler {
                     local.next_check = None;
                     local.started_here = true;
                     local.started_at = Some(Instant::now());
-                    tracing::info!(vm = %name, "started");
+                    tracing::info!(vm = %name, prepare_ms, start_ms, "started");
                 }
                 r
             }

@@ -206,12 +206,18 @@ impl Cluster {
 
     /// The same, with every node's configuration changed by `tweak` first.
     pub fn start_with(n: u64, dir: &std::path::Path, tweak: fn(&mut NodeConfig)) -> Cluster {
-        Cluster::start_full(n, dir, tweak, None)
+        Cluster::start_full(n, dir, tweak, None, None)
+    }
+
+    /// The same, but node `n` (the last) first boots `late_by` after the others (a restart of it
+    /// later is immediate): it joins and registers long after the leader was elected.
+    pub fn start_late(n: u64, dir: &std::path::Path, late_by: Duration) -> Cluster {
+        Cluster::start_full(n, dir, |_| {}, None, Some((n, late_by)))
     }
 
     /// The same, every node running task attempts with the fake executor (see [`tasks`]).
     pub fn start_with_tasks(n: u64, dir: &std::path::Path) -> Cluster {
-        Cluster::start_full(n, dir, |_| {}, Some(tasks::TaskView::new()))
+        Cluster::start_full(n, dir, |_| {}, Some(tasks::TaskView::new()), None)
     }
 
     fn start_full(
@@ -219,6 +225,7 @@ impl Cluster {
         dir: &std::path::Path,
         tweak: fn(&mut NodeConfig),
         tasks: Option<tasks::TaskView>,
+        late: Option<(u64, Duration)>,
     ) -> Cluster {
         let mut c = Cluster {
             nodes: BTreeMap::new(),
@@ -233,13 +240,14 @@ impl Cluster {
             tweak,
         };
         for id in 1..=n {
-            c.spawn_host(id, (id != 1).then_some(1));
+            c.spawn_host(id, (id != 1).then_some(1), late.filter(|(l, _)| *l == id).map(|(_, d)| d));
         }
         c
     }
 
-    /// Boots a fresh host (empty disk) for node `id`, which joins through `join` (or bootstraps).
-    fn spawn_host(&mut self, id: u64, join: Option<u64>) {
+    /// Boots a fresh host (empty disk) for node `id`, which joins through `join` (or bootstraps);
+    /// its first boot waits `late` first.
+    fn spawn_host(&mut self, id: u64, join: Option<u64>, late: Option<Duration>) {
         let h = Handle::current();
         // The disk's crash choices from the run's seed (not drawn from its generator, so the
         // schedules stay those of the seed).
@@ -255,7 +263,23 @@ impl Cluster {
             join,
             reg: self.reg.clone(),
         };
-        let node = h.create_node().name(format!("n{id}")).ip(ip(id)).init(move || run_node(host.clone())).build();
+        // Only the first boot waits.
+        let wait = std::sync::Arc::new(std::sync::Mutex::new(late));
+        let node = h
+            .create_node()
+            .name(format!("n{id}"))
+            .ip(ip(id))
+            .init(move || {
+                let host = host.clone();
+                let wait = wait.lock().unwrap_or_else(|e| e.into_inner()).take();
+                async move {
+                    if let Some(w) = wait {
+                        tokio::time::sleep(w).await;
+                    }
+                    run_node(host).await
+                }
+            })
+            .build();
         self.ids.insert(id, node.id());
         self.nodes.insert(id, node);
         self.members.insert(id);

@@ -71,7 +71,7 @@ impl Cluster {
     pub async fn add_node(&mut self) -> Result<u64, String> {
         let id = self.disks.keys().max().copied().unwrap_or(0) + 1;
         let via = self.leader().await.ok_or("no leader known to join through")?;
-        self.spawn_host(id, Some(via));
+        self.spawn_host(id, Some(via), None);
         let end = tokio::time::Instant::now() + CHANGE_DEADLINE;
         while tokio::time::Instant::now() < end {
             if Cluster::voter(via, id).await == Some(true) {

@@ -202,4 +202,11 @@ pub trait VmDriver: Send + Sync {
     /// To be correct, an implementation must fail with [`crate::VmmError::NotRunning`] rather
     /// than buffer input for a VM that is not running.
     async fn console_input(&self, name: &str, bytes: &[u8]) -> Result<()>;
+
+    /// Notified whenever what [`VmDriver::status`] observes changes on its own (a guest booted,
+    /// a hypervisor exited), so the reconciler reports it at once instead of at its next timed
+    /// pass. `None`: the backend does not notify (the timed passes still see every change).
+    fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }

@@ -106,14 +106,14 @@ pub struct NodeArgs {
     #[arg(long)]
     pub disk_gib: Option<u64>,
     /// How often this node heartbeats the leader, in ms.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    #[arg(long, default_value_t = blixard_node::liveness::DEFAULT_HEARTBEAT_MS, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub heartbeat_ms: u64,
     /// A node that cannot renew its lease with the leader for this long kills its VMs (ms).
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(20..=600_000))]
+    #[arg(long, default_value_t = blixard_node::liveness::DEFAULT_FENCE_AFTER_MS, value_parser = clap::value_parser!(u64).range(20..=600_000))]
     pub fence_after_ms: u64,
     /// The leader declares a node down (and moves its VMs) after this long without a heartbeat
     /// (ms); at least 500 ms more than --fence-after-ms.
-    #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    #[arg(long, default_value_t = blixard_node::liveness::DEFAULT_DOWN_AFTER_MS, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub down_after_ms: u64,
     /// Serve plaintext (no --tls-dir) on an address other than loopback: anyone who can reach
     /// the port can then act as a peer or a client.

@@ -19,6 +19,10 @@ struct Inner {
     /// When it became leader (every node's clock starts there).
     since: Option<Instant>,
     last: BTreeMap<NodeId, Instant>,
+    /// When this leadership first saw each node registered: a node that registers after the
+    /// leader was elected is judged from then, not from the election (its heartbeats are refused
+    /// until its registration is applied, so it cannot have been heard before).
+    seen: BTreeMap<NodeId, Instant>,
 }
 
 pub struct Monitor {
@@ -26,13 +30,25 @@ pub struct Monitor {
     inner: Mutex<Inner>,
 }
 
+/// When `id` was last heard in the leadership that began at `since`.
+fn heard_in(since: Instant, last: &BTreeMap<NodeId, Instant>, id: NodeId) -> Option<Instant> {
+    last.get(&id).copied().filter(|t| *t >= since)
+}
+
+/// When the leadership that began at `since` first saw `id` registered (`since` at the earliest).
+fn first_seen(since: Instant, seen: &BTreeMap<NodeId, Instant>, id: NodeId) -> Instant {
+    seen.get(&id).map_or(since, |s| (*s).max(since))
+}
+
 /// The transitions due at `now`: a ready node silent past `down_after` (counted from its last
-/// heartbeat, or from `since` when none came in this leadership) goes down; a down node heard
-/// within `down_after` comes back. `me` (the leader) is never judged.
+/// heartbeat, or, when none came in this leadership, from the later of `since` and when this
+/// leadership first saw it registered, `seen`) goes down; a down node heard within `down_after`
+/// comes back. `me` (the leader) is never judged.
 pub fn transitions(
     now: Instant,
     since: Instant,
     last: &BTreeMap<NodeId, Instant>,
+    seen: &BTreeMap<NodeId, Instant>,
     nodes: &[(NodeId, NodeState)],
     me: NodeId,
     down_after: Duration,
@@ -45,8 +61,8 @@ pub fn transitions(
             }
             continue;
         }
-        let heard = last.get(&id).copied().filter(|t| *t >= since);
-        let silent = now.saturating_duration_since(heard.unwrap_or(since));
+        let heard = heard_in(since, last, id);
+        let silent = now.saturating_duration_since(heard.unwrap_or_else(|| first_seen(since, seen, id)));
         match state {
             NodeState::Ready if silent > down_after => out.push((id, NodeState::Down)),
             NodeState::Down if heard.is_some() && silent <= down_after => out.push((id, NodeState::Ready)),
@@ -73,16 +89,18 @@ impl Monitor {
         }
         if i.term != term {
             // The first word of a new leadership (before `run` saw it): it starts here.
-            *i = Inner { term, since: Some(Instant::now()), last: BTreeMap::new() };
+            *i = Inner { term, since: Some(Instant::now()), ..Inner::default() };
         }
         i.last.insert(id, Instant::now());
         true
     }
 
-    /// How long ago the leader heard from `id` (only on the leader).
+    /// How long ago the leader heard from `id` (only on the leader); for a node not heard yet,
+    /// how long its clock has run (as [`transitions`] counts it).
     pub fn age(&self, id: NodeId) -> Option<Duration> {
         let i = self.lock();
-        (i.term != 0).then(|| i.last.get(&id).copied().or(i.since)).flatten().map(|t| t.elapsed())
+        let since = i.since.filter(|_| i.term != 0)?;
+        Some(heard_in(since, &i.last, id).unwrap_or_else(|| first_seen(since, &i.seen, id)).elapsed())
     }
 
     /// Follows leadership and proposes transitions, for as long as the node runs.
@@ -100,7 +118,7 @@ impl Monitor {
                 }
                 if i.term != st.term {
                     // A new leadership: every node gets a full timeout from now.
-                    *i = Inner { term: st.term, since: Some(Instant::now()), last: BTreeMap::new() };
+                    *i = Inner { term: st.term, since: Some(Instant::now()), ..Inner::default() };
                 }
                 let Some(since) = i.since else { continue };
                 let nodes = match ReadView::begin(raft.db()).and_then(|v| blixard_core::state::nodes(&v)) {
@@ -110,7 +128,13 @@ impl Monitor {
                         continue;
                     }
                 };
-                transitions(Instant::now(), since, &i.last, &nodes, st.id, self.timing.down_after)
+                let now = Instant::now();
+                // Newly registered nodes start their clock now; removed ones are forgotten.
+                i.seen.retain(|id, _| nodes.iter().any(|(n, _)| n == id));
+                for (id, _) in &nodes {
+                    i.seen.entry(*id).or_insert(now);
+                }
+                transitions(now, since, &i.last, &i.seen, &nodes, st.id, self.timing.down_after)
             };
             for (id, state) in due {
                 match state {
@@ -139,22 +163,45 @@ mod tests {
         let down_after = Duration::from_secs(3);
         let nodes = [(1, NodeState::Ready), (2, NodeState::Ready), (3, NodeState::Down), (4, NodeState::Ready)];
         let last = BTreeMap::from([(2, at(1_000)), (3, at(4_500)), (4, at(4_000))]);
+        let none = BTreeMap::new();
         // Leader 1 since t0: node 2 last heard at 1 s (4 s ago), node 4 at 4 s; node 3 was down and
         // was heard at 4.5 s.
         assert_eq!(
-            transitions(at(5_000), t0, &last, &nodes, 1, down_after),
+            transitions(at(5_000), t0, &last, &none, &nodes, 1, down_after),
             vec![(2, NodeState::Down), (3, NodeState::Ready)]
         );
         // A leader elected at 4 s counts heartbeats from before it as nothing: node 2 has until 7 s.
-        assert_eq!(transitions(at(6_900), at(4_000), &last, &nodes, 1, down_after), vec![(3, NodeState::Ready)]);
+        assert_eq!(transitions(at(6_900), at(4_000), &last, &none, &nodes, 1, down_after), vec![(3, NodeState::Ready)]);
         assert_eq!(
-            transitions(at(7_100), at(4_000), &last, &nodes, 1, down_after),
+            transitions(at(7_100), at(4_000), &last, &none, &nodes, 1, down_after),
             vec![(2, NodeState::Down), (3, NodeState::Ready), (4, NodeState::Down)]
         );
         // The leader itself is never judged, and is brought back if it was marked down.
         assert_eq!(
-            transitions(at(99_000), t0, &BTreeMap::new(), &[(1, NodeState::Down)], 1, down_after),
+            transitions(at(99_000), t0, &none, &none, &[(1, NodeState::Down)], 1, down_after),
             vec![(1, NodeState::Ready)]
+        );
+    }
+
+    #[test]
+    fn a_node_that_registers_long_after_the_election_gets_a_full_timeout_from_then() {
+        // The bug of a fresh cluster: node 3 joined and registered 5 s into node 1's leadership;
+        // its heartbeats were refused until then, and it was declared down at once.
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let down_after = Duration::from_secs(3);
+        let nodes = [(1, NodeState::Ready), (2, NodeState::Ready), (3, NodeState::Ready)];
+        let last = BTreeMap::from([(2, at(7_000))]);
+        let seen = BTreeMap::from([(1, at(0)), (2, at(0)), (3, at(5_000))]);
+        assert_eq!(transitions(at(5_100), t0, &last, &seen, &nodes, 1, down_after), vec![]);
+        assert_eq!(transitions(at(7_900), t0, &last, &seen, &nodes, 1, down_after), vec![]);
+        // Still silent a full timeout after it registered: down.
+        assert_eq!(transitions(at(8_100), t0, &last, &seen, &nodes, 1, down_after), vec![(3, NodeState::Down)]);
+        // Seen before this leadership began counts from the election.
+        let early = BTreeMap::from([(3, t0 - Duration::from_secs(60))]);
+        assert_eq!(
+            transitions(at(3_100), t0, &BTreeMap::new(), &early, &[(3, NodeState::Ready)], 1, down_after),
+            vec![(3, NodeState::Down)]
         );
     }
 }

@@ -102,6 +102,8 @@ pub struct QemuDriver {
     vms: StdMutex<BTreeMap<String, Arc<Handle>>>,
     /// One lock per directory: start/stop/delete/adopt of one VM never interleave.
     locks: StdMutex<BTreeMap<String, Arc<Mutex<()>>>>,
+    /// Notified by the VMs' monitors when a guest boots or a QEMU exits ([`VmDriver::changes`]).
+    changes: Arc<tokio::sync::Notify>,
 }
 
 /// One VM directory: an instance's, or a legacy one being settled. Handles and locks are kept
@@ -117,7 +119,13 @@ impl QemuDriver {
         let vms = cfg.base_dir.join("vms");
         std::fs::create_dir_all(&vms).map_err(VmmError::io("create", &vms))?;
         cfg.base_dir = std::fs::canonicalize(&cfg.base_dir).map_err(VmmError::io("resolve", &cfg.base_dir))?;
-        Ok(Self { cfg, tsc_khz: args::host_tsc_khz(), vms: Default::default(), locks: Default::default() })
+        Ok(Self {
+            cfg,
+            tsc_khz: args::host_tsc_khz(),
+            vms: Default::default(),
+            locks: Default::default(),
+            changes: Default::default(),
+        })
     }
 
     /// The daemon's constructor: builds (or reuses) the default image under
@@ -221,7 +229,15 @@ impl QemuDriver {
         };
         tracing::info!(vm = name, pid, "adopted a running QEMU");
         let proc = Proc::Adopted(pid);
-        let h = Arc::new(monitor::spawn(paths.clone(), proc, qmp, console, live, self.cfg.console_cap_bytes));
+        let h = Arc::new(monitor::spawn(
+            paths.clone(),
+            proc,
+            qmp,
+            console,
+            live,
+            self.cfg.console_cap_bytes,
+            self.changes.clone(),
+        ));
         self.vms.lock().expect("lock poisoned").insert(name.to_string(), h.clone());
         Ok(Some(h))
     }
@@ -322,7 +338,15 @@ impl QemuDriver {
         };
         tracing::info!(vm = name, pid, accel = %self.cfg.accel, "started QEMU");
         let console = monitor::connect_console(paths).await;
-        let h = monitor::spawn(paths.clone(), Proc::Child(child), qmp, console, live, self.cfg.console_cap_bytes);
+        let h = monitor::spawn(
+            paths.clone(),
+            Proc::Child(child),
+            qmp,
+            console,
+            live,
+            self.cfg.console_cap_bytes,
+            self.changes.clone(),
+        );
         self.vms.lock().expect("lock poisoned").insert(name.to_string(), Arc::new(h));
         Ok(())
     }
@@ -529,6 +553,10 @@ impl VmDriver for QemuDriver {
 
     fn log_path(&self, name: &str) -> Option<PathBuf> {
         self.current(name).ok().flatten().map(|(slot, _)| slot.paths.console_log)
+    }
+
+    fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.changes.clone())
     }
 
     async fn read_console(&self, name: &str, offset: u64, max: usize) -> Result<ConsoleChunk> {

@@ -164,6 +164,7 @@ pub fn spawn(
     console: Option<UnixStream>,
     live: Live,
     console_cap: u64,
+    changes: Arc<tokio::sync::Notify>,
 ) -> Handle {
     let (console_rd, console_wr) = match console.map(UnixStream::into_split) {
         Some((r, w)) => (Some(r), Some(w)),
@@ -172,7 +173,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(16);
     let live = Arc::new(watch::channel(live).0);
     let console = Arc::new(Mutex::new(()));
-    let m = Monitor { paths, live: live.clone(), console: console.clone(), cap: console_cap };
+    let m = Monitor { paths, live: live.clone(), console: console.clone(), cap: console_cap, changes };
     let task = tokio::spawn(m.run(proc, qmp, console_rd, rx));
     Handle { live, tx, console, console_in: Mutex::new(console_wr), task }
 }
@@ -182,6 +183,8 @@ struct Monitor {
     live: Arc<watch::Sender<Live>>,
     console: Arc<Mutex<()>>,
     cap: u64,
+    /// The driver's [`crate::VmDriver::changes`]: a boot or an exit was just published.
+    changes: Arc<tokio::sync::Notify>,
 }
 
 async fn next_message(qmp: &mut Option<Qmp>) -> Option<Result<Message>> {
@@ -295,6 +298,7 @@ impl Monitor {
             tracing::warn!(error = %e, "cannot record VM state");
         }
         self.live.send_modify(|l| l.exit = Some(exit));
+        self.changes.notify_one();
     }
 
     fn persist(&self) {
@@ -318,6 +322,7 @@ impl Monitor {
         }
         self.live.send_modify(|l| l.boot_ms = Some(now_ms().saturating_sub(l.started_at_ms)));
         self.persist();
+        self.changes.notify_one();
         true
     }
 
