@@ -171,7 +171,7 @@ async fn case(a: &TasksArgs, chans: &[Channel], n: usize) -> anyhow::Result<Case
     let pids = &a.server_pids;
     let cpu = crate::cpu::servers_cpu_secs(pids) - cpu0;
     let server_cpu_ms_per_task = (!pids.is_empty() && all > 0).then(|| cpu * 1000.0 / all as f64);
-    let other_cores = machine.and_then(|m| m.since(pids)).map(|c| c.1).filter(|_| !pids.is_empty());
+    let other_cores = machine.and_then(|m| m.since(pids)).map(|c| c.other).filter(|_| !pids.is_empty());
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(Case {
         submitters: n,
