@@ -176,9 +176,18 @@ pub async fn run(c: Config) -> anyhow::Result<Report> {
             bail!("create vm: {}", s.message());
         }
     }
+    // A VM's directory is its instance's: the name and the index of its create.
+    let index = vm
+        .get_vm(GetVmRequest { name: c.name.clone(), read: Some(ReadOptions { stale: false }) })
+        .await
+        .context("get vm")?
+        .into_inner()
+        .vm
+        .map(|v| v.create_index)
+        .context("the VM has no record")?;
     let vm_dir = std::fs::canonicalize(c.data_dir.join("vmm/vms"))
         .with_context(|| format!("no VM directory under {}", c.data_dir.display()))?
-        .join(&c.name);
+        .join(format!("{}.{index}", c.name));
     let log = vm_dir.join("console.log");
     // A first, unmeasured start: warms caches and shows the exact QEMU command line.
     blixard_once(&mut vm, &c.name, &log).await?;

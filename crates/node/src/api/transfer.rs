@@ -72,7 +72,12 @@ impl Api {
         let s = self.raft.status();
         let me = s.id;
         // A leader cut off from the majority must not hand over what it no longer holds.
-        match tokio::time::timeout_at(deadline, self.raft.read_index(TRANSFER_TIMEOUT / 2)).await {
+        match tokio::time::timeout(
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+            self.raft.read_index(TRANSFER_TIMEOUT / 2),
+        )
+        .await
+        {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(no_quorum(format!("leader {me} could not confirm a majority ({e})"))),
             Err(_) => return Err(no_quorum(format!("leader {me} could not confirm a majority in time"))),
@@ -88,7 +93,11 @@ impl Api {
             self.raft.transfer_leader(target);
         }
         let mut w = self.raft.watch_status();
-        let moved = tokio::time::timeout_at(deadline, w.wait_for(|st| st.leader_id == Some(target))).await;
+        let moved = tokio::time::timeout(
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+            w.wait_for(|st| st.leader_id == Some(target)),
+        )
+        .await;
         let now = match moved {
             Ok(Ok(st)) => st.clone(),
             _ => {
