@@ -15,14 +15,25 @@ fi
 
 # Deterministic simulation (MadSim, see README "Simulation"): every file with seed 1 (the kept
 # regression seeds too), then the fencing scenarios over 100 more seeds, the random fault
-# schedules (every kind of fault) over 20 (22..41: seed 18 is a known, open failure, see
-# docs/RELIABILITY.md section 3), one invariant per file, and the task schedules over 5.
+# schedules (every kind of fault) over 20, one invariant per file, and the task schedules over
+# 5. Seeds known to fail (open bugs, crates/sim/known-failures.txt) are replayed after: each must
+# still fail, so a fix shows (and is then kept in s49_kept_seeds) and none is forgotten.
 scripts/sim.sh 1
 scripts/sim.sh --seeds 2..101 --test s30_fencing
-scripts/sim.sh --seeds 22..41 --test s40_no_lost_writes --test s41_one_leader_per_term \
+scripts/sim.sh --seeds 42..61 --test s40_no_lost_writes --test s41_one_leader_per_term \
   --test s42_converged --test s43_one_vm_runner --test s44_same_seed --test s48_disk_faults_noticed
 scripts/sim.sh --seeds 2..6 --test s45_tasks_one_terminal_state --test s46_tasks_no_lost_submission \
   --test s47_tasks_one_attempt_running
+known=0
+while read -r seed test _; do
+  case "$seed" in ''|'#'*) continue ;; esac
+  if timeout 600 scripts/sim.sh "$seed" --test "$test" >/dev/null 2>&1; then
+    echo "sim: seed $seed of $test, listed as a known failure, passes now: keep it in s49_kept_seeds and take it off crates/sim/known-failures.txt" >&2
+    exit 1
+  fi
+  known=$((known + 1))
+done <crates/sim/known-failures.txt
+echo "sim: $known known open failures (crates/sim/known-failures.txt) still fail, as listed" >&2
 
 # Real-process chaos (network namespaces: needs root, as CI runs): 60 s of kills, pauses and
 # partitions against 5 nodes, then the history through the checker; non-zero on a violation.

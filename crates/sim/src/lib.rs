@@ -114,6 +114,10 @@ impl Registry {
 /// the daemon does.
 async fn run_node(h: Host) {
     h.reg.booting(h.id);
+    // Reasons name files under the run's temporary dir, which differs between two runs of one
+    // seed: it is written as `$DIR`, so the history is the seed's alone (s44).
+    let root = h.dir.parent().map(|p| p.display().to_string()).unwrap_or_default();
+    let plain = move |why: String| if root.is_empty() { why } else { why.replace(&root, "$DIR") };
     let listener = tokio::net::TcpListener::bind(SocketAddr::new("0.0.0.0".parse().expect("ip"), PORT))
         .await
         .expect("bind the node's port");
@@ -134,7 +138,7 @@ async fn run_node(h: Host) {
     let mut node = match Node::start(cfg, listener).await {
         Ok(n) => n,
         Err(e) => {
-            h.reg.stop(h.id, format!("refused to start: {}", blixard_node::status::chain(&e)));
+            h.reg.stop(h.id, plain(format!("refused to start: {}", blixard_node::status::chain(&e))));
             return;
         }
     };
@@ -145,7 +149,7 @@ async fn run_node(h: Host) {
         Err(e) => e,
     };
     // The daemon exits (returning ends the simulated host's every task, as a process's exit).
-    h.reg.stop(h.id, format!("stopped: {why}"));
+    h.reg.stop(h.id, plain(format!("stopped: {why}")));
     drop(node);
 }
 
