@@ -25,6 +25,7 @@ cleanup() {
   local rc=$?
   stop_all
   # Keep the data dirs and logs of a failed run for a look.
+  [ -n "${WORK:-}" ] || return 0
   if [ $rc = 0 ]; then rm -rf "$WORK"; else log "logs and data kept in $WORK"; fi
 }
 trap cleanup EXIT
@@ -44,6 +45,22 @@ wait_for() {
 show_logs() {
   local f
   for f in "$1"/*.log; do [ -f "$f" ] && { log "--- $f"; tail -n 10 "$f" >&2; }; done
+}
+
+# The common start of a benchmark script (after sourcing this file; the caller sets ROOT and
+# TARGET_DIR): the release binaries built (BLIXARD, BENCH), the guest image in the cache, a
+# fresh work dir WORK (removed on success) and a results dir RESULTS under BENCH_DIR, both
+# named after $1.
+bench_setup() {
+  command -v jq >/dev/null || { log "error: jq is needed"; exit 1; }
+  cargo build --release -p blixard -p blixard-bench
+  export BLIXARD_IMAGE_CACHE="${BLIXARD_IMAGE_CACHE:-$ROOT/.blixard/images}"
+  BLIXARD="$TARGET_DIR/release/blixard" BENCH="$TARGET_DIR/release/blixard-bench"
+  "$BLIXARD" image build --cache "$BLIXARD_IMAGE_CACHE" >/dev/null
+  mkdir -p "$BENCH_DIR"
+  WORK="$(mktemp -d "$BENCH_DIR/$1.XXXXXX")"
+  RESULTS="$BENCH_DIR/$1-$(date -u +%Y%m%dT%H%M%SZ)"
+  mkdir -p "$RESULTS"
 }
 
 # ---- TLS ----

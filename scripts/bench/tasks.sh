@@ -20,18 +20,10 @@ READY_TIMEOUT=30
 log() { echo "bench: $*" >&2; }
 
 scripts/setup.sh
-command -v jq >/dev/null || { log "error: jq is needed"; exit 1; }
-cargo build --release -p blixard -p blixard-bench
-export BLIXARD_IMAGE_CACHE="${BLIXARD_IMAGE_CACHE:-$ROOT/.blixard/images}"
-BLIXARD="$TARGET_DIR/release/blixard" BENCH="$TARGET_DIR/release/blixard-bench"
-"$BLIXARD" image build --cache "$BLIXARD_IMAGE_CACHE" >/dev/null
-mkdir -p "$BENCH_DIR"
-WORK="$(mktemp -d "$BENCH_DIR/tasks.XXXXXX")"
-RESULTS="$BENCH_DIR/tasks-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$RESULTS"
 NODE_ARGS=()
 # shellcheck source=scripts/bench/lib.sh
 source "$ROOT/scripts/bench/lib.sh"
+bench_setup tasks
 
 log "machine: $(machine); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 "$BENCH" spawn --n 2000 | tee "$RESULTS/spawn.txt"

@@ -25,15 +25,11 @@ READY_TIMEOUT=30
 log() { echo "bench: $*" >&2; }
 command -v perf >/dev/null || { log "error: perf is needed (apt-get install linux-perf)"; exit 1; }
 command -v python3 >/dev/null || { log "error: python3 is needed"; exit 1; }
-command -v jq >/dev/null || { log "error: jq is needed"; exit 1; }
 
-cargo build --release -p blixard -p blixard-bench
-export BLIXARD_IMAGE_CACHE="${BLIXARD_IMAGE_CACHE:-$ROOT/.blixard/images}"
-mkdir -p "$BENCH_DIR"
-WORK="$(mktemp -d "$BENCH_DIR/profile.XXXXXX")"
 NODE_ARGS=()
 # shellcheck source=scripts/bench/lib.sh
 source "$ROOT/scripts/bench/lib.sh"
+bench_setup profile
 
 cpu_ticks() {
   local t=0 p f
@@ -63,4 +59,4 @@ profile() { # $1: label, $2: dir with blixard and blixard-bench
 
 runs=("$(profile this "$TARGET_DIR/release")")
 [ -z "${BASELINE:-}" ] || runs+=("$(profile baseline "$BASELINE")")
-python3 "$ROOT/scripts/bench/write_profile.py" "$FREQ" "$((DURATION - 1))" "${runs[@]}"
+python3 "$ROOT/scripts/bench/write_profile.py" "$FREQ" "$((DURATION - 1))" "${runs[@]}" | tee "$RESULTS/table.md"
