@@ -13,7 +13,8 @@
 #
 # CPU per put stays comparable on a busy machine where throughput does not; sampling is by the
 # cpu-clock (virtual machines often lack hardware counters). Knobs: DURATION (20 s), CLIENTS
-# (64), FREQ (250 Hz), PORT_BASE (25700), BENCH_DIR, CARGO_TARGET_DIR. Needs perf and python3.
+# (64), FREQ (250 Hz), PORT_BASE (25700), BENCH_DIR, CARGO_TARGET_DIR, KEEP (=1: keep the perf
+# files in the results dir, for `perf report -i`). Needs perf and python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -51,6 +52,7 @@ profile() { # $1: label, $2: dir with blixard and blixard-bench
   c1=$(cpu_ticks)
   wait "$load"
   stop_all
+  [ -z "${KEEP:-}" ] || cp "$WORK/$1.perf" "$RESULTS/$1.perf"
   ops=$(jq '.cases[0].ops_per_sec' "$WORK/$1.json")
   log "$1: $ops puts/s; server CPU $(awk -v t=$((c1 - c0)) -v o="$ops" -v d="$DURATION" \
     'BEGIN {printf "%.1f", t * 10000 / (o * (d - 1))}') µs per put (3 nodes)"

@@ -27,6 +27,11 @@ pub struct LoadConfig {
     pub server_pids: Vec<i32>,
     /// Which endpoints the writers handed to [`run_case`] are: recorded in [`CaseResult::via`].
     pub via: Via,
+    /// All clients together start at most this many puts per second (each client paces itself
+    /// at its share, still waiting for each answer); `None`: as fast as answers come. A fixed
+    /// rate compares two builds' CPU per put at the same load, which a busy machine's
+    /// closed-loop throughput does not.
+    pub rate: Option<f64>,
 }
 
 /// Which endpoint(s) a case's clients write through.
@@ -121,11 +126,18 @@ async fn client(
     value_size: usize,
     measure_from: Instant,
     end: Instant,
+    pace: Option<(Duration, Duration)>,
 ) -> ClientStats {
     let mut rng = StdRng::seed_from_u64(seed);
     let val = value(&mut rng, value_size);
     let mut st = ClientStats { hist: new_hist(), errors: 0, redirects: 0, first_error: None };
+    // (interval between this client's puts, its offset among the clients)
+    let mut next = pace.map(|(_, offset)| Instant::now() + offset);
     loop {
+        if let (Some(n), Some((interval, _))) = (next.as_mut(), pace) {
+            tokio::time::sleep_until(*n).await;
+            *n = (*n + interval).max(Instant::now());
+        }
         let start = Instant::now();
         if start >= end {
             break;
@@ -166,7 +178,11 @@ pub async fn run_case(target: Target, writers: &[Writer], endpoints: &[String], 
         .map(|i| {
             let w = writers[i % writers.len()].clone();
             let seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
-            tokio::spawn(client(w, seed, cfg.keys, cfg.value_size, measure_from, end))
+            let pace = cfg.rate.map(|r| {
+                let interval = Duration::from_secs_f64(cfg.clients as f64 / r);
+                (interval, interval.mul_f64(i as f64 / cfg.clients as f64))
+            });
+            tokio::spawn(client(w, seed, cfg.keys, cfg.value_size, measure_from, end, pace))
         })
         .collect();
     tokio::time::sleep_until(measure_from).await;

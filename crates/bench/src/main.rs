@@ -136,6 +136,11 @@ struct WriteArgs {
     /// Bytes per value.
     #[arg(long, default_value_t = 64)]
     value_size: usize,
+    /// Puts per second started by all clients together, at most (each paces itself at its
+    /// share); unset: closed loop, as fast as answers come. For comparing CPU per put at one
+    /// fixed load.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
     /// Seed for keys and values.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -203,6 +208,13 @@ struct ReportArgs {
 }
 
 /// `10s`, `200ms`, `1.5s`, `2m`, `500us`.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && (1.0..=10_000_000.0).contains(&r) => Ok(r),
+        _ => Err(format!("invalid rate {s:?}: puts per second, from 1 to 10000000")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
@@ -292,6 +304,7 @@ async fn write(a: WriteArgs) -> anyhow::Result<()> {
                 seed: a.seed,
                 server_pids: a.server_pids.clone(),
                 via,
+                rate: a.rate,
             };
             let r = load::run_case(target, &ws, &eps, &cfg).await;
             if let Some(before) = leader {
@@ -486,6 +499,14 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("4000"), Ok(4000.0));
+        for bad in ["0", "-5", "NaN", "inf", "fast", "1e9"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub(crate) struct OpenTxn {
     pub since: tokio::time::Instant,
     /// The index of the last entry applied in it that changed more than the key/value table.
     pub version: Option<u64>,
+    /// Its hottest rows, written into it when it is committed (see [`crate::hot`]).
+    pub hot: crate::hot::HotRows,
 }
 
 /// Most entries applied in one open transaction before it is committed.
@@ -508,6 +510,7 @@ impl<T: Transport> Driver<T> {
         }
         let Some(mut o) = self.open.take() else { return Ok(()) };
         let d = if durable { Durability::Immediate } else { Durability::None };
+        o.hot.flush(&o.txn)?;
         o.txn.set_durability(d).map_err(StorageError::db)?;
         o.txn.commit().map_err(StorageError::db)?;
         if let Some(v) = o.version {
@@ -538,6 +541,7 @@ impl OpenTxn {
             entries: 0,
             since: tokio::time::Instant::now(),
             version: None,
+            hot: Default::default(),
         })
     }
 }

@@ -24,6 +24,7 @@ pub mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 pub mod handle;
+mod hot;
 mod known;
 pub mod log_store;
 mod logger;

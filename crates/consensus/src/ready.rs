@@ -9,6 +9,7 @@ use raft::StateRole;
 
 use crate::driver::{Driver, OpenTxn, MAX_OPEN_ENTRIES};
 use crate::error::StorageError;
+use crate::hot::HotStore;
 use crate::overlay::OverlayStore;
 use crate::sm::{ReadView, TxnStore};
 use crate::transport::Transport;
@@ -126,8 +127,9 @@ impl<T: Transport> Driver<T> {
                 None => OpenTxn::begin(&self.db)?,
             };
             open.entries += entries.len();
-            let result =
-                crate::apply::apply_entries(&mut self.raw, &mut TxnStore::new(&open.txn), entries, &mut self.applied);
+            let mut st = HotStore::new(TxnStore::new(&open.txn), &mut open.hot);
+            let result = crate::apply::apply_entries(&mut self.raw, &mut st, entries, &mut self.applied);
+            drop(st);
             let full = open.entries >= MAX_OPEN_ENTRIES;
             let touched = result.as_ref().ok().and_then(|b| b.touched);
             open.version = touched.or(open.version);

@@ -75,7 +75,10 @@ mod layer {
             let mut inner = std::mem::replace(&mut self.inner, clone);
             let id = accept(req.headers().get(HEADER).map(|v| v.as_bytes()))
                 .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-            let method: String = req.uri().path().chars().take(2 * MAX_LEN).collect();
+            let method: std::borrow::Cow<'static, str> = match crate::auth::rule(req.uri().path()) {
+                Some(r) => r.path.into(),
+                None => req.uri().path().chars().take(2 * MAX_LEN).collect::<String>().into(),
+            };
             let span = tracing::info_span!("request", request_id = %id, method = %method);
             req.extensions_mut().insert(RequestId(std::sync::Arc::from(id.as_str())));
             Box::pin(

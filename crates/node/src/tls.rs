@@ -41,6 +41,10 @@ pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
     /// The verified certificate's identity; `None` on a plaintext port.
     pub identity: Option<Identity>,
+    /// Who the connection's requests come from when they carry no token: worked out at its
+    /// first request, shared by every request's copy of this (see `auth::layer`), and whether
+    /// it is final (a token cannot change it).
+    pub caller: Arc<std::sync::OnceLock<(crate::auth::layer::Caller, bool)>>,
 }
 
 /// Loads node `id`'s TLS dir and starts watching it for changes and SIGHUP.
@@ -136,7 +140,7 @@ impl tonic::transport::server::Connected for Io {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {
         match self {
-            Io::Plain(s) => PeerInfo { remote: s.peer_addr().ok(), identity: None },
+            Io::Plain(s) => PeerInfo { remote: s.peer_addr().ok(), identity: None, caller: Default::default() },
             Io::Tls(_, i) => i.clone(),
         }
     }
@@ -229,7 +233,7 @@ pub async fn route(
             other => tracing::warn!(?remote, "refusing a peer connection from {other}: not a node certificate"),
         }
     } else {
-        let io = Io::Tls(Box::new(stream), PeerInfo { remote, identity: Some(identity) });
+        let io = Io::Tls(Box::new(stream), PeerInfo { remote, identity: Some(identity), caller: Default::default() });
         let _ = grpc.send(Ok(crate::transport::limits::Counted::new(io, slot))).await;
     }
 }

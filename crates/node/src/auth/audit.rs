@@ -38,14 +38,14 @@ const MAX_FIELD: usize = 256;
 pub struct Event {
     pub at_ms: u64,
     /// `token:NAME`, `cert:NAME`, `node:N`, `anonymous@IP`, `unauthenticated@IP`.
-    pub who: String,
+    pub who: Arc<str>,
     /// The gRPC path, `/blixard.v1.KvService/Put`.
-    pub method: String,
+    pub method: &'static str,
     /// The key or name the request is about, when cheap to find.
     pub name: Option<String>,
     /// The answer's gRPC code name (`OK`, `PERMISSION_DENIED`, ...).
     pub code: &'static str,
-    pub request_id: Option<String>,
+    pub request_id: Option<Arc<str>>,
 }
 
 /// Where audit lines go.
@@ -193,7 +193,7 @@ pub fn line(out: &mut Vec<u8>, e: &Event) {
     out.extend_from_slice(b"\",\"who\":");
     json_str(out, &e.who);
     out.extend_from_slice(b",\"method\":");
-    json_str(out, &e.method);
+    json_str(out, e.method);
     out.extend_from_slice(b",\"name\":");
     json_str(out, e.name.as_deref().unwrap_or(""));
     out.extend_from_slice(b",\"code\":");
@@ -255,7 +255,7 @@ mod tests {
         Event {
             at_ms: 1_796_688_000_123, // 2026-12-08T00:00:00.123Z
             who: "token:ops".into(),
-            method: "/blixard.v1.KvService/Put".into(),
+            method: "/blixard.v1.KvService/Put",
             name: name.map(str::to_string),
             code: "OK",
             request_id: Some("abc".into()),
@@ -289,7 +289,7 @@ mod tests {
     fn hostile_text_stays_one_line_and_bounded() {
         let mut out = Vec::new();
         let nasty = format!("a\"b\\c\nd\u{1}{}", "x".repeat(10_000));
-        line(&mut out, &Event { who: nasty, ..ev(None) });
+        line(&mut out, &Event { who: nasty.into(), ..ev(None) });
         let s = String::from_utf8(out).unwrap();
         assert_eq!(s.matches('\n').count(), 1, "{s}");
         assert!(s.contains("a\\\"b\\\\c\\nd\\u0001x") && s.contains('…') && s.len() < 1024, "{s}");

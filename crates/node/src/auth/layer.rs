@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use blixard_consensus::sm::ReadView;
 use blixard_consensus::Handle;
 use blixard_tls::Identity;
-use http_body_util::BodyExt;
 use tonic::Status;
 
 use super::audit::{AuditLog, Event};
@@ -24,13 +23,13 @@ use crate::tls::PeerInfo;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     /// `token:NAME`, `cert:NAME`, `node:N`, or `anonymous@IP`.
-    pub who: String,
+    pub who: Arc<str>,
     /// The role's rank; `None`: no role.
     pub rank: Option<u8>,
     pub role: Option<String>,
     pub node: bool,
     /// What its rate limits are counted under.
-    pub key: String,
+    pub key: Arc<str>,
 }
 
 /// The shared state of the layer.
@@ -80,40 +79,65 @@ impl Auth {
             return Err(format!("token {:?} expired", t.name));
         }
         Ok(Caller {
-            who: format!("token:{}", t.name),
+            who: format!("token:{}", t.name).into(),
             rank: super::role_rank(&t.role),
-            key: format!("token:{}", t.id()),
+            key: format!("token:{}", t.id()).into(),
             role: Some(t.role),
             node: false,
         })
     }
 
-    /// Who sent a request with these headers over this connection, or why it is refused.
-    pub fn identify(&self, h: &http::HeaderMap, peer: Option<&PeerInfo>) -> Result<Caller, Status> {
+    /// Who sends the requests of a connection that carry no token: its certificate's identity,
+    /// else the address it comes from. `trusted` is whether that identity has a role of its
+    /// own (a node or a client certificate with a role), so that a token cannot change it.
+    fn connection_caller(peer: Option<&PeerInfo>) -> (Caller, bool) {
+        let anonymous = Self::anonymous(peer);
+        match peer.and_then(|p| p.identity.as_ref()) {
+            Some(Identity::Node(n)) => {
+                let who: Arc<str> = format!("node:{n}").into();
+                (Caller { who: who.clone(), rank: Some(2), role: None, node: true, key: who }, true)
+            }
+            Some(Identity::Client { name, role: Some(r) }) => {
+                let who: Arc<str> = format!("cert:{name}").into();
+                let role = Some(r.as_str().to_string());
+                (Caller { who: who.clone(), rank: super::role_rank(r.as_str()), role, node: false, key: who }, true)
+            }
+            Some(Identity::Client { name, role: None }) => {
+                let who: Arc<str> = format!("cert:{name}").into();
+                (Caller { who: who.clone(), key: who, ..anonymous }, false)
+            }
+            None => (anonymous, false),
+        }
+    }
+
+    /// A caller known by its address only.
+    fn anonymous(peer: Option<&PeerInfo>) -> Caller {
         let remote = peer.and_then(|p| p.remote).map(|a| a.ip().to_string()).unwrap_or_else(|| "?".into());
-        let anonymous = Caller {
-            who: format!("anonymous@{remote}"),
+        Caller {
+            who: format!("anonymous@{remote}").into(),
             rank: None,
             role: None,
             node: false,
-            key: format!("ip:{remote}"),
+            key: format!("ip:{remote}").into(),
+        }
+    }
+
+    /// Who sent a request with these headers over this connection, or why it is refused.
+    pub fn identify(&self, h: &http::HeaderMap, peer: Option<&PeerInfo>) -> Result<Caller, Status> {
+        // Worked out once per connection (its requests share `PeerInfo::caller`).
+        let made;
+        let (base, trusted) = match peer {
+            Some(p) => {
+                let (c, trusted) = p.caller.get_or_init(|| Self::connection_caller(peer));
+                (c, *trusted)
+            }
+            None => {
+                made = Self::connection_caller(None);
+                (&made.0, made.1)
+            }
         };
-        match peer.and_then(|p| p.identity.as_ref()) {
-            Some(Identity::Node(n)) => {
-                let who = format!("node:{n}");
-                return Ok(Caller { who: who.clone(), rank: Some(2), role: None, node: true, key: who });
-            }
-            Some(Identity::Client { name, role: Some(r) }) => {
-                let who = format!("cert:{name}");
-                return Ok(Caller {
-                    who: who.clone(),
-                    rank: super::role_rank(r.as_str()),
-                    role: Some(r.as_str().to_string()),
-                    node: false,
-                    key: who,
-                });
-            }
-            _ => {}
+        if trusted {
+            return Ok(base.clone());
         }
         let token = match bearer(h) {
             Ok(t) => t,
@@ -124,14 +148,9 @@ impl Auth {
             Some(t) => match self.token(t) {
                 Ok(c) => Ok(c),
                 Err(why) if self.cfg.enforce => Err(Status::unauthenticated(why)),
-                Err(_) => Ok(anonymous),
+                Err(_) => Ok(Self::anonymous(peer)),
             },
-            None => match peer.and_then(|p| p.identity.as_ref()) {
-                Some(Identity::Client { name, .. }) => {
-                    Ok(Caller { who: format!("cert:{name}"), key: format!("cert:{name}"), ..anonymous })
-                }
-                _ => Ok(anonymous),
-            },
+            None => Ok(base.clone()),
         }
     }
 
@@ -204,15 +223,66 @@ fn target_of(body: &[u8]) -> Option<String> {
 
 impl Auth {
     /// Writes one audit line (off the request's path: see [`super::audit`]).
-    fn audit(&self, who: &str, path: &str, name: Option<String>, code: &'static str, id: Option<&RequestId>) {
+    fn audit(
+        &self,
+        who: Arc<str>,
+        path: &'static str,
+        name: Option<String>,
+        code: &'static str,
+        id: Option<&RequestId>,
+    ) {
         self.audit.record(Event {
             at_ms: super::audit::now_ms(),
-            who: who.to_string(),
-            method: path.to_string(),
+            who,
+            method: path,
             name,
             code,
-            request_id: id.map(|r| r.0.to_string()),
+            request_id: id.map(|r| r.0.clone()),
         });
+    }
+}
+
+/// What a mutating request's body showed as it streamed by to the handler: its size (counted
+/// against the caller's written-bytes rate) and the name it is about (for the audit line).
+/// Nothing is buffered: the body reaches the handler as it came.
+#[derive(Default)]
+struct Tap {
+    bytes: std::sync::atomic::AtomicU64,
+    target: std::sync::OnceLock<Option<String>>,
+}
+
+/// A request body that reports what passes through it to a [`Tap`].
+struct Tapped {
+    inner: Body,
+    tap: Arc<Tap>,
+}
+
+impl http_body::Body for Tapped {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.tap.bytes.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                // The first frame holds the message's start (where its name is) when it is
+                // whole enough to tell; otherwise the audit line goes without the name.
+                self.tap.target.get_or_init(|| target_of(d));
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -237,10 +307,6 @@ pub struct AuthService<S> {
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 type Body = tonic::body::Body;
 
-/// A request body is buffered (to count and inspect it) up to this size; gRPC refuses larger
-/// messages anyway.
-const MAX_BUFFERED: usize = blixard_proto::MAX_MESSAGE_BYTES + 64;
-
 impl<S> tower_service::Service<http::Request<Body>> for AuthService<S>
 where
     S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
@@ -259,53 +325,32 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
-            let path = req.uri().path().to_string();
-            let Some(rule) = super::rule(&path) else {
+            let Some(rule) = super::rule(req.uri().path()) else {
+                let path: String = req.uri().path().chars().take(256).collect();
                 return Ok(Status::unimplemented(format!("no method {path:?}")).into_http());
             };
-            let peer = req.extensions().get::<PeerInfo>().cloned();
+            let path = rule.path;
             let id = req.extensions().get::<RequestId>().cloned();
-            let refuse = |who: &str, s: Status| {
+            let refuse = |who: Arc<str>, s: Status| {
                 if rule.mutating {
-                    auth.audit(who, &path, None, crate::metrics::api::code_name(s.code() as i32), id.as_ref());
+                    auth.audit(who, path, None, crate::metrics::api::code_name(s.code() as i32), id.as_ref());
                 }
                 Ok(s.into_http())
             };
-            let caller = match auth.identify(req.headers(), peer.as_ref()) {
+            let peer = req.extensions().get::<PeerInfo>();
+            let caller = match auth.identify(req.headers(), peer) {
                 Ok(c) => c,
                 Err(s) => {
                     let remote = peer.and_then(|p| p.remote).map(|a| a.ip().to_string()).unwrap_or_default();
-                    return refuse(&format!("unauthenticated@{remote}"), s);
+                    return refuse(format!("unauthenticated@{remote}").into(), s);
                 }
             };
             if let Err(s) = auth.check(rule, &caller) {
-                return refuse(&caller.who, s);
+                return refuse(caller.who, s);
             }
-            // A mutating unary request is read whole: its size counts as written, its name goes
-            // into the audit log.
-            let (req, bytes, target) = if rule.mutating && !rule.client_stream {
-                let (parts, body) = req.into_parts();
-                match http_body_util::Limited::new(body, MAX_BUFFERED).collect().await {
-                    Ok(c) => {
-                        let b = c.to_bytes();
-                        let target = target_of(&b);
-                        let n = b.len() as u64;
-                        (http::Request::from_parts(parts, Body::new(http_body_util::Full::new(b))), n, target)
-                    }
-                    Err(e) => {
-                        let s = Status::resource_exhausted(format!("the request body could not be read whole: {e}"));
-                        return Ok(s.into_http());
-                    }
-                }
-            } else {
-                (req, 0, None)
-            };
-            if let Err((wait, what)) = auth.limiter.admit(&caller.key, bytes, Instant::now()) {
+            if let Err((wait, what)) = auth.limiter.admit(&caller.key, 0, Instant::now()) {
                 let s = exhausted(format!("rate limit of {what} reached for {}; retry in {wait:?}", caller.who), wait);
-                if rule.mutating {
-                    auth.audit(&caller.who, &path, target, "RESOURCE_EXHAUSTED", id.as_ref());
-                }
-                return Ok(s.into_http());
+                return refuse(caller.who, s);
             }
             let _permit = match &auth.concurrent {
                 None => None,
@@ -321,6 +366,13 @@ where
                     }
                 },
             };
+            // A mutating unary request's body is watched as it streams to the handler: its size
+            // counts as written, its name goes into the audit log.
+            let tap = (rule.mutating && !rule.client_stream).then(|| Arc::new(Tap::default()));
+            let req = match &tap {
+                Some(tap) => req.map(|inner| Body::new(Tapped { inner, tap: tap.clone() })),
+                None => req,
+            };
             let r = inner.call(req).await;
             if rule.mutating {
                 let code = match &r {
@@ -332,7 +384,11 @@ where
                         .unwrap_or("OK"),
                     Err(_) => "INTERNAL",
                 };
-                auth.audit(&caller.who, &path, target, code, id.as_ref());
+                let target = tap.as_ref().and_then(|t| {
+                    auth.limiter.charge(&caller.key, t.bytes.load(std::sync::atomic::Ordering::Relaxed));
+                    t.target.get().cloned().flatten()
+                });
+                auth.audit(caller.who, path, target, code, id.as_ref());
             }
             r
         })

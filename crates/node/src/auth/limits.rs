@@ -88,6 +88,20 @@ impl Limiter {
         }
         Ok(())
     }
+
+    /// Charges `bytes` written to `caller`'s bucket after [`Self::admit`] let its request in
+    /// (a request body is counted as it streams by, not read whole first): the debt makes the
+    /// caller's next requests wait, as bytes given to `admit` do.
+    pub fn charge(&self, caller: &str, bytes: u64) {
+        if self.rates.write_bytes_per_s == 0 || bytes == 0 {
+            return;
+        }
+        let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if all.contains_key(caller) { caller } else { OVERFLOW };
+        if let Some(b) = all.get_mut(key) {
+            b.bytes -= bytes as f64;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +132,10 @@ mod tests {
         assert_eq!(what, "written bytes per second");
         assert_eq!(wait, Duration::from_secs(2));
         l.admit("a", 1, t + Duration::from_secs(2)).unwrap();
+        // Bytes counted after admission are a debt the same way.
+        l.admit("b", 0, t).unwrap();
+        l.charge("b", 3000);
+        assert_eq!(l.admit("b", 0, t).unwrap_err(), (Duration::from_secs(2), "written bytes per second"));
     }
 
     #[test]
