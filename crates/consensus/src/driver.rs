@@ -95,6 +95,8 @@ pub struct Driver<T: Transport> {
     pub(crate) undecodable: Arc<std::sync::atomic::AtomicU64>,
     /// The observer (metrics), shared with the handles.
     pub(crate) observed: crate::observe::Observed,
+    /// Entries in the last log write (see [`RaftConfig::group_commit`]).
+    pub(crate) last_append: usize,
 }
 
 /// Entropy for the driver's generator: the OS in production; under MadSim the simulated clock,
@@ -169,6 +171,7 @@ impl<T: Transport> Driver<T> {
             refused: Arc::default(),
             undecodable: Arc::default(),
             observed: crate::observe::Observed::default(),
+            last_append: 0,
         };
         d.learn_unapplied_log();
         d.publish();
@@ -259,6 +262,7 @@ impl<T: Transport> Driver<T> {
                 worked = got;
             }
             let (more, stop) = self.drain();
+            let stop = stop || (more && self.gather());
             worked = worked || woke || more;
             let now = self.now();
             self.engine.flush(now);
@@ -306,6 +310,32 @@ impl<T: Transport> Driver<T> {
             }
         }
         (any, false)
+    }
+
+    /// Group commit (see [`RaftConfig::group_commit`]): on a busy leader, takes client writes
+    /// (and Raft traffic) for up to `group_commit` more before this turn writes the log, yielding
+    /// the CPU between polls. Returns whether to stop.
+    fn gather(&mut self) -> bool {
+        #[cfg(madsim)]
+        return false;
+        #[cfg(not(madsim))]
+        {
+            let busy = self.last_append >= crate::types::GROUP_COMMIT_MIN;
+            if self.cfg.group_commit.is_zero() || !busy || self.raw.raft.state != StateRole::Leader {
+                return false;
+            }
+            let until = std::time::Instant::now() + self.cfg.group_commit;
+            while std::time::Instant::now() < until {
+                let (more, stop) = self.drain();
+                if stop {
+                    return true;
+                }
+                if !more {
+                    std::thread::yield_now();
+                }
+            }
+            false
+        }
     }
 
     fn tick(&mut self) {

@@ -67,6 +67,7 @@ impl<T: Transport> Driver<T> {
             self.apply_committed(std::mem::take(&mut committed), None)?;
         }
 
+        self.last_append = rd.entries().len();
         if !rd.entries().is_empty() || rd.hs().is_some() {
             self.appended_bytes += rd.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
             self.known.appended(rd.entries());

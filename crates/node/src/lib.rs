@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub idle_spin: Duration,
     /// See [`RaftConfig::reply_spin`].
     pub reply_spin: Duration,
+    /// See [`RaftConfig::group_commit`].
+    pub group_commit: Duration,
     /// Collect metrics (`--metrics on`, the default); off, no request, proposal or log write is
     /// timed or counted and `/metrics` answers 404 (what the overhead benchmark compares with).
     pub metrics: bool,
@@ -117,6 +119,7 @@ impl NodeConfig {
             keep_entries: d.keep_entries,
             idle_spin: d.idle_spin,
             reply_spin: d.reply_spin,
+            group_commit: d.group_commit,
             metrics: true,
             vcpu_overcommit: 4,
             reserve_memory_mib: 1024,
@@ -456,6 +459,7 @@ impl Node {
             keep_entries: cfg.keep_entries,
             idle_spin: cfg.idle_spin,
             reply_spin: cfg.reply_spin,
+            group_commit: cfg.group_commit,
             ..RaftConfig::new(cfg.id)
         };
         let pool = Arc::new(pool::ChannelPool::default());

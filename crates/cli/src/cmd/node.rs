@@ -77,6 +77,11 @@ pub struct NodeArgs {
     /// API side.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub reply_spin_us: u64,
+    /// Group commit: a busy leader (its last log write held 8 entries or more) waits up to this
+    /// many microseconds for more client writes before it writes and syncs its log, so each
+    /// write (and each follower's) carries more entries (0: never).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub group_commit_us: u64,
     /// Schedulable vCPUs per host core.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub vcpu_overcommit: u32,
@@ -209,6 +214,7 @@ pub async fn run(a: NodeArgs) -> anyhow::Result<()> {
     cfg.heartbeat_ticks = a.heartbeat_ticks as usize;
     cfg.idle_spin = Duration::from_micros(a.idle_spin_us);
     cfg.reply_spin = Duration::from_micros(a.reply_spin_us);
+    cfg.group_commit = Duration::from_micros(a.group_commit_us);
     cfg.metrics = a.metrics == "on";
     cfg.labels = a.labels.into_iter().collect();
     if let Err(e) = blixard_core::spec::validate_labels(&cfg.labels) {

@@ -89,6 +89,7 @@ sections! {
     raft: RaftSec {
         tick_ms => "tick_ms" Int, election_ticks => "election_ticks" Int, heartbeat_ticks => "heartbeat_ticks" Int,
         idle_spin_us => "idle_spin_us" Int, reply_spin_us => "reply_spin_us" Int,
+        group_commit_us => "group_commit_us" Int,
         snapshot_entries => "snapshot_entries" Int, snapshot_mib => "snapshot_mib" Int,
         keep_entries => "keep_entries" Int,
     }
