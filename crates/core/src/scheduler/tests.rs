@@ -142,6 +142,19 @@ fn the_visiting_order_covers_every_node_once() {
 }
 
 #[test]
+fn the_visiting_order_is_start_plus_i_strides_as_every_version_computes_it() {
+    // The order decides the choice inside `apply`: it must not change between versions.
+    for n in [0usize, 1, 2, 3, 10, 97, 1000, 10_000] {
+        for seed in [0u64, 1, 42, 1 << 40, u64::MAX] {
+            let (start, stride) = start_stride(n, seed);
+            let want: Vec<usize> = (0..n).map(|i| (start + i * stride) % n).collect();
+            assert_eq!(order(n, seed).collect::<Vec<_>>(), want, "n {n} seed {seed}");
+        }
+    }
+    assert_eq!(start_stride(10_000, 7), (3_533, 4_561), "the order of stop 20");
+}
+
+#[test]
 fn nothing_registered_says_so() {
     let p = plan(&[][..], &spec(1, 64), None, 0, false);
     assert_eq!((p.chosen, p.why_not()), (None, "no node has registered its capacity yet".to_string()));
