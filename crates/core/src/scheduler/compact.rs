@@ -40,9 +40,10 @@ const INLINE_GROUPS: usize = 4;
 
 /// A node as the scheduler's stages and score read it, in two cache lines. The first holds what
 /// every node looked at needs: its status, id, vCPUs and memory, and its first labels; the
-/// second, read only for a VM in a group or asking for disk, its first groups and its disk.
-/// Further labels and groups, and the host ports taken, are in a [`Spill`] behind a pointer,
-/// read only when the VM or the node has any.
+/// second its first groups (a view built for one query holds at most its group; an in-memory
+/// [`super::Cluster`] counts groups beside the views instead) and its disk, read only for a VM
+/// asking for disk. Further labels and groups, and the host ports taken, are in a [`Spill`]
+/// behind a pointer, read only when the VM or the node has any.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[repr(C, align(64))]
 pub struct Compact {
@@ -122,6 +123,17 @@ impl Compact {
         c
     }
 
+    /// Takes the groups out of the view (a node set that counts them beside the views).
+    pub fn take_groups(&mut self) -> Vec<(u32, u32)> {
+        let mut out = self.groups[..self.groups_len as usize].to_vec();
+        self.groups = Default::default();
+        self.groups_len = 0;
+        if let Some(s) = self.spill.as_deref_mut() {
+            out.append(&mut s.groups);
+        }
+        out
+    }
+
     fn spill_mut(&mut self) -> &mut Spill {
         self.spill.get_or_insert_with(Default::default)
     }
@@ -176,34 +188,9 @@ impl Compact {
         }
     }
 
-    /// Takes one VM of group `g` away, dropping the group at zero.
-    fn release_group(&mut self, g: u32) {
-        let n = self.groups_len as usize;
-        if let Some(i) = self.groups[..n].iter().position(|(s, _)| *s == g) {
-            self.groups[i].1 = self.groups[i].1.saturating_sub(1);
-            if self.groups[i].1 == 0 {
-                // The last inline one takes its place, and a spilled one (if any) the last's.
-                self.groups[i] = self.groups[n - 1];
-                match self.spill.as_deref_mut().and_then(|s| s.groups.pop()) {
-                    Some(m) => self.groups[n - 1] = m,
-                    None => {
-                        self.groups[n - 1] = (0, 0);
-                        self.groups_len -= 1;
-                    }
-                }
-            }
-        } else if let Some(s) = self.spill.as_deref_mut() {
-            if let Ok(i) = s.groups.binary_search_by_key(&g, |(s, _)| *s) {
-                s.groups[i].1 = s.groups[i].1.saturating_sub(1);
-                if s.groups[i].1 == 0 {
-                    s.groups.remove(i);
-                }
-            }
-        }
-    }
-
-    /// Counts a VM placed here (its group already numbered as `group`).
-    pub fn add(&mut self, spec: &VmSpec, group: Option<u32>) {
+    /// Counts a VM placed here: its resources and ports (its group is counted by the node set,
+    /// [`super::Cluster`]).
+    pub fn add(&mut self, spec: &VmSpec) {
         self.used_vcpus += spec.vcpus;
         self.used_memory_mib += u64::from(spec.memory_mib);
         self.used_disk_gib += u64::from(spec.disk_gib.unwrap_or(0));
@@ -215,21 +202,15 @@ impl Compact {
                 }
             }
         }
-        if let Some(g) = group {
-            self.add_group(g, 1);
-        }
     }
 
     /// Releases what [`Compact::add`] counted.
-    pub fn release(&mut self, spec: &VmSpec, group: Option<u32>) {
+    pub fn release(&mut self, spec: &VmSpec) {
         self.used_vcpus = self.used_vcpus.saturating_sub(spec.vcpus);
         self.used_memory_mib = self.used_memory_mib.saturating_sub(u64::from(spec.memory_mib));
         self.used_disk_gib = self.used_disk_gib.saturating_sub(u64::from(spec.disk_gib.unwrap_or(0)));
         if let Some(s) = self.spill.as_deref_mut() {
             s.ports.retain(|q| !spec.ports.iter().any(|p| p.host == *q));
-        }
-        if let Some(g) = group {
-            self.release_group(g);
         }
     }
 }
@@ -281,12 +262,6 @@ impl<'s> Query<'s> {
         }
         let group = p.group.as_deref().map_or(SPEC_ABSENT, &sym);
         Query { spec, syms, group, local }
-    }
-
-    /// Whether the stages or score read a view's second cache line for this query (its groups
-    /// or disk).
-    pub fn reads_second_line(&self) -> bool {
-        self.spec.placement.group.is_some() || self.spec.disk_gib.unwrap_or(0) > 0
     }
 
     /// A node's view in this query's local numbering.

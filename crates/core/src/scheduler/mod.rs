@@ -18,6 +18,7 @@
 
 mod cluster;
 pub mod compact;
+mod groups;
 mod record;
 pub mod score;
 pub mod stages;
@@ -46,6 +47,12 @@ pub trait Nodes {
     /// record for the query).
     fn view(&self, i: usize, q: &Query) -> Option<Cow<'_, Compact>> {
         self.at(i).map(|n| Cow::Owned(q.view(&n)))
+    }
+
+    /// VMs of the query's group on the node at `i`, whose view is `n` (by default, as the view
+    /// counts them).
+    fn group(&self, _i: usize, n: &Compact, q: &Query) -> u32 {
+        n.group(q.group)
     }
 
     /// A hint that the node at `i` is looked at soon for `q` (an in-memory set reads it now:
@@ -271,7 +278,8 @@ fn search<N: Nodes + ?Sized>(
             continue;
         }
         visited += 1;
-        match stages::check(&n, &q) {
+        let group_here = || nodes.group(i, &n, &q);
+        match stages::check_counted(&n, &q, group_here) {
             Err(w) => {
                 out.rejected[w.stage_index()] += 1;
                 if record {
@@ -280,7 +288,7 @@ fn search<N: Nodes + ?Sized>(
             }
             Ok(()) => {
                 let full = if spread.needs_record() { nodes.at(i) } else { None };
-                let s = score::score(&n, &q, &spread, full.as_deref());
+                let s = score::score(&n, &q, &spread, full.as_deref(), group_here);
                 if record {
                     out.nodes.push((n.id, Verdict::Feasible { score: s }));
                 }

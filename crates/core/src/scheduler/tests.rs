@@ -180,7 +180,7 @@ fn arb_spec() -> impl Strategy<Value = VmSpec> {
     (
         1u32..6,
         64u32..3000,
-        prop::option::of(0u8..3),
+        prop::option::of(0u8..7),
         prop::bool::ANY,
         prop::option::of(1u16..6),
         prop::bool::ANY,
@@ -270,5 +270,46 @@ fn constraints_on_labels_no_node_has_hold_or_not_exactly() {
             with(spec(1, 64), PlacementSpec { constraints: vec![Constraint::parse(c).unwrap()], ..Default::default() });
         assert_eq!(plan(&nodes[..], &s, None, 0, false).chosen, want, "{c} on records");
         assert_eq!(plan(&cluster, &s, None, 0, false).chosen, want, "{c} in a cluster");
+    }
+}
+
+#[test]
+fn binary_gcd_is_euclids() {
+    fn euclid(mut a: usize, mut b: usize) -> usize {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    }
+    for a in 0..200 {
+        for b in 0..200 {
+            assert_eq!(gcd(a, b), euclid(a, b), "gcd({a}, {b})");
+        }
+    }
+    assert_eq!(gcd(10_000, 4_560), euclid(10_000, 4_560));
+}
+
+#[test]
+fn many_constraints_compile_beyond_the_inline_symbols_alike() {
+    // 16 constraints of up to 3 values: more symbols than a query holds inline.
+    let mut nodes: Vec<NodeRecord> = (1..=6).map(|i| node(i, 8, 4096)).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        for k in 0..5 {
+            n.labels.insert(format!("k{k}"), format!("v{}", (i + k) % 3));
+        }
+    }
+    let cluster = Cluster::new(nodes.clone());
+    let mut constraints: Vec<Constraint> = (0..5).map(|k| Constraint::parse(&format!("k{k} exists")).unwrap()).collect();
+    constraints.extend((0..5).map(|k| Constraint::parse(&format!("k{k} in (v0,v1,v2)")).unwrap()));
+    constraints.extend((0..5).map(|k| Constraint::parse(&format!("k{k} != v9")).unwrap()));
+    constraints.push(Constraint::parse("k4 in (v0,v1)").unwrap());
+    let s = with(spec(1, 64), PlacementSpec { constraints, ..Default::default() });
+    for seed in 0..10 {
+        let p = plan(&nodes[..], &s, None, seed, true);
+        assert_eq!(plan(&cluster, &s, None, seed, true), p);
+        // k4 = v((i + 4) % 3): v2 on nodes 2 and 5 (indexes 1 and 4).
+        assert_eq!(reason(&p, 2), "constraint k4 in (v0,v1) does not hold");
+        assert_eq!(reason(&p, 5), "constraint k4 in (v0,v1) does not hold");
+        assert!(matches!(p.chosen, Some(1 | 3 | 4 | 6)));
     }
 }
