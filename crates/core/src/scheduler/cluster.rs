@@ -10,7 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use super::compact::{Compact, Query};
 use super::groups::GroupCounts;
 use super::record::NodeRecord;
-use super::Nodes;
+use super::{Nodes, View};
 use crate::spec::VmSpec;
 use crate::NodeId;
 
@@ -140,8 +140,8 @@ impl Nodes for Cluster {
         Query::interned(spec, |s| self.symbols.get(s).copied())
     }
 
-    fn view(&self, i: usize, _: &Query) -> Option<Cow<'_, Compact>> {
-        self.views.get(i).map(Cow::Borrowed)
+    fn view(&self, i: usize, _: &Query) -> Option<View<'_>> {
+        self.views.get(i).map(View::Held)
     }
 
     fn group(&self, i: usize, _: &Compact, q: &Query) -> u32 {

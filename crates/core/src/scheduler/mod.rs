@@ -45,8 +45,8 @@ pub trait Nodes {
 
     /// The node at `i` as the stages read it, numbered as `q` (by default, built from its
     /// record for the query).
-    fn view(&self, i: usize, q: &Query) -> Option<Cow<'_, Compact>> {
-        self.at(i).map(|n| Cow::Owned(q.view(&n)))
+    fn view(&self, i: usize, q: &Query) -> Option<View<'_>> {
+        self.at(i).map(|n| View::Owned(Box::new(q.view(&n))))
     }
 
     /// VMs of the query's group on the node at `i`, whose view is `n` (by default, as the view
@@ -59,6 +59,24 @@ pub trait Nodes {
     /// the search calls it for several nodes in a row, so their cache misses overlap each other
     /// and the work on the nodes before them).
     fn warm(&self, _i: usize, _q: &Query) {}
+}
+
+/// A node's view as [`Nodes::view`] gives it: held by the node set, or built for the query (a
+/// pointer either way, so the search moves no view around).
+pub enum View<'a> {
+    Held(&'a Compact),
+    Owned(Box<Compact>),
+}
+
+impl std::ops::Deref for View<'_> {
+    type Target = Compact;
+
+    fn deref(&self) -> &Compact {
+        match self {
+            View::Held(v) => v,
+            View::Owned(v) => v,
+        }
+    }
 }
 
 impl Nodes for [NodeRecord] {
