@@ -166,7 +166,9 @@ impl Compact {
             return *c;
         }
         match self.spill.as_deref() {
-            Some(s) if !s.groups.is_empty() => s.groups.binary_search_by_key(&g, |(s, _)| *s).map_or(0, |i| s.groups[i].1),
+            Some(s) if !s.groups.is_empty() => {
+                s.groups.binary_search_by_key(&g, |(s, _)| *s).map_or(0, |i| s.groups[i].1)
+            }
             _ => 0,
         }
     }

@@ -299,7 +299,8 @@ fn many_constraints_compile_beyond_the_inline_symbols_alike() {
         }
     }
     let cluster = Cluster::new(nodes.clone());
-    let mut constraints: Vec<Constraint> = (0..5).map(|k| Constraint::parse(&format!("k{k} exists")).unwrap()).collect();
+    let mut constraints: Vec<Constraint> =
+        (0..5).map(|k| Constraint::parse(&format!("k{k} exists")).unwrap()).collect();
     constraints.extend((0..5).map(|k| Constraint::parse(&format!("k{k} in (v0,v1,v2)")).unwrap()));
     constraints.extend((0..5).map(|k| Constraint::parse(&format!("k{k} != v9")).unwrap()));
     constraints.push(Constraint::parse("k4 in (v0,v1)").unwrap());
