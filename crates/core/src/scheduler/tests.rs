@@ -314,3 +314,29 @@ fn many_constraints_compile_beyond_the_inline_symbols_alike() {
         assert!(matches!(p.chosen, Some(1 | 3 | 4 | 6)));
     }
 }
+
+#[test]
+fn a_cluster_built_from_records_with_groups_counts_them() {
+    // Node 1 carries six groups (more than a view holds inline), node 2 none.
+    let mut nodes = vec![node(1, 64, 65536), node(2, 8, 4096)];
+    for g in 0..6 {
+        for _ in 0..=g {
+            nodes[0].add(&with(spec(1, 64), PlacementSpec { group: Some(format!("g{g}")), ..Default::default() }));
+        }
+    }
+    let mut cluster = Cluster::new(nodes.clone());
+    for g in 0..7 {
+        let hard = with(spec(1, 64), PlacementSpec { group: Some(format!("g{g}")), hard: true, ..Default::default() });
+        let p = plan(&cluster, &hard, None, 0, true);
+        assert_eq!(p, plan(&nodes[..], &hard, None, 0, true), "g{g}");
+        let want = if g < 6 { Some(2) } else { Some(1) };
+        assert_eq!(p.chosen, want, "g{g}: node 1 is the fuller, but holds the group");
+    }
+    // The one VM of g0 on node 1 leaves: node 1 takes g0 again.
+    let g0 = with(spec(1, 64), PlacementSpec { group: Some("g0".into()), hard: true, ..Default::default() });
+    assert!(cluster.release(1, &g0));
+    nodes[0].release(&g0);
+    assert_eq!(cluster.records(), &nodes[..]);
+    assert_eq!(plan(&cluster, &g0, None, 0, false).chosen, Some(1));
+    assert_eq!(plan(&nodes[..], &g0, None, 0, false).chosen, Some(1));
+}
