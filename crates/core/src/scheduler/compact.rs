@@ -33,36 +33,48 @@ pub enum Status {
     Ineligible,
 }
 
-/// Labels kept in a view's first cache line; more go to `more_labels`.
+/// Labels kept in a view's first cache line; more go to its [`Spill`].
 const INLINE_LABELS: usize = 3;
+/// Groups kept in a view's second cache line; more go to its [`Spill`].
+const INLINE_GROUPS: usize = 4;
 
-/// A node as the scheduler's stages and score read it. The first 64 bytes (one cache line)
-/// hold what every node looked at needs: its status, id, vCPUs and memory, and its first
-/// labels; disk (read only for a VM that asks for disk), further labels, ports and groups
-/// follow, read only when the VM or the node has any.
+/// A node as the scheduler's stages and score read it, in two cache lines. The first holds what
+/// every node looked at needs: its status, id, vCPUs and memory, and its first labels; the
+/// second its first groups (a view built for one query holds at most its group; an in-memory
+/// [`super::Cluster`] counts groups beside the views instead) and its disk, read only for a VM
+/// asking for disk. Further labels and groups, and the host ports taken, are in a [`Spill`]
+/// behind a pointer, read only when the VM or the node has any.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[repr(C, align(64))]
 pub struct Compact {
     pub status: Status,
     pub kvm: bool,
     labels_len: u8,
-    _pad: u8,
+    /// Groups inline (the first `groups_len` of `groups`).
+    groups_len: u8,
     pub vcpus: u32,
     pub used_vcpus: u32,
-    /// Distinct groups with VMs here.
-    groups_len: u32,
+    _pad: u32,
     pub id: NodeId,
     pub memory_mib: u64,
     pub used_memory_mib: u64,
     /// (key, value) symbols, the first [`INLINE_LABELS`].
     labels: [(u32, u32); INLINE_LABELS],
-    // Beyond the first cache line.
+    // The second cache line.
+    /// (group symbol, VMs of the group here), in no order; more in the spill.
+    groups: [(u32, u32); INLINE_GROUPS],
     pub disk_gib: u64,
     pub used_disk_gib: u64,
-    more_labels: Vec<(u32, u32)>,
+    spill: Option<Box<Spill>>,
+}
+
+/// What does not fit a view's two cache lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Spill {
+    labels: Vec<(u32, u32)>,
     /// Host ports taken.
     ports: Vec<u16>,
-    /// (group symbol, VMs of the group here), by symbol.
+    /// Groups beyond the inline ones, by symbol.
     groups: Vec<(u32, u32)>,
 }
 
@@ -98,16 +110,32 @@ impl Compact {
                 c.push_label(k, sym(v));
             }
         }
-        c.ports = n.ports.iter().copied().filter(|p| keep_unknown || port(*p)).collect();
+        let ports: Vec<u16> = n.ports.iter().copied().filter(|p| keep_unknown || port(*p)).collect();
+        if !ports.is_empty() {
+            c.spill_mut().ports = ports;
+        }
         for (g, count) in &n.groups {
             let g = sym(g);
             if keep_unknown || g != NODE_OTHER {
-                c.groups.push((g, *count));
+                c.add_group(g, *count);
             }
         }
-        c.groups.sort_unstable();
-        c.groups_len = c.groups.len() as u32;
         c
+    }
+
+    /// Takes the groups out of the view (a node set that counts them beside the views).
+    pub fn take_groups(&mut self) -> Vec<(u32, u32)> {
+        let mut out = self.groups[..self.groups_len as usize].to_vec();
+        self.groups = Default::default();
+        self.groups_len = 0;
+        if let Some(s) = self.spill.as_deref_mut() {
+            out.append(&mut s.groups);
+        }
+        out
+    }
+
+    fn spill_mut(&mut self) -> &mut Spill {
+        self.spill.get_or_insert_with(Default::default)
     }
 
     fn push_label(&mut self, k: u32, v: u32) {
@@ -116,69 +144,85 @@ impl Compact {
                 *slot = (k, v);
                 self.labels_len += 1;
             }
-            None => self.more_labels.push((k, v)),
+            None => self.spill_mut().labels.push((k, v)),
         }
     }
 
     pub fn label(&self, key: u32) -> Option<u32> {
         let inline = &self.labels[..self.labels_len as usize];
-        inline.iter().chain(&self.more_labels).find(|(k, _)| *k == key).map(|(_, v)| *v)
+        let found = |ls: &[(u32, u32)]| ls.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        // The spill is read only when the label is not inline.
+        found(inline).or_else(|| self.spill.as_deref().and_then(|s| found(&s.labels)))
     }
 
     /// Whether host port `p` is taken here.
     pub fn port_taken(&self, p: u16) -> bool {
-        self.ports.contains(&p)
+        self.spill.as_deref().is_some_and(|s| s.ports.contains(&p))
     }
 
     /// VMs of group `g` here.
     pub fn group(&self, g: u32) -> u32 {
-        if self.groups_len == 0 {
-            return 0;
+        if let Some((_, c)) = self.groups[..self.groups_len as usize].iter().find(|(s, _)| *s == g) {
+            return *c;
         }
-        self.groups.binary_search_by_key(&g, |(s, _)| *s).map_or(0, |i| self.groups[i].1)
+        match self.spill.as_deref() {
+            Some(s) if !s.groups.is_empty() => {
+                s.groups.binary_search_by_key(&g, |(s, _)| *s).map_or(0, |i| s.groups[i].1)
+            }
+            _ => 0,
+        }
     }
 
-    /// Counts a VM placed here (its group already numbered as `group`).
-    pub fn add(&mut self, spec: &VmSpec, group: Option<u32>) {
+    /// Adds `count` VMs of group `g` here.
+    fn add_group(&mut self, g: u32, count: u32) {
+        let n = self.groups_len as usize;
+        if let Some((_, c)) = self.groups[..n].iter_mut().find(|(s, _)| *s == g) {
+            *c += count;
+        } else if n < INLINE_GROUPS && self.spill.as_deref().is_none_or(|s| s.groups.is_empty()) {
+            self.groups[n] = (g, count);
+            self.groups_len += 1;
+        } else {
+            let more = &mut self.spill_mut().groups;
+            match more.binary_search_by_key(&g, |(s, _)| *s) {
+                Ok(i) => more[i].1 += count,
+                Err(i) => more.insert(i, (g, count)),
+            }
+        }
+    }
+
+    /// Counts a VM placed here: its resources and ports (its group is counted by the node set,
+    /// [`super::Cluster`]).
+    pub fn add(&mut self, spec: &VmSpec) {
         self.used_vcpus += spec.vcpus;
         self.used_memory_mib += u64::from(spec.memory_mib);
         self.used_disk_gib += u64::from(spec.disk_gib.unwrap_or(0));
-        for p in &spec.ports {
-            if !self.ports.contains(&p.host) {
-                self.ports.push(p.host);
+        if !spec.ports.is_empty() {
+            let ports = &mut self.spill_mut().ports;
+            for p in &spec.ports {
+                if !ports.contains(&p.host) {
+                    ports.push(p.host);
+                }
             }
-        }
-        if let Some(g) = group {
-            match self.groups.binary_search_by_key(&g, |(s, _)| *s) {
-                Ok(i) => self.groups[i].1 += 1,
-                Err(i) => self.groups.insert(i, (g, 1)),
-            }
-            self.groups_len = self.groups.len() as u32;
         }
     }
 
     /// Releases what [`Compact::add`] counted.
-    pub fn release(&mut self, spec: &VmSpec, group: Option<u32>) {
+    pub fn release(&mut self, spec: &VmSpec) {
         self.used_vcpus = self.used_vcpus.saturating_sub(spec.vcpus);
         self.used_memory_mib = self.used_memory_mib.saturating_sub(u64::from(spec.memory_mib));
         self.used_disk_gib = self.used_disk_gib.saturating_sub(u64::from(spec.disk_gib.unwrap_or(0)));
-        self.ports.retain(|q| !spec.ports.iter().any(|p| p.host == *q));
-        if let Some(g) = group {
-            if let Some((_, c)) = self.groups.iter_mut().find(|(s, _)| *s == g) {
-                *c = c.saturating_sub(1);
-            }
-            self.groups.retain(|(_, c)| *c > 0);
-            self.groups_len = self.groups.len() as u32;
+        if let Some(s) = self.spill.as_deref_mut() {
+            s.ports.retain(|q| !spec.ports.iter().any(|p| p.host == *q));
         }
     }
 }
 
-/// A VM's strings as symbols: per constraint its key and values, in one vector
+/// A VM's strings as symbols: per constraint its key and values, in one sequence
 /// (`key, n, v1..vn` per constraint, in the spec's order), and its group.
 #[derive(Clone, Debug)]
 pub struct Query<'s> {
     pub spec: &'s VmSpec,
-    syms: Vec<u32>,
+    syms: Syms,
     pub group: u32,
     /// Local numbering: the strings, by symbol.
     local: Vec<&'s str>,
@@ -209,12 +253,14 @@ impl<'s> Query<'s> {
 
     fn build(spec: &'s VmSpec, sym: impl Fn(&str) -> u32, local: Vec<&'s str>) -> Query<'s> {
         let p = &spec.placement;
-        let mut syms = Vec::new();
+        let mut syms = Syms::default();
         for c in &p.constraints {
             syms.push(sym(&c.key));
             let vals = op_values(&c.op);
             syms.push(vals.len() as u32);
-            syms.extend(vals.iter().map(|v| sym(v)));
+            for v in vals {
+                syms.push(sym(v));
+            }
         }
         let group = p.group.as_deref().map_or(SPEC_ABSENT, &sym);
         Query { spec, syms, group, local }
@@ -228,11 +274,12 @@ impl<'s> Query<'s> {
 
     /// The first constraint that does not hold on `n`, by position.
     pub fn failed_constraint(&self, n: &Compact) -> Option<usize> {
+        let syms = self.syms.as_slice();
         let mut at = 0;
         for (i, c) in self.spec.placement.constraints.iter().enumerate() {
-            let key = self.syms[at];
-            let len = self.syms[at + 1] as usize;
-            let vals = &self.syms[at + 2..at + 2 + len];
+            let key = syms[at];
+            let len = syms[at + 1] as usize;
+            let vals = &syms[at + 2..at + 2 + len];
             at += 2 + len;
             let v = n.label(key);
             let holds = match c.op {
@@ -248,6 +295,46 @@ impl<'s> Query<'s> {
             }
         }
         None
+    }
+}
+
+/// Symbols a query holds without allocating: a few constraints' worth (a VM has at most 16
+/// constraints of at most 32 values each; beyond this they go to the heap).
+const INLINE_SYMS: usize = 14;
+
+#[derive(Clone, Debug)]
+enum Syms {
+    Inline { len: u8, buf: [u32; INLINE_SYMS] },
+    Heap(Vec<u32>),
+}
+
+impl Default for Syms {
+    fn default() -> Syms {
+        Syms::Inline { len: 0, buf: [0; INLINE_SYMS] }
+    }
+}
+
+impl Syms {
+    fn push(&mut self, x: u32) {
+        match self {
+            Syms::Inline { len, buf } if (*len as usize) < INLINE_SYMS => {
+                buf[*len as usize] = x;
+                *len += 1;
+            }
+            Syms::Inline { len, buf } => {
+                let mut v = buf[..*len as usize].to_vec();
+                v.push(x);
+                *self = Syms::Heap(v);
+            }
+            Syms::Heap(v) => v.push(x),
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Syms::Inline { len, buf } => &buf[..*len as usize],
+            Syms::Heap(v) => v,
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod cluster;
 pub mod compact;
+mod groups;
 mod record;
 pub mod score;
 pub mod stages;
@@ -44,13 +45,38 @@ pub trait Nodes {
 
     /// The node at `i` as the stages read it, numbered as `q` (by default, built from its
     /// record for the query).
-    fn view(&self, i: usize, q: &Query) -> Option<Cow<'_, Compact>> {
-        self.at(i).map(|n| Cow::Owned(q.view(&n)))
+    fn view(&self, i: usize, q: &Query) -> Option<View<'_>> {
+        self.at(i).map(|n| View::Owned(Box::new(q.view(&n))))
     }
 
-    /// A hint that the node at `i` is looked at soon (an in-memory set reads it now, so the
-    /// memory access overlaps the work on the nodes before it).
-    fn warm(&self, _i: usize) {}
+    /// VMs of the query's group on the node at `i`, whose view is `n` (by default, as the view
+    /// counts them).
+    fn group(&self, _i: usize, n: &Compact, q: &Query) -> u32 {
+        n.group(q.group)
+    }
+
+    /// A hint that the node at `i` is looked at soon for `q` (an in-memory set reads it now:
+    /// the search calls it for several nodes in a row, so their cache misses overlap each other
+    /// and the work on the nodes before them).
+    fn warm(&self, _i: usize, _q: &Query) {}
+}
+
+/// A node's view as [`Nodes::view`] gives it: held by the node set, or built for the query (a
+/// pointer either way, so the search moves no view around).
+pub enum View<'a> {
+    Held(&'a Compact),
+    Owned(Box<Compact>),
+}
+
+impl std::ops::Deref for View<'_> {
+    type Target = Compact;
+
+    fn deref(&self) -> &Compact {
+        match self {
+            View::Held(v) => v,
+            View::Owned(v) => v,
+        }
+    }
 }
 
 impl Nodes for [NodeRecord] {
@@ -172,12 +198,31 @@ pub fn sample_size(n: usize) -> usize {
     ((usize::BITS - n.leading_zeros()) as usize).max(8)
 }
 
-/// How many nodes ahead of the one looked at [`Nodes::warm`] is told about.
-const WARM_AHEAD: usize = 2;
+/// [`Nodes::warm`] is told about the nodes to visit this many at a time, a batch ahead of the
+/// one looked at.
+const WARM_BATCH: usize = 8;
 
 /// A deterministic visiting order of `n` nodes from `seed`: a start and a stride coprime with
-/// `n`, so every node is visited once, without allocating.
+/// `n`, so every node is visited once, without allocating. Node `i` of the order is
+/// `(start + i * stride) % n` ([`start_stride`]); replicas of every version must visit alike,
+/// since the order decides the choice inside `apply`.
 fn order(n: usize, seed: u64) -> impl Iterator<Item = usize> {
+    let (start, stride) = start_stride(n, seed);
+    // Computed by adding (start and stride are below n, or both 0 and 1 for n ≤ 1, so one
+    // subtraction wraps it): no division per node.
+    let mut at = start;
+    (0..n).map(move |_| {
+        let i = at;
+        at += stride;
+        if at >= n {
+            at -= n;
+        }
+        i
+    })
+}
+
+/// The start and stride of [`order`].
+fn start_stride(n: usize, seed: u64) -> (usize, usize) {
     let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -187,14 +232,26 @@ fn order(n: usize, seed: u64) -> impl Iterator<Item = usize> {
     while gcd(stride, n.max(1)) != 1 {
         stride += 1;
     }
-    (0..n).map(move |i| (start + i * stride) % n)
+    (start, stride)
 }
 
+/// Binary GCD (no division: a placement computes one or a few).
 fn gcd(mut a: usize, mut b: usize) -> usize {
-    while b != 0 {
-        (a, b) = (b, a % b);
+    if a == 0 || b == 0 {
+        return a | b;
     }
-    a
+    let shift = (a | b).trailing_zeros();
+    a >>= a.trailing_zeros();
+    loop {
+        b >>= b.trailing_zeros();
+        if a > b {
+            std::mem::swap(&mut a, &mut b);
+        }
+        b -= a;
+        if b == 0 {
+            return a << shift;
+        }
+    }
 }
 
 /// Places `spec` among `nodes` (by id). `pinned` restricts it to one node; `explain` looks at
@@ -226,17 +283,21 @@ fn search<N: Nodes + ?Sized>(
     let mut feasible = 0;
     let mut best: Option<(f64, NodeId)> = None;
     let mut visited = 0;
-    let mut ahead = order(total, seed).skip(WARM_AHEAD);
-    for i in order(total, seed) {
-        if let Some(next) = ahead.next() {
-            nodes.warm(next);
+    let mut ahead = order(total, seed);
+    for (k, i) in order(total, seed).enumerate() {
+        if k % WARM_BATCH == 0 {
+            let batches = if k == 0 { 2 } else { 1 };
+            for j in ahead.by_ref().take(batches * WARM_BATCH) {
+                nodes.warm(j, &q);
+            }
         }
         let Some(n) = nodes.view(i, &q) else { continue };
         if pinned.is_some_and(|p| p != n.id) {
             continue;
         }
         visited += 1;
-        match stages::check(&n, &q) {
+        let group_here = || nodes.group(i, &n, &q);
+        match stages::check_counted(&n, &q, group_here) {
             Err(w) => {
                 out.rejected[w.stage_index()] += 1;
                 if record {
@@ -245,7 +306,7 @@ fn search<N: Nodes + ?Sized>(
             }
             Ok(()) => {
                 let full = if spread.needs_record() { nodes.at(i) } else { None };
-                let s = score::score(&n, &q, &spread, full.as_deref());
+                let s = score::score(&n, &q, &spread, full.as_deref(), group_here);
                 if record {
                     out.nodes.push((n.id, Verdict::Feasible { score: s }));
                 }

@@ -69,8 +69,15 @@ fn share(used: u64, need: u64, cap: u64) -> f64 {
 }
 
 /// The score of node `n` for the query's VM; `record` is the node's record when the spread
-/// needs it ([`SpreadCounts::needs_record`]).
-pub fn score(n: &Compact, q: &Query, spread: &SpreadCounts, record: Option<&NodeRecord>) -> f64 {
+/// needs it ([`SpreadCounts::needs_record`]); `group_here` the VMs of the query's group on the
+/// node (read only for a soft group).
+pub fn score(
+    n: &Compact,
+    q: &Query,
+    spread: &SpreadCounts,
+    record: Option<&NodeRecord>,
+    group_here: impl FnOnce() -> u32,
+) -> f64 {
     let spec = q.spec;
     let fill = share(n.used_memory_mib, u64::from(spec.memory_mib), n.memory_mib)
         + share(u64::from(n.used_vcpus), u64::from(spec.vcpus), u64::from(n.vcpus));
@@ -80,7 +87,7 @@ pub fn score(n: &Compact, q: &Query, spread: &SpreadCounts, record: Option<&Node
     };
     let p = &spec.placement;
     if p.group.is_some() && !p.hard {
-        s -= f64::from(n.group(q.group));
+        s -= f64::from(group_here());
     }
     s - spread.penalty(record)
 }

@@ -178,22 +178,29 @@ pub fn resources(n: &Compact, spec: &VmSpec) -> Result<(), Why> {
     Ok(())
 }
 
-pub fn anti_affinity(n: &Compact, q: &Query) -> Result<(), Why> {
+/// `group_here` gives the VMs of the query's group on the node (read only for a hard group).
+pub fn anti_affinity(q: &Query, group_here: impl FnOnce() -> u32) -> Result<(), Why> {
     let p = &q.spec.placement;
-    if p.group.is_some() && p.hard && n.group(q.group) > 0 {
+    if p.group.is_some() && p.hard && group_here() > 0 {
         return Err(Why::Group);
     }
     Ok(())
 }
 
-/// Every stage, in order.
+/// Every stage, in order, the group's count read from the view.
 pub fn check(n: &Compact, q: &Query) -> Result<(), Why> {
+    check_counted(n, q, || n.group(q.group))
+}
+
+/// Every stage, in order, the group's count on the node from `group_here` (a node set may keep
+/// the counts beside its views).
+pub fn check_counted(n: &Compact, q: &Query, group_here: impl FnOnce() -> u32) -> Result<(), Why> {
     status(n)?;
     features(n, q)?;
     constraints(n, q)?;
     ports(n, q)?;
     resources(n, q.spec)?;
-    anti_affinity(n, q)
+    anti_affinity(q, group_here)
 }
 
 /// Every stage, for one node's record.

@@ -142,6 +142,19 @@ fn the_visiting_order_covers_every_node_once() {
 }
 
 #[test]
+fn the_visiting_order_is_start_plus_i_strides_as_every_version_computes_it() {
+    // The order decides the choice inside `apply`: it must not change between versions.
+    for n in [0usize, 1, 2, 3, 10, 97, 1000, 10_000] {
+        for seed in [0u64, 1, 42, 1 << 40, u64::MAX] {
+            let (start, stride) = start_stride(n, seed);
+            let want: Vec<usize> = (0..n).map(|i| (start + i * stride) % n).collect();
+            assert_eq!(order(n, seed).collect::<Vec<_>>(), want, "n {n} seed {seed}");
+        }
+    }
+    assert_eq!(start_stride(10_000, 7), (3_533, 4_561), "the order of stop 20");
+}
+
+#[test]
 fn nothing_registered_says_so() {
     let p = plan(&[][..], &spec(1, 64), None, 0, false);
     assert_eq!((p.chosen, p.why_not()), (None, "no node has registered its capacity yet".to_string()));
@@ -167,7 +180,7 @@ fn arb_spec() -> impl Strategy<Value = VmSpec> {
     (
         1u32..6,
         64u32..3000,
-        prop::option::of(0u8..3),
+        prop::option::of(0u8..7),
         prop::bool::ANY,
         prop::option::of(1u16..6),
         prop::bool::ANY,
@@ -258,4 +271,72 @@ fn constraints_on_labels_no_node_has_hold_or_not_exactly() {
         assert_eq!(plan(&nodes[..], &s, None, 0, false).chosen, want, "{c} on records");
         assert_eq!(plan(&cluster, &s, None, 0, false).chosen, want, "{c} in a cluster");
     }
+}
+
+#[test]
+fn binary_gcd_is_euclids() {
+    fn euclid(mut a: usize, mut b: usize) -> usize {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    }
+    for a in 0..200 {
+        for b in 0..200 {
+            assert_eq!(gcd(a, b), euclid(a, b), "gcd({a}, {b})");
+        }
+    }
+    assert_eq!(gcd(10_000, 4_560), euclid(10_000, 4_560));
+}
+
+#[test]
+fn many_constraints_compile_beyond_the_inline_symbols_alike() {
+    // 16 constraints of up to 3 values: more symbols than a query holds inline.
+    let mut nodes: Vec<NodeRecord> = (1..=6).map(|i| node(i, 8, 4096)).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        for k in 0..5 {
+            n.labels.insert(format!("k{k}"), format!("v{}", (i + k) % 3));
+        }
+    }
+    let cluster = Cluster::new(nodes.clone());
+    let mut constraints: Vec<Constraint> =
+        (0..5).map(|k| Constraint::parse(&format!("k{k} exists")).unwrap()).collect();
+    constraints.extend((0..5).map(|k| Constraint::parse(&format!("k{k} in (v0,v1,v2)")).unwrap()));
+    constraints.extend((0..5).map(|k| Constraint::parse(&format!("k{k} != v9")).unwrap()));
+    constraints.push(Constraint::parse("k4 in (v0,v1)").unwrap());
+    let s = with(spec(1, 64), PlacementSpec { constraints, ..Default::default() });
+    for seed in 0..10 {
+        let p = plan(&nodes[..], &s, None, seed, true);
+        assert_eq!(plan(&cluster, &s, None, seed, true), p);
+        // k4 = v((i + 4) % 3): v2 on nodes 2 and 5 (indexes 1 and 4).
+        assert_eq!(reason(&p, 2), "constraint k4 in (v0,v1) does not hold");
+        assert_eq!(reason(&p, 5), "constraint k4 in (v0,v1) does not hold");
+        assert!(matches!(p.chosen, Some(1 | 3 | 4 | 6)));
+    }
+}
+
+#[test]
+fn a_cluster_built_from_records_with_groups_counts_them() {
+    // Node 1 carries six groups (more than a view holds inline), node 2 none.
+    let mut nodes = vec![node(1, 64, 65536), node(2, 8, 4096)];
+    for g in 0..6 {
+        for _ in 0..=g {
+            nodes[0].add(&with(spec(1, 64), PlacementSpec { group: Some(format!("g{g}")), ..Default::default() }));
+        }
+    }
+    let mut cluster = Cluster::new(nodes.clone());
+    for g in 0..7 {
+        let hard = with(spec(1, 64), PlacementSpec { group: Some(format!("g{g}")), hard: true, ..Default::default() });
+        let p = plan(&cluster, &hard, None, 0, true);
+        assert_eq!(p, plan(&nodes[..], &hard, None, 0, true), "g{g}");
+        let want = if g < 6 { Some(2) } else { Some(1) };
+        assert_eq!(p.chosen, want, "g{g}: node 1 is the fuller, but holds the group");
+    }
+    // The one VM of g0 on node 1 leaves: node 1 takes g0 again.
+    let g0 = with(spec(1, 64), PlacementSpec { group: Some("g0".into()), hard: true, ..Default::default() });
+    assert!(cluster.release(1, &g0));
+    nodes[0].release(&g0);
+    assert_eq!(cluster.records(), &nodes[..]);
+    assert_eq!(plan(&cluster, &g0, None, 0, false).chosen, Some(1));
+    assert_eq!(plan(&nodes[..], &g0, None, 0, false).chosen, Some(1));
 }
