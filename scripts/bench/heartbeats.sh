@@ -11,7 +11,8 @@
 #   scripts/bench/heartbeats.sh
 #
 # Knobs (environment): SIM_NODES (1000), INTERVAL (500ms), DURATION (30s), PAIRS (2),
-# CONNECTIONS (16: the HTTP/2 connections the simulated nodes share; a real node has its own),
+# CONNECTIONS (16: the HTTP/2 connections the simulated nodes share; a real node has its own, but
+# a node accepts at most 64 connections from one address, so more than that fail here),
 # PORT_BASE (28000), BENCH_DIR (.blixard/bench), CARGO_TARGET_DIR (target). Every process it
 # starts is killed on exit.
 set -euo pipefail
