@@ -10,6 +10,7 @@ mod load;
 mod place;
 mod report;
 mod simnodes;
+mod state;
 mod target;
 mod tasks;
 mod taskvm;
@@ -61,6 +62,10 @@ enum Cmd {
     SimulatedNodes(simnodes::RegisterArgs),
     /// Simulated nodes heartbeat the leader; its CPU is read from /proc over the window.
     Heartbeats(simnodes::HeartbeatArgs),
+    /// Creates new stopped VMs through Raft until that many exist (state at scale).
+    VmFill(state::FillArgs),
+    /// Walks the whole paged `vm list`, timing each page (state at scale).
+    VmList(state::ListArgs),
 }
 
 #[derive(Args)]
@@ -476,6 +481,8 @@ fn main() -> ExitCode {
             Cmd::Spawn(a) => tasks::spawn(a).await,
             Cmd::SimulatedNodes(a) => simnodes::register(a).await,
             Cmd::Heartbeats(a) => simnodes::heartbeats(a).await,
+            Cmd::VmFill(a) => state::fill(a).await,
+            Cmd::VmList(a) => state::list(a).await,
         }
     });
     match result {

@@ -100,6 +100,73 @@ pub struct HeartbeatArgs {
     /// HTTP/2 connections the heartbeats share (a real node has its own).
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// `stream`: one long-lived `Heartbeats` stream per node, as nodes heartbeat now; `unary`:
+    /// one `Heartbeat` call per heartbeat, as they did before (for before/after pairs).
+    #[arg(long, default_value = "stream", value_parser = ["stream", "unary"])]
+    mode: String,
+}
+
+/// One simulated node's heartbeats from `start` until `end`, on one stream (as a node does):
+/// each answer is counted (when in the window from `measure_from` on) as answered; a stream
+/// refused or ended early counts once as failed, and a new one is opened at the next tick.
+#[allow(clippy::too_many_arguments)]
+async fn stream_node(
+    c: NodeServiceClient<tonic::transport::Channel>,
+    node_id: u64,
+    start: Instant,
+    interval: Duration,
+    measure_from: Instant,
+    end: Instant,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) {
+    use futures::StreamExt;
+    let mut tick = tokio::time::interval_at(start, interval);
+    let mut seq = 0;
+    let mut tx: Option<futures::channel::mpsc::Sender<HeartbeatRequest>> = None;
+    let mut reader: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let at = tick.tick().await;
+        if at >= end {
+            break;
+        }
+        seq += 1;
+        let req = HeartbeatRequest { node_id, seq };
+        if reader.as_ref().is_some_and(|r| r.is_finished()) {
+            tx = None;
+        }
+        if let Some(t) = tx.as_mut() {
+            if t.try_send(req).is_ok() {
+                continue;
+            }
+        }
+        let (mut t, rx) = futures::channel::mpsc::channel(16);
+        let _ = t.try_send(req);
+        match c.clone().heartbeats(rx).await {
+            Ok(r) => {
+                let mut answers = r.into_inner();
+                let (ok, failed) = (ok.clone(), failed.clone());
+                reader = Some(tokio::spawn(async move {
+                    while let Some(a) = answers.next().await {
+                        let counter = if a.is_ok() { &ok } else { &failed };
+                        if Instant::now() >= measure_from && Instant::now() < end {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+                tx = Some(t);
+            }
+            Err(_) => {
+                if at >= measure_from {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    drop(tx);
+    if let Some(r) = reader {
+        r.abort();
+    }
 }
 
 pub async fn heartbeats(a: HeartbeatArgs) -> anyhow::Result<()> {
@@ -124,6 +191,10 @@ pub async fn heartbeats(a: HeartbeatArgs) -> anyhow::Result<()> {
             // Spread over the interval, as independent nodes are.
             let offset = a.interval.mul_f64(f64::from(i) / f64::from(a.nodes));
             let interval = a.interval;
+            let node_id = FIRST_ID + u64::from(i);
+            if a.mode == "stream" {
+                return tokio::spawn(stream_node(c, node_id, start + offset, interval, measure_from, end, ok, failed));
+            }
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(start + offset, interval);
                 let mut seq = 0;
@@ -133,7 +204,7 @@ pub async fn heartbeats(a: HeartbeatArgs) -> anyhow::Result<()> {
                         break;
                     }
                     seq += 1;
-                    let r = c.heartbeat(HeartbeatRequest { node_id: FIRST_ID + u64::from(i), seq }).await;
+                    let r = c.heartbeat(HeartbeatRequest { node_id, seq }).await;
                     let counter = if r.is_ok() { &ok } else { &failed };
                     if at >= measure_from {
                         counter.fetch_add(1, Ordering::Relaxed);
@@ -155,11 +226,12 @@ pub async fn heartbeats(a: HeartbeatArgs) -> anyhow::Result<()> {
     let share = cpu as f64 / ticks / secs;
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
-        "{} simulated nodes heartbeating node {leader_id} (the leader, pid {pid}) every {:?}: {:.0} heartbeats/s \
+        "{} simulated nodes heartbeating node {leader_id} (the leader, pid {pid}) every {:?} ({}): {:.0} heartbeats/s \
          answered, {failed} failed; over {secs:.1} s the leader used {:.3} CPU s: {:.2} % of a core \
          ({:.1} µs per heartbeat)",
         a.nodes,
         a.interval,
+        if a.mode == "stream" { "a stream per node" } else { "a call per heartbeat" },
         ok as f64 / secs,
         cpu as f64 / ticks,
         share * 100.0,

@@ -264,6 +264,17 @@ fn heartbeats_are_taken_only_for_registered_nodes() {
         assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "node 99 is not a registered node"));
         let ok = c.heartbeat(HeartbeatRequest { node_id: 1, seq: 7 }).await.unwrap().into_inner();
         assert_eq!(ok.seq, 7);
+        // On a stream (what nodes use): each heartbeat answered with its seq, in order, and a
+        // refusal ends the stream with its status.
+        let sent = [(1, 8), (1, 9), (99, 10), (1, 11)].map(|(node_id, seq)| HeartbeatRequest { node_id, seq });
+        let mut answers = c.heartbeats(tokio_stream::iter(sent)).await.unwrap().into_inner();
+        for seq in [8, 9] {
+            let a = answers.message().await.unwrap().expect("an answer");
+            assert_eq!((a.seq, a.term >= 1, a.commit_index >= 1), (seq, true, true), "{a:?}");
+        }
+        let e = answers.message().await.unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "node 99 is not a registered node"));
+        assert!(matches!(answers.message().await, Ok(None) | Err(_)), "nothing after the refusal");
     });
     assert_eq!(cli_json(&n.addr, &["node", "list"])["nodes"].as_array().unwrap().len(), 1);
 }

@@ -174,17 +174,73 @@ impl v1::node_service_server::NodeService for Nodes {
     }
 
     async fn heartbeat(&self, req: Request<v1::HeartbeatRequest>) -> Result<v1::HeartbeatResponse> {
+        let identity = peer_identity(&req);
+        Ok(Response::new(self.answer(req.get_ref(), identity.as_ref())?))
+    }
+
+    type HeartbeatsStream = HeartbeatStream;
+
+    async fn heartbeats(&self, req: Request<tonic::Streaming<v1::HeartbeatRequest>>) -> Result<HeartbeatStream> {
+        // One stream per node for as long as it follows this leader: each heartbeat costs a
+        // message on an open HTTP/2 stream, not a request through every layer (the unary call
+        // cost the leader ~90 µs of CPU each). The checks and the answer are the same.
+        let identity = peer_identity(&req);
+        let input = req.into_inner();
+        let out = futures::stream::unfold(Some((input, self.clone(), identity)), |state| async move {
+            let (mut input, this, identity) = state?;
+            let answer = match input.message().await {
+                Ok(Some(r)) => this.answer(&r, identity.as_ref()),
+                Ok(None) => return None,
+                Err(s) => Err(s),
+            };
+            // A refusal ends the stream (the node opens a new one at its next heartbeat).
+            let next = answer.is_ok().then_some((input, this, identity));
+            Some((answer, next))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+type HeartbeatStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<v1::HeartbeatResponse, Status>> + Send>>;
+
+/// The node a TLS client certificate names (`None` on a plain port, or under simulation).
+#[cfg(not(madsim))]
+fn peer_identity<T>(req: &Request<T>) -> Option<blixard_tls::Identity> {
+    req.extensions().get::<crate::tls::PeerInfo>().and_then(|p| p.identity.clone())
+}
+
+#[cfg(madsim)]
+fn peer_identity<T>(_: &Request<T>) -> Option<()> {
+    None
+}
+
+impl Nodes {
+    /// The leader's answer to one heartbeat, or why it refuses it.
+    #[cfg(not(madsim))]
+    fn answer(
+        &self,
+        r: &v1::HeartbeatRequest,
+        identity: Option<&blixard_tls::Identity>,
+    ) -> std::result::Result<v1::HeartbeatResponse, Status> {
         // On a TLS port a node heartbeats only for itself: its certificate names it.
-        #[cfg(not(madsim))]
-        if let Some(id) = req.extensions().get::<crate::tls::PeerInfo>().and_then(|p| p.identity.clone()) {
-            if id != blixard_tls::Identity::Node(req.get_ref().node_id) {
+        if let Some(id) = identity {
+            if *id != blixard_tls::Identity::Node(r.node_id) {
                 return Err(Status::permission_denied(format!(
                     "a heartbeat for node {} from {id}: a node heartbeats for itself",
-                    req.get_ref().node_id
+                    r.node_id
                 )));
             }
         }
-        let r = req.into_inner();
+        self.answer_checked(r)
+    }
+
+    #[cfg(madsim)]
+    fn answer(&self, r: &v1::HeartbeatRequest, _: Option<&()>) -> std::result::Result<v1::HeartbeatResponse, Status> {
+        self.answer_checked(r)
+    }
+
+    fn answer_checked(&self, r: &v1::HeartbeatRequest) -> std::result::Result<v1::HeartbeatResponse, Status> {
         // Only registered nodes are remembered (the leader's table stays as large as the cluster).
         let view =
             blixard_consensus::sm::ReadView::begin(self.raft.db()).map_err(|e| Status::internal(e.to_string()))?;
@@ -195,6 +251,6 @@ impl v1::node_service_server::NodeService for Nodes {
         if !self.monitor.heard(r.node_id, st.role, st.term) {
             return Err(rpc::status(Code::Unavailable, "not the leader", Reason::NotApplied, None));
         }
-        Ok(Response::new(v1::HeartbeatResponse { seq: r.seq, term: st.term, commit_index: st.commit }))
+        Ok(v1::HeartbeatResponse { seq: r.seq, term: st.term, commit_index: st.commit })
     }
 }

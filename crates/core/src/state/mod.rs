@@ -283,6 +283,44 @@ pub fn nodes(store: &impl ReadStore) -> Result<Vec<crate::scheduler::NodeRecord>
     store.scan(Table::Nodes, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Nodes, k, v)).collect()
 }
 
+/// The leading fields of a [`crate::scheduler::NodeRecord`] in postcard's layout, borrowed from
+/// the stored bytes, up to its state: what the liveness monitor needs of every node, read
+/// without building each node's record (its strings, label map, ports and groups).
+#[derive(Deserialize)]
+struct NodeHead<'a> {
+    id: crate::NodeId,
+    _vcpus: u32,
+    _memory_mib: u64,
+    _disk_gib: u64,
+    #[serde(borrow)]
+    _accel: &'a str,
+    #[serde(borrow)]
+    _backend: &'a str,
+    /// A map in postcard is a length and the pairs, as a sequence of pairs is.
+    #[serde(borrow)]
+    _labels: Vec<(&'a str, &'a str)>,
+    #[serde(borrow)]
+    _agent_version: &'a str,
+    state: crate::NodeState,
+}
+
+/// Every registered node's id and state (the liveness monitor reads this every 100 ms).
+pub fn node_states(store: &impl ReadStore) -> Result<Vec<(crate::NodeId, crate::NodeState)>, StoreError> {
+    let pairs = store.scan(Table::Nodes, b"", usize::MAX)?;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs.iter() {
+        let h: NodeHead<'_> = postcard::from_bytes(v).map_err(|e| {
+            StoreError(format!(
+                "undecodable record in {} at {:?}: {e}",
+                Table::Nodes.name(),
+                String::from_utf8_lossy(k)
+            ))
+        })?;
+        out.push((h.id, h.state));
+    }
+    Ok(out)
+}
+
 /// The whole replicated state as one byte string (the Raft snapshot payload).
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {

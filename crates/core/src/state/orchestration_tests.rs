@@ -296,3 +296,40 @@ fn a_stopped_vm_started_again_where_it_no_longer_fits_waits_for_its_old_node() {
     run(&mut s, 7, Command::VmHandoff { name: "a".into(), node: 1 }).unwrap();
     assert_eq!(get(&s, "a").handoff_from, None);
 }
+
+#[test]
+fn node_states_reads_the_id_and_state_of_every_full_record() {
+    use crate::scheduler::{Drain, NodeRecord};
+    let mut s = MemStore::default();
+    let full = NodeRecord {
+        id: 7,
+        vcpus: 8,
+        memory_mib: 4096,
+        disk_gib: 100,
+        accel: "kvm".into(),
+        backend: "qemu".into(),
+        labels: [("zone".to_string(), "a".to_string()), ("rack".to_string(), "r1".to_string())].into(),
+        agent_version: "0.1.0".into(),
+        state: NodeState::Down,
+        state_since_ms: 99,
+        eligible: false,
+        drain: Some(Drain { deadline_ms: 5, parallel: 2, started_ms: 1 }),
+        used: Default::default(),
+        ports: [80, 443].into(),
+        groups: [("web".to_string(), 2)].into(),
+        slot: 3,
+    };
+    let bare = NodeRecord { id: 1 << 40, ..Default::default() };
+    for n in [&full, &bare] {
+        s.put(Table::Nodes, &n.id.to_be_bytes(), &postcard::to_allocvec(n).unwrap()).unwrap();
+    }
+    assert_eq!(node_states(&s).unwrap(), vec![(7, NodeState::Down), (1 << 40, NodeState::Ready)]);
+    assert_eq!(
+        node_states(&s).unwrap(),
+        nodes(&s).unwrap().into_iter().map(|n| (n.id, n.state)).collect::<Vec<_>>(),
+        "the same as decoding every record"
+    );
+    // A record cut short is an error naming the table, not a panic.
+    s.put(Table::Nodes, &9u64.to_be_bytes(), &[9, 1]).unwrap();
+    assert!(node_states(&s).unwrap_err().0.contains("undecodable record in sm_nodes"), "{:?}", node_states(&s));
+}

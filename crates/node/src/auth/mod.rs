@@ -90,6 +90,7 @@ pub const METHODS: &[Rule] = &[
     r("/blixard.v1.NodeService/Drain", Operator, true),
     r("/blixard.v1.NodeService/SetEligibility", Operator, true),
     r("/blixard.v1.NodeService/Heartbeat", Peer, false),
+    Rule { path: "/blixard.v1.NodeService/Heartbeats", need: Peer, mutating: false, client_stream: true },
     r("/blixard.v1.NodeService/Usage", Viewer, false),
     r("/blixard.v1.NodeService/RegisterSimulatedNodes", Admin, true),
     r("/blixard.v1.TaskService/SubmitTask", Operator, true),

@@ -114,38 +114,152 @@ impl Lease {
     }
 }
 
-/// Heartbeats the leader every `timing.heartbeat` for as long as the node runs. On the leader
-/// itself a heartbeat is a note in its own monitor.
+/// Heartbeats sent on a stream and not answered yet that are remembered (their send times).
+const PENDING: usize = 16;
+
+/// Sent `(seq, when)`, oldest first: the send time an answer's seq stands for.
+type Pending = Arc<Mutex<std::collections::VecDeque<(u64, Instant)>>>;
+
+/// One open heartbeat stream to a leader (`NodeService/Heartbeats`). Dropping it ends the
+/// stream.
+struct Session {
+    leader: NodeId,
+    tx: futures::channel::mpsc::Sender<HeartbeatRequest>,
+    pending: Pending,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The send time of the heartbeat `seq`, forgetting it and every older one (answers come in
+/// order; one never answered is forgotten when a later one is).
+fn take_sent(pending: &Pending, seq: u64) -> Option<Instant> {
+    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(&(s, t)) = p.front() {
+        if s > seq {
+            break;
+        }
+        p.pop_front();
+        if s == seq {
+            return Some(t);
+        }
+    }
+    None
+}
+
+impl Session {
+    /// Opens a stream to `leader` at `addr` and sends `first` on it; its answers grant the lease.
+    async fn open(
+        leader: NodeId,
+        addr: &str,
+        first: (HeartbeatRequest, Instant),
+        raft: &Handle,
+        pool: &ChannelPool,
+        lease: &Arc<Lease>,
+        every: std::time::Duration,
+    ) -> Option<Session> {
+        let ch = pool.get(addr).ok()?;
+        let (mut tx, rx) = futures::channel::mpsc::channel(PENDING);
+        let pending: Pending = Arc::default();
+        pending.lock().unwrap_or_else(|e| e.into_inner()).push_back((first.0.seq, first.1));
+        tx.try_send(first.0).ok()?;
+        let mut answers = match tokio::time::timeout(every, NodeServiceClient::new(ch).heartbeats(rx)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => {
+                tracing::trace!("heartbeat stream to node {leader} refused: {}", s.message());
+                return None;
+            }
+            Err(_) => {
+                tracing::trace!("heartbeat stream to node {leader} not answered in {every:?}");
+                return None;
+            }
+        };
+        let reader = tokio::spawn({
+            let (pending, raft, lease) = (pending.clone(), raft.clone(), lease.clone());
+            async move {
+                loop {
+                    match answers.message().await {
+                        Ok(Some(r)) => {
+                            // Answers from a leader older than the one this node knows are refused.
+                            if let Some(sent) = take_sent(&pending, r.seq) {
+                                if r.term >= raft.status().term {
+                                    lease.grant(sent, r.term, r.commit_index);
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(s) => {
+                            tracing::trace!("heartbeat stream to node {leader} ended: {}", s.message());
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Some(Session { leader, tx, pending, reader })
+    }
+
+    /// Whether the stream still works: open, and no heartbeat left unanswered for `stall`.
+    fn alive(&self, now: Instant, stall: std::time::Duration) -> bool {
+        let oldest = self.pending.lock().unwrap_or_else(|e| e.into_inner()).front().map(|&(_, t)| t);
+        !self.reader.is_finished() && oldest.is_none_or(|t| now.saturating_duration_since(t) < stall)
+    }
+
+    /// Sends heartbeat `req`, sent at `sent`; `false` when the stream cannot take it.
+    fn send(&mut self, req: HeartbeatRequest, sent: Instant) -> bool {
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.len() >= PENDING {
+                p.pop_front();
+            }
+            p.push_back((req.seq, sent));
+        }
+        self.tx.try_send(req).is_ok()
+    }
+}
+
+/// Heartbeats the leader every `timing.heartbeat` for as long as the node runs, on one stream
+/// per leader (a new one when the leader changes, the stream ends or stalls). The lease is
+/// reasoned exactly as with one call per heartbeat: an answer extends it from the send time of
+/// the heartbeat whose seq it carries. On the leader itself a heartbeat is a note in its own
+/// monitor.
 pub async fn heartbeat(id: NodeId, raft: Handle, pool: Arc<ChannelPool>, monitor: Arc<Monitor>, lease: Arc<Lease>) {
     let every = monitor.timing.heartbeat;
     let mut seq = 0u64;
+    let mut session: Option<Session> = None;
     loop {
         let st = raft.status();
         let sent = Instant::now();
         seq += 1;
         match st.leader_id {
             Some(l) if l == id && st.role == Role::Leader && monitor.heard(id, st.role, st.term) => {
+                session = None;
                 lease.grant(sent, st.term, st.commit);
             }
-            Some(l) if l == id => {}
+            Some(l) if l == id => session = None,
             Some(l) => {
-                if let Some(addr) = crate::members_addr(&raft, l) {
-                    if let Ok(ch) = pool.get(&addr) {
-                        let req = HeartbeatRequest { node_id: id, seq };
-                        let mut client = NodeServiceClient::new(ch);
-                        match tokio::time::timeout(every, client.heartbeat(req)).await {
-                            // Answers from a leader older than the one this node knows are refused.
-                            Ok(Ok(r)) if r.get_ref().seq == seq && r.get_ref().term >= raft.status().term => {
-                                lease.grant(sent, r.get_ref().term, r.get_ref().commit_index);
-                            }
-                            Ok(Ok(_)) => {}
-                            Ok(Err(s)) => tracing::trace!("heartbeat to node {l} refused: {}", s.message()),
-                            Err(_) => tracing::trace!("heartbeat to node {l} timed out"),
+                let req = HeartbeatRequest { node_id: id, seq };
+                // A stream to an old leader, ended, or with a heartbeat unanswered for two
+                // periods is dropped and a new one opened.
+                match session.as_mut() {
+                    Some(s) if s.leader == l && s.alive(sent, every * 2) => {
+                        if !s.send(req, sent) {
+                            session = None;
+                        }
+                    }
+                    _ => {
+                        session = None;
+                        if let Some(addr) = crate::members_addr(&raft, l) {
+                            session = Session::open(l, &addr, (req, sent), &raft, &pool, &lease, every).await;
                         }
                     }
                 }
             }
-            None => {}
+            None => session = None,
         }
         let spent = sent.elapsed();
         if spent < every {
@@ -185,6 +299,21 @@ mod tests {
         l.grant(sent + Duration::from_millis(100), 4, 70);
         assert_eq!(l.until(), Some(sent + Duration::from_millis(500)));
         assert!(!l.valid(60));
+    }
+
+    #[test]
+    fn an_answer_on_the_stream_stands_for_the_send_time_of_its_own_seq_only() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let pending: Pending = Arc::new(Mutex::new((1..=4).map(|s| (s, at(s * 100))).collect()));
+        // The answer to 3: its own send time (never a later one), and 1 and 2 are forgotten.
+        assert_eq!(take_sent(&pending, 3), Some(at(300)));
+        assert_eq!(take_sent(&pending, 2), None, "older than an answered one");
+        assert_eq!(take_sent(&pending, 3), None, "answered once");
+        assert_eq!(take_sent(&pending, 9), None, "never sent");
+        assert!(pending.lock().unwrap().is_empty(), "9 is past every sent one: all forgotten");
+        pending.lock().unwrap().push_back((10, at(1_000)));
+        assert_eq!(take_sent(&pending, 10), Some(at(1_000)));
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Node liveness and fencing: how the cluster notices a dead node, and why a VM never runs on
 //! two nodes at once when it moves the dead node's VMs elsewhere.
 //!
-//! **Heartbeats.** Every node sends the leader a heartbeat every `heartbeat` (500 ms). They are
-//! not Raft writes: the leader ([`monitor::Monitor`]) keeps, in memory, when it last received
+//! **Heartbeats.** Every node sends the leader a heartbeat every `heartbeat` (500 ms), each a
+//! message on one long-lived stream to the leader (`NodeService/Heartbeats`, a new stream when
+//! the leader changes or the stream ends or stalls), answered by a message carrying its seq:
+//! a unary call per heartbeat cost the leader ~90 µs of CPU each, 18 % of a core for 1,000
+//! nodes, in the request layers rather than in the liveness logic. They are not Raft writes: the leader ([`monitor::Monitor`]) keeps, in memory, when it last received
 //! one from each node, and proposes only transitions through Raft — `ready → down` when a node
 //! was silent for `down_after` (3 s), `down → ready` when it is heard again. A node that becomes
 //! leader first gives every node a full `down_after` from that moment, and a node that registers
@@ -10,7 +13,9 @@
 //!
 //! **Leases and fencing.** A node holds a lease ([`lease::Lease`]) while the leader answers its
 //! heartbeats: an answer to the heartbeat *sent* at `s` (the node's monotonic clock) extends the
-//! lease to `s + fence_after` (2 s). When the lease runs out, the node fences itself: it kills
+//! lease to `s + fence_after` (2 s). On the stream an answer names its heartbeat by seq and
+//! stands for that heartbeat's send time only, as a unary call's answer did: the leader received
+//! it after `s`, so the argument below is unchanged by the transport. When the lease runs out, the node fences itself: it kills
 //! every VM it runs ([`fence`]) and starts none until it holds a lease again, and then only
 //! once it has applied the log as far as the leader had committed when it answered — so it has
 //! seen every VM moved away from it before it may start any.
