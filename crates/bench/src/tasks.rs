@@ -117,7 +117,16 @@ async fn one(
             }
             None => {
                 let req = WaitTaskRequest { id: t.id.clone(), timeout_ms: 30_000, read: None };
-                c.wait_task(req).await.context("wait")?.into_inner()
+                match c.wait_task(req).await {
+                    Ok(r) => r.into_inner(),
+                    // Its read barrier refused for a moment (no leader known, under load):
+                    // asked again, as the CLI does.
+                    Err(e) if e.code() == tonic::Code::Unavailable && t0.elapsed() < Duration::from_secs(30) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context("wait")),
+                }
             }
         };
         match got.state.as_str() {
