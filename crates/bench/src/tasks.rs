@@ -1,9 +1,11 @@
 //! Batch tasks end to end: closed-loop submitters, each submitting `true` (a process task, 1
-//! vCPU, 16 MiB) through the nodes round robin, then polling it (stale reads on the node that
-//! took it, every `poll`) until it is `succeeded`, then submitting the next. Per submitter
+//! vCPU, 16 MiB) through the nodes round robin, then waiting for it on the node that took it
+//! (`WaitTask`, one request answered when that node applies the task's end; or, with `--poll`,
+//! stale `GetTask` reads every so often, as before `WaitTask` existed) until it is `succeeded`,
+//! then submitting the next. Per submitter
 //! count: tasks completed per second in the measured window, and submit → succeeded latency
 //! as the client saw it (p50/p99) and as the cluster recorded it (finished − submitted, which
-//! the polling does not round up), split at the attempt's recorded start (submitted → started:
+//! polling does not round up), split at the attempt's recorded start (submitted → started:
 //! placement, the runner noticing it and its `started` report; started → finished: the process
 //! with its cgroup, and the `finished` report). With `--server-pids`, the CPU the servers (and
 //! the processes they started) used per task, and the cores the rest of the machine used in the
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use blixard_core::ClientSession;
 use blixard_proto::v1::task_service_client::TaskServiceClient;
-use blixard_proto::v1::{ReadOptions, TaskIdRequest, TaskSpec};
+use blixard_proto::v1::{ReadOptions, TaskIdRequest, TaskSpec, WaitTaskRequest};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -32,9 +34,10 @@ pub struct TasksArgs {
     duration: Duration,
     #[arg(long, value_parser = crate::parse_duration, default_value = "2s")]
     warmup: Duration,
-    /// How often a submitter asks whether its task is done.
-    #[arg(long, value_parser = crate::parse_duration, default_value = "2ms")]
-    poll: Duration,
+    /// Poll with stale `GetTask` reads this often instead of one `WaitTask` per task (for a
+    /// server without `WaitTask`, or to compare the two).
+    #[arg(long, value_parser = crate::parse_duration)]
+    poll: Option<Duration>,
     /// Pids of the servers under test (comma-separated): their CPU (with their children's) per
     /// task is reported, and is not counted as other load.
     #[arg(long, value_delimiter = ',')]
@@ -94,7 +97,11 @@ struct Done {
     at: Instant,
 }
 
-async fn one(c: &mut TaskServiceClient<Channel>, s: &mut ClientSession, poll: Duration) -> anyhow::Result<Done> {
+async fn one(
+    c: &mut TaskServiceClient<Channel>,
+    s: &mut ClientSession,
+    poll: Option<Duration>,
+) -> anyhow::Result<Done> {
     let t0 = Instant::now();
     let seq = s.begin();
     let mut req = tonic::Request::new(spec());
@@ -103,8 +110,25 @@ async fn one(c: &mut TaskServiceClient<Channel>, s: &mut ClientSession, poll: Du
     s.end(seq.seq);
     let t = r.context("submit")?.into_inner();
     loop {
-        let req = TaskIdRequest { id: t.id.clone(), read: Some(ReadOptions { stale: true }) };
-        let got = c.get_task(req).await.context("get")?.into_inner();
+        let got = match poll {
+            Some(_) => {
+                let req = TaskIdRequest { id: t.id.clone(), read: Some(ReadOptions { stale: true }) };
+                c.get_task(req).await.context("get")?.into_inner()
+            }
+            None => {
+                let req = WaitTaskRequest { id: t.id.clone(), timeout_ms: 30_000, read: None };
+                match c.wait_task(req).await {
+                    Ok(r) => r.into_inner(),
+                    // Its read barrier refused for a moment (no leader known, under load):
+                    // asked again, as the CLI does.
+                    Err(e) if e.code() == tonic::Code::Unavailable && t0.elapsed() < Duration::from_secs(30) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context("wait")),
+                }
+            }
+        };
         match got.state.as_str() {
             "succeeded" => {
                 let finished = got.finished_ms.unwrap_or(got.submitted_ms);
@@ -119,7 +143,11 @@ async fn one(c: &mut TaskServiceClient<Channel>, s: &mut ClientSession, poll: Du
                 });
             }
             "failed" | "timed_out" | "cancelled" | "lost" => bail!("task {} ended {}", t.id, got.state),
-            _ => tokio::time::sleep(poll).await,
+            _ => {
+                if let Some(every) = poll {
+                    tokio::time::sleep(every).await;
+                }
+            }
         }
     }
 }

@@ -136,6 +136,14 @@ fn tasks_run_for_real_and_their_results_are_recorded() {
     wait_until("the task to run", DONE, || {
         (cli_json_opt(&addr, &["task", "get", &id])?["state"] == "running").then_some(())
     });
+    // `task wait` (one WaitTask per 10 s) gives up at its timeout while the task runs...
+    let o = cli(&addr, &["task", "wait", "--timeout", "1s", &id]);
+    assert!(!o.status.success() && stderr(&o).contains("still running"), "{}", stderr(&o));
+    // ...and a waiter is answered with the end once it is applied.
+    let waiter = {
+        let (addr, id) = (addr.clone(), id.clone());
+        std::thread::spawn(move || cli(&addr, &["-o", "json", "task", "wait", "--timeout", "60s", &id]))
+    };
     assert!(cli(&addr, &["task", "cancel", &id]).status.success());
     let v = finished(&addr, &id);
     assert_eq!(
@@ -143,6 +151,9 @@ fn tasks_run_for_real_and_their_results_are_recorded() {
         (Some("cancelled"), Some("cancelled")),
         "{v}"
     );
+    let o = waiter.join().expect("the waiter");
+    let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stderr(&o)));
+    assert_eq!((w["state"].as_str(), o.status.code()), (Some("cancelled"), Some(1)), "{w}");
 
     // Output beyond the 16 MiB bound is cut with a marker; the recorded tail stays 4 KiB.
     let id = submit(&addr, &["--", "sh", "-c", "head -c 17000000 /dev/zero | tr '\\0' x; echo; echo END"]);

@@ -200,6 +200,19 @@ impl Api {
         self.read(opts, q).await
     }
 
+    /// Changes whenever applied state other than key/value pairs became visible to readers (a
+    /// task's record among it): what a waiting request re-reads on.
+    pub fn watch_state_version(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.raft.watch_state_version()
+    }
+
+    /// A query of what this node has applied and made visible, without a barrier (for a request
+    /// that already passed one and re-reads after [`Api::watch_state_version`] changed).
+    pub fn query_applied(&self, q: &Query) -> std::result::Result<QueryResult, Status> {
+        let view = ReadView::begin(self.raft.db()).map_err(status::store)?;
+        blixard_core::state::query(&view, q).map_err(status::store)
+    }
+
     /// Serves a query after a ReadIndex round, or from local state when `stale`.
     async fn read(&self, opts: Option<v1::ReadOptions>, q: Query) -> std::result::Result<QueryResult, Status> {
         if !opts.is_some_and(|o| o.stale) {

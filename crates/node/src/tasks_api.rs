@@ -15,6 +15,9 @@ type Result<T> = std::result::Result<tonic::Response<T>, Status>;
 type LogStream = std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<v1::VmLogChunk, Status>> + Send>>;
 
 const DEFAULT_LIMIT: usize = 1000;
+/// `WaitTask`'s wait when the request names none, and the longest it waits.
+const WAIT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(60);
+const WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 const CHUNK: usize = 64 * 1024;
 
 #[derive(Clone)]
@@ -47,6 +50,14 @@ impl Tasks {
             QueryResult::Task(None) => Err(Status::not_found(format!("task {id} not found"))),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+/// How long a `WaitTask` request waits: `timeout_ms` (0: the default), at most [`WAIT_MAX`].
+fn wait_for(timeout_ms: u64) -> std::time::Duration {
+    match timeout_ms {
+        0 => WAIT_DEFAULT,
+        n => std::time::Duration::from_millis(n).min(WAIT_MAX),
     }
 }
 
@@ -128,6 +139,34 @@ impl v1::task_service_server::TaskService for Tasks {
             (_, Response::Pruned { count }) => Ok(tonic::Response::new(v1::PruneTasksResponse { pruned: count })),
             (_, other) => Err(unexpected(other)),
         }
+    }
+
+    async fn wait_task(&self, req: Request<v1::WaitTaskRequest>) -> Result<v1::Task> {
+        let r = req.into_inner();
+        let id = parse_id(&r.id).map_err(invalid)?;
+        let deadline = tokio::time::Instant::now() + wait_for(r.timeout_ms);
+        // Watched from before the first read, so an end applied between that read and the
+        // wait still wakes it.
+        let mut version = self.api.watch_state_version();
+        version.borrow_and_update();
+        let mut t = self.get(&r.id, r.read).await?;
+        let q = Query::TaskGet { id };
+        // Each wake-up is one read of the task from this node's applied state: what is applied
+        // here is committed, so an end seen here is final, and nothing is asked of Raft again.
+        while !t.state.is_finished() {
+            tokio::select! {
+                changed = version.changed() => {
+                    changed.map_err(|_| Status::unavailable("this node is shutting down"))?;
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+            t = match self.api.query_applied(&q)? {
+                QueryResult::Task(Some(t)) => *t,
+                QueryResult::Task(None) => return Err(Status::not_found(format!("task {} not found", r.id))),
+                other => return Err(unexpected(other)),
+            };
+        }
+        Ok(tonic::Response::new(t.into()))
     }
 
     type TaskLogsStream = LogStream;

@@ -256,11 +256,31 @@ async fn get(conn: &mut Conn, id: &str, stale: bool) -> anyhow::Result<v1::Task>
     Ok(conn.read(req, |ch, r| async move { client(ch).get_task(r).await }).await?)
 }
 
-/// Polls until the task is finished (or the deadline), then prints it and exits with its code.
+/// How long one `WaitTask` request waits (below the client's per-request timeout).
+const WAIT_CHUNK: Duration = Duration::from_secs(10);
+
+/// The task once it finished or `left` passed: one `WaitTask` (the node answers when it applies
+/// the end); a node without `WaitTask` is polled as before it existed.
+async fn wait_once(conn: &mut Conn, id: &str, left: Duration) -> anyhow::Result<v1::Task> {
+    let req = v1::WaitTaskRequest {
+        id: id.to_string(),
+        timeout_ms: left.min(WAIT_CHUNK).as_millis().max(1) as u64,
+        read: Some(ReadOptions { stale: false }),
+    };
+    match conn.read(req, |ch, r| async move { client(ch).wait_task(r).await }).await {
+        Err(crate::client::ClientError::Status(s)) if s.code() == tonic::Code::Unimplemented => {
+            tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+            get(conn, id, false).await
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Waits until the task is finished (or the deadline), then prints it and exits with its code.
 async fn wait(conn: &mut Conn, fmt: Format, id: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
+    let mut t = get(conn, id, false).await?;
     loop {
-        let t = get(conn, id, false).await?;
         if let Some(code) = t.exit_code {
             let out = task_out(t);
             emit(fmt, &out, || detail(&out));
@@ -268,10 +288,11 @@ async fn wait(conn: &mut Conn, fmt: Format, id: &str, timeout: Duration) -> anyh
             std::io::stdout().flush()?;
             std::process::exit(code.clamp(0, 255));
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             anyhow::bail!("task {id} is still {} after {timeout:?}", t.state);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        t = wait_once(conn, id, left).await?;
     }
 }
 

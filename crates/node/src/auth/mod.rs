@@ -99,6 +99,7 @@ pub const METHODS: &[Rule] = &[
     r("/blixard.v1.TaskService/CancelTask", Operator, true),
     r("/blixard.v1.TaskService/PruneTasks", Operator, true),
     r("/blixard.v1.TaskService/TaskLogs", Viewer, false),
+    r("/blixard.v1.TaskService/WaitTask", Viewer, false),
     r("/blixard.v1.TokenService/CreateToken", Admin, true),
     r("/blixard.v1.TokenService/ListTokens", Admin, false),
     r("/blixard.v1.TokenService/RevokeToken", Admin, true),

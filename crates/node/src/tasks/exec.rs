@@ -309,7 +309,22 @@ impl ProcessExecutor {
             None => return start_failed("cannot set up its directory and cgroup".into()),
         };
         let t_setup = t0.elapsed();
-        let mut cmd = tokio::process::Command::new(&spec.command);
+        // Under cgroup v1 the child is started without a fork of the daemon (see
+        // [`super::spawn`]): that needs the program as a path (a name is looked up in the
+        // task's PATH here; one found nowhere is left to fail as before).
+        let v1 = cgroup.as_ref().and_then(limits::v1_thread_files);
+        let program = v1.as_ref().and_then(|_| match spec.command.contains('/') {
+            true => Some(PathBuf::from(&spec.command)),
+            false => super::spawn::resolve(&spec.command, &self.path),
+        });
+        let mut cmd = match &program {
+            Some(p) => {
+                let mut c = tokio::process::Command::new(p);
+                c.arg0(&spec.command);
+                c
+            }
+            None => tokio::process::Command::new(&spec.command),
+        };
         cmd.args(&spec.args)
             .env_clear()
             .env("PATH", &self.path)
@@ -326,10 +341,28 @@ impl ProcessExecutor {
             .filter_map(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok())
             .collect();
         let rlimit_as = self.limits.rlimit_as(spec.memory_mib);
-        if !procs.is_empty() || rlimit_as.is_some() {
-            limit_before_exec(&mut cmd, procs, rlimit_as);
-        }
-        let mut child = match cmd.spawn() {
+        let spawned = match (program, v1) {
+            (Some(_), Some((into, home))) => super::spawn::on_spawner(move || {
+                match super::spawn::spawn_in_v1(&into, &home, || cmd.spawn()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The thread could not join the cgroup: the child joins it before exec.
+                        tracing::warn!("spawning without a fork failed ({e}): forking instead");
+                        limit_before_exec(&mut cmd, procs, rlimit_as);
+                        cmd.spawn()
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|| Err(std::io::Error::other("the task-spawner thread is gone"))),
+            _ => {
+                if !procs.is_empty() || rlimit_as.is_some() {
+                    limit_before_exec(&mut cmd, procs, rlimit_as);
+                }
+                cmd.spawn()
+            }
+        };
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 let dir = job.dir.clone();

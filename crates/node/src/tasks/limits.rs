@@ -441,6 +441,18 @@ mod host {
         cg.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// cgroup v1 only: the `tasks` files a thread writes itself into to move into the attempt's
+    /// cgroups, and those of the daemon's own cgroups (the parents of [`super::PARENT`]) to
+    /// move back to ([`crate::tasks::spawn`]).
+    pub fn v1_thread_files(cg: &Cgroup) -> Option<(Vec<PathBuf>, Vec<PathBuf>)> {
+        if cg.v2 || cg.dirs.is_empty() {
+            return None;
+        }
+        let into = cg.dirs.iter().map(|d| d.join("tasks")).collect();
+        let home = cg.dirs.iter().map(|d| Some(d.parent()?.parent()?.join("tasks"))).collect::<Option<Vec<_>>>()?;
+        Some((into, home))
+    }
+
     /// How many processes the kernel's OOM killer killed in it.
     pub fn oom_kills(cg: &Cgroup) -> u64 {
         let (file, name) = if cg.v2 { ("memory.events", "oom_kill") } else { ("memory.oom_control", "oom_kill") };

@@ -20,6 +20,8 @@
 
 pub mod exec;
 pub mod limits;
+#[cfg(not(madsim))]
+pub mod spawn;
 #[cfg(all(test, not(madsim)))]
 mod tests;
 #[cfg(not(madsim))]

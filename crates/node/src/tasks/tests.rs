@@ -170,6 +170,78 @@ async fn in_a_cgroup_a_task_over_its_memory_is_oom_within_it_succeeds_and_the_cg
     assert!(gone, "its cgroup is still there: {line}");
 }
 
+/// The cgroup paths (after the controllers) of every thread of this process.
+fn own_threads_cgroups() -> Vec<String> {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("cgroup")).ok())
+        .flat_map(|c| c.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+#[tokio::test]
+async fn in_a_cgroup_a_program_by_name_runs_in_each_of_its_cgroups_and_no_daemon_thread_stays_there() {
+    let ex = ProcessExecutor { limits: cgroup_plan(), ..Default::default() };
+    let d = tempfile::tempdir().unwrap();
+    for (i, program) in ["cat", "/bin/cat"].into_iter().enumerate() {
+        let dir = d.path().join(format!("t3-{i}"));
+        let f = run_with(&ex, spec(program, &["/proc/self/cgroup"]), &dir).await;
+        assert_eq!(f.result, AttemptResult::Exited { code: 0 }, "{f:?}");
+        let out = String::from_utf8_lossy(&f.stdout_tail).into_owned();
+        let inside = format!("/{}/{}", limits::PARENT, limits::leaf_name(&dir));
+        let want: &[&str] = match &ex.limits {
+            Plan::V1 { cpu: Some(_), .. } => &["memory", "cpu"],
+            Plan::V1 { .. } => &["memory"],
+            _ => &[""],
+        };
+        for ctl in want {
+            let line = out.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == *ctl)));
+            assert!(line.is_some_and(|l| l.ends_with(&inside)), "{program}: not in its {ctl:?} cgroup: {out}");
+        }
+    }
+    // Under cgroup v1 they were started by the spawning thread (no fork of this process)...
+    if matches!(ex.limits, Plan::V1 { .. }) {
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .collect();
+        assert!(names.iter().any(|n| n.trim() == "task-spawner"), "no task-spawner thread: {names:?}");
+    }
+    // ...which is back in the daemon's own cgroups (polled:
+    // tests running beside this one start attempts too, each with the thread inside for a
+    // moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stray: Vec<String> = own_threads_cgroups().into_iter().filter(|l| l.contains(limits::PARENT)).collect();
+        if stray.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "threads of this process left in attempts' cgroups: {stray:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_program_name_is_found_in_path_as_execvp_would() {
+    use super::spawn::resolve;
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    std::fs::create_dir_all(a.join("prog")).unwrap(); // a directory is not a program
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join("noexec"), "").unwrap(); // nor a file without the x bit (as root: no x bit at all)
+    std::fs::write(b.join("prog"), "#!/bin/sh\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(b.join("prog"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}::{}", a.display(), b.display());
+    assert_eq!(resolve("prog", &path), Some(b.join("prog")));
+    assert_eq!(resolve("noexec", &path), None);
+    assert_eq!(resolve("missing", &path), None);
+    assert_eq!(resolve("/bin/sh", &path), None);
+    assert_eq!(resolve("", &path), None);
+}
+
 #[tokio::test]
 async fn in_a_cgroup_a_forked_child_cannot_escape_and_is_killed_with_the_attempt() {
     let ex = ProcessExecutor { limits: cgroup_plan(), grace: Duration::from_millis(300), ..Default::default() };
