@@ -344,6 +344,12 @@ impl ProcessExecutor {
         let spawned = match (program, v1) {
             (Some(_), Some((into, home))) => super::spawn::on_spawner(move || {
                 match super::spawn::spawn_in_v1(&into, &home, || cmd.spawn()) {
+                    // A script without `#!`: `posix_spawn` does not run it, `execvp` hands it to
+                    // `sh` (as the task ran before): that path, then.
+                    Ok(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::NOEXEC.raw_os_error()) => {
+                        limit_before_exec(&mut cmd, procs, rlimit_as);
+                        cmd.spawn()
+                    }
                     Ok(r) => r,
                     Err(e) => {
                         // The thread could not join the cgroup: the child joins it before exec.

@@ -242,6 +242,19 @@ fn a_program_name_is_found_in_path_as_execvp_would() {
     assert_eq!(resolve("", &path), None);
 }
 
+/// A script without a `#!` line runs (by `sh`, as `execvp` does) in its cgroup too.
+#[tokio::test]
+async fn in_a_cgroup_a_script_without_an_interpreter_line_runs_under_sh() {
+    let ex = ProcessExecutor { limits: cgroup_plan(), ..Default::default() };
+    let d = tempfile::tempdir().unwrap();
+    let script = d.path().join("plain.sh");
+    std::fs::write(&script, "echo from-a-plain-script\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let f = run_with(&ex, spec(script.to_str().unwrap(), &[]), &d.path().join("t4-1")).await;
+    assert_eq!(f.result, AttemptResult::Exited { code: 0 }, "{f:?}");
+    assert_eq!(String::from_utf8_lossy(&f.stdout_tail).trim(), "from-a-plain-script");
+}
+
 #[tokio::test]
 async fn in_a_cgroup_a_forked_child_cannot_escape_and_is_killed_with_the_attempt() {
     let ex = ProcessExecutor { limits: cgroup_plan(), grace: Duration::from_millis(300), ..Default::default() };
