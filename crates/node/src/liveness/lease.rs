@@ -114,6 +114,13 @@ impl Lease {
     }
 }
 
+/// Whether `id` is a registered node in what this node has applied.
+fn registered(raft: &Handle, id: NodeId) -> bool {
+    blixard_consensus::sm::ReadView::begin(raft.db())
+        .and_then(|v| blixard_core::state::node_exists(&v, id))
+        .unwrap_or(false)
+}
+
 /// Heartbeats the leader every `timing.heartbeat` for as long as the node runs. On the leader
 /// itself a heartbeat is a note in its own monitor.
 pub async fn heartbeat(id: NodeId, raft: Handle, pool: Arc<ChannelPool>, monitor: Arc<Monitor>, lease: Arc<Lease>) {
@@ -124,7 +131,14 @@ pub async fn heartbeat(id: NodeId, raft: Handle, pool: Arc<ChannelPool>, monitor
         let sent = Instant::now();
         seq += 1;
         match st.leader_id {
-            Some(l) if l == id && st.role == Role::Leader && monitor.heard(id, st.role, st.term) => {
+            // A leader that left the cluster (it is no registered node any more) grants itself
+            // no lease, as it answers no heartbeat of another node that left.
+            Some(l)
+                if l == id
+                    && st.role == Role::Leader
+                    && registered(&raft, id)
+                    && monitor.heard(id, st.role, st.term) =>
+            {
                 lease.grant(sent, st.term, st.commit);
             }
             Some(l) if l == id => {}

@@ -121,8 +121,16 @@ impl Monitor {
                     *i = Inner { term: st.term, since: Some(Instant::now()), ..Inner::default() };
                 }
                 let Some(since) = i.since else { continue };
-                let nodes = match ReadView::begin(raft.db()).and_then(|v| blixard_core::state::nodes(&v)) {
-                    Ok(ns) => ns.into_iter().map(|n| (n.id, n.state)).collect::<Vec<_>>(),
+                // A node that left while ready is judged as a ready node that went silent (its
+                // heartbeats are refused since): declared down once its lease has certainly run
+                // out, what it ran may start elsewhere.
+                let nodes = ReadView::begin(raft.db()).and_then(|v| {
+                    let mut ns: Vec<_> = blixard_core::state::nodes(&v)?.into_iter().map(|n| (n.id, n.state)).collect();
+                    ns.extend(blixard_core::state::departed_nodes(&v)?.into_iter().map(|id| (id, NodeState::Ready)));
+                    Ok(ns)
+                });
+                let nodes = match nodes {
+                    Ok(ns) => ns,
                     Err(e) => {
                         tracing::warn!("liveness: cannot read the nodes: {e}");
                         continue;
