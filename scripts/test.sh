@@ -14,12 +14,13 @@ else
 fi
 
 # Deterministic simulation (MadSim, see README "Simulation"): every file with seed 1 (the kept
-# regression seeds too), then the fencing scenarios over 100 more seeds, the random fault
-# schedules (every kind of fault) over 20, one invariant per file, and the task schedules over
-# 5. Seeds known to fail (open bugs, crates/sim/known-failures.txt) are replayed after: each must
+# regression seeds too), then the fencing scenarios over 100 more seeds, the undrained leaves
+# over 30, the random fault schedules (every kind of fault) over 20, one invariant per file,
+# and the task schedules over 5. Seeds known to fail (open bugs, crates/sim/known-failures.txt) are replayed after: each must
 # still fail, so a fix shows (and is then kept in s49_kept_seeds) and none is forgotten.
 scripts/sim.sh 1
 scripts/sim.sh --seeds 2..101 --test s30_fencing
+scripts/sim.sh --seeds 2..31 --test s32_leave_undrained
 scripts/sim.sh --seeds 42..61 --test s40_no_lost_writes --test s41_one_leader_per_term \
   --test s42_converged --test s43_one_vm_runner --test s44_same_seed --test s48_disk_faults_noticed
 scripts/sim.sh --seeds 2..6 --test s45_tasks_one_terminal_state --test s46_tasks_no_lost_submission \

@@ -183,7 +183,10 @@ async fn finals(cluster: &Cluster) -> Result<BTreeMap<u64, NodeFinal>, String> {
     let mut out = BTreeMap::new();
     let current = cluster.current();
     for &n in &current {
-        let s = status(n).await.ok_or(format!("node {n}: no status"))?;
+        let s = status(n).await.ok_or_else(|| match cluster.reg.stopped(n) {
+            Some(why) => format!("node {n}: no status: it {why}"),
+            None => format!("node {n}: no status"),
+        })?;
         let members: Vec<u64> = s.members.iter().filter(|m| m.membership == "voter").map(|m| m.id).collect();
         if members.len() != s.members.len() {
             return Err(format!("node {n}: not every member is a voter: {:?}", s.members));

@@ -104,9 +104,14 @@ pub const ALL: [(&str, Invariant); 5] = [
 ];
 
 /// Checks `inv` on `o`: panics with the seed and the command that replays it on a violation,
-/// prints what was checked otherwise.
+/// prints what was checked otherwise. With `BLIXARD_SIM_HISTORY` set, a violation prints the run's whole history first (every
+/// client operation and driver start and stop) for the replay's investigation.
 pub fn check(seed: u64, test: &str, o: &Outcome, inv: Invariant) {
-    match inv(o) {
+    let r = inv(o);
+    if r.is_err() && std::env::var_os("BLIXARD_SIM_HISTORY").is_some() {
+        eprintln!("seed {seed}: history:\n  {}", o.history.join("\n  "));
+    }
+    match r {
         Ok(what) => eprintln!("seed {seed}: {test}: {what}"),
         Err(e) => panic!("seed {seed}: {test}: {e}\nreplay: scripts/sim.sh {seed} --test {test}"),
     }

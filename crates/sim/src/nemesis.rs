@@ -12,9 +12,11 @@
 //! [`Faults::All`] adds: crashes whose disk loses its unsynced writes in any of the simulated
 //! disk's modes (page by page, a prefix with a torn write, all, all but a torn last write); a
 //! leader transfer; a node joining (a new id on a fresh host and disk); a member leaving
-//! (drained first); a member replaced (its host dies, it is removed, a fresh one added); a bit flipped in an old record of a crashed
-//! node's log (the node must refuse to start, naming the file and the offset; it is then
-//! replaced); EIO on a log `fsync` (the node must stop). A majority always keeps its data and
+//! (drained first or not, its host running on through the hold); a member replaced (its host
+//! dies, it is removed, a fresh one added); a bit flipped in a record of a crashed node's
+//! oldest log segment (the node must refuse to start, naming the file and the offset, if a
+//! durability claim covers the byte; it is then replaced); EIO on a log `fsync` (the node must
+//! stop). A majority always keeps its data and
 //! stays up; the cluster keeps 4 to 7 members.
 
 use std::collections::BTreeMap;
@@ -75,6 +77,7 @@ pub(crate) async fn nemesis(
         let hold = Duration::from_millis(thread_rng().gen_range(500..6_000));
         let kinds = if faults == Faults::Classic { 8 } else { 14 };
         let mut eio = None;
+        let mut left = None;
         let kind = thread_rng().gen_range(0..kinds);
         checks.count(KIND_NAMES[kind]);
         let what = match kind {
@@ -129,13 +132,23 @@ pub(crate) async fn nemesis(
                 Ok(id) => format!("node {id} joined"),
                 Err(e) => format!("join failed: {e}"),
             },
-            10 if cluster.current().len() > MIN_MEMBERS => match cluster.drain_node(victim, &mut admin).await {
-                Err(e) => format!("drain of {victim} failed: {e}"),
-                Ok(()) => match cluster.remove_node(victim, &mut admin).await {
-                    Ok(i) => format!("node {victim} drained, left at {i}"),
-                    Err(e) => format!("leave failed: {e}"),
-                },
-            },
+            // Drained first in even rounds, not in odd ones (no draw: the seeds' schedules stay);
+            // its host runs on through the hold, as a removed daemon does.
+            10 if cluster.current().len() > MIN_MEMBERS => {
+                let drained = round % 2 == 0;
+                let d = if drained { cluster.drain_node(victim, &mut admin).await } else { Ok(()) };
+                match d {
+                    Err(e) => format!("drain of {victim} failed: {e}"),
+                    Ok(()) => match cluster.leave(victim, &mut admin).await {
+                        Ok(i) => {
+                            left = Some(victim);
+                            let how = if drained { "drained" } else { "not drained" };
+                            format!("node {victim} ({how}) left at {i}, its host still running")
+                        }
+                        Err(e) => format!("leave failed: {e}"),
+                    },
+                }
+            }
             9 | 10 => format!("membership stays at {} nodes", cluster.current().len()),
             11 => cluster.replace_node(victim, &mut admin).await,
             12 => {
@@ -171,6 +184,9 @@ pub(crate) async fn nemesis(
                 tokio::time::sleep(end.saturating_duration_since(tokio::time::Instant::now())).await;
             }
         }
+        if let Some(id) = left {
+            cluster.retire_host(id);
+        }
         heal_everything(cluster);
     }
     checks
@@ -200,9 +216,17 @@ fn crash_mode(faults: Faults) -> Crash {
     }
 }
 
-/// Crashes `v`, flips a bit of an old record of its oldest log segment, restarts it: it must
-/// refuse to start, naming the segment and an offset at or before the flipped byte.
+/// Crashes `v`, flips a bit of a record of its oldest log segment, restarts it: it must refuse
+/// to start, naming the segment and an offset at or before the flipped byte — if the log could
+/// know that the byte was acknowledged: a durability claim on the disk covers it (see
+/// `blixard_consensus::wal`'s records). Past the last claim (only the newest segment has such a
+/// tail, and the oldest is the newest until the node's first restart) a bad record cannot be
+/// told from a write torn by the crash, which was never acknowledged, and the log drops it: the
+/// node may start then (what it dropped it fetches again from the leader).
 async fn flip_a_bit(cluster: &mut Cluster, v: u64) -> Result<String, String> {
+    // What was synced before the crash (to say whether the flipped byte was).
+    let synced = cluster.segments(v).first().and_then(|s| cluster.disks[&v].durable(s).ok()).unwrap_or_default();
+    let synced = synced.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1) as u64;
     cluster.kill(v);
     let Some(seg) = cluster.segments(v).into_iter().next() else {
         cluster.restart(v);
@@ -210,6 +234,7 @@ async fn flip_a_bit(cluster: &mut Cluster, v: u64) -> Result<String, String> {
     };
     let disk = &cluster.disks[&v];
     let bytes = disk.durable(&seg).map_err(|e| format!("cannot read {}: {e}", seg.display()))?;
+    let claimed = last_claim(&bytes);
     let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
     if end == 0 {
         cluster.restart(v);
@@ -221,7 +246,15 @@ async fn flip_a_bit(cluster: &mut Cluster, v: u64) -> Result<String, String> {
     cluster.restart(v);
     let name = seg.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     let flipped = format!("{name} byte {offset} bit {bit}");
+    let claimed_past = offset < claimed;
     for _ in 0..100 {
+        if !claimed_past && cluster.reg.stopped(v).is_none() && crate::status(v).await.is_some() {
+            let was = if offset < synced { "synced before the crash" } else { "never synced" };
+            return Ok(format!(
+                "{flipped}: past the log's last durability claim (byte {claimed}; {was}): taken for a torn \
+                 tail, node {v} started without it"
+            ));
+        }
         if let Some(why) = cluster.reg.stopped(v) {
             let at = why
                 .split_once(" is damaged at byte ")
@@ -238,6 +271,38 @@ async fn flip_a_bit(cluster: &mut Cluster, v: u64) -> Result<String, String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!("{flipped}: node {v} started on a damaged log (no refusal within 10 s)"))
+}
+
+/// The largest durability claim in a log segment's bytes: every byte before it was synced. A
+/// claim is a record `len = 9 | crc32(kind ++ payload) | kind 6 | offset: u64 LE`, looked for at
+/// every offset, as the log itself does past a bad record.
+fn last_claim(data: &[u8]) -> u64 {
+    const K_SYNCED: u8 = 6;
+    // (A claim's offset may end in zero bytes: only its start is before the last non-zero one.)
+    let end = data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+    let mut best = 0;
+    for at in 0..end {
+        let Some(r) = data.get(at..at + 17) else { break };
+        if r[..4] != 9u32.to_le_bytes() || r[8] != K_SYNCED {
+            continue;
+        }
+        if crc32(&r[8..17]).to_le_bytes() == r[4..8] {
+            best = best.max(u64::from_le_bytes(r[9..17].try_into().unwrap_or_default()));
+        }
+    }
+    best
+}
+
+/// CRC-32 (IEEE, as `crc32fast` computes it).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+        }
+    }
+    !c
 }
 
 /// If the injected EIO struck `v`'s log since `before`, `v` must have stopped, naming the I/O

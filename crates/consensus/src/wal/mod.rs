@@ -368,9 +368,23 @@ impl<F: Fs> Wal<F> {
         sync_dir(&self.fs, &self.dir)
     }
 
+    /// Makes every byte written to the active segment durable, the claim [`Wal::seal`] wrote
+    /// without a sync of its own included: done before the log moves on to a new segment, as
+    /// only the newest segment may have a torn tail (a torn claim in an older one was taken for
+    /// damage, and the node never started again).
+    fn sync_tail(&mut self) -> Result<(), StorageError> {
+        self.write_out(true)?;
+        if self.written > self.synced {
+            let path = self.active_path();
+            self.active.sync_data().map_err(StorageError::io("cannot sync", &path))?;
+            self.synced = self.written;
+        }
+        Ok(())
+    }
+
     /// Starts a new segment (the previous one is complete and durable).
     fn roll(&mut self) -> Result<(), StorageError> {
-        self.write_out(true)?;
+        self.sync_tail()?;
         let seq = self.segments.last().map_or(0, |s| s.seq + 1);
         self.begin_segment(seq, self.last.0)?;
         self.spare.start(&self.fs, &self.dir, self.segment_bytes);
@@ -402,7 +416,7 @@ impl<F: Fs> Wal<F> {
     pub fn reset(&mut self, index: u64, term: u64, hs: &HardState) -> Result<(), StorageError> {
         self.guarded(|w| {
             w.buf.clear();
-            w.write_out(true)?;
+            w.sync_tail()?;
             w.last = (index, term);
             w.hard_state = hs.clone();
             let seq = w.segments.last().map_or(0, |s| s.seq + 1);

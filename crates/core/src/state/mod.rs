@@ -279,6 +279,12 @@ pub fn vms(store: &impl ReadStore) -> Result<Vec<VmRecord>, StoreError> {
 }
 
 /// Every registered node, by id.
+/// The nodes that left the cluster while ready and may still run what they were given (the
+/// leader declares each down, as a silent member, once its lease has certainly run out).
+pub fn departed_nodes(store: &impl ReadStore) -> Result<Vec<crate::NodeId>, StoreError> {
+    nodes::all_departed(store)
+}
+
 pub fn nodes(store: &impl ReadStore) -> Result<Vec<crate::scheduler::NodeRecord>, StoreError> {
     store.scan(Table::Nodes, b"", usize::MAX)?.iter().map(|(k, v)| decode(Table::Nodes, k, v)).collect()
 }
@@ -375,6 +381,8 @@ pub fn import(store: &mut impl Store, data: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+#[cfg(test)]
+mod leave_tests;
 #[cfg(test)]
 mod orchestration_tests;
 #[cfg(test)]

@@ -133,14 +133,18 @@ fn record(store: &mut impl Store, index: u64, now: u64, r: &Registration) -> Res
     n.agent_version = r.agent_version.clone();
     let was_down = n.state == NodeState::Down;
     put(store, &n)?;
+    // A node that left and registers again is a node like any other: its marks wait for its
+    // reports, or for it to be declared down.
+    store.delete(Table::Placements, &departed_key(r.id))?;
     if was_down {
         let _ = set_state(store, index, now, r.id, NodeState::Ready)?;
     }
     Ok(())
 }
 
-/// A liveness transition. Down: the node's VMs move (per their policy). Ready: it takes work
-/// again, and waiting VMs may go there.
+/// A liveness transition. Down: the node's VMs move (per their policy); for a node that left
+/// ([`departed`]), what waited for it to stop may start. Ready: it takes work again, and
+/// waiting VMs may go there.
 pub fn set_state(
     store: &mut impl Store,
     index: u64,
@@ -148,7 +152,13 @@ pub fn set_state(
     id: NodeId,
     state: NodeState,
 ) -> Result<Outcome, StoreError> {
-    let Some(mut n) = get(store, id)? else { return Ok(not_found(id)) };
+    let Some(mut n) = get(store, id)? else {
+        if state == NodeState::Down && departed(store, id)? {
+            departed_fenced(store, index, now, id)?;
+            return Ok(Ok(Response::Done));
+        }
+        return Ok(not_found(id));
+    };
     if n.state == state {
         return Ok(Ok(Response::Done));
     }
@@ -228,9 +238,53 @@ pub fn drain_done_if_empty(store: &mut impl Store, id: NodeId) -> Result<(), Sto
     Ok(())
 }
 
-/// A member left: its record and slot go (the last node takes the slot), and its VMs move.
+/// The key of a node that left while it was ready: `0 | 'd' | id` in `Table::Placements` (no
+/// node has id 0), so the leader finds them all with one small scan.
+fn departed_key(id: NodeId) -> Vec<u8> {
+    let mut k = 0u64.to_be_bytes().to_vec();
+    k.push(b'd');
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Whether node `id` left the cluster while it was ready, and is not yet known to have stopped
+/// what it ran: it was not declared down, so its lease may not have run out (it may not even
+/// know it left). What it ran starts elsewhere only once the leader declares it down as it
+/// would a silent member ([`set_state`]), a full `down_after` after it last heard from it.
+pub fn departed(store: &impl ReadStore, id: NodeId) -> Result<bool, StoreError> {
+    Ok(store.get(Table::Placements, &departed_key(id))?.is_some())
+}
+
+/// Every node that left and may still run what it was given ([`departed`]).
+pub fn all_departed(store: &impl ReadStore) -> Result<Vec<NodeId>, StoreError> {
+    let prefix = departed_key(0);
+    let prefix = &prefix[..9];
+    Ok(store
+        .scan(Table::Placements, prefix, usize::MAX)?
+        .into_iter()
+        .filter_map(|(k, _)| <[u8; 8]>::try_from(&k[9..]).ok().map(NodeId::from_be_bytes))
+        .collect())
+}
+
+/// A node that left is now known to run nothing (declared down): what waited for it may start.
+fn departed_fenced(store: &mut impl Store, index: u64, now: u64, id: NodeId) -> Result<(), StoreError> {
+    store.delete(Table::Placements, &departed_key(id))?;
+    for name in vms::handing_off_from(store, id)? {
+        let _ = vms::handoff(store, index, now, &name, id)?;
+    }
+    Ok(())
+}
+
+/// A member left: its record and slot go (the last node takes the slot), and its VMs move. If
+/// it was ready, it may still run them until its lease runs out (it hears of its removal late
+/// or never, and the leader answered its heartbeats until now): it stays [`departed`], and its
+/// VMs start elsewhere only once it is declared down.
 pub fn remove(store: &mut impl Store, index: u64, now: u64, id: NodeId) -> Result<(), StoreError> {
     let Some(n) = get(store, id)? else { return Ok(()) };
+    let fenced = n.state == NodeState::Down;
+    if !fenced {
+        store.put(Table::Placements, &departed_key(id), &[])?;
+    }
     // Its capacity row goes first: while its VMs and tasks move, it is no candidate for them.
     let last = count(store)?.saturating_sub(1);
     if n.slot != last {
@@ -250,8 +304,10 @@ pub fn remove(store: &mut impl Store, index: u64, now: u64, id: NodeId) -> Resul
     for name in vms::on_node(store, id)? {
         vms::node_lost(store, index, now, &name, id, true)?;
     }
-    for name in vms::handing_off_from(store, id)? {
-        let _ = vms::handoff(store, index, now, &name, id)?;
+    if fenced {
+        for name in vms::handing_off_from(store, id)? {
+            let _ = vms::handoff(store, index, now, &name, id)?;
+        }
     }
     tasks::node_lost(store, index, now, id)
 }

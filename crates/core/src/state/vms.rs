@@ -10,7 +10,10 @@
 //! whenever a VM leaves a node that is still ready — moved by a drain, started again where it no
 //! longer fits, or deleted — that node keeps a handoff mark (`node | 'h' | name`), and the VM's
 //! next placement, under the same name, starts only once that node reported it stopped there
-//! ([`handoff`]) or was declared down (which fenced it). For a deleted VM the mark has a
+//! ([`handoff`]) or was declared down (which fenced it). A node that leaves the cluster while
+//! ready keeps its marks, and gets them for the VMs placed on it, until the leader judges that
+//! its lease has certainly run out, as it would declare it down ([`nodes::departed`]). For a
+//! deleted VM the mark has a
 //! reverse entry, `0 | 't' | name` → node (no node has id 0), so a create under the name finds
 //! it without a scan.
 
@@ -91,15 +94,17 @@ fn unplace(store: &mut impl Store, rec: &mut VmRecord) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Whether node `id` is registered and ready (not declared down: a down node fenced itself).
-fn ready(store: &impl ReadStore, id: NodeId) -> Result<bool, StoreError> {
-    Ok(nodes::get(store, id)?.is_some_and(|n| n.state == NodeState::Ready))
+/// Whether node `id` may still run what it was given: it is registered and ready (not declared
+/// down: a down node fenced itself), or it left the cluster and its lease may not have run out
+/// yet ([`nodes::departed`]).
+fn may_run(store: &impl ReadStore, id: NodeId) -> Result<bool, StoreError> {
+    Ok(nodes::get(store, id)?.is_some_and(|n| n.state == NodeState::Ready) || nodes::departed(store, id)?)
 }
 
 /// `rec` leaves node `from`: unless it is still handing off from another node (so `from` never
-/// started it), it starts elsewhere only once `from` stopped it, if `from` is ready.
+/// started it), it starts elsewhere only once `from` stopped it, if `from` may still run it.
 fn hand_off_from(store: &mut impl Store, rec: &mut VmRecord, from: NodeId) -> Result<(), StoreError> {
-    if rec.handoff_from.is_none() && ready(store, from)? {
+    if rec.handoff_from.is_none() && may_run(store, from)? {
         rec.handoff_from = Some(from);
         store.put(Table::Placements, &key(from, b'h', &rec.spec.name), &[])?;
     }
@@ -174,7 +179,7 @@ pub fn create(
     let tombstone = store.get(Table::Placements, &tombstone_key(&spec.name))?;
     let tombstone = tombstone.map(|t| <[u8; 8]>::try_from(t.as_slice()).map(NodeId::from_be_bytes).ok());
     if let Some(Some(f)) = tombstone {
-        if ready(store, f)? {
+        if may_run(store, f)? {
             rec.handoff_from = Some(f);
         }
     }
@@ -405,7 +410,8 @@ pub fn handoff(store: &mut impl Store, index: u64, now: u64, name: &str, node: N
 }
 
 /// Node `id` of `name` was declared down (or removed): per the VM's policies it moves, waits,
-/// or is lost.
+/// or is lost. A VM moved off a removed node that may still run it (its lease may not have run
+/// out: [`nodes::departed`]) starts elsewhere only once that node is known to have stopped it.
 pub fn node_lost(
     store: &mut impl Store,
     index: u64,
@@ -427,7 +433,10 @@ pub fn node_lost(
     if rec.spec.restart_policy == RestartPolicy::Never {
         unplace(store, &mut rec)?;
         rec.node = if removed { None } else { Some(id) };
-        if !removed {
+        if removed {
+            // Started again later, it waits until the node that left cannot run it any more.
+            hand_off_from(store, &mut rec, id)?;
+        } else {
             store.put(Table::Placements, &key(id, b'p', name), &[])?;
         }
         rec.lost = true;

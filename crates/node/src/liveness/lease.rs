@@ -114,6 +114,13 @@ impl Lease {
     }
 }
 
+/// Whether `id` is a registered node in what this node has applied.
+fn registered(raft: &Handle, id: NodeId) -> bool {
+    blixard_consensus::sm::ReadView::begin(raft.db())
+        .and_then(|v| blixard_core::state::node_exists(&v, id))
+        .unwrap_or(false)
+}
+
 /// Heartbeats sent on a stream and not answered yet that are remembered (their send times).
 const PENDING: usize = 16;
 
@@ -236,7 +243,14 @@ pub async fn heartbeat(id: NodeId, raft: Handle, pool: Arc<ChannelPool>, monitor
         let sent = Instant::now();
         seq += 1;
         match st.leader_id {
-            Some(l) if l == id && st.role == Role::Leader && monitor.heard(id, st.role, st.term) => {
+            // A leader that left the cluster (it is no registered node any more) grants itself
+            // no lease, as it answers no heartbeat of another node that left.
+            Some(l)
+                if l == id
+                    && st.role == Role::Leader
+                    && registered(&raft, id)
+                    && monitor.heard(id, st.role, st.term) =>
+            {
                 session = None;
                 lease.grant(sent, st.term, st.commit);
             }

@@ -38,6 +38,14 @@
 //! knows. With election timeouts of 200–400 ms, the old leader's last answer comes at most
 //! ~0.4 s after `e`, so leases end by `e + 2.4 s`, before `e + 3 s`.
 //!
+//! *A node that leaves* the cluster (`cluster leave`, drained or not) may still run its VMs: it
+//! hears of its removal late or never, and the leader answered its heartbeats until it applied
+//! the removal. From then on its heartbeats are refused (it is no registered node), so its lease
+//! runs out and it fences, as a node cut off would; and a leader that left grants itself no
+//! lease. Its VMs are placed elsewhere at once but wait there, as a moved VM waits for its old
+//! node, until the leader declares the departed node down by the rule above
+//! (`blixard_core::state::departed_nodes`), or it reports them stopped.
+//!
 //! *A daemon that dies* cannot fence, and its QEMUs (in process groups of their own, so that a
 //! restarted daemon can adopt them) would run on: the watchdog process ([`watchdog`],
 //! `blixard fence-watch`) reads the lease's deadline the daemon writes to `<data-dir>/lease`

@@ -117,7 +117,15 @@ impl Monitor {
             // Read before taking the lock (heartbeats wait for it). Only each node's id and state
             // are decoded: with 10,000 nodes, decoding every full record ten times a second was
             // a visible share of the leader's CPU.
-            let mut nodes = match ReadView::begin(raft.db()).and_then(|v| blixard_core::state::node_states(&v)) {
+            // A node that left while ready is judged as a ready node that went silent (its
+            // heartbeats are refused since): declared down once its lease has certainly run
+            // out, what it ran may start elsewhere.
+            let nodes = ReadView::begin(raft.db()).and_then(|v| {
+                let mut ns = blixard_core::state::node_states(&v)?;
+                ns.extend(blixard_core::state::departed_nodes(&v)?.into_iter().map(|id| (id, NodeState::Ready)));
+                Ok(ns)
+            });
+            let mut nodes = match nodes {
                 Ok(ns) => ns,
                 Err(e) => {
                     tracing::warn!("liveness: cannot read the nodes: {e}");
