@@ -38,6 +38,12 @@
 //! - seeds 236 and 351 (of `s48`): a bit flip past the log's last durability claim was
 //!   expected to be refused (a defect of the schedule: such a byte cannot be told from a torn
 //!   write; it now expects a refusal where a claim covers the byte).
+//! - seeds 370, 653 and 863 (of `s43`: a VM on two nodes within ~0.5 s after a paused daemon
+//!   resumed) and 848, 1068, 1083, 2063 and 2106 (of `s42`: a node added right after a
+//!   replacement never became a voter; a member's view of the membership stuck before two
+//!   replacements) failed on the `sim` branch of stop 21 and pass at the merged code (streamed
+//!   heartbeats changed how those schedules unfold). Their causes were not found, so they are
+//!   kept here: a change that brings one back fails this test (docs/RELIABILITY.md, section 3).
 //!
 //! Task schedules ([`blixard_sim::taskload`]):
 //! - seeds 9 and 10: a node's `Started` report for a task attempt, made before a partition,
@@ -68,7 +74,7 @@ fn kept_seeds_pass_every_invariant() {
 
 #[test]
 fn kept_seeds_of_every_kind_of_fault_pass_every_invariant() {
-    for seed in [3, 10, 18, 41, 126, 138, 208, 236, 351] {
+    for seed in [3, 10, 18, 41, 126, 138, 208, 236, 351, 370, 653, 848, 863, 1068, 1083, 2063, 2106] {
         let o = chaos::run_with(seed, Faults::All);
         for (name, inv) in invariants::ALL {
             invariants::check(seed, name, &o, inv);
