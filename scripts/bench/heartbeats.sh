@@ -29,20 +29,11 @@ BENCH_DIR="${BENCH_DIR:-$ROOT/.blixard/bench}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 NODE_ARGS=()
 READY_TIMEOUT=60
-for v in SIM_NODES PAIRS CONNECTIONS; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench: error: $v must be a positive integer, not '${!v}'" >&2; exit 1; }
-done
-
 log() { echo "bench: $*" >&2; }
-
-log "building release binaries into $TARGET_DIR"
-cargo build --release --locked -q -p blixard -p blixard-bench
-BLIXARD="$TARGET_DIR/release/blixard"
-BENCH="$TARGET_DIR/release/blixard-bench"
-mkdir -p "$BENCH_DIR"
-WORK="$(mktemp -d "$BENCH_DIR/heartbeats.XXXXXX")"
 # shellcheck source=scripts/bench/lib.sh
 source "$ROOT/scripts/bench/lib.sh"
+require_positive SIM_NODES PAIRS CONNECTIONS
+bench_binaries heartbeats
 
 log "machine: $(machine); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 blixard_start "$WORK/bx" 3 >/dev/null

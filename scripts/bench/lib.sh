@@ -53,14 +53,29 @@ show_logs() {
 # named after $1.
 bench_setup() {
   command -v jq >/dev/null || { log "error: jq is needed"; exit 1; }
-  cargo build --release -p blixard -p blixard-bench
+  bench_binaries "$1"
   export BLIXARD_IMAGE_CACHE="${BLIXARD_IMAGE_CACHE:-$ROOT/.blixard/images}"
-  BLIXARD="$TARGET_DIR/release/blixard" BENCH="$TARGET_DIR/release/blixard-bench"
   "$BLIXARD" image build --cache "$BLIXARD_IMAGE_CACHE" >/dev/null
-  mkdir -p "$BENCH_DIR"
-  WORK="$(mktemp -d "$BENCH_DIR/$1.XXXXXX")"
   RESULTS="$BENCH_DIR/$1-$(date -u +%Y%m%dT%H%M%SZ)"
   mkdir -p "$RESULTS"
+}
+
+# The start of a script that boots no guest: the release binaries built (BLIXARD, BENCH) and a
+# fresh work dir WORK under BENCH_DIR, named after $1 (removed on success).
+bench_binaries() {
+  log "building release binaries into $TARGET_DIR"
+  cargo build --release --locked -q -p blixard -p blixard-bench
+  BLIXARD="$TARGET_DIR/release/blixard" BENCH="$TARGET_DIR/release/blixard-bench"
+  mkdir -p "$BENCH_DIR"
+  WORK="$(mktemp -d "$BENCH_DIR/$1.XXXXXX")"
+}
+
+# Exits with an error unless every named variable holds a positive integer (the scripts' knobs).
+require_positive() {
+  local v
+  for v in "$@"; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { log "error: $v must be a positive integer, not '${!v}'"; exit 1; }
+  done
 }
 
 # ---- TLS ----

@@ -29,20 +29,11 @@ BENCH_DIR="${BENCH_DIR:-$ROOT/.blixard/bench}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 NODE_ARGS=(--down-after-ms 600000)
 READY_TIMEOUT=300
-for v in VMS SIM_NODES CLIENTS; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench: error: $v must be a positive integer, not '${!v}'" >&2; exit 1; }
-done
-
 log() { echo "bench: $*" >&2; }
-
-log "building release binaries into $TARGET_DIR"
-cargo build --release --locked -q -p blixard -p blixard-bench
-BLIXARD="$TARGET_DIR/release/blixard"
-BENCH="$TARGET_DIR/release/blixard-bench"
-mkdir -p "$BENCH_DIR"
-WORK="$(mktemp -d "$BENCH_DIR/state-at-scale.XXXXXX")"
 # shellcheck source=scripts/bench/lib.sh
 source "$ROOT/scripts/bench/lib.sh"
+require_positive VMS SIM_NODES CLIENTS
+bench_binaries state-at-scale
 
 rss() { # "VmRSS / VmHWM" of pid $1, in MiB
   awk '/^VmRSS:/ {r=$2} /^VmHWM:/ {h=$2} END {printf "%.0f / %.0f MiB", r/1024, h/1024}' "/proc/$1/status"

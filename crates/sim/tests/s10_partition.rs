@@ -63,7 +63,7 @@ async fn put_retry(via: u64, k: &str, v: &str, deadline: Duration) -> Result<u64
         match put(via, k, v).await {
             Ok(i) => return Ok(i),
             Err(e) if tokio::time::Instant::now() >= end => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // a poll interval (simulated time)
         }
     }
 }
@@ -96,7 +96,7 @@ async fn wait<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut con
         if let Some(v) = cond().await {
             return v;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await; // a poll interval (simulated time)
     }
     panic!("timed out waiting for {what}");
 }

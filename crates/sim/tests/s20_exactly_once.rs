@@ -67,6 +67,7 @@ async fn client(c: u64) -> Done {
             );
         }
         tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..150))).await;
+        // the schedule's pacing, in seeded simulated time
     }
     (model, restarts, log)
 }
@@ -82,12 +83,12 @@ async fn scenario(dir: std::path::PathBuf) -> Vec<String> {
 
         // The nemesis: faults to the current leader, while the clients write.
         for round in 0..6 {
-            tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(200..900))).await;
+            tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(200..900))).await; // the schedule's pacing, in seeded simulated time
             let Some(l) = status(1 + round % 3).await.map(|s| s.leader_id).filter(|&l| l != 0) else { continue };
             if round % 2 == 0 {
                 cluster.kill(l);
                 history.push(format!("killed leader {l}"));
-                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(300..1500))).await;
+                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(300..1500))).await; // the schedule's pacing, in seeded simulated time
                 cluster.restart(l);
                 history.push(format!("restarted {l}"));
             } else {
@@ -95,7 +96,7 @@ async fn scenario(dir: std::path::PathBuf) -> Vec<String> {
                 history.push(format!("isolated leader {l}"));
                 // Longer than a client's attempt: clients give up on the old leader, retry
                 // elsewhere and move on, while it still holds their earlier attempts.
-                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(2_000..6_000))).await;
+                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(2_000..6_000))).await; // the schedule's pacing, in seeded simulated time
                 cluster.heal(l);
                 history.push(format!("healed {l}"));
             }

@@ -64,7 +64,7 @@ async fn crash(dir: std::path::PathBuf, seed: u64) -> Vec<String> {
     host.spawn(async move {
         let mut h = Vec::new();
         let (_, victim, _, all) = setup(&cluster, seed, &mut h).await;
-        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..1_000))).await;
+        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..1_000))).await; // the schedule's pacing, in seeded simulated time
         cluster.kill(victim);
         let took = wait_running(&cluster.view, &all, &[victim], BOUND, seed).await;
         h.push(format!("killed {victim}: its VMs run elsewhere after {} ms", ms(took)));
